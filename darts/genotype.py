@@ -1,0 +1,200 @@
+"""Genotypes: the discrete cells that a search decodes and a final network is built from.
+
+A genotype is the reference code's flat layout (Liu et al. 2019, Section 2.4): for a cell
+with N intermediate nodes, `normal` and `reduce` each hold 2N `(op, input)` pairs, two per
+node in node order. Input 0 is the output of the cell before the previous one (c_{k-2}),
+input 1 the previous cell (c_{k-1}), input j >= 2 the intermediate node j - 2. `*_concat`
+lists the states whose channel-wise concatenation is the cell's output.
+
+Genotypes are data: they are read from and written to JSON, and validated; never eval'd.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from darts.errors import GenotypeError
+from darts.primitives import OPS
+
+Edge = tuple[str, int]
+
+# Published genotypes shipped with the project, one JSON file each.
+GENOTYPE_DIR = Path(__file__).resolve().parent.parent / "genotypes"
+
+_KEYS = ("normal", "normal_concat", "reduce", "reduce_concat")
+
+
+@dataclass(frozen=True)
+class Genotype:
+    normal: tuple[Edge, ...]
+    normal_concat: tuple[int, ...]
+    reduce: tuple[Edge, ...]
+    reduce_concat: tuple[int, ...]
+    # Metadata: where the cell comes from. Not part of a genotype's identity.
+    name: str | None = field(default=None, compare=False)
+    source: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        # Accept lists (from JSON or user code) and store hashable tuples.
+        object.__setattr__(self, "normal", tuple((str(o), int(i)) for o, i in self.normal))
+        object.__setattr__(self, "reduce", tuple((str(o), int(i)) for o, i in self.reduce))
+        object.__setattr__(self, "normal_concat", tuple(int(i) for i in self.normal_concat))
+        object.__setattr__(self, "reduce_concat", tuple(int(i) for i in self.reduce_concat))
+
+    @property
+    def steps(self) -> int:
+        """The number of intermediate nodes of a cell."""
+        return len(self.normal) // 2
+
+    def cell(self, reduction: bool) -> tuple[tuple[Edge, ...], tuple[int, ...]]:
+        return (self.reduce, self.reduce_concat) if reduction else (self.normal, self.normal_concat)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {}
+        if self.name:
+            d["name"] = self.name
+        if self.source:
+            d["source"] = self.source
+        d["normal"] = [[op, i] for op, i in self.normal]
+        d["normal_concat"] = list(self.normal_concat)
+        d["reduce"] = [[op, i] for op, i in self.reduce]
+        d["reduce_concat"] = list(self.reduce_concat)
+        return d
+
+    def __str__(self) -> str:
+        return (f"Genotype(normal={list(self.normal)}, normal_concat={list(self.normal_concat)}, "
+                f"reduce={list(self.reduce)}, reduce_concat={list(self.reduce_concat)})")
+
+
+def _check_cell(where: str, kind: str, edges: Any, concat: Any) -> None:
+    if not isinstance(edges, list) or not edges:
+        raise GenotypeError(f"{where}: '{kind}' must be a non-empty list of [op, input] pairs")
+    if len(edges) % 2:
+        raise GenotypeError(
+            f"{where}: '{kind}' has {len(edges)} edges; a cell needs exactly two edges per "
+            f"intermediate node, so an even number (DARTS cells have 8: 4 nodes x 2)")
+    for k, edge in enumerate(edges):
+        node = k // 2
+        if (not isinstance(edge, (list, tuple)) or len(edge) != 2
+                or not isinstance(edge[0], str) or isinstance(edge[1], bool)
+                or not isinstance(edge[1], int)):
+            raise GenotypeError(
+                f"{where}: {kind}[{k}] is {json.dumps(edge)}; each edge must be [op_name, input_index], "
+                f'e.g. ["sep_conv_3x3", 0]')
+        op, index = edge
+        if op not in OPS:
+            raise GenotypeError(
+                f"{where}: {kind}[{k}] uses unknown op {op!r}; known ops: {', '.join(sorted(OPS))}")
+        if op == "none":
+            raise GenotypeError(
+                f"{where}: {kind}[{k}] uses op 'none'; a genotype keeps only real edges "
+                f"(drop the edge or pick another op)")
+        if not 0 <= index < node + 2:
+            raise GenotypeError(
+                f"{where}: {kind}[{k}] (node {node + 2}) takes input {index}, which "
+                + ("points forward or to itself" if index >= node + 2 else "is negative")
+                + f"; node {node + 2} may only take inputs 0..{node + 1} "
+                  "(0 = c_{k-2}, 1 = c_{k-1}, j >= 2 = earlier intermediate nodes)")
+    n_states = len(edges) // 2 + 2
+    if (not isinstance(concat, list) or not concat
+            or not all(isinstance(i, int) and not isinstance(i, bool) for i in concat)):
+        raise GenotypeError(f"{where}: '{kind}_concat' must be a non-empty list of state indices")
+    for i in concat:
+        if not 0 <= i < n_states:
+            raise GenotypeError(
+                f"{where}: '{kind}_concat' contains {i}, out of range: the {kind} cell has "
+                f"states 0..{n_states - 1}")
+    if len(set(concat)) != len(concat):
+        raise GenotypeError(f"{where}: '{kind}_concat' lists a state twice: {concat}")
+
+
+def genotype_from_dict(d: Any, where: str = "genotype") -> Genotype:
+    """Validates a JSON-like dict and returns the Genotype; raises GenotypeError otherwise."""
+    if not isinstance(d, dict):
+        raise GenotypeError(f"{where}: expected a JSON object with keys {', '.join(_KEYS)}")
+    missing = [k for k in _KEYS if k not in d]
+    if missing:
+        raise GenotypeError(
+            f"{where}: missing key(s) {', '.join(missing)}; a genotype needs {', '.join(_KEYS)}")
+    _check_cell(where, "normal", d["normal"], d["normal_concat"])
+    _check_cell(where, "reduce", d["reduce"], d["reduce_concat"])
+    if len(d["normal"]) != len(d["reduce"]):
+        raise GenotypeError(
+            f"{where}: the normal cell has {len(d['normal'])} edges but the reduction cell "
+            f"{len(d['reduce'])}; both cells need the same number of intermediate nodes")
+    for key in ("name", "source"):
+        if key in d and not isinstance(d[key], str):
+            raise GenotypeError(f"{where}: '{key}' must be a string")
+    return Genotype(d["normal"], d["normal_concat"], d["reduce"], d["reduce_concat"],
+                    name=d.get("name"), source=d.get("source"))
+
+
+def load_genotype(path: str | os.PathLike) -> Genotype:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise GenotypeError(f"{path}: no such genotype file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise GenotypeError(f"{path}: cannot read genotype file ({e})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise GenotypeError(
+            f"{path}:{e.lineno}:{e.colno}: malformed JSON ({e.msg}); a genotype file is a JSON "
+            f"object with keys {', '.join(_KEYS)}") from None
+    return genotype_from_dict(data, where=str(path))
+
+
+def save_genotype(genotype: Genotype, path: str | os.PathLike) -> None:
+    """Writes the genotype as JSON, atomically (a reader never sees half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(genotype.to_dict(), indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def available_genotypes(directory: Path = GENOTYPE_DIR) -> list[str]:
+    return sorted(p.stem for p in directory.glob("*.json"))
+
+
+def _normalise(name: str) -> str:
+    return name.lower().replace("-", "_")
+
+
+def resolve_genotype(spec: str | os.PathLike, directory: Path = GENOTYPE_DIR) -> Genotype:
+    """A genotype from a JSON path or a published name (`darts_v2`, case-insensitive)."""
+    spec = str(spec)
+    path = Path(spec)
+    if path.suffix == ".json" or path.exists() or os.sep in spec:
+        return load_genotype(path)
+    wanted = _normalise(spec)
+    for name in available_genotypes(directory):
+        if _normalise(name) == wanted:
+            return load_genotype(directory / f"{name}.json")
+    raise GenotypeError(
+        f"genotype {spec!r} is neither a file nor a published name; published: "
+        f"{', '.join(available_genotypes(directory)) or '(none found in ' + str(directory) + ')'}")
+
+
+def genotype_from_edges(normal: Iterable[Edge], reduce: Iterable[Edge],
+                        normal_concat: Sequence[int] | None = None,
+                        reduce_concat: Sequence[int] | None = None, **meta: str) -> Genotype:
+    """Builds and validates a genotype from Python sequences (concat defaults to all nodes)."""
+    normal, reduce = [list(e) for e in normal], [list(e) for e in reduce]
+    d: dict[str, Any] = {
+        "normal": normal,
+        "normal_concat": list(normal_concat) if normal_concat is not None
+        else list(range(2, len(normal) // 2 + 2)),
+        "reduce": reduce,
+        "reduce_concat": list(reduce_concat) if reduce_concat is not None
+        else list(range(2, len(reduce) // 2 + 2)),
+        **meta,
+    }
+    return genotype_from_dict(d)
