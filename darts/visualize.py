@@ -1,0 +1,172 @@
+"""Cell pictures: a Genotype drawn as a graphviz graph, like the figures of the DARTS paper.
+
+A cell is drawn left to right (Liu et al. 2019, Figures 4 and 5): the two input states c_{k-2}
+and c_{k-1}, the intermediate nodes 0, 1, ..., each with one arrow per `(op, input)` edge of
+the genotype labelled with the op, and the output c_{k} fed by every state in the cell's
+`*_concat` list (an input state, or any subset of the nodes).
+
+    python -m darts.visualize darts_v2                     # ./normal.png, ./reduce.png
+    python -m darts.visualize runs/x/genotype.json --format pdf -o figures
+
+Rendering needs the graphviz `dot` program; building the graph (`cell_graph`) does not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import graphviz
+import numpy as np
+from PIL import Image
+
+from darts.errors import UserError
+from darts.genotype import Genotype, resolve_genotype
+
+INPUT_NAMES = ("c_{k-2}", "c_{k-1}")
+OUTPUT_NAME = "c_{k}"
+
+# The look of the paper's figures: filled boxes, one colour per kind of state.
+INPUT_COLOR = "darkseagreen2"
+NODE_COLOR = "lightblue"
+OUTPUT_COLOR = "palegoldenrod"
+
+CLI_FORMATS = ("png", "pdf", "svg")
+
+DOT_MISSING = ("the graphviz `dot` program is missing: install it with `apt-get install graphviz` "
+               "(Debian/Ubuntu), `brew install graphviz` (macOS) or `conda install graphviz`")
+
+
+class DotNotFoundError(UserError):
+    """The graphviz `dot` executable is not installed (or not on PATH)."""
+
+    def __init__(self, message: str = DOT_MISSING) -> None:
+        super().__init__(message)
+
+
+def dot_available() -> bool:
+    """Whether the graphviz `dot` program can be found on PATH (rendering needs it)."""
+    return shutil.which("dot") is not None
+
+
+def state_name(index: int) -> str:
+    """The name of a cell state in the genotype's numbering: 0, 1 are the inputs, j >= 2 node j-2."""
+    return INPUT_NAMES[index] if index < 2 else str(index - 2)
+
+
+def cell_graph(genotype: Genotype, reduction: bool, *, title: str | None = None,
+               format: str = "png") -> graphviz.Digraph:
+    """The normal (or reduction) cell of `genotype` as a left-to-right graphviz Digraph."""
+    edges, concat = genotype.cell(reduction)
+    g = graphviz.Digraph(
+        name="reduce" if reduction else "normal",
+        format=format,
+        graph_attr={"rankdir": "LR"},
+        node_attr={"style": "filled", "shape": "rect", "align": "center", "fontsize": "20",
+                   "height": "0.5", "width": "0.5", "penwidth": "2", "fontname": "times"},
+        edge_attr={"fontsize": "20", "fontname": "times"},
+    )
+    if title:
+        g.attr(label=title, labelloc="t", fontsize="24", fontname="times")
+
+    for name in INPUT_NAMES:
+        g.node(name, fillcolor=INPUT_COLOR)
+    steps = len(edges) // 2
+    for node in range(steps):
+        g.node(str(node), fillcolor=NODE_COLOR)
+    g.node(OUTPUT_NAME, fillcolor=OUTPUT_COLOR)
+
+    # Genotype layout: edges 2i and 2i+1 feed intermediate node i (state i + 2).
+    for k, (op, index) in enumerate(edges):
+        g.edge(state_name(index), str(k // 2), label=op, fillcolor="gray")
+    for index in concat:
+        g.edge(state_name(index), OUTPUT_NAME, fillcolor="gray")
+    return g
+
+
+def _pipe(graph: graphviz.Digraph, format: str) -> bytes:
+    """Runs `dot` on the graph and returns the rendered bytes; user-facing errors if it can't."""
+    if not dot_available():
+        raise DotNotFoundError()
+    try:
+        return graph.pipe(format=format)
+    except graphviz.ExecutableNotFound:
+        raise DotNotFoundError() from None
+    except graphviz.CalledProcessError as e:
+        # Typically a `dot` built without the plugin for this format (e.g. no cairo for pdf).
+        detail = (e.stderr or b"").decode("utf-8", "replace").strip()
+        raise UserError(f"graphviz `dot` could not render {format!r}: {detail or e}") from None
+
+
+def render_cell(genotype: Genotype, reduction: bool, path_stem: str | os.PathLike,
+                format: str = "png") -> Path:
+    """Writes the cell picture to `path_stem.<format>` (e.g. DIR/normal.png) and returns its path.
+
+    Only the picture is written (no dot source file); it is written to a temporary file and
+    renamed into place, so a reader never sees half an image.
+    """
+    stem = Path(path_stem)
+    path = stem if stem.suffix == f".{format}" else stem.with_name(f"{stem.name}.{format}")
+    data = _pipe(cell_graph(genotype, reduction, format=format), format)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+    return path
+
+
+def render_genotype(genotype: Genotype, out_dir: str | os.PathLike, format: str = "png",
+                    prefix: str = "") -> dict[str, Path]:
+    """Writes both cells as `out_dir/<prefix>normal.<format>` and `<prefix>reduce.<format>`."""
+    out_dir = Path(out_dir)
+    return {kind: render_cell(genotype, kind == "reduce", out_dir / f"{prefix}{kind}", format)
+            for kind in ("normal", "reduce")}
+
+
+def cell_image_array(genotype: Genotype, reduction: bool) -> np.ndarray:
+    """The rendered cell as an HxWx3 uint8 RGB array (for TensorBoard, dataformats="HWC")."""
+    data = _pipe(cell_graph(genotype, reduction, format="png"), "png")
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m darts.visualize",
+        description="Draw a genotype's normal and reduction cells with graphviz.")
+    parser.add_argument("genotype", metavar="GENOTYPE",
+                        help="a genotype JSON file, or a published name such as darts_v2")
+    parser.add_argument("-o", "--out-dir", type=Path, default=None,
+                        help="where to write normal.<format> and reduce.<format> (default: the "
+                             "genotype file's directory, or the current directory for a name)")
+    parser.add_argument("--format", choices=CLI_FORMATS, default="png",
+                        help="picture format (default: png)")
+    args = parser.parse_args(argv)
+
+    try:
+        genotype = resolve_genotype(args.genotype)
+        out_dir = args.out_dir
+        if out_dir is None:
+            spec = Path(args.genotype)
+            out_dir = spec.parent if spec.is_file() else Path.cwd()
+        paths = render_genotype(genotype, out_dir, format=args.format)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for path in paths.values():
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
