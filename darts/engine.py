@@ -6,6 +6,7 @@ for the progress bar), so the loop never waits on the GPU for a number nobody lo
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -57,8 +58,9 @@ def split_output(out) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 def _progress(iterable: Iterable, desc: str, enabled: bool, total: int | None):
+    # A bar only on a terminal: in a log file it would be thousands of carriage returns.
     return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True,
-                disable=not enabled, mininterval=1.0)
+                disable=not (enabled and sys.stderr.isatty()), mininterval=1.0)
 
 
 def train_one_epoch(model: nn.Module, loader: Iterable[Batch], optimizer: torch.optim.Optimizer,

@@ -221,9 +221,9 @@ def _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger, ck
         logger.info("genotype %s: %s", cfg.genotype, genotype)
         logger.info("run directory %s", run_dir)
         _draw_cells(genotype, run_dir, logger)
-    logger.info("%s on %s (%s, %d classes, %dpx): %.3fM parameters (no auxiliary head), "
-                "%.1fM multiply-adds per image, device %s", info.network.capitalize() + "Network",
-                cfg.dataset, info.name, info.num_classes, info.image_size, params / 1e6,
+    logger.info("%s on %s (%d classes, %dpx): %.3fM parameters (no auxiliary head), "
+                "%.1fM multiply-adds per image, device %s", type(model).__name__,
+                cfg.dataset, info.num_classes, info.image_size, params / 1e6,
                 madds / 1e6, device)
 
     timer = EpochTimer(cfg.epochs, start_epoch)
