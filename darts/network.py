@@ -85,9 +85,8 @@ class AuxiliaryHeadImageNet(nn.Module):
 
     def __init__(self, C: int, num_classes: int):
         super().__init__()
+        self.pool = nn.AvgPool2d(5, stride=2, padding=0, count_include_pad=False)
         self.features = nn.Sequential(
-            nn.ReLU(inplace=False),
-            nn.AvgPool2d(5, stride=2, padding=0, count_include_pad=False),
             nn.Conv2d(C, 128, 1, bias=False),
             nn.BatchNorm2d(128),
             nn.ReLU(inplace=True),
@@ -97,10 +96,12 @@ class AuxiliaryHeadImageNet(nn.Module):
         self.classifier = nn.Linear(768, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # At 224 px the map is 1x1 here (7x7 -> pool 2x2 -> conv 1x1), as in the reference
-        # code; the mean makes the head work at other resolutions too.
-        x = self.features(x)
-        return self.classifier(torch.flatten(x.mean((2, 3)), 1))
+        x = torch.relu(x)
+        # At 224 px the map is 7x7 here: pooled to 2x2, then 1x1 after the 2x2 conv, as in the
+        # reference code. Maps too small for the 5x5 window are pooled to 2x2 adaptively, and
+        # the final mean makes the head work at any resolution.
+        x = self.pool(x) if min(x.shape[-2:]) >= 5 else F.adaptive_avg_pool2d(x, 2)
+        return self.classifier(torch.flatten(self.features(x).mean((2, 3)), 1))
 
 
 class _Network(nn.Module):

@@ -129,3 +129,35 @@ def test_bad_flags_get_one_clear_message(tmp_path, flags, message):
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and message in proc.stderr
+
+
+def test_imagenet_recipe_is_the_papers():
+    cfg = FinalConfig(dataset="imagenet").resolved("imagenet")
+    assert (cfg.init_channels, cfg.layers, cfg.batch_size, cfg.epochs) == (48, 14, 128, 250)
+    assert (cfg.learning_rate, cfg.lr_schedule, cfg.lr_gamma) == (0.1, "step", 0.97)
+    assert (cfg.weight_decay, cfg.label_smooth, cfg.auxiliary_weight) == (3e-5, 0.1, 0.4)
+    cfg = FinalConfig(layers=8).resolved("cifar")
+    assert (cfg.init_channels, cfg.layers, cfg.batch_size, cfg.epochs) == (36, 8, 96, 600)
+    assert (cfg.learning_rate, cfg.lr_schedule, cfg.drop_path_prob, cfg.grad_clip) == (0.025, "cosine", 0.2, 5.0)
+
+
+def test_large_folder_images_train_the_imagenet_network_with_its_recipe(tmp_path):
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for split in ("train", "val"):
+        for c in range(2):
+            (tmp_path / "data" / split / f"class{c}").mkdir(parents=True)
+            for i in range(4):
+                arr = (torch.rand(96, 96, 3, generator=g) * 255).to(torch.uint8).numpy()
+                Image.fromarray(arr).save(tmp_path / "data" / split / f"class{c}" / f"{i}.png")
+    metrics = run(FinalConfig(dataset="folder", data=str(tmp_path / "data"), image_size=96,
+                              epochs=2, layers=3, init_channels=8, batch_size=4, workers=0,
+                              progress=False, save=str(tmp_path), name="big", tensorboard=False))
+    config = json.loads((tmp_path / "big" / "config.json").read_text())
+    assert config["lr_schedule"] == "step" and config["label_smooth"] == 0.1
+    assert metrics["complete"] and metrics["image_size"] == 96
+    ckpt = load_checkpoint(tmp_path / "big")
+    assert any(k.startswith("stem0.") for k in ckpt["model"])  # NetworkImageNet
+    # lr decays by 0.97 per epoch
+    assert [round(r["lr"], 6) for r in ckpt["history"]] == [0.1, 0.097]
