@@ -24,7 +24,13 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from darts.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from darts.checkpoint import (
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
 from darts.config import config_from_dict, save_json, to_dict
 from darts.data import DATASETS, build_datasets, make_loader, network_family
 from darts.engine import evaluate, train_one_epoch

@@ -1,6 +1,7 @@
 """train_final.py end to end on the offline synthetic dataset: outputs, learning, resume."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -32,8 +33,10 @@ def cli_run(tmp_path_factory):
 
 def test_quick_run_writes_everything(cli_run):
     run_dir, proc = cli_run
-    for name in ("config.json", "log.txt", "checkpoint.pt", "metrics.json", "genotype.json",
-                 "normal.png", "reduce.png"):
+    names = ["config.json", "log.txt", "checkpoint.pt", "metrics.json", "genotype.json"]
+    if shutil.which("dot"):  # the cell diagrams need graphviz (.ci/run installs it)
+        names += ["normal.png", "reduce.png"]
+    for name in names:
         assert (run_dir / name).is_file(), name
     assert list(run_dir.glob("events.out.tfevents.*"))
     assert not list(run_dir.glob("*.tmp"))
@@ -72,7 +75,8 @@ def test_tensorboard_holds_the_curves_and_the_cells(cli_run):
                 "valid/top5", "lr", "drop_path_prob"):
         assert tag in tags["scalars"], tag
         assert [e.step for e in acc.Scalars(tag)] == [1, 2]
-    assert {"cells/normal", "cells/reduce"} <= set(tags["images"])
+    if shutil.which("dot"):
+        assert {"cells/normal", "cells/reduce"} <= set(tags["images"])
     # drop-path ramps linearly from 0: epoch e uses 0.2 * (e - 1) / 2
     assert [round(e.value, 6) for e in acc.Scalars("drop_path_prob")] == [0.0, 0.1]
     assert any("config" in t for t in tags["tensors"])

@@ -13,7 +13,7 @@ import pytest
 
 import darts.visualize as vis
 from darts.errors import UserError
-from darts.genotype import genotype_from_edges, resolve_genotype
+from darts.genotype import available_genotypes, genotype_from_edges, resolve_genotype
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz `dot` not installed")
 
@@ -284,3 +284,11 @@ def test_executable_not_found_from_graphviz_is_a_user_error(tmp_path, monkeypatc
         vis.render_cell(SMALL, False, tmp_path / "normal")
     assert str(excinfo.value) == vis.DOT_MISSING
     assert list(tmp_path.iterdir()) == []
+
+
+@needs_dot
+@pytest.mark.parametrize("name", available_genotypes())
+def test_every_published_genotype_renders_to_png(tmp_path, name):
+    paths = vis.render_genotype(resolve_genotype(name), tmp_path)
+    for path in paths.values():
+        assert path.read_bytes().startswith(PNG_SIGNATURE)
