@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from darts.config import add_arguments, from_arguments
+from darts.config import add_arguments, from_arguments, given_flags
 from darts.errors import UserError
 from darts.final import FinalConfig, run
 
@@ -31,6 +31,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    ignored = sorted(given_flags(args, FinalConfig))
+    if args.resume and ignored:
+        print(f"warning: --resume continues with the run's saved config; ignoring "
+              f"{', '.join('--' + f for f in ignored)}", file=sys.stderr)
     try:
         run(from_arguments(FinalConfig, args), resume=args.resume)
     except UserError as e:

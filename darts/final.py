@@ -14,6 +14,7 @@ ImageNet one. `config.json` records the resolved values.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from collections.abc import Callable
@@ -232,6 +233,9 @@ def _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger, ck
                 cfg.dataset, info.num_classes, info.image_size, params / 1e6,
                 madds / 1e6, device)
 
+    if start_epoch >= cfg.epochs:
+        logger.info("%s already finished its %d epochs", run_dir, cfg.epochs)
+        return json.loads((run_dir / "metrics.json").read_text())
     timer = EpochTimer(cfg.epochs, start_epoch)
     metrics: dict[str, Any] = {}
     for epoch in range(start_epoch, cfg.epochs):

@@ -15,7 +15,7 @@ from darts.final import FinalConfig, run
 from tests.conftest import ROOT
 
 TINY = dict(dataset="synthetic", genotype="darts_v2", epochs=2, layers=3, init_channels=4,
-            batch_size=50, synthetic_size=200, workers=0, progress=False)
+            batch_size=50, synthetic_size=200, workers=0, progress=False, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +111,8 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert resumed["final"] == full["final"]
+    # resuming a finished run changes nothing
+    assert run(FinalConfig(), resume=str(tmp_path / "split")) == resumed
 
 
 def test_existing_run_directory_is_not_overwritten(tmp_path):
