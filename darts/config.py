@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
 import types
 import typing
-from pathlib import Path
 from typing import Any
 
 from darts.errors import UserError
@@ -49,11 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
                             metavar=f.metadata.get("metavar"), **kwargs)
 
 
-def from_arguments(cls: type, args: argparse.Namespace, **extra: Any):
+def from_arguments(cls: type, args: argparse.Namespace):
     """The config with the flags the user gave; fields not given keep their defaults."""
     names = {f.name for f in dataclasses.fields(cls)}
     given = {k: v for k, v in vars(args).items() if k in names}
-    return cls(**{**given, **extra})
+    return cls(**given)
 
 
 def given_flags(args: argparse.Namespace, cls: type) -> set[str]:
@@ -63,15 +60,6 @@ def given_flags(args: argparse.Namespace, cls: type) -> set[str]:
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
-
-
-def save_json(data: Any, path: str | os.PathLike) -> None:
-    """Writes JSON atomically: a reader (or a crash) never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def config_from_dict(cls: type, data: dict[str, Any], where: str):

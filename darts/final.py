@@ -32,10 +32,11 @@ from darts.checkpoint import (
     seed_everything,
     set_rng_state,
 )
-from darts.config import config_from_dict, save_json, to_dict
+from darts.config import config_from_dict, to_dict
 from darts.data import DATASETS, build_datasets, make_loader, network_family
 from darts.engine import evaluate, train_one_epoch
 from darts.errors import UserError
+from darts.files import save_json
 from darts.genotype import Genotype, genotype_from_dict, resolve_genotype, save_genotype
 from darts.network import NetworkCIFAR, NetworkImageNet, count_multiply_adds, count_parameters
 from darts.tb import EpochTimer, RunLogger, format_duration

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from darts.errors import GenotypeError
+from darts.files import save_json
 from darts.primitives import OPS
 
 Edge = tuple[str, int]
@@ -153,11 +154,7 @@ def load_genotype(path: str | os.PathLike) -> Genotype:
 
 def save_genotype(genotype: Genotype, path: str | os.PathLike) -> None:
     """Writes the genotype as JSON, atomically (a reader never sees half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(genotype.to_dict(), indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    save_json(genotype.to_dict(), path)
 
 
 def available_genotypes(directory: Path = GENOTYPE_DIR) -> list[str]:

@@ -14,7 +14,6 @@ Rendering needs the graphviz `dot` program; building the graph (`cell_graph`) do
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import os
 import shutil
@@ -26,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from darts.errors import UserError
+from darts.files import atomic_open
 from darts.genotype import Genotype, resolve_genotype
 
 INPUT_NAMES = ("c_{k-2}", "c_{k-1}")
@@ -113,14 +113,10 @@ def render_cell(genotype: Genotype, reduction: bool, path_stem: str | os.PathLik
     stem = Path(path_stem)
     path = stem if stem.suffix == f".{format}" else stem.with_name(f"{stem.name}.{format}")
     data = _pipe(cell_graph(genotype, reduction, format=format), format)
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        with atomic_open(path) as f:
+            f.write(data)
     except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         raise UserError(f"cannot write {path}: {e.strerror or e}") from None
     return path
 
