@@ -66,10 +66,12 @@ def _progress(iterable: Iterable, desc: str, enabled: bool, total: int | None):
 def train_one_epoch(model: nn.Module, loader: Iterable[Batch], optimizer: torch.optim.Optimizer,
                     criterion: nn.Module, device: torch.device, *, aux_weight: float = 0.0,
                     grad_clip: float = 0.0, before_step: Callable[[int, Batch], None] | None = None,
+                    forward: Callable[[torch.Tensor], object] | None = None,
                     progress: bool = False, desc: str = "train") -> EpochMetrics:
     """One pass over `loader`: forward, loss (+ weighted auxiliary loss), backward, clip, step.
 
     `before_step(step, batch)` runs before each weight step (the search's architect step).
+    `forward(x)` replaces `model(x)` (the search passes the supernet detached alphas).
     The reported loss is the main classification loss, comparable with the validation loss.
     """
     model.train()
@@ -77,12 +79,13 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Batch], optimizer: torch.
     params = [p for g in optimizer.param_groups for p in g["params"]]
     total = len(loader) if hasattr(loader, "__len__") else None
     bar = _progress(loader, desc, progress, total)
+    forward = forward or model
     for step, (x, y) in enumerate(bar):
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
         if before_step is not None:
             before_step(step, (x, y))
-        logits, logits_aux = split_output(model(x))
+        logits, logits_aux = split_output(forward(x))
         loss = criterion(logits, y)
         objective = loss
         if logits_aux is not None and aux_weight > 0:

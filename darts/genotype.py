@@ -195,3 +195,58 @@ def genotype_from_edges(normal: Iterable[Edge], reduce: Iterable[Edge],
         **meta,
     }
     return genotype_from_dict(d)
+
+
+def _rows(weights: Any) -> list[list[float]]:
+    if hasattr(weights, "detach"):  # a torch tensor, possibly on a GPU
+        weights = weights.detach().cpu()
+    if hasattr(weights, "tolist"):
+        weights = weights.tolist()
+    return [[float(v) for v in row] for row in weights]
+
+
+def _decode_cell(weights: Any, primitives: Sequence[str], steps: int) -> list[Edge]:
+    """The reference code's `_parse` (quark0/darts, model_search.py).
+
+    Node i has i + 2 incoming edges (from c_{k-2}, c_{k-1} and the earlier nodes). Its two
+    strongest edges are kept, the strength of an edge being its largest non-'none' softmax
+    weight; each keeps its strongest non-'none' op. Ties go to the lower index (the
+    reference's stable sort and strict `>`), and the two edges are listed strongest first.
+    """
+    rows = _rows(weights)
+    candidates = [k for k, name in enumerate(primitives) if name != "none"]
+    expected = sum(i + 2 for i in range(steps))
+    if len(rows) != expected or any(len(r) != len(primitives) for r in rows):
+        raise ValueError(f"expected {expected} x {len(primitives)} mixing weights for {steps} "
+                         f"nodes, got {len(rows)} x {len(rows[0]) if rows else 0}")
+    gene: list[Edge] = []
+    start = 0
+    for i in range(steps):
+        node_rows = rows[start:start + i + 2]
+        best_op = [max(candidates, key=lambda k, r=r: (r[k], -k)) for r in node_rows]
+        strength = [r[k] for r, k in zip(node_rows, best_op, strict=True)]
+        edges = sorted(range(i + 2), key=lambda j: -strength[j])[:2]
+        gene.extend((primitives[best_op[j]], j) for j in edges)
+        start += i + 2
+    return gene
+
+
+def decode_genotype(weights_normal: Any, weights_reduce: Any,
+                    primitives: Sequence[str] | None = None, steps: int = 4,
+                    multiplier: int = 4, **meta: str) -> Genotype:
+    """The discrete cell of the DARTS paper's Section 2.4 from the softmax mixing weights.
+
+    `weights_*` are (edges x ops) softmax(alpha) matrices, rows in the supernet's edge order
+    (node 0's two edges, node 1's three, ...), columns in `primitives` order (default
+    PRIMITIVES). The cell's output concatenates its last `multiplier` nodes. The decoded
+    genotype never contains 'none'.
+    """
+    from darts.primitives import PRIMITIVES
+
+    primitives = tuple(primitives or PRIMITIVES)
+    if not any(name != "none" for name in primitives):
+        raise ValueError("cannot decode a search space whose only op is 'none'")
+    concat = list(range(2 + steps - multiplier, steps + 2))
+    return genotype_from_edges(_decode_cell(weights_normal, primitives, steps),
+                               _decode_cell(weights_reduce, primitives, steps),
+                               concat, concat, **meta)

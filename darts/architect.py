@@ -1,0 +1,175 @@
+"""The architecture step of the DARTS bilevel optimisation (Liu et al. 2019, Section 2.3).
+
+    min_alpha L_val(w*(alpha), alpha)   s.t.   w*(alpha) = argmin_w L_train(w, alpha)   (eq. 3-4)
+
+Algorithm 1 alternates an alpha step on a validation batch (this module) with a weight step
+on a training batch (the engine's training loop). The alpha gradient is
+
+- first order (`order=1`, xi = 0):  grad_alpha L_val(w, alpha);
+- second order (`order=2`, eq. 6-7): with the virtual step w' = w - xi * grad_w L_train(w, alpha),
+      grad_alpha L_val(w', alpha) - xi * hess_{alpha,w} L_train(w, alpha) . grad_w' L_val(w', alpha)
+  where the Hessian-vector product is the central difference of eq. 8 (`hessian="fd"`) or
+  exact, by double backpropagation (`hessian="exact"`).
+
+As in the reference code (quark0/darts, architect.py), the virtual step is the step the
+weight optimizer would take: SGD with its momentum buffer and weight decay, xi its current
+learning rate. The architect never mutates the network weights: the virtual weights are
+substituted with `torch.func.functional_call`. Alphas are updated with Adam (lr 3e-4,
+betas (0.5, 0.999), weight decay 1e-3; Section A.1.1).
+
+Passes per search step, counted in tests/test_architect.py (F = forward, B = backward,
+the weight step included): first order 2F + 2B; second order with finite differences
+5F + 5B; second order exact 3F + 3B, one of the backward passes building a graph that a
+fourth (double) backward differentiates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn as nn
+from torch.func import functional_call
+
+from darts.engine import split_output
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+Tensors = list[torch.Tensor]
+
+ARCH_BETAS = (0.5, 0.999)
+
+
+class Architect:
+    """Owns the alpha optimizer and computes the alpha gradient of one search step.
+
+    `model` exposes `named_network_parameters()` and `arch_parameters()` (a SearchNetwork);
+    `weight_optimizer` is the SGD optimizer of the network weights, read for the virtual
+    step's learning rate, momentum buffers and weight decay.
+    """
+
+    def __init__(self, model: nn.Module, criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                 weight_optimizer: torch.optim.Optimizer, *, order: int = 2, hessian: str = "fd",
+                 lr: float = 3e-4, weight_decay: float = 1e-3,
+                 betas: tuple[float, float] = ARCH_BETAS, fd_epsilon: float = 0.01):
+        if order not in (1, 2):
+            raise ValueError(f"order must be 1 or 2, got {order}")
+        if hessian not in ("fd", "exact"):
+            raise ValueError(f"hessian must be 'fd' or 'exact', got {hessian!r}")
+        self.model = model
+        self.criterion = criterion
+        self.weight_optimizer = weight_optimizer
+        self.order = order
+        self.hessian = hessian
+        self.fd_epsilon = fd_epsilon
+        named = list(model.named_network_parameters())
+        self.names = [n for n, _ in named]
+        self.weights = [p for _, p in named]
+        self.alphas = list(model.arch_parameters())
+        self.optimizer = torch.optim.Adam(self.alphas, lr=lr, betas=betas,
+                                          weight_decay=weight_decay)
+        # The weight optimizer's group of each weight: its momentum and weight decay.
+        group_of = {id(p): g for g in weight_optimizer.param_groups for p in g["params"]}
+        missing = [n for n, p in named if id(p) not in group_of]
+        if missing:
+            raise ValueError(f"the weight optimizer does not hold {missing[:3]}...")
+        self._groups = [group_of[id(p)] for p in self.weights]
+
+    # -- losses ------------------------------------------------------------------------------
+    def loss(self, batch: Batch, weights: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """L(w, alpha) on `batch`, at the model's own weights or at `weights` (aligned with
+        `self.weights`), always at the model's current alphas."""
+        x, y = batch
+        if weights is None:
+            out = self.model(x)
+        else:
+            out = functional_call(self.model, dict(zip(self.names, weights, strict=True)), (x,))
+        return self.criterion(split_output(out)[0], y)
+
+    # -- Algorithm 1, step 1 -----------------------------------------------------------------
+    def step(self, train_batch: Batch, val_batch: Batch, xi: float) -> torch.Tensor:
+        """One Adam step on the alphas; returns the validation loss (at w' for second order)."""
+        if self.order == 1:
+            grads, val_loss = self.first_order_gradient(val_batch)
+        else:
+            grads, val_loss = self.unrolled_gradient(train_batch, val_batch, xi)
+        for alpha, g in zip(self.alphas, grads, strict=True):
+            alpha.grad = g
+        self.optimizer.step()
+        for alpha in self.alphas:
+            alpha.grad = None
+        return val_loss
+
+    def first_order_gradient(self, val_batch: Batch) -> tuple[Tensors, torch.Tensor]:
+        """grad_alpha L_val(w, alpha): eq. 6 with xi = 0. Only alpha gradients are computed."""
+        val_loss = self.loss(val_batch)
+        return list(torch.autograd.grad(val_loss, self.alphas)), val_loss.detach()
+
+    def virtual_step(self, train_batch: Batch, xi: float,
+                     create_graph: bool = False) -> tuple[Tensors, Tensors]:
+        """w' = w - xi * (momentum * buffer + grad_w L_train(w, alpha) + weight_decay * w).
+
+        The momentum and weight-decay terms do not depend on alpha, so eq. 7's derivative is
+        unchanged by them. Returns (w' as fresh leaves, grad_w L_train); with `create_graph`
+        the gradient keeps its graph for the exact Hessian-vector product.
+        """
+        loss = self.loss(train_batch)
+        grads = torch.autograd.grad(loss, self.weights, create_graph=create_graph,
+                                    allow_unused=True)
+        grads = [torch.zeros_like(w) if g is None else g for w, g in zip(self.weights, grads, strict=True)]
+        unrolled = []
+        with torch.no_grad():
+            for w, g, group in zip(self.weights, grads, self._groups, strict=True):
+                direction = g + group["weight_decay"] * w
+                buf = self.weight_optimizer.state.get(w, {}).get("momentum_buffer")
+                if group["momentum"] and buf is not None:
+                    direction = direction + group["momentum"] * buf
+                unrolled.append((w - xi * direction).requires_grad_())
+        return unrolled, grads
+
+    def unrolled_gradient(self, train_batch: Batch, val_batch: Batch,
+                          xi: float) -> tuple[Tensors, torch.Tensor]:
+        """Eq. 7: the alpha gradient of L_val(w', alpha) through the virtual step."""
+        exact = self.hessian == "exact"
+        unrolled, train_grads = self.virtual_step(train_batch, xi, create_graph=exact)
+        val_loss = self.loss(val_batch, unrolled)
+        grads = torch.autograd.grad(val_loss, self.alphas + unrolled, allow_unused=True)
+        grads = [torch.zeros_like(t) if g is None else g
+                 for t, g in zip(self.alphas + unrolled, grads, strict=True)]
+        d_alpha, vector = grads[:len(self.alphas)], grads[len(self.alphas):]
+        if exact:
+            hvp = self.exact_hessian_vector_product(vector, train_grads)
+        else:
+            hvp = self.hessian_vector_product(vector, train_batch)
+        return [da - xi * h for da, h in zip(d_alpha, hvp, strict=True)], val_loss.detach()
+
+    def hessian_vector_product(self, vector: Sequence[torch.Tensor], train_batch: Batch) -> Tensors:
+        """Eq. 8: hess_{alpha,w} L_train(w, alpha) . v by a central difference,
+
+            (grad_alpha L_train(w + eps v, alpha) - grad_alpha L_train(w - eps v, alpha)) / (2 eps)
+
+        with eps = 0.01 / ||v||, the whole perturbation having norm 0.01.
+        """
+        norm = torch.cat([v.reshape(-1) for v in vector]).norm()
+        # A zero v gives w+ = w- and a zero product; the clamp only avoids 0/0.
+        eps = self.fd_epsilon / norm.clamp_min(1e-12)
+        with torch.no_grad():
+            plus = [w + eps * v for w, v in zip(self.weights, vector, strict=True)]
+            minus = [w - eps * v for w, v in zip(self.weights, vector, strict=True)]
+        g_plus = torch.autograd.grad(self.loss(train_batch, plus), self.alphas)
+        g_minus = torch.autograd.grad(self.loss(train_batch, minus), self.alphas)
+        return [(p - m) / (2 * eps) for p, m in zip(g_plus, g_minus, strict=True)]
+
+    def exact_hessian_vector_product(self, vector: Sequence[torch.Tensor],
+                                     train_grads: Sequence[torch.Tensor]) -> Tensors:
+        """hess_{alpha,w} L_train . v = grad_alpha (grad_w L_train . v), by double backprop."""
+        pairs = [(g, v) for g, v in zip(train_grads, vector, strict=True) if g.requires_grad]
+        hvp = torch.autograd.grad([g for g, _ in pairs], self.alphas,
+                                  grad_outputs=[v for _, v in pairs], allow_unused=True)
+        return [torch.zeros_like(a) if h is None else h for a, h in zip(self.alphas, hvp, strict=True)]
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state)

@@ -1,0 +1,58 @@
+"""A cell search space: its op vocabulary, its cell topology and its decoding rule, together.
+
+The DARTS space (Liu et al. 2019, Section 2.1): a cell has two inputs (the outputs of the two
+previous cells), `steps` intermediate nodes, and an edge from every earlier state to every
+node, so node i has i + 2 incoming edges (14 edges for 4 nodes). Every edge mixes all ops of
+`primitives`. The cell's output concatenates its last `multiplier` nodes. The supernet, the
+decoder and the pictures all take a `SearchSpace`, so another space is another object, not a
+branch in their code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from darts.genotype import Genotype, decode_genotype
+from darts.primitives import OPS, PRIMITIVES
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    primitives: tuple[str, ...] = PRIMITIVES
+    steps: int = 4
+    multiplier: int = 4
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "primitives", tuple(self.primitives))
+        unknown = [p for p in self.primitives if p not in OPS]
+        if unknown:
+            raise ValueError(f"unknown op(s) {unknown}; known ops: {', '.join(sorted(OPS))}")
+        if len(set(self.primitives)) != len(self.primitives):
+            raise ValueError(f"an op is listed twice: {self.primitives}")
+        if self.steps < 1 or not 1 <= self.multiplier <= self.steps:
+            raise ValueError(f"need steps >= 1 and 1 <= multiplier <= steps, got "
+                             f"{self.steps}, {self.multiplier}")
+
+    @property
+    def num_ops(self) -> int:
+        return len(self.primitives)
+
+    @property
+    def num_edges(self) -> int:
+        return sum(i + 2 for i in range(self.steps))
+
+    def edges(self) -> list[tuple[int, int]]:
+        """(node, input state) of every edge, in the order of the alpha rows."""
+        return [(i, j) for i in range(self.steps) for j in range(i + 2)]
+
+    def edge_names(self) -> list[str]:
+        state = {0: "c_{k-2}", 1: "c_{k-1}"}
+        return [f"{state.get(j, str(j - 2))}->{i}" for i, j in self.edges()]
+
+    def decode(self, weights_normal: Any, weights_reduce: Any, **meta: str) -> Genotype:
+        return decode_genotype(weights_normal, weights_reduce, self.primitives, self.steps,
+                               self.multiplier, **meta)
+
+
+DARTS_SPACE = SearchSpace()
