@@ -513,3 +513,112 @@ def make_loader(
         pin_memory=pin_memory,
         persistent_workers=False,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# The search split (Liu et al. 2019, Section 3.1.1): half of the training set trains the
+# network weights, the other half the architecture.
+
+
+def search_split(num_samples: int, train_portion: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight indices, alpha indices): the first `train_portion` of the training set and the
+    rest, in data-set order, as the reference code splits it."""
+    split = int(np.floor(train_portion * num_samples))
+    if not 0 < split < num_samples:
+        raise UserError(
+            f"--train_portion {train_portion} splits {num_samples} training images into "
+            f"{split} for the weights and {num_samples - split} for the architecture; "
+            f"both halves need at least one image (use a value strictly between 0 and 1)")
+    indices = torch.arange(num_samples)
+    return indices[:split], indices[split:]
+
+
+def pass_seed(seed: int, stream: int, pass_index: int) -> int:
+    """A 63-bit seed for pass `pass_index` of stream `stream` of a run seeded `seed`."""
+    state = np.random.SeedSequence([seed, stream, pass_index]).generate_state(2, np.uint32)
+    return int(state[0]) << 31 | int(state[1]) >> 1
+
+
+class ShuffledSubset(Sampler[int]):
+    """The given indices in a fresh random order each pass.
+
+    Pass p's order depends on (seed, stream, p) alone, so a resumed run draws the same
+    orders without any saved generator state; `start` skips the first samples of a pass
+    (resuming in the middle of one).
+    """
+
+    def __init__(self, indices: torch.Tensor, seed: int, stream: int = 0):
+        self.indices = torch.as_tensor(indices, dtype=torch.long)
+        self.seed, self.stream = seed, stream
+        self.pass_index, self.start = 0, 0
+
+    def set_pass(self, pass_index: int, start: int = 0) -> None:
+        self.pass_index, self.start = pass_index, start
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(pass_seed(self.seed, self.stream, self.pass_index))
+        order = self.indices[torch.randperm(len(self.indices), generator=g)]
+        return iter(order[self.start:].tolist())
+
+    def __len__(self) -> int:
+        return max(len(self.indices) - self.start, 0)
+
+
+class SplitLoader:
+    """Batches of one split of a data set, reshuffled each pass, reproducible per pass.
+
+    `epoch(p)` is a loader over pass p (the weight half: one pass per epoch). Iterating the
+    object itself gives an endless stream of batches that starts a new pass when one ends:
+    the architect's validation batches, one per search step (Algorithm 1), from a persistent
+    iterator. `state_dict()` is (pass, batches taken in the pass); a loaded stream resumes
+    at the next batch.
+    """
+
+    def __init__(self, dataset: Dataset, indices: torch.Tensor, batch_size: int, *, seed: int,
+                 stream: int, workers: int = 0, pin_memory: bool = False):
+        self.batch_size = batch_size
+        self.sampler = ShuffledSubset(indices, seed, stream)
+        # The loader draws its workers' seeds from this generator: seeded per pass as well.
+        self.generator = torch.Generator()
+        self.loader = make_loader(dataset, batch_size, shuffle=False, workers=workers,
+                                  generator=self.generator, sampler=self.sampler,
+                                  pin_memory=pin_memory)
+        self.pass_index, self.taken = 0, 0
+        self._iterator: Iterator | None = None
+
+    def __len__(self) -> int:
+        """Batches per pass."""
+        return -(-len(self.sampler.indices) // self.batch_size)
+
+    def epoch(self, pass_index: int) -> DataLoader:
+        self._prepare(pass_index, 0)
+        return self.loader
+
+    def _prepare(self, pass_index: int, taken: int) -> None:
+        self.sampler.set_pass(pass_index, taken * self.batch_size)
+        self.generator.manual_seed(pass_seed(self.sampler.seed, self.sampler.stream + 1000,
+                                             pass_index))
+
+    def __iter__(self) -> SplitLoader:
+        return self
+
+    def __next__(self) -> Any:
+        if self._iterator is None:
+            self._prepare(self.pass_index, self.taken)
+            self._iterator = iter(self.loader)
+        try:
+            batch = next(self._iterator)
+        except StopIteration:
+            self.pass_index, self.taken = self.pass_index + 1, 0
+            self._prepare(self.pass_index, 0)
+            self._iterator = iter(self.loader)
+            batch = next(self._iterator)
+        self.taken += 1
+        return batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"pass": self.pass_index, "taken": self.taken}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.pass_index, self.taken = int(state["pass"]), int(state["taken"])
+        self._iterator = None

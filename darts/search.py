@@ -1,0 +1,344 @@
+"""The DARTS search run (Liu et al. 2019, Algorithm 1 and Section 3.1).
+
+The training set is split in two halves: one trains the network weights w, the other the
+architecture alphas. Each step the architect updates the alphas on a batch of the alpha
+half (first or second order), then the weights take an SGD step on a batch of the weight
+half. Each epoch the alphas are decoded into a genotype, logged (scalars, alpha heatmaps,
+cell diagrams) and written to `genotypes/epoch_NNN.json`, and a checkpoint is written. At the
+end the run directory holds `genotype.json`, `normal.png` and `reduce.png`.
+
+Defaults are the paper's (Section 3.1.1, Appendix A.1.1): 8 cells of 16 initial channels,
+batch 64, 50 epochs, SGD lr 0.025 cosine-annealed to 0.001, momentum 0.9, weight decay 3e-4,
+gradient norm clipped at 5; Adam on the alphas with lr 3e-4, betas (0.5, 0.999), weight
+decay 1e-3; second order with the finite-difference Hessian-vector product (eq. 8).
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.utils.data import Subset
+
+from darts.architect import Architect
+from darts.checkpoint import (
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
+from darts.config import config_from_dict, to_dict
+from darts.data import SplitLoader, build_datasets, make_loader, search_split
+from darts.engine import MetricSum, evaluate, train_one_epoch
+from darts.errors import UserError
+from darts.files import save_json
+from darts.final import pick_device
+from darts.genotype import Genotype, genotype_from_dict, save_genotype
+from darts.space import SearchSpace
+from darts.supernet import SearchNetwork
+from darts.tb import EpochTimer, RunLogger, alpha_heatmap, format_duration
+
+SEARCH_DATASETS = ("cifar10", "cifar100", "folder", "synthetic")
+
+
+def _f(help: str, **meta: Any) -> dict[str, Any]:
+    return {"help": help, **meta}
+
+
+@dataclass
+class SearchConfig:
+    dataset: str = field(default="cifar10", metadata=_f("dataset", choices=SEARCH_DATASETS))
+    data: str = field(default="data", metadata=_f(
+        "dataset root: CIFAR is read from (or downloaded into) it; folder: a folder with train/ and test/ (or val/)"))
+    # The search recipe (Section 3.1.1, Appendix A.1.1).
+    batch_size: int = field(default=64, metadata=_f("batch size of both the weight and the alpha steps"))
+    learning_rate: float = field(default=0.025, metadata=_f("initial weight learning rate"))
+    learning_rate_min: float = field(default=0.001, metadata=_f("final weight learning rate (cosine)"))
+    momentum: float = field(default=0.9, metadata=_f("SGD momentum of the weights"))
+    weight_decay: float = field(default=3e-4, metadata=_f("weight decay of the weights"))
+    grad_clip: float = field(default=5.0, metadata=_f("gradient norm clip of the weights, 0 = off"))
+    epochs: int = field(default=50, metadata=_f("search epochs"))
+    init_channels: int = field(default=16, metadata=_f("channels of the first cell"))
+    layers: int = field(default=8, metadata=_f("number of cells of the supernet"))
+    nodes: int = field(default=4, metadata=_f("intermediate nodes per cell"))
+    train_portion: float = field(default=0.5, metadata=_f(
+        "fraction of the training set that trains the weights; the rest trains the alphas"))
+    arch_learning_rate: float = field(default=3e-4, metadata=_f("Adam learning rate of the alphas"))
+    arch_weight_decay: float = field(default=1e-3, metadata=_f("Adam weight decay of the alphas"))
+    order: int = field(default=2, metadata=_f(
+        "1: first-order alpha gradient (xi = 0); 2: second order through a virtual weight step (eq. 7)",
+        choices=(1, 2)))
+    hessian: str = field(default="fd", metadata=_f(
+        "second-order Hessian-vector product: fd (central difference, eq. 8) or exact (double backprop)",
+        choices=("fd", "exact")))
+    fd_epsilon: float = field(default=0.01, metadata=_f(
+        "norm of the weight perturbation of the finite difference (eq. 8: eps = 0.01 / ||v||)"))
+    cutout: bool = field(default=False, metadata=_f("cutout augmentation during the search (off)"))
+    cutout_length: int = field(default=16, metadata=_f("cutout square side"))
+    # Data options.
+    image_size: int | None = field(default=None, metadata=_f("input resolution for folder/synthetic data (default 32)"))
+    num_classes: int | None = field(default=None, metadata=_f("classes of the synthetic dataset (10)"))
+    synthetic_size: int = field(default=5000, metadata=_f("training images of the synthetic dataset"))
+    workers: int = field(default=2, metadata=_f("data-loading worker processes"))
+    # Run options.
+    seed: int = field(default=0, metadata=_f("random seed"))
+    save: str = field(default="runs", metadata=_f("parent folder of the run directory"))
+    name: str | None = field(default=None, metadata=_f("run directory name (default: search-<dataset>-<time>)"))
+    device: str = field(default="auto", metadata=_f("cpu, cuda, cuda:N or auto"))
+    progress: bool = field(default=True, metadata=_f("progress bar per epoch (when stdout is a terminal)"))
+    tensorboard: bool = field(default=True, metadata=_f("TensorBoard event files in the run directory"))
+
+
+def validate(cfg: SearchConfig) -> None:
+    if cfg.dataset not in SEARCH_DATASETS:
+        raise UserError(f"--dataset {cfg.dataset}: the search runs on {', '.join(SEARCH_DATASETS)} "
+                        f"(the paper searches on CIFAR-10 and transfers the cell to ImageNet)")
+    checks = [
+        ("epochs", cfg.epochs >= 1, "at least 1"),
+        ("batch_size", cfg.batch_size >= 1, "at least 1"),
+        ("layers", cfg.layers >= 3, "at least 3 (two of them are reduction cells)"),
+        ("nodes", cfg.nodes >= 2, "at least 2"),
+        ("init_channels", cfg.init_channels >= 2 and cfg.init_channels % 2 == 0, "an even number >= 2"),
+        ("learning_rate", cfg.learning_rate > 0, "positive"),
+        ("learning_rate_min", 0 <= cfg.learning_rate_min <= cfg.learning_rate, "in [0, --learning_rate]"),
+        ("arch_learning_rate", cfg.arch_learning_rate > 0, "positive"),
+        ("train_portion", 0 < cfg.train_portion < 1, "strictly between 0 and 1"),
+        ("fd_epsilon", cfg.fd_epsilon > 0, "positive"),
+        ("workers", cfg.workers >= 0, "0 or more"),
+        ("synthetic_size", cfg.synthetic_size >= 2, "at least 2"),
+    ]
+    for flag, ok, need in checks:
+        if not ok:
+            raise UserError(f"--{flag} {getattr(cfg, flag)}: must be {need}")
+
+
+def arch_statistics(model: SearchNetwork, genotype: Genotype) -> dict[str, float]:
+    """What the search's collapse shows in: skip-connections in the decoded normal cell and
+    the mean entropy of the alpha softmax (log(ops) at the start, 0 for one-hot choices)."""
+    stats: dict[str, float] = {}
+    stats["arch/skip_connect_normal"] = sum(op == "skip_connect" for op, _ in genotype.normal)
+    with torch.no_grad():
+        for kind, w in zip(("normal", "reduce"), model.mixing_weights(), strict=True):
+            entropy = -(w * w.clamp_min(1e-30).log()).sum(-1).mean()
+            stats[f"arch/entropy_{kind}"] = entropy.item()
+    stats["arch/entropy"] = (stats["arch/entropy_normal"] + stats["arch/entropy_reduce"]) / 2
+    return stats
+
+
+def retrain_command(run_dir: Path, cfg: SearchConfig) -> str:
+    """The train_final.py command that retrains this search's genotype on the same data."""
+    args = ["python", "train_final.py", "--genotype", str(run_dir / "genotype.json"),
+            "--dataset", cfg.dataset]
+    if cfg.dataset != "synthetic" and cfg.data != "data":
+        args += ["--data", cfg.data]
+    for flag in ("image_size", "num_classes"):
+        if getattr(cfg, flag) is not None:
+            args += [f"--{flag}", str(getattr(cfg, flag))]
+    if cfg.dataset == "synthetic" and cfg.synthetic_size != 5000:
+        args += ["--synthetic_size", str(cfg.synthetic_size)]
+    return shlex.join(args)
+
+
+def run(cfg: SearchConfig, *, resume: str | None = None,
+        on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Runs the search; returns the summary written to metrics.json.
+
+    `resume` is a run directory (or its checkpoint.pt): the search continues there with the
+    config it was started with. `on_epoch_end(epoch, metrics)` runs after each checkpoint.
+    """
+    ckpt = None
+    if resume is not None:
+        ckpt = load_checkpoint(resume)
+        if ckpt.get("kind") != "search":
+            raise UserError(f"--resume {resume}: not a train_search.py checkpoint")
+        cfg = config_from_dict(SearchConfig, ckpt["config"], where=str(resume))
+        run_dir = Path(resume if Path(resume).is_dir() else Path(resume).parent)
+    validate(cfg)
+    device = pick_device(cfg.device)
+    seed_everything(cfg.seed)
+    train_set, _, info = build_datasets(
+        cfg.dataset, cfg.data, cutout_length=cfg.cutout_length if cfg.cutout else 0,
+        image_size=cfg.image_size, num_classes=cfg.num_classes,
+        synthetic_size=cfg.synthetic_size, seed=cfg.seed)
+    if ckpt is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_dir = Path(cfg.save) / (cfg.name or f"search-{cfg.dataset}-{stamp}")
+        if (run_dir / "checkpoint.pt").exists():
+            raise UserError(f"{run_dir} already holds a run: pass --resume {run_dir} or another --name")
+    logger = RunLogger(run_dir, tensorboard=cfg.tensorboard, name="search")
+    try:
+        return _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end)
+    finally:
+        logger.close()
+
+
+def _draw(genotype: Genotype, logger: RunLogger, step: int, run_dir: Path | None) -> None:
+    from darts import visualize
+
+    if not visualize.dot_available():
+        if run_dir is not None:
+            logger.warning("graphviz `dot` not found: cell diagrams skipped (apt-get install graphviz)")
+        return
+    for kind in ("normal", "reduce"):
+        logger.image(f"cells/{kind}", visualize.cell_image_array(genotype, kind == "reduce"), step)
+    if run_dir is not None:
+        for path in visualize.render_genotype(genotype, run_dir).values():
+            logger.info("cell diagram: %s", path)
+
+
+def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end):
+    space = SearchSpace(steps=cfg.nodes, multiplier=cfg.nodes)
+    model = SearchNetwork(cfg.init_channels, info.num_classes, cfg.layers, space).to(device)
+    criterion = nn.CrossEntropyLoss().to(device)
+    optimizer = torch.optim.SGD(model.network_parameters(), cfg.learning_rate,
+                                momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, float(cfg.epochs),
+                                                           eta_min=cfg.learning_rate_min)
+    architect = Architect(model, criterion, optimizer, order=cfg.order, hessian=cfg.hessian,
+                          lr=cfg.arch_learning_rate, weight_decay=cfg.arch_weight_decay,
+                          fd_epsilon=cfg.fd_epsilon)
+
+    if ckpt is not None:
+        weight_idx, alpha_idx = ckpt["split"]["weights"], ckpt["split"]["alphas"]
+        if int(max(weight_idx.max(), alpha_idx.max())) >= len(train_set):
+            raise UserError(f"{run_dir}: the checkpoint's data split indexes {len(weight_idx) + len(alpha_idx)} "
+                            f"images but the training set has {len(train_set)}; resume on the same data")
+    else:
+        weight_idx, alpha_idx = search_split(len(train_set), cfg.train_portion)
+    pin = device.type == "cuda"
+    weight_data = SplitLoader(train_set, weight_idx, cfg.batch_size, seed=cfg.seed, stream=0,
+                              workers=cfg.workers, pin_memory=pin)
+    alpha_stream = SplitLoader(train_set, alpha_idx, cfg.batch_size, seed=cfg.seed, stream=1,
+                               workers=cfg.workers, pin_memory=pin)
+    # The search's "valid" accuracy is on the alpha half, as in the reference code.
+    valid_loader = make_loader(Subset(train_set, alpha_idx.tolist()), cfg.batch_size,
+                               shuffle=False, workers=cfg.workers, pin_memory=pin)
+
+    start_epoch, history = 0, []
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        architect.load_state_dict(ckpt["arch_optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        alpha_stream.load_state_dict(ckpt["alpha_stream"])
+        start_epoch, history = ckpt["epoch"], ckpt["history"]
+        set_rng_state(ckpt["rng"])
+        logger.info("resumed %s at epoch %d/%d", run_dir, start_epoch, cfg.epochs)
+    else:
+        save_json(to_dict(cfg), run_dir / "config.json")
+        logger.config(to_dict(cfg))
+        logger.info("run directory %s", run_dir)
+    n_weights = sum(p.numel() for p in model.network_parameters())
+    logger.info("SearchNetwork on %s (%d classes, %dpx): %d cells of %d channels, %d nodes, "
+                "%d ops; %.3fM weights; %d/%d images train the weights/alphas; order %d%s; "
+                "device %s", cfg.dataset, info.num_classes, info.image_size, cfg.layers,
+                cfg.init_channels, cfg.nodes, space.num_ops, n_weights / 1e6, len(weight_idx),
+                len(alpha_idx), cfg.order, f" ({cfg.hessian} Hessian)" if cfg.order == 2 else "",
+                device)
+
+    meta = {"name": run_dir.name, "source": f"train_search.py, run {run_dir}"}
+    if start_epoch >= cfg.epochs:
+        logger.info("%s already finished its %d epochs", run_dir, cfg.epochs)
+        return _finish(cfg, run_dir, logger, history)
+
+    timer = EpochTimer(cfg.epochs, start_epoch)
+    for epoch in range(start_epoch, cfg.epochs):
+        timer.start()
+        lr = scheduler.get_last_lr()[0]
+        arch_meter = MetricSum(device)
+        train = train_one_epoch(
+            model, weight_data.epoch(epoch), optimizer, criterion, device,
+            grad_clip=cfg.grad_clip,
+            before_step=_architect_step(architect, alpha_stream, device, lr, arch_meter),
+            forward=lambda x: model(x, model.mixing_weights(detach=True)),
+            progress=cfg.progress, desc=f"epoch {epoch + 1}/{cfg.epochs}")
+        valid = evaluate(model, valid_loader, criterion, device, progress=cfg.progress)
+        scheduler.step()
+        dt = timer.stop()
+        if not math.isfinite(train.loss):
+            raise UserError(f"the search diverged at epoch {epoch + 1} (loss {train.loss}); "
+                            f"lower --learning_rate or keep --grad_clip on")
+
+        genotype = model.genotype(**meta)
+        save_genotype(genotype, run_dir / "genotypes" / f"epoch_{epoch + 1:03d}.json")
+        stats = arch_statistics(model, genotype)
+        arch_loss = arch_meter.result().loss
+        record = {"epoch": epoch + 1, "lr": lr, "train_loss": train.loss, "train_top1": train.top1,
+                  "valid_loss": valid.loss, "valid_top1": valid.top1, "valid_top5": valid.top5,
+                  "arch_loss": arch_loss, **{k.split("/")[1]: v for k, v in stats.items()},
+                  "epoch_time_s": dt, "genotype": genotype.to_dict()}
+        history.append(record)
+        _log_epoch(logger, model, genotype, epoch + 1, train, valid, lr, arch_loss, stats)
+        logger.info("epoch %d/%d train_loss %.4f train_top1 %.2f valid_loss %.4f valid_top1 %.2f "
+                    "arch_loss %.4f lr %.5f skip_connect %d entropy %.3f time %.1fs eta %s",
+                    epoch + 1, cfg.epochs, train.loss, train.top1, valid.loss, valid.top1,
+                    arch_loss, lr, stats["arch/skip_connect_normal"], stats["arch/entropy"], dt,
+                    format_duration(timer.eta()))
+        logger.info("genotype %s", genotype)
+        save_checkpoint({
+            "kind": "search", "epoch": epoch + 1, "config": to_dict(cfg),
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "arch_optimizer": architect.state_dict(), "scheduler": scheduler.state_dict(),
+            "split": {"weights": weight_idx, "alphas": alpha_idx},
+            "alpha_stream": alpha_stream.state_dict(), "history": history, "rng": rng_state(),
+        }, run_dir / "checkpoint.pt")
+        metrics = _metrics(cfg, history, complete=epoch + 1 == cfg.epochs)
+        save_json(metrics, run_dir / "metrics.json")
+        logger.flush()
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, metrics)
+    return _finish(cfg, run_dir, logger, history)
+
+
+def _architect_step(architect: Architect, alpha_stream: SplitLoader, device: torch.device,
+                    lr: float, meter: MetricSum) -> Callable[[int, Any], None]:
+    """Algorithm 1's alpha step, run before each weight step on the next alpha-half batch."""
+
+    def step(index: int, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+        x_val, y_val = next(alpha_stream)
+        val = (x_val.to(device, non_blocking=True), y_val.to(device, non_blocking=True))
+        # xi = the weight step's current learning rate (Section 2.3).
+        loss = architect.step(batch, val, xi=lr)
+        meter.sums[0] += loss.double() * y_val.size(0)
+        meter.samples += y_val.size(0)
+
+    return step
+
+
+def _log_epoch(logger, model, genotype, step, train, valid, lr, arch_loss, stats) -> None:
+    logger.scalars({**train.as_dict("train"), **valid.as_dict("valid"), "lr": lr,
+                    "arch/loss": arch_loss, **stats}, step)
+    edges, ops = model.space.edge_names(), model.space.primitives
+    for kind, w in zip(("normal", "reduce"), model.mixing_weights(detach=True), strict=True):
+        logger.image(f"alphas/{kind}", alpha_heatmap(w, edges, ops, f"{kind} cell, epoch {step}"),
+                     step)
+    logger.text("genotype", f"`{genotype}`", step)
+    _draw(genotype, logger, step, None)
+
+
+def _metrics(cfg: SearchConfig, history: list[dict[str, Any]], complete: bool) -> dict[str, Any]:
+    last = history[-1]
+    return {"complete": complete, "dataset": cfg.dataset, "epochs_done": last["epoch"],
+            "epochs": cfg.epochs, "order": cfg.order, "hessian": cfg.hessian,
+            "final": {k: last[k] for k in ("train_loss", "train_top1", "valid_loss", "valid_top1",
+                                             "valid_top5", "skip_connect_normal", "entropy")},
+            "genotype": last["genotype"], "search_time_s": sum(r["epoch_time_s"] for r in history),
+            "history": [{k: v for k, v in r.items() if k != "genotype"} for r in history]}
+
+
+def _finish(cfg, run_dir, logger, history) -> dict[str, Any]:
+    genotype = genotype_from_dict(history[-1]["genotype"], where=str(run_dir))
+    save_genotype(genotype, run_dir / "genotype.json")
+    _draw(genotype, logger, len(history), run_dir)
+    metrics = _metrics(cfg, history, complete=len(history) >= cfg.epochs)
+    logger.info("done: genotype %s written to %s", genotype, run_dir / "genotype.json")
+    logger.info("retrain it with:\n  %s", retrain_command(run_dir, cfg))
+    return metrics
