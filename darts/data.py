@@ -520,17 +520,24 @@ def make_loader(
 # network weights, the other half the architecture.
 
 
-def search_split(num_samples: int, train_portion: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weight indices, alpha indices): the first `train_portion` of the training set and the
-    rest, in data-set order, as the reference code splits it."""
+def search_split(num_samples: int, train_portion: float,
+                 seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight indices, alpha indices): a random `train_portion` of the training set and the
+    rest, drawn from `seed`.
+
+    The reference code takes the first and the second half in file order, which for CIFAR
+    is already a random order; an ImageFolder is sorted by class, where that split would
+    give the two halves disjoint classes. A seeded random split is right for both.
+    """
     split = int(np.floor(train_portion * num_samples))
     if not 0 < split < num_samples:
         raise UserError(
             f"--train_portion {train_portion} splits {num_samples} training images into "
             f"{split} for the weights and {num_samples - split} for the architecture; "
             f"both halves need at least one image (use a value strictly between 0 and 1)")
-    indices = torch.arange(num_samples)
-    return indices[:split], indices[split:]
+    g = torch.Generator().manual_seed(pass_seed(seed, 999, 0))
+    indices = torch.randperm(num_samples, generator=g)
+    return indices[:split].sort().values, indices[split:].sort().values
 
 
 def pass_seed(seed: int, stream: int, pass_index: int) -> int:

@@ -212,7 +212,7 @@ def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end):
             raise UserError(f"{run_dir}: the checkpoint's data split indexes {len(weight_idx) + len(alpha_idx)} "
                             f"images but the training set has {len(train_set)}; resume on the same data")
     else:
-        weight_idx, alpha_idx = search_split(len(train_set), cfg.train_portion)
+        weight_idx, alpha_idx = search_split(len(train_set), cfg.train_portion, cfg.seed)
     pin = device.type == "cuda"
     weight_data = SplitLoader(train_set, weight_idx, cfg.batch_size, seed=cfg.seed, stream=0,
                               workers=cfg.workers, pin_memory=pin)

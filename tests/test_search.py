@@ -166,9 +166,17 @@ class _Indexed(torch.utils.data.Dataset):
         return torch.tensor(i), 0
 
 
-def test_search_split_is_two_disjoint_halves():
-    w, a = search_split(50, 0.5)
-    assert w.tolist() == list(range(25)) and a.tolist() == list(range(25, 50))
+def test_search_split_is_a_random_partition_even_of_class_sorted_data():
+    w, a = search_split(50, 0.5, seed=0)
+    assert len(w) == len(a) == 25
+    assert sorted(w.tolist() + a.tolist()) == list(range(50))
+    # An ImageFolder lists images class by class: both halves must see every class.
+    w200, a200 = search_split(200, 0.5, seed=0)
+    labels = torch.arange(200) // 20  # 10 classes, sorted
+    assert set(labels[w200].tolist()) == set(labels[a200].tolist()) == set(range(10))
+    assert torch.equal(search_split(50, 0.5, seed=0)[0], w)
+    assert not torch.equal(search_split(50, 0.5, seed=1)[0], w)
+    assert len(search_split(50, 0.7)[0]) == 35
     with pytest.raises(UserError, match="--train_portion"):
         search_split(50, 0.01)
 
@@ -179,7 +187,7 @@ def test_split_stream_is_persistent_reshuffled_and_resumable():
     assert len(stream) == 3  # 25 images in batches of 10
     first_pass = [next(stream)[0].tolist() for _ in range(3)]
     seen = sorted(i for b in first_pass for i in b)
-    assert seen == list(range(25, 50))  # every image of the alpha half, once per pass
+    assert seen == alpha_idx.tolist()  # every image of the alpha half, once per pass
     second = next(stream)[0].tolist()  # a new pass starts by itself, in a new order
     assert second != first_pass[0]
     state = stream.state_dict()
