@@ -39,7 +39,7 @@ from darts.errors import UserError
 from darts.files import save_json
 from darts.genotype import Genotype, genotype_from_dict, resolve_genotype, save_genotype
 from darts.network import NetworkCIFAR, NetworkImageNet, count_multiply_adds, count_parameters
-from darts.tb import EpochTimer, RunLogger, format_duration
+from darts.tb import EpochTimer, RunLogger, draw_cells, format_duration
 
 CIFAR_RECIPE: dict[str, Any] = dict(
     init_channels=36, layers=20, batch_size=96, learning_rate=0.025, lr_schedule="cosine",
@@ -139,18 +139,6 @@ def build_network(genotype: Genotype, cfg: FinalConfig, num_classes: int, networ
     return cls(cfg.init_channels, num_classes, cfg.layers, cfg.auxiliary, genotype)
 
 
-def _draw_cells(genotype: Genotype, run_dir: Path, logger: RunLogger) -> None:
-    from darts import visualize
-
-    if not visualize.dot_available():
-        logger.warning("graphviz `dot` not found: cell diagrams skipped (apt-get install graphviz)")
-        return
-    for path in visualize.render_genotype(genotype, run_dir).values():
-        logger.info("cell diagram: %s", path)
-    for kind in ("normal", "reduce"):
-        logger.image(f"cells/{kind}", visualize.cell_image_array(genotype, kind == "reduce"), 0)
-
-
 def run(cfg: FinalConfig, *, resume: str | None = None,
         on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Trains the genotype; returns the metrics written to metrics.json.
@@ -228,7 +216,7 @@ def _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger, ck
         logger.config(to_dict(cfg))
         logger.info("genotype %s: %s", cfg.genotype, genotype)
         logger.info("run directory %s", run_dir)
-        _draw_cells(genotype, run_dir, logger)
+        draw_cells(genotype, logger, 0, run_dir)
     logger.info("%s on %s (%d classes, %dpx): %.3fM parameters (no auxiliary head), "
                 "%.1fM multiply-adds per image, device %s", type(model).__name__,
                 cfg.dataset, info.num_classes, info.image_size, params / 1e6,

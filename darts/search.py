@@ -44,7 +44,7 @@ from darts.final import pick_device
 from darts.genotype import Genotype, genotype_from_dict, save_genotype
 from darts.space import SearchSpace
 from darts.supernet import SearchNetwork
-from darts.tb import EpochTimer, RunLogger, alpha_heatmap, format_duration
+from darts.tb import EpochTimer, RunLogger, alpha_heatmap, draw_cells, format_duration
 
 SEARCH_DATASETS = ("cifar10", "cifar100", "folder", "synthetic")
 
@@ -180,20 +180,6 @@ def run(cfg: SearchConfig, *, resume: str | None = None,
         logger.close()
 
 
-def _draw(genotype: Genotype, logger: RunLogger, step: int, run_dir: Path | None) -> None:
-    from darts import visualize
-
-    if not visualize.dot_available():
-        if run_dir is not None:
-            logger.warning("graphviz `dot` not found: cell diagrams skipped (apt-get install graphviz)")
-        return
-    for kind in ("normal", "reduce"):
-        logger.image(f"cells/{kind}", visualize.cell_image_array(genotype, kind == "reduce"), step)
-    if run_dir is not None:
-        for path in visualize.render_genotype(genotype, run_dir).values():
-            logger.info("cell diagram: %s", path)
-
-
 def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end):
     space = SearchSpace(steps=cfg.nodes, multiplier=cfg.nodes)
     model = SearchNetwork(cfg.init_channels, info.num_classes, cfg.layers, space).to(device)
@@ -321,7 +307,7 @@ def _log_epoch(logger, model, genotype, step, train, valid, lr, arch_loss, stats
         logger.image(f"alphas/{kind}", alpha_heatmap(w, edges, ops, f"{kind} cell, epoch {step}"),
                      step)
     logger.text("genotype", f"`{genotype}`", step)
-    _draw(genotype, logger, step, None)
+    draw_cells(genotype, logger, step)
 
 
 def _metrics(cfg: SearchConfig, history: list[dict[str, Any]], complete: bool) -> dict[str, Any]:
@@ -337,7 +323,7 @@ def _metrics(cfg: SearchConfig, history: list[dict[str, Any]], complete: bool) -
 def _finish(cfg, run_dir, logger, history) -> dict[str, Any]:
     genotype = genotype_from_dict(history[-1]["genotype"], where=str(run_dir))
     save_genotype(genotype, run_dir / "genotype.json")
-    _draw(genotype, logger, len(history), run_dir)
+    draw_cells(genotype, logger, len(history), run_dir)
     metrics = _metrics(cfg, history, complete=len(history) >= cfg.epochs)
     logger.info("done: genotype %s written to %s", genotype, run_dir / "genotype.json")
     logger.info("retrain it with:\n  %s", retrain_command(run_dir, cfg))

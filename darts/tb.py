@@ -228,3 +228,28 @@ class EpochTimer:
     def eta(self) -> float:
         left = self.total - self.start_epoch - self.done
         return self.elapsed / max(self.done, 1) * left
+
+
+def draw_cells(genotype: Any, logger: RunLogger, step: int, out_dir: Path | None = None) -> bool:
+    """The genotype's cell diagrams into TensorBoard (`cells/normal`, `cells/reduce`) and, with
+    `out_dir`, as normal.png and reduce.png there. Pictures are never worth a crashed run:
+    without graphviz (the `dot` program or the Python package) this warns once per logger
+    and returns False."""
+    try:
+        from darts import visualize
+
+        if not visualize.dot_available():
+            raise visualize.DotNotFoundError()
+        for kind in ("normal", "reduce"):
+            logger.image(f"cells/{kind}", visualize.cell_image_array(genotype, kind == "reduce"),
+                         step)
+        if out_dir is not None:
+            for path in visualize.render_genotype(genotype, out_dir).values():
+                logger.info("cell diagram: %s", path)
+        return True
+    except Exception as e:  # ImportError, DotNotFoundError, a failing `dot`
+        if not getattr(logger, "_warned_cells", False):
+            logger.warning("cell diagrams skipped (%s: %s); install graphviz for them",
+                           type(e).__name__, e)
+            logger._warned_cells = True
+        return False

@@ -200,3 +200,13 @@ def test_split_stream_is_persistent_reshuffled_and_resumable():
     # epoch(p) reproduces pass p.
     fresh = SplitLoader(_Indexed(), alpha_idx, 10, seed=3, stream=1)
     assert [b[0].tolist() for b in fresh.epoch(0)] == first_pass
+
+
+def test_a_missing_graphviz_skips_pictures_with_one_warning(tmp_path, monkeypatch):
+    monkeypatch.setattr(visualize, "dot_available", lambda: False)
+    metrics = run(_tiny_config(tmp_path, name="nodot", order=1, tensorboard=False))
+    assert metrics["complete"]
+    log = (tmp_path / "nodot" / "log.txt").read_text()
+    assert log.count("cell diagrams skipped") == 1
+    assert not (tmp_path / "nodot" / "normal.png").exists()
+    assert (tmp_path / "nodot" / "genotype.json").is_file()
