@@ -15,7 +15,7 @@ from darts.checkpoint import load_checkpoint
 from darts.data import SplitLoader, search_split
 from darts.errors import UserError
 from darts.genotype import genotype_from_dict, load_genotype
-from darts.search import SearchConfig, run
+from darts.search import SearchConfig, retrain_command, run
 
 TINY = ["--dataset", "synthetic", "--layers", "3", "--init_channels", "4", "--image_size", "16",
         "--synthetic_size", "32", "--batch_size", "16", "--workers", "0", "--no-progress"]
@@ -210,3 +210,25 @@ def test_a_missing_graphviz_skips_pictures_with_one_warning(tmp_path, monkeypatc
     assert log.count("cell diagrams skipped") == 1
     assert not (tmp_path / "nodot" / "normal.png").exists()
     assert (tmp_path / "nodot" / "genotype.json").is_file()
+
+
+def test_search_reads_cifar10_from_its_real_on_disk_format(tmp_path, monkeypatch):
+    from test_data import tiny_cifar10
+
+    tiny_cifar10(tmp_path / "data", monkeypatch)  # 20 training images in the archive's pickles
+    cfg = _tiny_config(tmp_path, dataset="cifar10", data=str(tmp_path / "data"), image_size=None,
+                       name="c10", epochs=1, order=1, tensorboard=False)
+    metrics = run(cfg)
+    assert metrics["complete"] and metrics["dataset"] == "cifar10"
+    assert len(load_checkpoint(tmp_path / "c10")["split"]["alphas"]) == 10
+
+
+def test_search_on_an_image_folder(tmp_path):
+    from test_data import write_folder
+
+    write_folder(tmp_path / "imgs", "train", per_class=4)
+    write_folder(tmp_path / "imgs", "test", per_class=1)
+    cfg = _tiny_config(tmp_path, dataset="folder", data=str(tmp_path / "imgs"), name="folder",
+                       epochs=1, order=1, tensorboard=False)
+    assert run(cfg)["complete"]
+    assert "--data" in retrain_command(tmp_path / "folder", cfg)
