@@ -10,41 +10,15 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from darts.config import add_arguments, from_arguments, given_flags
-from darts.errors import UserError
+from darts import cli
 from darts.final import FinalConfig, run
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Retrain a DARTS genotype from scratch (the paper's recipe by default).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_arguments(parser, FinalConfig)
-    parser.add_argument("--resume", metavar="RUN_DIR",
-                        help="continue the run in RUN_DIR (or from its checkpoint.pt) with the "
-                             "config it was started with; other flags are ignored")
-    return parser.parse_args(argv)
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    ignored = sorted(given_flags(args, FinalConfig))
-    if args.resume and ignored:
-        print(f"warning: --resume continues with the run's saved config; ignoring "
-              f"{', '.join('--' + f for f in ignored)}", file=sys.stderr)
-    try:
-        run(from_arguments(FinalConfig, args), resume=args.resume)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: the last finished epoch is in checkpoint.pt (resume with --resume RUN_DIR)",
-              file=sys.stderr)
-        return 130
-    return 0
+    return cli.main(FinalConfig, run, "Retrain a DARTS genotype from scratch (the paper's recipe by default).",
+                    "run", argv)
 
 
 if __name__ == "__main__":
