@@ -37,6 +37,20 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise UserError(f"--resume: {path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
 
 
+def run_dir_of(resume: str | os.PathLike) -> Path:
+    """The run directory that `--resume` names (the directory itself or its checkpoint.pt)."""
+    path = Path(resume)
+    return path if path.is_dir() else path.parent
+
+
+def new_run_dir(save: str | os.PathLike, name: str) -> Path:
+    """`save/name` for a new run; refuses a directory that already holds one."""
+    run_dir = Path(save) / name
+    if (run_dir / "checkpoint.pt").exists():
+        raise UserError(f"{run_dir} already holds a run: pass --resume {run_dir} or another --name")
+    return run_dir
+
+
 def rng_state() -> dict[str, Any]:
     """Every random generator a run draws from, in a weights_only-loadable form."""
     np_state = np.random.get_state()

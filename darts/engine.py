@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from darts.errors import UserError
+
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -48,6 +50,15 @@ class MetricSum:
     def result(self) -> EpochMetrics:
         loss, top1, top5 = (self.sums / max(self.samples, 1)).tolist()
         return EpochMetrics(loss, 100.0 * top1, 100.0 * top5, self.samples)
+
+
+def pick_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {spec}: CUDA is not available on this machine (use --device cpu)")
+    return device
 
 
 def split_output(out) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -27,14 +27,16 @@ import torch.nn as nn
 
 from darts.checkpoint import (
     load_checkpoint,
+    new_run_dir,
     rng_state,
+    run_dir_of,
     save_checkpoint,
     seed_everything,
     set_rng_state,
 )
 from darts.config import config_from_dict, to_dict
 from darts.data import DATASETS, build_datasets, make_loader, network_family
-from darts.engine import evaluate, train_one_epoch
+from darts.engine import evaluate, pick_device, train_one_epoch
 from darts.errors import UserError
 from darts.files import save_json
 from darts.genotype import Genotype, genotype_from_dict, resolve_genotype, save_genotype
@@ -107,15 +109,6 @@ class FinalConfig:
         return dataclasses.replace(self, **values)
 
 
-def pick_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {spec}: CUDA is not available on this machine (use --device cpu)")
-    return device
-
-
 def validate(cfg: FinalConfig) -> None:
     checks = [
         ("epochs", cfg.epochs is not None and cfg.epochs >= 1, "at least 1"),
@@ -152,7 +145,7 @@ def run(cfg: FinalConfig, *, resume: str | None = None,
         ckpt = load_checkpoint(resume)
         cfg = config_from_dict(FinalConfig, ckpt["config"], where=str(resume))
         genotype = genotype_from_dict(ckpt["genotype"], where=f"{resume} (genotype)")
-        run_dir = Path(resume if Path(resume).is_dir() else Path(resume).parent)
+        run_dir = run_dir_of(resume)
     else:
         genotype = resolve_genotype(cfg.genotype)
 
@@ -168,9 +161,7 @@ def run(cfg: FinalConfig, *, resume: str | None = None,
     if ckpt is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         gname = Path(cfg.genotype).stem if cfg.genotype.endswith(".json") else cfg.genotype
-        run_dir = Path(cfg.save) / (cfg.name or f"final-{cfg.dataset}-{gname}-{stamp}")
-        if (run_dir / "checkpoint.pt").exists():
-            raise UserError(f"{run_dir} already holds a run: pass --resume {run_dir} or another --name")
+        run_dir = new_run_dir(cfg.save, cfg.name or f"final-{cfg.dataset}-{gname}-{stamp}")
     logger = RunLogger(run_dir, tensorboard=cfg.tensorboard, name="final")
     try:
         return _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger, ckpt,

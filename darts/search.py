@@ -30,17 +30,18 @@ from torch.utils.data import Subset
 from darts.architect import Architect
 from darts.checkpoint import (
     load_checkpoint,
+    new_run_dir,
     rng_state,
+    run_dir_of,
     save_checkpoint,
     seed_everything,
     set_rng_state,
 )
 from darts.config import config_from_dict, to_dict
 from darts.data import SplitLoader, build_datasets, make_loader, search_split
-from darts.engine import MetricSum, evaluate, train_one_epoch
+from darts.engine import MetricSum, evaluate, pick_device, train_one_epoch
 from darts.errors import UserError
 from darts.files import save_json
-from darts.final import pick_device
 from darts.genotype import Genotype, genotype_from_dict, save_genotype
 from darts.space import SearchSpace
 from darts.supernet import SearchNetwork
@@ -160,7 +161,7 @@ def run(cfg: SearchConfig, *, resume: str | None = None,
         if ckpt.get("kind") != "search":
             raise UserError(f"--resume {resume}: not a train_search.py checkpoint")
         cfg = config_from_dict(SearchConfig, ckpt["config"], where=str(resume))
-        run_dir = Path(resume if Path(resume).is_dir() else Path(resume).parent)
+        run_dir = run_dir_of(resume)
     validate(cfg)
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
@@ -170,9 +171,7 @@ def run(cfg: SearchConfig, *, resume: str | None = None,
         synthetic_size=cfg.synthetic_size, seed=cfg.seed)
     if ckpt is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        run_dir = Path(cfg.save) / (cfg.name or f"search-{cfg.dataset}-{stamp}")
-        if (run_dir / "checkpoint.pt").exists():
-            raise UserError(f"{run_dir} already holds a run: pass --resume {run_dir} or another --name")
+        run_dir = new_run_dir(cfg.save, cfg.name or f"search-{cfg.dataset}-{stamp}")
     logger = RunLogger(run_dir, tensorboard=cfg.tensorboard, name="search")
     try:
         return _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end)
