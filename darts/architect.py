@@ -31,7 +31,8 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
-from darts.engine import split_output
+from darts.distributed import Dist, average_
+from darts.engine import FLOAT32, Precision, split_output
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 Tensors = list[torch.Tensor]
@@ -50,7 +51,8 @@ class Architect:
     def __init__(self, model: nn.Module, criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                  weight_optimizer: torch.optim.Optimizer, *, order: int = 2, hessian: str = "fd",
                  lr: float = 3e-4, weight_decay: float = 1e-3,
-                 betas: tuple[float, float] = ARCH_BETAS, fd_epsilon: float = 0.01):
+                 betas: tuple[float, float] = ARCH_BETAS, fd_epsilon: float = 0.01,
+                 precision: Precision = FLOAT32, dist: Dist | None = None):
         if order not in (1, 2):
             raise ValueError(f"order must be 1 or 2, got {order}")
         if hessian not in ("fd", "exact"):
@@ -61,6 +63,8 @@ class Architect:
         self.order = order
         self.hessian = hessian
         self.fd_epsilon = fd_epsilon
+        self.precision = precision
+        self.dist = dist or Dist()
         named = list(model.named_network_parameters())
         self.names = [n for n, _ in named]
         self.weights = [p for _, p in named]
@@ -75,34 +79,67 @@ class Architect:
         self._groups = [group_of[id(p)] for p in self.weights]
 
     # -- losses ------------------------------------------------------------------------------
-    def loss(self, batch: Batch, weights: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+    def loss(self, batch: Batch, weights: Sequence[torch.Tensor] | None = None, *,
+             alphas: bool = True, float32: bool = False) -> torch.Tensor:
         """L(w, alpha) on `batch`, at the model's own weights or at `weights` (aligned with
-        `self.weights`), always at the model's current alphas."""
+        `self.weights`), always at the model's current alphas.
+
+        `alphas=False` detaches the alphas (no alpha gradient wanted: nothing is stored for
+        one). The forward runs under the run's autocast unless `float32`.
+        """
         x, y = batch
-        if weights is None:
-            out = self.model(x)
-        else:
-            out = functional_call(self.model, dict(zip(self.names, weights, strict=True)), (x,))
-        return self.criterion(split_output(out)[0], y)
+        mixing = self.model.mixing_weights(detach=not alphas)
+        precision = FLOAT32 if float32 else self.precision
+        with precision.autocast():
+            if weights is None:
+                out = self.model(x, mixing)
+            else:
+                params = dict(zip(self.names, weights, strict=True))
+                out = functional_call(self.model, params, (x, mixing))
+            return self.criterion(split_output(out)[0], y)
+
+    def _grad(self, loss: torch.Tensor, inputs: Sequence[torch.Tensor], **kw) -> Tensors:
+        """d loss / d inputs (zeros where unused), with fp16 loss scaling: the loss is scaled by
+        the weight step's GradScaler scale and the gradients unscaled in float32."""
+        scaler = self.precision.scaler
+        scale = scaler.get_scale() if scaler is not None else 1.0
+        grads = torch.autograd.grad(loss * scale if scale != 1.0 else loss, inputs,
+                                    allow_unused=True, **kw)
+        grads = [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads, strict=True)]
+        if scale != 1.0:
+            grads = [g.float() / scale if g.dtype != torch.float64 else g / scale for g in grads]
+        return grads
+
+    def _detached_weights(self) -> Tensors:
+        return [w.detach() for w in self.weights]
 
     # -- Algorithm 1, step 1 -----------------------------------------------------------------
     def step(self, train_batch: Batch, val_batch: Batch, xi: float) -> torch.Tensor:
-        """One Adam step on the alphas; returns the validation loss (at w' for second order)."""
+        """One Adam step on the alphas; returns the validation loss (at w' for second order).
+
+        On many ranks the alpha gradient is averaged over them before the step, so every
+        rank takes the same step. A step whose gradient is not finite (an fp16 overflow) is
+        skipped, as the GradScaler skips such weight steps.
+        """
         if self.order == 1:
             grads, val_loss = self.first_order_gradient(val_batch)
         else:
             grads, val_loss = self.unrolled_gradient(train_batch, val_batch, xi)
+        average_(grads, self.dist)
+        if self.precision.scaler is not None and not all(torch.isfinite(g).all() for g in grads):
+            return val_loss
         for alpha, g in zip(self.alphas, grads, strict=True):
-            alpha.grad = g
+            alpha.grad = g.to(alpha.dtype)
         self.optimizer.step()
         for alpha in self.alphas:
             alpha.grad = None
         return val_loss
 
     def first_order_gradient(self, val_batch: Batch) -> tuple[Tensors, torch.Tensor]:
-        """grad_alpha L_val(w, alpha): eq. 6 with xi = 0. Only alpha gradients are computed."""
-        val_loss = self.loss(val_batch)
-        return list(torch.autograd.grad(val_loss, self.alphas)), val_loss.detach()
+        """grad_alpha L_val(w, alpha): eq. 6 with xi = 0. Only alpha gradients are computed
+        (the weights enter detached, so no weight gradient is formed)."""
+        val_loss = self.loss(val_batch, self._detached_weights())
+        return self._grad(val_loss, self.alphas), val_loss.detach()
 
     def virtual_step(self, train_batch: Batch, xi: float,
                      create_graph: bool = False) -> tuple[Tensors, Tensors]:
@@ -112,10 +149,15 @@ class Architect:
         unchanged by them. Returns (w' as fresh leaves, grad_w L_train); with `create_graph`
         the gradient keeps its graph for the exact Hessian-vector product.
         """
-        loss = self.loss(train_batch)
-        grads = torch.autograd.grad(loss, self.weights, create_graph=create_graph,
-                                    allow_unused=True)
-        grads = [torch.zeros_like(w) if g is None else g for w, g in zip(self.weights, grads, strict=True)]
+        # The fd product needs no alpha gradient here; the exact one differentiates it later,
+        # and so builds it in float32 (the Hessian-vector product stays float32 under AMP).
+        loss = self.loss(train_batch, alphas=create_graph, float32=create_graph)
+        grads = self._grad(loss, self.weights, create_graph=create_graph)
+        if self.dist.enabled:  # the virtual step of the global batch (a no-op on one rank)
+            if create_graph:
+                raise ValueError("the exact Hessian-vector product runs on one process; "
+                                 "use --hessian fd with torchrun")
+            average_(grads, self.dist)
         unrolled = []
         with torch.no_grad():
             for w, g, group in zip(self.weights, grads, self._groups, strict=True):
@@ -132,9 +174,8 @@ class Architect:
         exact = self.hessian == "exact"
         unrolled, train_grads = self.virtual_step(train_batch, xi, create_graph=exact)
         val_loss = self.loss(val_batch, unrolled)
-        grads = torch.autograd.grad(val_loss, self.alphas + unrolled, allow_unused=True)
-        grads = [torch.zeros_like(t) if g is None else g
-                 for t, g in zip(self.alphas + unrolled, grads, strict=True)]
+        grads = self._grad(val_loss, self.alphas + unrolled)
+        average_(grads[len(self.alphas):], self.dist)  # v: the global batch's grad_w' L_val
         d_alpha, vector = grads[:len(self.alphas)], grads[len(self.alphas):]
         if exact:
             hvp = self.exact_hessian_vector_product(vector, train_grads)
@@ -155,8 +196,10 @@ class Architect:
         with torch.no_grad():
             plus = [w + eps * v for w, v in zip(self.weights, vector, strict=True)]
             minus = [w - eps * v for w, v in zip(self.weights, vector, strict=True)]
-        g_plus = torch.autograd.grad(self.loss(train_batch, plus), self.alphas)
-        g_minus = torch.autograd.grad(self.loss(train_batch, minus), self.alphas)
+        # In float32 even under autocast: a difference of two nearby gradients divided by
+        # 2 eps would be dominated by bf16/fp16 rounding.
+        g_plus = self._grad(self.loss(train_batch, plus, float32=True), self.alphas)
+        g_minus = self._grad(self.loss(train_batch, minus, float32=True), self.alphas)
         return [(p - m) / (2 * eps) for p, m in zip(g_plus, g_minus, strict=True)]
 
     def exact_hessian_vector_product(self, vector: Sequence[torch.Tensor],

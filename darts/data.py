@@ -546,29 +546,52 @@ def pass_seed(seed: int, stream: int, pass_index: int) -> int:
     return int(state[0]) << 31 | int(state[1]) >> 1
 
 
+def shard(order: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """Rank `rank`'s part of a pass's `order` over `world_size` processes.
+
+    As torch's DistributedSampler: the order is padded by wrapping around to a multiple of
+    the world size, so every rank takes the same number of samples (and batches), then rank
+    r takes positions r, r + world_size, ...
+    """
+    if world_size == 1:
+        return order
+    total = -(-len(order) // world_size) * world_size
+    if total > len(order):
+        order = torch.cat([order, order[: total - len(order)]])
+    return order[rank::world_size]
+
+
 class ShuffledSubset(Sampler[int]):
     """The given indices in a fresh random order each pass.
 
     Pass p's order depends on (seed, stream, p) alone, so a resumed run draws the same
     orders without any saved generator state; `start` skips the first samples of a pass
-    (resuming in the middle of one).
+    (resuming in the middle of one). With `world_size` > 1 it yields rank `rank`'s shard
+    of each pass (`shard`).
     """
 
-    def __init__(self, indices: torch.Tensor, seed: int, stream: int = 0):
+    def __init__(self, indices: torch.Tensor, seed: int, stream: int = 0, *,
+                 rank: int = 0, world_size: int = 1):
         self.indices = torch.as_tensor(indices, dtype=torch.long)
         self.seed, self.stream = seed, stream
+        self.rank, self.world_size = rank, world_size
         self.pass_index, self.start = 0, 0
 
     def set_pass(self, pass_index: int, start: int = 0) -> None:
         self.pass_index, self.start = pass_index, start
 
-    def __iter__(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(pass_seed(self.seed, self.stream, self.pass_index))
+    def order(self, pass_index: int) -> torch.Tensor:
+        """This rank's indices of pass `pass_index`, in order."""
+        g = torch.Generator().manual_seed(pass_seed(self.seed, self.stream, pass_index))
         order = self.indices[torch.randperm(len(self.indices), generator=g)]
-        return iter(order[self.start:].tolist())
+        return shard(order, self.rank, self.world_size)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order(self.pass_index)[self.start:].tolist())
 
     def __len__(self) -> int:
-        return max(len(self.indices) - self.start, 0)
+        per_rank = -(-len(self.indices) // self.world_size)
+        return max(per_rank - self.start, 0)
 
 
 class SplitLoader:
@@ -582,9 +605,10 @@ class SplitLoader:
     """
 
     def __init__(self, dataset: Dataset, indices: torch.Tensor, batch_size: int, *, seed: int,
-                 stream: int, workers: int = 0, pin_memory: bool = False):
+                 stream: int, workers: int = 0, pin_memory: bool = False, rank: int = 0,
+                 world_size: int = 1):
         self.batch_size = batch_size
-        self.sampler = ShuffledSubset(indices, seed, stream)
+        self.sampler = ShuffledSubset(indices, seed, stream, rank=rank, world_size=world_size)
         # The loader draws its workers' seeds from this generator: seeded per pass as well.
         self.generator = torch.Generator()
         self.loader = make_loader(dataset, batch_size, shuffle=False, workers=workers,
@@ -594,8 +618,9 @@ class SplitLoader:
         self._iterator: Iterator | None = None
 
     def __len__(self) -> int:
-        """Batches per pass."""
-        return -(-len(self.sampler.indices) // self.batch_size)
+        """Batches per pass (of this rank)."""
+        per_rank = -(-len(self.sampler.indices) // self.sampler.world_size)
+        return -(-per_rank // self.batch_size)
 
     def epoch(self, pass_index: int) -> DataLoader:
         self._prepare(pass_index, 0)

@@ -6,6 +6,7 @@ for the progress bar), so the loop never waits on the GPU for a number nobody lo
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -74,15 +75,92 @@ def _progress(iterable: Iterable, desc: str, enabled: bool, total: int | None):
                 disable=not (enabled and sys.stderr.isatty()), mininterval=1.0)
 
 
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Precision:
+    """Mixed precision of a run: autocast to `dtype` (None: float32), a GradScaler for fp16."""
+
+    device_type: str
+    dtype: torch.dtype | None = None
+    scaler: torch.amp.GradScaler | None = None
+
+    @classmethod
+    def from_flag(cls, amp: str, device: torch.device) -> Precision:
+        if amp not in AMP_DTYPES:
+            raise UserError(f"--amp {amp}: choose one of {', '.join(AMP_DTYPES)}")
+        dtype = AMP_DTYPES[amp]
+        scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+        return cls(device.type, dtype, scaler)
+
+    def autocast(self):
+        """The forward's context: autocast to the run's dtype, or nothing for float32."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+
+    def unscale(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler is None:
+            optimizer.step()
+        else:
+            self.scaler.step(optimizer)  # skipped when the scaled gradients overflowed
+            self.scaler.update()
+
+
+FLOAT32 = Precision("cpu")
+
+
+def compile_model(model: nn.Module, enabled: bool, log: Callable[[str], None]) -> None:
+    """`--compile`: torch.compile the module in place (its parameter names, state dict and
+    methods stay as they are, so optimizers, functional_call and checkpoints work unchanged).
+
+    Where a graph cannot be compiled (no C++ compiler for the CPU backend, an unsupported
+    op) torch.compile's error suppression runs that part eagerly, with its warning; where
+    torch.compile itself is missing the run says so and stays eager.
+    """
+    if not enabled:
+        return
+    try:
+        import torch._dynamo
+
+        torch._dynamo.config.suppress_errors = True
+        model.compile()
+    except Exception as e:  # noqa: BLE001 - any failure here means: run eagerly
+        log(f"--compile: torch.compile is not available here ({type(e).__name__}: {e}); "
+            f"running eagerly")
+        return
+    log("--compile: compiling on first use (the first steps of each kind are slow)")
+
+
+def to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device,
+              channels_last: bool = False) -> Batch:
+    fmt = torch.channels_last if channels_last and x.dim() == 4 else torch.preserve_format
+    return (x.to(device, non_blocking=True, memory_format=fmt),
+            y.to(device, non_blocking=True))
+
+
 def train_one_epoch(model: nn.Module, loader: Iterable[Batch], optimizer: torch.optim.Optimizer,
                     criterion: nn.Module, device: torch.device, *, aux_weight: float = 0.0,
                     grad_clip: float = 0.0, before_step: Callable[[int, Batch], None] | None = None,
                     forward: Callable[[torch.Tensor], object] | None = None,
+                    precision: Precision = FLOAT32, channels_last: bool = False,
+                    after_backward: Callable[[], None] | None = None,
+                    reduce: Callable[[MetricSum], None] | None = None,
                     progress: bool = False, desc: str = "train") -> EpochMetrics:
     """One pass over `loader`: forward, loss (+ weighted auxiliary loss), backward, clip, step.
 
     `before_step(step, batch)` runs before each weight step (the search's architect step).
     `forward(x)` replaces `model(x)` (the search passes the supernet detached alphas).
+    `after_backward()` runs between backward and clipping (the search's gradient all-reduce
+    on many GPUs; `reduce(meter)` sums the ranks' metrics). `precision` runs the forward under autocast (and scales fp16 losses).
     The reported loss is the main classification loss, comparable with the validation loss.
     """
     model.train()
@@ -92,36 +170,47 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Batch], optimizer: torch.
     bar = _progress(loader, desc, progress, total)
     forward = forward or model
     for step, (x, y) in enumerate(bar):
-        x = x.to(device, non_blocking=True)
-        y = y.to(device, non_blocking=True)
+        x, y = to_device(x, y, device, channels_last)
         if before_step is not None:
             before_step(step, (x, y))
-        logits, logits_aux = split_output(forward(x))
-        loss = criterion(logits, y)
-        objective = loss
-        if logits_aux is not None and aux_weight > 0:
-            objective = loss + aux_weight * criterion(logits_aux, y)
+        with precision.autocast():
+            logits, logits_aux = split_output(forward(x))
+            loss = criterion(logits, y)
+            objective = loss
+            if logits_aux is not None and aux_weight > 0:
+                objective = loss + aux_weight * criterion(logits_aux, y)
         optimizer.zero_grad(set_to_none=True)
-        objective.backward()
+        precision.backward(objective)
+        if after_backward is not None:
+            after_backward()
         if grad_clip > 0:
+            precision.unscale(optimizer)
             nn.utils.clip_grad_norm_(params, grad_clip)
-        optimizer.step()
+        precision.step(optimizer)
         meter.update(loss, logits, y)
         if progress and step % 20 == 0:
             m = meter.result()
             bar.set_postfix(loss=f"{m.loss:.3f}", top1=f"{m.top1:.1f}")
+    if reduce is not None:
+        reduce(meter)
     return meter.result()
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable[Batch], criterion: nn.Module,
-             device: torch.device, *, progress: bool = False, desc: str = "valid") -> EpochMetrics:
+             device: torch.device, *, precision: Precision = FLOAT32, channels_last: bool = False,
+             reduce: Callable[[MetricSum], None] | None = None,
+             progress: bool = False, desc: str = "valid") -> EpochMetrics:
+    """Loss and top-1/top-5 over `loader`; `reduce(meter)` sums the meters of all ranks."""
     model.eval()
     meter = MetricSum(device)
     total = len(loader) if hasattr(loader, "__len__") else None
     for x, y in _progress(loader, desc, progress, total):
-        x = x.to(device, non_blocking=True)
-        y = y.to(device, non_blocking=True)
-        logits, _ = split_output(model(x))
-        meter.update(criterion(logits, y), logits, y)
+        x, y = to_device(x, y, device, channels_last)
+        with precision.autocast():
+            logits, _ = split_output(model(x))
+            loss = criterion(logits, y)
+        meter.update(loss, logits, y)
+    if reduce is not None:
+        reduce(meter)
     return meter.result()

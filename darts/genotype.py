@@ -197,21 +197,32 @@ def genotype_from_edges(normal: Iterable[Edge], reduce: Iterable[Edge],
     return genotype_from_dict(d)
 
 
-def _rows(weights: Any) -> list[list[float]]:
-    if hasattr(weights, "detach"):  # a torch tensor, possibly on a GPU
+def _values(weights: Any) -> Any:
+    """Nested Python lists from a tensor (possibly on a GPU), an array or lists."""
+    if hasattr(weights, "detach"):
         weights = weights.detach().cpu()
     if hasattr(weights, "tolist"):
         weights = weights.tolist()
-    return [[float(v) for v in row] for row in weights]
+    return weights
 
 
-def _decode_cell(weights: Any, primitives: Sequence[str], steps: int) -> list[Edge]:
+def _rows(weights: Any) -> list[list[float]]:
+    return [[float(v) for v in row] for row in _values(weights)]
+
+
+def _decode_cell(weights: Any, primitives: Sequence[str], steps: int,
+                 edge_weights: Any = None) -> list[Edge]:
     """The reference code's `_parse` (quark0/darts, model_search.py).
 
     Node i has i + 2 incoming edges (from c_{k-2}, c_{k-1} and the earlier nodes). Its two
     strongest edges are kept, the strength of an edge being its largest non-'none' softmax
     weight; each keeps its strongest non-'none' op. Ties go to the lower index (the
     reference's stable sort and strict `>`), and the two edges are listed strongest first.
+
+    With `edge_weights` (one per edge: PC-DARTS's normalised betas) the strength is
+    multiplied by the edge's weight, as PC-DARTS's `_parse` (yuhuixu1993/PC-DARTS) scales
+    each row of softmax(alpha) before ranking; the op kept on an edge is still its
+    strongest non-'none' op.
     """
     rows = _rows(weights)
     candidates = [k for k, name in enumerate(primitives) if name != "none"]
@@ -219,12 +230,20 @@ def _decode_cell(weights: Any, primitives: Sequence[str], steps: int) -> list[Ed
     if len(rows) != expected or any(len(r) != len(primitives) for r in rows):
         raise ValueError(f"expected {expected} x {len(primitives)} mixing weights for {steps} "
                          f"nodes, got {len(rows)} x {len(rows[0]) if rows else 0}")
+    if edge_weights is None:
+        scale = [1.0] * expected
+    else:
+        scale = [float(v) for v in _values(edge_weights)]
+        if len(scale) != expected:
+            raise ValueError(f"expected {expected} edge weights for {steps} nodes, "
+                             f"got {len(scale)}")
     gene: list[Edge] = []
     start = 0
     for i in range(steps):
         node_rows = rows[start:start + i + 2]
         best_op = [max(candidates, key=lambda k, r=r: (r[k], -k)) for r in node_rows]
-        strength = [r[k] for r, k in zip(node_rows, best_op, strict=True)]
+        strength = [r[k] * s for r, k, s in
+                    zip(node_rows, best_op, scale[start:start + i + 2], strict=True)]
         edges = sorted(range(i + 2), key=lambda j: -strength[j])[:2]
         gene.extend((primitives[best_op[j]], j) for j in edges)
         start += i + 2
@@ -233,13 +252,16 @@ def _decode_cell(weights: Any, primitives: Sequence[str], steps: int) -> list[Ed
 
 def decode_genotype(weights_normal: Any, weights_reduce: Any,
                     primitives: Sequence[str] | None = None, steps: int = 4,
-                    multiplier: int = 4, **meta: str) -> Genotype:
+                    multiplier: int = 4, *, edge_normal: Any = None, edge_reduce: Any = None,
+                    **meta: str) -> Genotype:
     """The discrete cell of the DARTS paper's Section 2.4 from the softmax mixing weights.
 
     `weights_*` are (edges x ops) softmax(alpha) matrices, rows in the supernet's edge order
     (node 0's two edges, node 1's three, ...), columns in `primitives` order (default
-    PRIMITIVES). The cell's output concatenates its last `multiplier` nodes. The decoded
-    genotype never contains 'none'.
+    PRIMITIVES). `edge_*` (optional, length edges) are PC-DARTS's edge-normalisation weights,
+    the softmax of the betas over each node's incoming edges: an edge's strength is then its
+    best op weight times its edge weight. The cell's output concatenates its last
+    `multiplier` nodes. The decoded genotype never contains 'none'.
     """
     from darts.primitives import PRIMITIVES
 
@@ -247,6 +269,6 @@ def decode_genotype(weights_normal: Any, weights_reduce: Any,
     if not any(name != "none" for name in primitives):
         raise ValueError("cannot decode a search space whose only op is 'none'")
     concat = list(range(2 + steps - multiplier, steps + 2))
-    return genotype_from_edges(_decode_cell(weights_normal, primitives, steps),
-                               _decode_cell(weights_reduce, primitives, steps),
+    return genotype_from_edges(_decode_cell(weights_normal, primitives, steps, edge_normal),
+                               _decode_cell(weights_reduce, primitives, steps, edge_reduce),
                                concat, concat, **meta)

@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Subset
 
+from darts import distributed
 from darts.architect import Architect
 from darts.checkpoint import (
     load_checkpoint,
@@ -39,7 +40,24 @@ from darts.checkpoint import (
 )
 from darts.config import config_from_dict, to_dict
 from darts.data import SplitLoader, build_datasets, make_loader, search_split
-from darts.engine import MetricSum, evaluate, pick_device, train_one_epoch
+from darts.device_data import (
+    LOADERS,
+    DeviceEvalLoader,
+    DeviceImages,
+    DeviceSplitLoader,
+    use_device_loader,
+)
+from darts.distributed import Dist
+from darts.engine import (
+    AMP_DTYPES,
+    MetricSum,
+    Precision,
+    compile_model,
+    evaluate,
+    pick_device,
+    to_device,
+    train_one_epoch,
+)
 from darts.errors import UserError
 from darts.files import save_json
 from darts.genotype import Genotype, genotype_from_dict, save_genotype
@@ -89,6 +107,20 @@ class SearchConfig:
     num_classes: int | None = field(default=None, metadata=_f("classes of the synthetic dataset (10)"))
     synthetic_size: int = field(default=5000, metadata=_f("training images of the synthetic dataset"))
     workers: int = field(default=2, metadata=_f("data-loading worker processes"))
+    # Speed and memory (none changes the search's mathematics except --amp and
+    # --partial_channels; see the README's "Speed, memory and scale").
+    loader: str = field(default="auto", metadata=_f(
+        "auto: the device-resident pipeline on a GPU for in-memory data sets (CIFAR, synthetic), "
+        "else the DataLoader; device; torch (DataLoader)", choices=LOADERS))
+    amp: str = field(default="off", metadata=_f(
+        "mixed precision of the forward passes: off (float32, the paper), bf16, fp16 (with loss "
+        "scaling); the Hessian-vector product stays float32", choices=tuple(AMP_DTYPES)))
+    channels_last: bool = field(default=False, metadata=_f("channels-last memory format"))
+    compile: bool = field(default=False, metadata=_f("torch.compile the supernet (eager where it cannot)"))
+    partial_channels: int = field(default=1, metadata=_f(
+        "PC-DARTS: 1/K of the channels pass through each mixed op, with edge normalization; 1 = DARTS"))
+    checkpoint_cells: bool = field(default=False, metadata=_f(
+        "recompute each cell in the backward pass instead of storing its activations"))
     # Run options.
     seed: int = field(default=0, metadata=_f("random seed"))
     save: str = field(default="runs", metadata=_f("parent folder of the run directory"))
@@ -115,10 +147,17 @@ def validate(cfg: SearchConfig) -> None:
         ("fd_epsilon", cfg.fd_epsilon > 0, "positive"),
         ("workers", cfg.workers >= 0, "0 or more"),
         ("synthetic_size", cfg.synthetic_size >= 2, "at least 2"),
+        ("partial_channels", cfg.partial_channels >= 1 and cfg.init_channels % cfg.partial_channels == 0,
+         f"at least 1 and divide --init_channels {cfg.init_channels}"),
     ]
     for flag, ok, need in checks:
         if not ok:
             raise UserError(f"--{flag} {getattr(cfg, flag)}: must be {need}")
+    if cfg.amp not in AMP_DTYPES:
+        raise UserError(f"--amp {cfg.amp}: choose one of {', '.join(AMP_DTYPES)}")
+    if cfg.checkpoint_cells and cfg.order == 2 and cfg.hessian == "exact":
+        raise UserError("--checkpoint_cells does not support --hessian exact (double backward "
+                        "through recomputed cells); use --hessian fd")
 
 
 def arch_statistics(model: SearchNetwork, genotype: Genotype) -> dict[str, float]:
@@ -163,33 +202,44 @@ def run(cfg: SearchConfig, *, resume: str | None = None,
         cfg = config_from_dict(SearchConfig, ckpt["config"], where=str(resume))
         run_dir = run_dir_of(resume)
     validate(cfg)
-    device = pick_device(cfg.device)
-    seed_everything(cfg.seed)
-    train_set, _, info = build_datasets(
-        cfg.dataset, cfg.data, cutout_length=cfg.cutout_length if cfg.cutout else 0,
-        image_size=cfg.image_size, num_classes=cfg.num_classes,
-        synthetic_size=cfg.synthetic_size, seed=cfg.seed)
-    if ckpt is None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        run_dir = new_run_dir(cfg.save, cfg.name or f"search-{cfg.dataset}-{stamp}")
-    logger = RunLogger(run_dir, tensorboard=cfg.tensorboard, name="search")
+    d, device = distributed.setup(pick_device(cfg.device))
     try:
-        return _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end)
+        if cfg.order == 2 and cfg.hessian == "exact" and d.enabled:
+            raise UserError("--hessian exact runs on one process; use --hessian fd with torchrun")
+        seed_everything(cfg.seed)
+        train_set, _, info = build_datasets(
+            cfg.dataset, cfg.data, cutout_length=cfg.cutout_length if cfg.cutout else 0,
+            image_size=cfg.image_size, num_classes=cfg.num_classes,
+            synthetic_size=cfg.synthetic_size, seed=cfg.seed)
+        if ckpt is None:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            name = cfg.name or f"search-{cfg.dataset}-{stamp}"
+            run_dir = distributed.on_main(d, lambda: new_run_dir(cfg.save, name))
+        logger = RunLogger(run_dir, enabled=d.is_main, tensorboard=cfg.tensorboard, name="search")
+        try:
+            return _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d)
+        finally:
+            logger.close()
     finally:
-        logger.close()
+        distributed.teardown(d)
 
 
-def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end):
+def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d: Dist):
     space = SearchSpace(steps=cfg.nodes, multiplier=cfg.nodes)
-    model = SearchNetwork(cfg.init_channels, info.num_classes, cfg.layers, space).to(device)
+    model = SearchNetwork(cfg.init_channels, info.num_classes, cfg.layers, space,
+                          partial_channels=cfg.partial_channels,
+                          checkpoint_cells=cfg.checkpoint_cells).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     criterion = nn.CrossEntropyLoss().to(device)
     optimizer = torch.optim.SGD(model.network_parameters(), cfg.learning_rate,
                                 momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, float(cfg.epochs),
                                                            eta_min=cfg.learning_rate_min)
+    precision = Precision.from_flag(cfg.amp, device)
     architect = Architect(model, criterion, optimizer, order=cfg.order, hessian=cfg.hessian,
                           lr=cfg.arch_learning_rate, weight_decay=cfg.arch_weight_decay,
-                          fd_epsilon=cfg.fd_epsilon)
+                          fd_epsilon=cfg.fd_epsilon, precision=precision, dist=d)
 
     if ckpt is not None:
         weight_idx, alpha_idx = ckpt["split"]["weights"], ckpt["split"]["alphas"]
@@ -198,14 +248,8 @@ def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end):
                             f"images but the training set has {len(train_set)}; resume on the same data")
     else:
         weight_idx, alpha_idx = search_split(len(train_set), cfg.train_portion, cfg.seed)
-    pin = device.type == "cuda"
-    weight_data = SplitLoader(train_set, weight_idx, cfg.batch_size, seed=cfg.seed, stream=0,
-                              workers=cfg.workers, pin_memory=pin)
-    alpha_stream = SplitLoader(train_set, alpha_idx, cfg.batch_size, seed=cfg.seed, stream=1,
-                               workers=cfg.workers, pin_memory=pin)
-    # The search's "valid" accuracy is on the alpha half, as in the reference code.
-    valid_loader = make_loader(Subset(train_set, alpha_idx.tolist()), cfg.batch_size,
-                               shuffle=False, workers=cfg.workers, pin_memory=pin)
+    weight_data, alpha_stream, valid_loader, on_device = _loaders(
+        cfg, info, train_set, weight_idx, alpha_idx, device, d)
 
     start_epoch, history = 0, []
     if ckpt is not None:
@@ -217,22 +261,33 @@ def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end):
         start_epoch, history = ckpt["epoch"], ckpt["history"]
         set_rng_state(ckpt["rng"])
         logger.info("resumed %s at epoch %d/%d", run_dir, start_epoch, cfg.epochs)
-    else:
+    elif d.is_main:
         save_json(to_dict(cfg), run_dir / "config.json")
         logger.config(to_dict(cfg))
         logger.info("run directory %s", run_dir)
+    distributed.broadcast_state(model, d)  # identical replicas, whatever each rank drew
+    compile_model(model, cfg.compile, logger.warning)
     n_weights = sum(p.numel() for p in model.network_parameters())
     logger.info("SearchNetwork on %s (%d classes, %dpx): %d cells of %d channels, %d nodes, "
                 "%d ops; %.3fM weights; %d/%d images train the weights/alphas; order %d%s; "
-                "device %s", cfg.dataset, info.num_classes, info.image_size, cfg.layers,
+                "device %s%s; %s loader, amp %s%s%s%s", cfg.dataset, info.num_classes, info.image_size, cfg.layers,
                 cfg.init_channels, cfg.nodes, space.num_ops, n_weights / 1e6, len(weight_idx),
                 len(alpha_idx), cfg.order, f" ({cfg.hessian} Hessian)" if cfg.order == 2 else "",
-                device)
+                device, f" x {d.world_size} processes (batch {cfg.batch_size} each)" if d.enabled else "",
+                "device-resident" if on_device else "DataLoader", cfg.amp,
+                ", channels_last" if cfg.channels_last else "", ", compiled" if cfg.compile else "",
+                f", partial channels 1/{cfg.partial_channels}" if cfg.partial_channels > 1 else "",
+                ", cell checkpointing" if cfg.checkpoint_cells else "")
 
     meta = {"name": run_dir.name, "source": f"train_search.py, run {run_dir}"}
     if start_epoch >= cfg.epochs:
         logger.info("%s already finished its %d epochs", run_dir, cfg.epochs)
-        return _finish(cfg, run_dir, logger, history)
+        return _finish(cfg, run_dir, logger, history, d)
+
+    weights = model.network_parameters()
+
+    def average_weight_grads() -> None:
+        distributed.average_grads(weights, d)
 
     timer = EpochTimer(cfg.epochs, start_epoch)
     for epoch in range(start_epoch, cfg.epochs):
@@ -242,18 +297,29 @@ def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end):
         train = train_one_epoch(
             model, weight_data.epoch(epoch), optimizer, criterion, device,
             grad_clip=cfg.grad_clip,
-            before_step=_architect_step(architect, alpha_stream, device, lr, arch_meter),
+            before_step=_architect_step(architect, alpha_stream, device, lr, arch_meter,
+                                        cfg.channels_last),
             forward=lambda x: model(x, model.mixing_weights(detach=True)),
-            progress=cfg.progress, desc=f"epoch {epoch + 1}/{cfg.epochs}")
-        valid = evaluate(model, valid_loader, criterion, device, progress=cfg.progress)
+            precision=precision, channels_last=cfg.channels_last,
+            after_backward=average_weight_grads,
+            reduce=lambda m: distributed.reduce_meter(m, d),
+            progress=cfg.progress and d.is_main, desc=f"epoch {epoch + 1}/{cfg.epochs}")
+        # BatchNorm statistics are per rank; rank 0's become everyone's once an epoch.
+        distributed.broadcast_buffers(model, d)
+        valid = evaluate(model, valid_loader, criterion, device, precision=precision,
+                         channels_last=cfg.channels_last,
+                         reduce=lambda m: distributed.reduce_meter(m, d),
+                         progress=cfg.progress and d.is_main)
+        distributed.reduce_meter(arch_meter, d)
         scheduler.step()
         dt = timer.stop()
         if not math.isfinite(train.loss):
             raise UserError(f"the search diverged at epoch {epoch + 1} (loss {train.loss}); "
                             f"lower --learning_rate or keep --grad_clip on")
 
-        genotype = model.genotype(**meta)
-        save_genotype(genotype, run_dir / "genotypes" / f"epoch_{epoch + 1:03d}.json")
+        genotype = model.genotype(**meta)  # the same on every rank: the alphas are
+        if d.is_main:
+            save_genotype(genotype, run_dir / "genotypes" / f"epoch_{epoch + 1:03d}.json")
         stats = arch_statistics(model, genotype)
         arch_loss = arch_meter.result().loss
         record = {"epoch": epoch + 1, "lr": lr, "train_loss": train.loss, "train_top1": train.top1,
@@ -261,35 +327,70 @@ def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end):
                   "arch_loss": arch_loss, **{k.split("/")[1]: v for k, v in stats.items()},
                   "epoch_time_s": dt, "genotype": genotype.to_dict()}
         history.append(record)
-        _log_epoch(logger, model, genotype, epoch + 1, train, valid, lr, arch_loss, stats)
+        if d.is_main:
+            _log_epoch(logger, model, genotype, epoch + 1, train, valid, lr, arch_loss, stats)
         logger.info("epoch %d/%d train_loss %.4f train_top1 %.2f valid_loss %.4f valid_top1 %.2f "
                     "arch_loss %.4f lr %.5f skip_connect %d entropy %.3f time %.1fs eta %s",
                     epoch + 1, cfg.epochs, train.loss, train.top1, valid.loss, valid.top1,
                     arch_loss, lr, stats["arch/skip_connect_normal"], stats["arch/entropy"], dt,
                     format_duration(timer.eta()))
         logger.info("genotype %s", genotype)
-        save_checkpoint({
+        state = {
             "kind": "search", "epoch": epoch + 1, "config": to_dict(cfg),
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "arch_optimizer": architect.state_dict(), "scheduler": scheduler.state_dict(),
             "split": {"weights": weight_idx, "alphas": alpha_idx},
             "alpha_stream": alpha_stream.state_dict(), "history": history, "rng": rng_state(),
-        }, run_dir / "checkpoint.pt")
+        }
         metrics = _metrics(cfg, history, complete=epoch + 1 == cfg.epochs)
-        save_json(metrics, run_dir / "metrics.json")
-        logger.flush()
+        if d.is_main:
+            save_checkpoint(state, run_dir / "checkpoint.pt")
+            save_json(metrics, run_dir / "metrics.json")
+            logger.flush()
+        distributed.barrier(d)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, metrics)
-    return _finish(cfg, run_dir, logger, history)
+    return _finish(cfg, run_dir, logger, history, d)
 
 
-def _architect_step(architect: Architect, alpha_stream: SplitLoader, device: torch.device,
-                    lr: float, meter: MetricSum) -> Callable[[int, Any], None]:
+def _loaders(cfg, info, train_set, weight_idx, alpha_idx, device, d: Dist):
+    """(weight-half batches per epoch, endless alpha-half stream, valid loader, on device?).
+
+    Every rank draws its own shard of each pass; the valid loader shards the alpha half.
+    """
+    cutout = cfg.cutout_length if cfg.cutout else 0
+    shards = {"rank": d.rank, "world_size": d.world_size}
+    if use_device_loader(cfg.loader, train_set, device):
+        images = DeviceImages.from_dataset(train_set, mean=info.mean, std=info.std, device=device)
+        common = {"augment": True, "cutout_length": cutout, "channels_last": cfg.channels_last, **shards}
+        weight_data = DeviceSplitLoader(images, weight_idx, cfg.batch_size, seed=cfg.seed,
+                                        stream=0, **common)
+        alpha_stream = DeviceSplitLoader(images, alpha_idx, cfg.batch_size, seed=cfg.seed,
+                                         stream=1, **common)
+        held = DeviceImages(images.images[alpha_idx.to(device)].permute(0, 2, 3, 1),
+                            images.labels[alpha_idx.to(device)], mean=info.mean, std=info.std,
+                            device=device)
+        valid = DeviceEvalLoader(held, cfg.batch_size, channels_last=cfg.channels_last, **shards)
+        return weight_data, alpha_stream, valid, True
+    pin = device.type == "cuda"
+    weight_data = SplitLoader(train_set, weight_idx, cfg.batch_size, seed=cfg.seed, stream=0,
+                              workers=cfg.workers, pin_memory=pin, **shards)
+    alpha_stream = SplitLoader(train_set, alpha_idx, cfg.batch_size, seed=cfg.seed, stream=1,
+                               workers=cfg.workers, pin_memory=pin, **shards)
+    # The search's "valid" accuracy is on the alpha half, as in the reference code.
+    mine = alpha_idx[d.rank::d.world_size]
+    valid = make_loader(Subset(train_set, mine.tolist()), cfg.batch_size, shuffle=False,
+                        workers=cfg.workers, pin_memory=pin)
+    return weight_data, alpha_stream, valid, False
+
+
+def _architect_step(architect: Architect, alpha_stream, device: torch.device,
+                    lr: float, meter: MetricSum, channels_last: bool) -> Callable[[int, Any], None]:
     """Algorithm 1's alpha step, run before each weight step on the next alpha-half batch."""
 
     def step(index: int, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
         x_val, y_val = next(alpha_stream)
-        val = (x_val.to(device, non_blocking=True), y_val.to(device, non_blocking=True))
+        val = to_device(x_val, y_val, device, channels_last)
         # xi = the weight step's current learning rate (Section 2.3).
         loss = architect.step(batch, val, xi=lr)
         meter.sums[0] += loss.double() * y_val.size(0)
@@ -319,10 +420,11 @@ def _metrics(cfg: SearchConfig, history: list[dict[str, Any]], complete: bool) -
             "history": [{k: v for k, v in r.items() if k != "genotype"} for r in history]}
 
 
-def _finish(cfg, run_dir, logger, history) -> dict[str, Any]:
+def _finish(cfg, run_dir, logger, history, d: Dist) -> dict[str, Any]:
     genotype = genotype_from_dict(history[-1]["genotype"], where=str(run_dir))
-    save_genotype(genotype, run_dir / "genotype.json")
-    draw_cells(genotype, logger, len(history), run_dir)
+    if d.is_main:
+        save_genotype(genotype, run_dir / "genotype.json")
+        draw_cells(genotype, logger, len(history), run_dir)
     metrics = _metrics(cfg, history, complete=len(history) >= cfg.epochs)
     logger.info("done: genotype %s written to %s", genotype, run_dir / "genotype.json")
     logger.info("retrain it with:\n  %s", retrain_command(run_dir, cfg))

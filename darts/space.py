@@ -50,9 +50,13 @@ class SearchSpace:
         state = {0: "c_{k-2}", 1: "c_{k-1}"}
         return [f"{state.get(j, str(j - 2))}->{i}" for i, j in self.edges()]
 
-    def decode(self, weights_normal: Any, weights_reduce: Any, **meta: str) -> Genotype:
+    def decode(self, weights_normal: Any, weights_reduce: Any, *, edge_normal: Any = None,
+               edge_reduce: Any = None, **meta: str) -> Genotype:
+        """The genotype of (edges x ops) softmax weights; `edge_*` are PC-DARTS's normalised
+        edge weights (one per edge), which scale each edge's strength (see decode_genotype)."""
         return decode_genotype(weights_normal, weights_reduce, self.primitives, self.steps,
-                               self.multiplier, **meta)
+                               self.multiplier, edge_normal=edge_normal,
+                               edge_reduce=edge_reduce, **meta)
 
 
 DARTS_SPACE = SearchSpace()

@@ -11,22 +11,64 @@ The alphas are parameters of the network, but kept apart from the network weight
 the other. `forward(x, weights)` accepts the mixing weights as an argument, so the weight
 step can pass them detached (no alpha gradient, no stored op outputs for one) and tests can
 pass any mixture, e.g. one-hot rows.
+
+Two memory options, both off by default (the network is then exactly the DARTS one):
+
+- `partial_channels=K > 1`: PC-DARTS (Xu et al. 2020, Section 3). Partial channel
+  connections: each edge sends only the first C/K channels of its input through the mixed
+  op (built with C/K channels); the other channels bypass it (through a 2x2 max pool on
+  stride-2 edges) and a channel shuffle with K groups interleaves the two parts, so that
+  other channels are sampled in the next cell. Edge normalisation: per-edge architecture
+  parameters `betas_normal` and `betas_reduce` (shape (edges,), 1e-3 * N(0, 1)); node j's
+  input is sum_i softmax_i(betas of j's incoming edges) * edge_i(x_i). The betas are arch
+  parameters, `mixing_weights()` returns (ops normal, ops reduce, edges normal, edges
+  reduce), and decoding ranks edges by op weight x edge weight. Memory of the mixed ops,
+  which dominate the supernet, drops by about K.
+- `checkpoint_cells=True`: in training mode with grad enabled each cell runs under
+  non-reentrant activation checkpointing (torch.utils.checkpoint): only the cell's inputs
+  are kept, and its forward is recomputed in the backward. Gradients and BatchNorm running
+  statistics equal those without it (the recomputation restores the running statistics it
+  updates). The cell's parameters are passed to the checkpoint explicitly, so the
+  recomputation uses the weights of the forward, also under `torch.func.functional_call`
+  (the architect's virtual weights). Double backpropagation (`create_graph=True`, the
+  architect's exact Hessian) works: autograd re-attaches each recomputed activation to the
+  forward's graph, and the second backward recomputes the cell once more.
+
+`saved_activation_bytes(fn)` measures what a forward keeps for its backward.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.func import functional_call
+from torch.utils.checkpoint import checkpoint
 
 from darts.genotype import Genotype
 from darts.ops import FactorizedReduce, PoolBN, ReLUConvBN
 from darts.primitives import build_op
 from darts.space import DARTS_SPACE, SearchSpace
 
-MixingWeights = tuple[torch.Tensor, torch.Tensor]
+# (ops normal, ops reduce), or with partial channels (ops normal, ops reduce, edges normal,
+# edges reduce): softmax(alpha) rows and the normalised edge weights.
+MixingWeights = tuple[torch.Tensor, ...]
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """ShuffleNet's channel shuffle: channel g * (C / groups) + c moves to c * groups + g."""
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+def edge_weights(betas: torch.Tensor, steps: int) -> torch.Tensor:
+    """PC-DARTS edge normalisation: the softmax of the betas over each node's incoming edges
+    (node i has i + 2 of them), concatenated in edge order."""
+    sizes = [i + 2 for i in range(steps)]
+    return torch.cat([F.softmax(b, dim=-1) for b in betas.split(sizes)])
 
 
 class MixedOp(nn.Module):
@@ -36,35 +78,64 @@ class MixedOp(nn.Module):
     still takes part in the softmax and so still draws weight away from the other ops.
     Pooling ops are followed by a non-affine BatchNorm, as in the reference code, so that
     their output scale matches the convolutions' normalised outputs.
+
+    With `partial_channels=K > 1` the ops see only the first C/K channels (PC-DARTS); the
+    rest bypass them and the two parts are channel-shuffled with K groups.
     """
 
-    def __init__(self, C: int, stride: int, primitives: tuple[str, ...]):
+    def __init__(self, C: int, stride: int, primitives: tuple[str, ...],
+                 partial_channels: int = 1):
         super().__init__()
+        if partial_channels < 1 or C % partial_channels:
+            raise ValueError(f"partial_channels={partial_channels} must be a positive divisor "
+                             f"of the edge's {C} channels")
+        self.partial_channels = partial_channels
+        C_op = C // partial_channels
         self.ops = nn.ModuleList()
         columns = []
         for k, name in enumerate(primitives):
             if name == "none":
                 continue
-            op = build_op(name, C, stride, affine=False)
+            try:
+                op = build_op(name, C_op, stride, affine=False)
+            except ValueError as e:
+                if partial_channels == 1:
+                    raise
+                raise ValueError(f"partial_channels={partial_channels}: op {name!r} on a "
+                                 f"stride-{stride} edge gets {C_op} of {C} channels: {e}") from e
             if isinstance(op, (nn.MaxPool2d, nn.AvgPool2d)):
-                op = PoolBN(op, C)
+                op = PoolBN(op, C_op)
             self.ops.append(op)
             columns.append(k)
         self.columns = tuple(columns)  # the alpha column of each built op
+        if partial_channels > 1 and stride == 2:
+            # PC-DARTS halves the bypassed channels with a 2x2 max pool; ceil_mode matches the
+            # ops' output size on odd inputs too (identical to PC-DARTS on even ones).
+            self.bypass_pool = nn.MaxPool2d(2, 2, ceil_mode=True)
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def mix(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         w = weights.unbind(0)
         out = w[self.columns[0]] * self.ops[0](x)
         for k, op in zip(self.columns[1:], self.ops[1:], strict=True):
             out = out + w[k] * op(x)
         return out
 
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        k = self.partial_channels
+        if k == 1:
+            return self.mix(x, weights)
+        c = x.size(1) // k
+        mixed, bypass = self.mix(x[:, :c], weights), x[:, c:]
+        if hasattr(self, "bypass_pool"):
+            bypass = self.bypass_pool(bypass)
+        return channel_shuffle(torch.cat([mixed, bypass], dim=1), k)
+
 
 class SearchCell(nn.Module):
     """A cell with every edge a MixedOp; its output concatenates the last `multiplier` nodes."""
 
     def __init__(self, space: SearchSpace, C_prev_prev: int, C_prev: int, C: int,
-                 reduction: bool, reduction_prev: bool):
+                 reduction: bool, reduction_prev: bool, partial_channels: int = 1):
         super().__init__()
         self.reduction = reduction
         self.steps = space.steps
@@ -76,31 +147,92 @@ class SearchCell(nn.Module):
         self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=False)
         # In a reduction cell only the edges leaving the two cell inputs have stride 2.
         self.edges = nn.ModuleList(
-            MixedOp(C, 2 if reduction and j < 2 else 1, space.primitives)
+            MixedOp(C, 2 if reduction and j < 2 else 1, space.primitives, partial_channels)
             for _, j in space.edges())
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
+                edge_weights: torch.Tensor | None = None) -> torch.Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         rows = weights.unbind(0)
         e = 0
         for _ in range(self.steps):
-            node = self.edges[e](states[0], rows[e])
-            for j in range(1, len(states)):
-                node = node + self.edges[e + j](states[j], rows[e + j])
+            if edge_weights is None:
+                node = self.edges[e](states[0], rows[e])
+                for j in range(1, len(states)):
+                    node = node + self.edges[e + j](states[j], rows[e + j])
+            else:  # PC-DARTS edge normalisation
+                node = edge_weights[e] * self.edges[e](states[0], rows[e])
+                for j in range(1, len(states)):
+                    node = node + edge_weights[e + j] * self.edges[e + j](states[j], rows[e + j])
             e += len(states)
             states.append(node)
         return torch.cat(states[-self.multiplier:], dim=1)
 
 
+class _ScratchBuffers:
+    """Gives a module's buffers (BatchNorm running statistics) scratch copies for a while.
+
+    The recomputation of a checkpointed cell re-runs its BatchNorms in training mode: their
+    outputs (batch statistics) are those of the forward, but they would update the running
+    statistics a second time. Recomputing on copies, thrown away afterwards, leaves the
+    statistics as one forward left them, and never writes in place to a buffer that the
+    graph may have saved. Reusable: a graph kept with `retain_graph` recomputes again.
+    """
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def __enter__(self) -> None:
+        self.originals = []
+        for m in self.module.modules():
+            for name, b in m.named_buffers(recurse=False):
+                self.originals.append((m, name, b))
+                setattr(m, name, b.clone())
+
+    def __exit__(self, *exc: object) -> None:
+        for m, name, b in self.originals:
+            setattr(m, name, b)
+        del self.originals
+
+
+def _checkpointed_cell(cell: SearchCell, s0: torch.Tensor, s1: torch.Tensor,
+                       weights: torch.Tensor, edge_w: torch.Tensor | None) -> torch.Tensor:
+    """cell(s0, s1, weights, edge_w) keeping only its inputs; recomputed in the backward.
+
+    The parameters are inputs of the checkpoint, taken now: under functional_call (the
+    architect's w' and w +- eps v) the recomputation, which runs after functional_call has
+    put the module's own parameters back, must use the same ones.
+    """
+    names, params = zip(*cell.named_parameters(), strict=True)
+
+    def run(s0, s1, weights, edge_w, *params):
+        return functional_call(cell, dict(zip(names, params, strict=True)),
+                               (s0, s1, weights, edge_w))
+
+    return checkpoint(run, s0, s1, weights, edge_w, *params, use_reentrant=False,
+                      context_fn=lambda: (contextlib.nullcontext(), _ScratchBuffers(cell)))
+
+
 class SearchNetwork(nn.Module):
-    """The supernet: stem (3*C channels), `layers` search cells, global pooling, classifier."""
+    """The supernet: stem (3*C channels), `layers` search cells, global pooling, classifier.
+
+    `partial_channels` (K) and `checkpoint_cells` are the memory options described in the
+    module docstring; K = 1 and False are the DARTS supernet.
+    """
 
     def __init__(self, C: int = 16, num_classes: int = 10, layers: int = 8,
                  space: SearchSpace = DARTS_SPACE, stem_multiplier: int = 3,
-                 in_channels: int = 3):
+                 in_channels: int = 3, partial_channels: int = 1,
+                 checkpoint_cells: bool = False):
         super().__init__()
+        if partial_channels < 1 or C % partial_channels:
+            raise ValueError(f"partial_channels={partial_channels} must be a positive divisor "
+                             f"of the {C} initial channels (each edge's ops get C / "
+                             f"partial_channels of them)")
         self.space = space
         self.layers = layers
+        self.partial_channels = partial_channels
+        self.checkpoint_cells = checkpoint_cells
         C_curr = stem_multiplier * C
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False),
@@ -113,7 +245,8 @@ class SearchNetwork(nn.Module):
             reduction = i in (layers // 3, 2 * layers // 3)
             if reduction:
                 C_curr *= 2
-            cell = SearchCell(space, C_prev_prev, C_prev, C_curr, reduction, reduction_prev)
+            cell = SearchCell(space, C_prev_prev, C_prev, C_curr, reduction, reduction_prev,
+                              partial_channels)
             self.cells.append(cell)
             reduction_prev = reduction
             C_prev_prev, C_prev = C_prev, space.multiplier * C_curr
@@ -123,9 +256,15 @@ class SearchNetwork(nn.Module):
         shape = (space.num_edges, space.num_ops)
         self.alphas_normal = nn.Parameter(1e-3 * torch.randn(shape))
         self.alphas_reduce = nn.Parameter(1e-3 * torch.randn(shape))
+        if partial_channels > 1:
+            self.betas_normal = nn.Parameter(1e-3 * torch.randn(space.num_edges))
+            self.betas_reduce = nn.Parameter(1e-3 * torch.randn(space.num_edges))
 
     # -- the two parameter groups -------------------------------------------------------------
     def arch_parameters(self) -> list[nn.Parameter]:
+        """[alphas_normal, alphas_reduce], then [betas_normal, betas_reduce] with K > 1."""
+        if self.partial_channels > 1:
+            return [self.alphas_normal, self.alphas_reduce, self.betas_normal, self.betas_reduce]
         return [self.alphas_normal, self.alphas_reduce]
 
     def named_network_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
@@ -137,20 +276,65 @@ class SearchNetwork(nn.Module):
 
     # -- the relaxation ----------------------------------------------------------------------
     def mixing_weights(self, detach: bool = False) -> MixingWeights:
-        """softmax(alpha) over the ops of each edge, for the normal and the reduction cells."""
-        a_normal, a_reduce = self.alphas_normal, self.alphas_reduce
-        if detach:
-            a_normal, a_reduce = a_normal.detach(), a_reduce.detach()
-        return F.softmax(a_normal, dim=-1), F.softmax(a_reduce, dim=-1)
+        """softmax(alpha) over the ops of each edge, for the normal and the reduction cells;
+        with K > 1 followed by the normalised edge weights (see `edge_weights`) of both."""
+        arch = [p.detach() if detach else p for p in self.arch_parameters()]
+        ops = (F.softmax(arch[0], dim=-1), F.softmax(arch[1], dim=-1))
+        if self.partial_channels == 1:
+            return ops
+        steps = self.space.steps
+        return (*ops, edge_weights(arch[2], steps), edge_weights(arch[3], steps))
 
     def forward(self, x: torch.Tensor, weights: MixingWeights | None = None) -> torch.Tensor:
-        w_normal, w_reduce = self.mixing_weights() if weights is None else weights
+        """Logits at the given mixing weights (default: the current `mixing_weights()`)."""
+        weights = self.mixing_weights() if weights is None else tuple(weights)
+        if len(weights) not in (2, 4) or (self.partial_channels > 1 and len(weights) != 4):
+            raise ValueError(
+                f"expected {'4' if self.partial_channels > 1 else '2 or 4'} mixing weights "
+                f"(ops normal, ops reduce[, edges normal, edges reduce]) as mixing_weights() "
+                f"returns, got {len(weights)}")
+        w_normal, w_reduce = weights[:2]
+        e_normal, e_reduce = weights[2:] if len(weights) == 4 else (None, None)
+        checkpointed = self.checkpoint_cells and self.training and torch.is_grad_enabled()
         s0 = s1 = self.stem(x)
         for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1, w_reduce if cell.reduction else w_normal)
+            w, e = (w_reduce, e_reduce) if cell.reduction else (w_normal, e_normal)
+            if checkpointed:
+                s0, s1 = s1, _checkpointed_cell(cell, s0, s1, w, e)
+            else:
+                s0, s1 = s1, cell(s0, s1, w, e)
         return self.classifier(torch.flatten(self.global_pooling(s1), 1))
 
     def genotype(self, **meta: str) -> Genotype:
-        """The discrete architecture that the current alphas decode to (Section 2.4)."""
+        """The discrete architecture that the current alphas (and betas) decode to (Section
+        2.4; PC-DARTS ranks edges by op weight x edge weight)."""
         with torch.no_grad():
-            return self.space.decode(*self.mixing_weights(), **meta)
+            weights = self.mixing_weights()
+            edges = ({"edge_normal": weights[2], "edge_reduce": weights[3]}
+                     if len(weights) == 4 else {})
+            return self.space.decode(*weights[:2], **edges, **meta)
+
+
+def saved_activation_bytes(fn: Callable[[], torch.Tensor]) -> int:
+    """Bytes that autograd keeps for the backward of the graph that `fn()` builds.
+
+    Every tensor saved for backward during `fn()` is seen through
+    `torch.autograd.graph.saved_tensors_hooks`; each storage is counted once, whole (a saved
+    slice keeps its whole storage alive). Leaves that require grad (parameters, alphas) are
+    not activations and are left out. Inside a non-reentrant checkpoint the checkpoint's own
+    hooks take over and keep nothing, while the checkpoint's inputs are saved through the
+    surrounding hooks, so they are counted. `fn()` runs in whatever mode the caller set
+    (e.g. `model.train()`); its result is dropped, so no backward is needed afterwards.
+    """
+    storages: dict[tuple[torch.device, int], torch.UntypedStorage] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if not (t.requires_grad and t.grad_fn is None):
+            storage = t.untyped_storage()
+            # Holding the storage keeps its address from being reused during fn().
+            storages[(t.device, storage.data_ptr())] = storage
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(s.nbytes() for s in storages.values())

@@ -168,8 +168,12 @@ class Bilinear(nn.Module):
     def named_network_parameters(self):
         return [("w", self.w)]
 
-    def forward(self, x):
-        return x.sum() * self.alphas_normal.reshape(-1) @ (self.A @ self.w) + 0.5 * self.w @ self.w
+    def mixing_weights(self, detach=False):
+        return (self.alphas_normal.detach() if detach else self.alphas_normal,)
+
+    def forward(self, x, weights=None):
+        (alphas,) = self.mixing_weights() if weights is None else weights
+        return x.sum() * alphas.reshape(-1) @ (self.A @ self.w) + 0.5 * self.w @ self.w
 
 
 def test_finite_difference_is_divided_by_two_eps():

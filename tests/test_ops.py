@@ -3,8 +3,9 @@
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from darts.ops import FactorizedReduce, Identity, SepConv, Zero, drop_path
+from darts.ops import Conv2d, FactorizedReduce, Identity, SepConv, Zero, drop_path
 from darts.primitives import OPS, PRIMITIVES, build_op, register_op
 
 
@@ -74,3 +75,48 @@ def test_drop_path_drops_whole_samples_and_keeps_the_expectation():
     assert abs((per_sample[:, 0] == 0).float().mean().item() - 0.3) < 0.02
     assert abs(y.mean().item() - 1.0) < 0.03
     assert drop_path(x, 0.0) is x
+
+
+@pytest.mark.parametrize("kind,k,stride,dilation", [
+    ("pointwise", 1, 1, 1), ("depthwise", 3, 1, 1), ("depthwise", 5, 1, 1),
+    ("depthwise", 3, 2, 1), ("depthwise", 3, 1, 2), ("depthwise", 5, 2, 2)])
+@pytest.mark.parametrize("size", [7, 8])
+def test_cpu_conv_backward_matches_native_convolution(kind, k, stride, dilation, size, monkeypatch):
+    # The CPU fast path's hand-written gradients (matrix products, flipped-kernel conv, zero
+    # insertion for stride 2) against PyTorch's own convolution backward, in float64, in
+    # both memory formats and on odd sizes; and its double backward (the exact Hessian).
+    monkeypatch.setattr(Conv2d, "MIN_ELEMENTS", 0)
+    torch.manual_seed(0)
+    C = 6
+    groups = C if kind == "depthwise" else 1
+    pad = dilation * (k - 1) // 2
+    conv = Conv2d(C, C, k, stride=stride, padding=pad, dilation=dilation, groups=groups,
+                  bias=False).double()
+    for channels_last in (False, True):
+        x = torch.randn(3, C, size, size, dtype=torch.float64)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x.requires_grad_()
+        out = conv(x)
+        assert out.grad_fn is not None and "CPUConv" in type(out.grad_fn).__name__
+        g = torch.randn_like(out)
+        got = torch.autograd.grad(out, (x, conv.weight), g)
+        ref = F.conv2d(x, conv.weight, None, stride, pad, dilation, groups)
+        want = torch.autograd.grad(ref, (x, conv.weight), g)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        # Double backward: d/dw <dL/dx, v>.
+        v = torch.randn_like(x)
+        (gx,) = torch.autograd.grad(conv(x), x, g, create_graph=True)
+        (h,) = torch.autograd.grad((gx * v).sum(), conv.weight)
+        (gr,) = torch.autograd.grad(F.conv2d(x, conv.weight, None, stride, pad, dilation, groups),
+                                    x, g, create_graph=True)
+        (h_ref,) = torch.autograd.grad((gr * v).sum(), conv.weight)
+        torch.testing.assert_close(h, h_ref, rtol=1e-12, atol=1e-12)
+
+
+def test_cpu_conv_is_plain_conv2d_for_small_inputs_and_keeps_the_state_dict():
+    conv = Conv2d(4, 4, 3, padding=1, groups=4, bias=False)
+    out = conv(torch.randn(1, 4, 5, 5, requires_grad=True))
+    assert "CPUConv" not in type(out.grad_fn).__name__
+    assert set(conv.state_dict()) == set(nn.Conv2d(4, 4, 3, bias=False).state_dict())
