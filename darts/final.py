@@ -24,7 +24,9 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from torch.utils.data import Subset
 
+from darts import distributed
 from darts.checkpoint import (
     load_checkpoint,
     new_run_dir,
@@ -35,8 +37,23 @@ from darts.checkpoint import (
     set_rng_state,
 )
 from darts.config import config_from_dict, to_dict
-from darts.data import DATASETS, build_datasets, make_loader, network_family
-from darts.engine import evaluate, pick_device, train_one_epoch
+from darts.data import DATASETS, SplitLoader, build_datasets, make_loader, network_family
+from darts.device_data import (
+    LOADERS,
+    DeviceEvalLoader,
+    DeviceImages,
+    DeviceSplitLoader,
+    use_device_loader,
+)
+from darts.distributed import Dist
+from darts.engine import (
+    AMP_DTYPES,
+    Precision,
+    compile_model,
+    evaluate,
+    pick_device,
+    train_one_epoch,
+)
 from darts.errors import UserError
 from darts.files import save_json
 from darts.genotype import Genotype, genotype_from_dict, resolve_genotype, save_genotype
@@ -94,6 +111,14 @@ class FinalConfig:
     num_classes: int | None = field(default=None, metadata=_f("classes of the synthetic dataset (10)"))
     synthetic_size: int = field(default=5000, metadata=_f("training images of the synthetic dataset"))
     workers: int = field(default=2, metadata=_f("data-loading worker processes"))
+    loader: str = field(default="auto", metadata=_f(
+        "auto: the device-resident pipeline on a GPU for in-memory data sets (CIFAR, synthetic), "
+        "else the DataLoader; device; torch (DataLoader)", choices=LOADERS))
+    amp: str = field(default="off", metadata=_f(
+        "mixed precision: off (float32, the paper), bf16, fp16 (with loss scaling)",
+        choices=tuple(AMP_DTYPES)))
+    channels_last: bool = field(default=False, metadata=_f("channels-last memory format"))
+    compile: bool = field(default=False, metadata=_f("torch.compile the network (eager where it cannot)"))
     # Run options.
     seed: int = field(default=0, metadata=_f("random seed"))
     save: str = field(default="runs", metadata=_f("parent folder of the run directory"))
@@ -149,31 +174,61 @@ def run(cfg: FinalConfig, *, resume: str | None = None,
     else:
         genotype = resolve_genotype(cfg.genotype)
 
-    device = pick_device(cfg.device)
-    seed_everything(cfg.seed)
-    cfg = cfg.resolved(network_family(cfg.dataset, cfg.image_size))
-    validate(cfg)
-    train_set, test_set, info = build_datasets(
-        cfg.dataset, cfg.data, cutout_length=cfg.cutout_length if cfg.cutout else 0,
-        image_size=cfg.image_size, num_classes=cfg.num_classes,
-        synthetic_size=cfg.synthetic_size, seed=cfg.seed)
-
-    if ckpt is None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        gname = Path(cfg.genotype).stem if cfg.genotype.endswith(".json") else cfg.genotype
-        run_dir = new_run_dir(cfg.save, cfg.name or f"final-{cfg.dataset}-{gname}-{stamp}")
-    logger = RunLogger(run_dir, tensorboard=cfg.tensorboard, name="final")
+    d, device = distributed.setup(pick_device(cfg.device))
     try:
-        return _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger, ckpt,
-                      on_epoch_end)
+        seed_everything(cfg.seed)
+        cfg = cfg.resolved(network_family(cfg.dataset, cfg.image_size))
+        validate(cfg)
+        train_set, test_set, info = build_datasets(
+            cfg.dataset, cfg.data, cutout_length=cfg.cutout_length if cfg.cutout else 0,
+            image_size=cfg.image_size, num_classes=cfg.num_classes,
+            synthetic_size=cfg.synthetic_size, seed=cfg.seed)
+
+        if ckpt is None:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            gname = Path(cfg.genotype).stem if cfg.genotype.endswith(".json") else cfg.genotype
+            name = cfg.name or f"final-{cfg.dataset}-{gname}-{stamp}"
+            run_dir = distributed.on_main(d, lambda: new_run_dir(cfg.save, name))
+        logger = RunLogger(run_dir, enabled=d.is_main, tensorboard=cfg.tensorboard, name="final")
+        try:
+            return _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger, ckpt,
+                          on_epoch_end, d)
+        finally:
+            logger.close()
     finally:
-        logger.close()
+        distributed.teardown(d)
 
 
-def _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger, ckpt, on_epoch_end):
+def _loaders(cfg, info, train_set, test_set, device, d: Dist):
+    """(training batches per epoch, test loader, on device?); every rank its shard of both."""
+    cutout = cfg.cutout_length if cfg.cutout else 0
+    shards = {"rank": d.rank, "world_size": d.world_size}
+    everything = torch.arange(len(train_set))
+    if use_device_loader(cfg.loader, train_set, device):
+        stats = {"mean": info.mean, "std": info.std, "device": device}
+        train = DeviceSplitLoader(DeviceImages.from_dataset(train_set, **stats), everything,
+                                  cfg.batch_size, seed=cfg.seed, stream=0, augment=True,
+                                  cutout_length=cutout, channels_last=cfg.channels_last, **shards)
+        test = DeviceEvalLoader(DeviceImages.from_dataset(test_set, **stats), cfg.batch_size,
+                                channels_last=cfg.channels_last, **shards)
+        return train, test, True
+    pin = device.type == "cuda"
+    train = SplitLoader(train_set, everything, cfg.batch_size, seed=cfg.seed, stream=0,
+                        workers=cfg.workers, pin_memory=pin, **shards)
+    if d.enabled:
+        test_set = Subset(test_set, list(range(d.rank, len(test_set), d.world_size)))
+    test = make_loader(test_set, cfg.batch_size, shuffle=False, workers=cfg.workers, pin_memory=pin)
+    return train, test, False
+
+
+def _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger, ckpt, on_epoch_end,
+           d: Dist):
     model = build_network(genotype, cfg, info.num_classes, info.network).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     params = count_parameters(model)
     madds = count_multiply_adds(model, info.image_size)
+    precision = Precision.from_flag(cfg.amp, device)
     optimizer = torch.optim.SGD(model.parameters(), cfg.learning_rate, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
     if cfg.lr_schedule == "cosine":
@@ -183,14 +238,7 @@ def _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger, ck
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smooth).to(device)
     eval_criterion = nn.CrossEntropyLoss().to(device)
 
-    # The loader's own generator orders the epochs and seeds its workers; it is checkpointed.
-    loader_rng = torch.Generator()
-    loader_rng.manual_seed(cfg.seed)
-    pin = device.type == "cuda"
-    train_loader = make_loader(train_set, cfg.batch_size, shuffle=True, workers=cfg.workers,
-                               generator=loader_rng, pin_memory=pin)
-    test_loader = make_loader(test_set, cfg.batch_size, shuffle=False, workers=cfg.workers,
-                              pin_memory=pin)
+    train_loader, test_loader, on_device = _loaders(cfg, info, train_set, test_set, device, d)
 
     start_epoch, history, best = 0, [], {"top1": -1.0, "epoch": -1}
     if ckpt is not None:
@@ -198,10 +246,9 @@ def _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger, ck
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         start_epoch, history, best = ckpt["epoch"], ckpt["history"], ckpt["best"]
-        loader_rng.set_state(ckpt["loader_rng"])
         set_rng_state(ckpt["rng"])
         logger.info("resumed %s at epoch %d/%d", run_dir, start_epoch, cfg.epochs)
-    else:
+    elif d.is_main:
         save_json(to_dict(cfg), run_dir / "config.json")
         save_genotype(genotype, run_dir / "genotype.json")
         logger.config(to_dict(cfg))
@@ -209,9 +256,18 @@ def _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger, ck
         logger.info("run directory %s", run_dir)
         draw_cells(genotype, logger, 0, run_dir)
     logger.info("%s on %s (%d classes, %dpx): %.3fM parameters (no auxiliary head), "
-                "%.1fM multiply-adds per image, device %s", type(model).__name__,
-                cfg.dataset, info.num_classes, info.image_size, params / 1e6,
-                madds / 1e6, device)
+                "%.1fM multiply-adds per image, device %s%s; %s loader, amp %s%s%s",
+                type(model).__name__, cfg.dataset, info.num_classes, info.image_size,
+                params / 1e6, madds / 1e6, device,
+                f" x {d.world_size} processes (batch {cfg.batch_size} each)" if d.enabled else "",
+                "device-resident" if on_device else "DataLoader", cfg.amp,
+                ", channels_last" if cfg.channels_last else "", ", compiled" if cfg.compile else "")
+    net = model  # the module itself: drop-path probability, state dict
+    compile_model(model, cfg.compile, logger.warning)
+    if d.enabled:
+        distributed.broadcast_state(model, d)
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
 
     if start_epoch >= cfg.epochs:
         logger.info("%s already finished its %d epochs", run_dir, cfg.epochs)
@@ -221,12 +277,17 @@ def _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger, ck
     for epoch in range(start_epoch, cfg.epochs):
         timer.start()
         lr = scheduler.get_last_lr()[0]
-        model.drop_path_prob = cfg.drop_path_prob * epoch / cfg.epochs
+        net.drop_path_prob = cfg.drop_path_prob * epoch / cfg.epochs
         train = train_one_epoch(
-            model, train_loader, optimizer, criterion, device,
+            model, train_loader.epoch(epoch), optimizer, criterion, device,
             aux_weight=cfg.auxiliary_weight if cfg.auxiliary else 0.0, grad_clip=cfg.grad_clip,
-            progress=cfg.progress, desc=f"epoch {epoch + 1}/{cfg.epochs}")
-        valid = evaluate(model, test_loader, eval_criterion, device, progress=cfg.progress)
+            precision=precision, channels_last=cfg.channels_last,
+            reduce=lambda m: distributed.reduce_meter(m, d),
+            progress=cfg.progress and d.is_main, desc=f"epoch {epoch + 1}/{cfg.epochs}")
+        valid = evaluate(model, test_loader, eval_criterion, device, precision=precision,
+                         channels_last=cfg.channels_last,
+                         reduce=lambda m: distributed.reduce_meter(m, d),
+                         progress=cfg.progress and d.is_main)
         scheduler.step()
         dt = timer.stop()
         if not math.isfinite(train.loss):
@@ -234,24 +295,23 @@ def _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger, ck
                             f"lower --learning_rate or keep --grad_clip on")
         if valid.top1 > best["top1"]:
             best = {"top1": valid.top1, "top5": valid.top5, "epoch": epoch + 1}
-        record = {"epoch": epoch + 1, "lr": lr, "drop_path_prob": model.drop_path_prob,
+        record = {"epoch": epoch + 1, "lr": lr, "drop_path_prob": net.drop_path_prob,
                   "train_loss": train.loss, "train_top1": train.top1, "train_top5": train.top5,
                   "valid_loss": valid.loss, "valid_top1": valid.top1, "valid_top5": valid.top5,
                   "epoch_time_s": dt}
         history.append(record)
         logger.scalars({**train.as_dict("train"), **valid.as_dict("valid"), "lr": lr,
-                        "drop_path_prob": model.drop_path_prob}, epoch + 1)
+                        "drop_path_prob": net.drop_path_prob}, epoch + 1)
         logger.info("epoch %d/%d train_loss %.4f train_top1 %.2f valid_loss %.4f valid_top1 %.2f "
                     "valid_top5 %.2f lr %.5f time %.1fs eta %s", epoch + 1, cfg.epochs, train.loss,
                     train.top1, valid.loss, valid.top1, valid.top5, lr, dt,
                     format_duration(timer.eta()))
-        save_checkpoint({
+        state = {
             "kind": "final", "epoch": epoch + 1, "config": to_dict(cfg),
-            "genotype": genotype.to_dict(), "model": model.state_dict(),
+            "genotype": genotype.to_dict(), "model": net.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "history": history, "best": best, "rng": rng_state(),
-            "loader_rng": loader_rng.get_state(),
-        }, run_dir / "checkpoint.pt")
+        }
         metrics = {
             "complete": epoch + 1 == cfg.epochs, "dataset": cfg.dataset, "genotype": cfg.genotype,
             "epochs_done": epoch + 1, "epochs": cfg.epochs,
@@ -260,8 +320,11 @@ def _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger, ck
             "multiply_adds": madds, "multiply_adds_M": round(madds / 1e6, 3),
             "image_size": info.image_size, "train_time_s": sum(r["epoch_time_s"] for r in history),
         }
-        save_json(metrics, run_dir / "metrics.json")
-        logger.flush()
+        if d.is_main:
+            save_checkpoint(state, run_dir / "checkpoint.pt")
+            save_json(metrics, run_dir / "metrics.json")
+            logger.flush()
+        distributed.barrier(d)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, metrics)
     logger.info("done: final top1 %.2f, best top1 %.2f (epoch %d); %s",

@@ -19,7 +19,7 @@ from darts.supernet import (
     MixedOp,
     SearchNetwork,
     channel_shuffle,
-    edge_weights,
+    normalized_edge_weights,
     saved_activation_bytes,
 )
 
@@ -52,7 +52,7 @@ def test_channel_shuffle_interleaves_the_groups():
 
 def test_edge_weights_are_a_softmax_over_each_nodes_incoming_edges():
     betas = torch.randn(14)
-    w = edge_weights(betas, 4)
+    w = normalized_edge_weights(betas, 4)
     start = 0
     for i in range(4):
         torch.testing.assert_close(w[start:start + i + 2], F.softmax(betas[start:start + i + 2], 0))

@@ -1,0 +1,130 @@
+"""Shared measurement code of the benchmarks: step timing, peak memory, FLOPs, JSON.
+
+A step is timed from one batch request to the next, so it includes the data pipeline;
+on CUDA the device is synchronized at each mark. Peak memory is CUDA's max allocated
+on a GPU and the process's peak resident set (VmHWM, reset between measurements through
+/proc/self/clear_refs) on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class StepClock:
+    """Wraps a batch iterable: yields `warmup + steps` batches and records the time between
+    consecutive requests (one training step each, data included)."""
+
+    def __init__(self, batches: Iterable, warmup: int, steps: int, device: torch.device):
+        self.batches, self.warmup, self.steps, self.device = batches, warmup, steps, device
+        self.times: list[float] = []
+
+    def __len__(self) -> int:
+        return self.warmup + self.steps
+
+    def __iter__(self) -> Iterator:
+        it = iter(self.batches)
+        last = None
+        for i in range(self.warmup + self.steps + 1):
+            sync(self.device)
+            now = time.perf_counter()
+            if last is not None and i > self.warmup:
+                self.times.append(now - last)
+            if i == self.warmup:
+                reset_peak_memory(self.device)
+            last = now
+            if i == self.warmup + self.steps:
+                return
+            yield next(it)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets the peak resident set size (VmHWM)
+    except OSError:
+        pass
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def count_flops(step: Callable[[], None]) -> float:
+    """FLOPs of one call of `step` (convolutions and matrix products, forward and backward)."""
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return float(counter.get_total_flops())
+
+
+def summary(times: list[float], batch_size: int, flops: float | None, peak_mib: float,
+            **extra) -> dict:
+    median = statistics.median(times)
+    out = {"median_step_s": median, "images_per_s": batch_size / median,
+           "peak_mem_mib": peak_mib, "steps": len(times),
+           "min_step_s": min(times), "max_step_s": max(times)}
+    if flops is not None:
+        out["gflop_per_step"] = flops / 1e9
+        out["achieved_gflop_s"] = flops / 1e9 / median
+    out.update(extra)
+    return out
+
+
+def environment(device: torch.device) -> dict:
+    env = {"torch": torch.__version__, "python": platform.python_version(),
+           "cpu_threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def write_json(result: dict, path: str | None) -> None:
+    text = json.dumps(result, indent=2)
+    print(text)
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = f"{path}.tmp{os.getpid()}"
+        Path(tmp).write_text(text + "\n")
+        os.replace(tmp, path)
+
+
+def compare(plain: dict, fast: dict) -> dict:
+    ratio = plain["median_step_s"] / fast["median_step_s"]
+    mem = plain["peak_mem_mib"] / fast["peak_mem_mib"]
+    print(f"fast path: {ratio:.2f}x the plain path's speed "
+          f"({plain['median_step_s']:.3f} s -> {fast['median_step_s']:.3f} s per step), "
+          f"peak memory {plain['peak_mem_mib']:.0f} -> {fast['peak_mem_mib']:.0f} MiB "
+          f"({mem:.2f}x lower)", file=sys.stderr)
+    return {"speedup": ratio, "memory_ratio": mem}
