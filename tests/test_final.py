@@ -86,7 +86,7 @@ def test_checkpoint_is_safe_to_load_and_complete(cli_run):
     run_dir, _ = cli_run
     ckpt = load_checkpoint(run_dir)  # weights_only=True inside
     assert ckpt["epoch"] == 2
-    assert {"model", "optimizer", "scheduler", "rng", "loader_rng", "config", "genotype"} <= set(ckpt)
+    assert {"model", "optimizer", "scheduler", "rng", "config", "genotype"} <= set(ckpt)
 
 
 def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):

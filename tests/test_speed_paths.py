@@ -1,0 +1,160 @@
+"""The fast paths compute what the float32 eager path computes: AMP, channels_last,
+torch.compile, the device loader and PC-DARTS, through the search and final-training runs."""
+
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+from darts.architect import Architect
+from darts.engine import Precision, compile_model, split_output, train_one_epoch
+from darts.final import FinalConfig
+from darts.final import run as run_final
+from darts.genotype import load_genotype
+from darts.ops import DilConv, SepConv
+from darts.search import SearchConfig
+from darts.search import run as run_search
+from darts.space import SearchSpace
+from darts.supernet import SearchNetwork
+
+CPU = torch.device("cpu")
+
+
+def _batches(n, size=8, classes=3, batch=8, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(batch, 3, size, size, generator=g), torch.randint(0, classes, (batch,), generator=g))
+            for _ in range(n)]
+
+
+def _search_losses(amp, channels_last=False, steps=3):
+    """Weight-step losses and final alphas of `steps` second-order search steps."""
+    torch.manual_seed(0)
+    model = SearchNetwork(8, 3, 3, SearchSpace(steps=2, multiplier=2))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    precision = Precision.from_flag(amp, CPU)
+    criterion = nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.network_parameters(), 0.05, momentum=0.9)
+    architect = Architect(model, criterion, optimizer, order=2, hessian="fd", lr=0.01,
+                          precision=precision)
+    batches = _batches(2 * steps)
+    alpha_batches = iter(batches[steps:])
+    losses = []
+
+    def alpha_step(_, batch):
+        architect.step(batch, next(alpha_batches), xi=0.05)
+
+    class Recorder(nn.Module):
+        def forward(self, logits, y):
+            loss = criterion(logits, y)
+            losses.append(loss.item())
+            return loss
+
+    train_one_epoch(model, batches[:steps], optimizer, Recorder(), CPU, grad_clip=5.0,
+                    before_step=alpha_step, precision=precision, channels_last=channels_last,
+                    forward=lambda x: model(x, model.mixing_weights(detach=True)))
+    return losses, [a.detach().clone() for a in model.arch_parameters()]
+
+
+@pytest.mark.parametrize("amp,tol", [("bf16", 0.03), ("fp16", 0.01)])
+def test_amp_search_steps_follow_float32(amp, tol):
+    ref_losses, _ = _search_losses("off")
+    losses, alphas = _search_losses(amp)
+    assert len(losses) == 3 and all(torch.isfinite(a).all() for a in alphas)
+    for a, b in zip(losses, ref_losses, strict=True):
+        assert abs(a - b) <= tol * abs(b), (losses, ref_losses)
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_amp_alpha_gradient_points_where_the_float32_one_does(amp):
+    # Adam's update is the gradient's sign pattern at first, which rounding flips for tiny
+    # entries: compare the gradients themselves.
+    grads = {}
+    for mode in ("off", amp):
+        torch.manual_seed(0)
+        model = SearchNetwork(8, 3, 3, SearchSpace(steps=2, multiplier=2))
+        optimizer = torch.optim.SGD(model.network_parameters(), 0.05, momentum=0.9)
+        architect = Architect(model, nn.CrossEntropyLoss(), optimizer, order=2,
+                              precision=Precision.from_flag(mode, CPU))
+        train, val = _batches(2)
+        g, _ = architect.unrolled_gradient(train, val, xi=0.05)
+        grads[mode] = torch.cat([t.reshape(-1).float() for t in g])
+    cosine = torch.nn.functional.cosine_similarity(grads[amp], grads["off"], dim=0)
+    # bf16/fp16 keep ~3 significant digits of the tiny early alpha gradients: aligned, not equal.
+    assert cosine > 0.8, cosine
+
+
+def test_channels_last_search_steps_equal_contiguous():
+    ref_losses, ref_alphas = _search_losses("off")
+    losses, alphas = _search_losses("off", channels_last=True)
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(ref_losses), rtol=1e-4, atol=1e-5)
+    for a, b in zip(alphas, ref_alphas, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_hessian_vector_product_stays_float32_under_amp():
+    torch.manual_seed(0)
+    model = SearchNetwork(8, 3, 3, SearchSpace(steps=2, multiplier=2))
+    optimizer = torch.optim.SGD(model.network_parameters(), 0.05, momentum=0.9)
+    batch = _batches(1)[0]
+    v = [torch.randn_like(w) for w in model.network_parameters()]
+    hvp = {}
+    for amp in ("off", "bf16"):
+        architect = Architect(model, nn.CrossEntropyLoss(), optimizer, order=2,
+                              precision=Precision.from_flag(amp, CPU))
+        hvp[amp] = architect.hessian_vector_product(v, batch)
+    for a, b in zip(hvp["bf16"], hvp["off"], strict=True):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def _final_losses(compile_it, steps=3):
+    # A cell's ops and a classifier: a graph small enough to compile in seconds on 2 cores.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), SepConv(8, 8, 3, 1, 1),
+                          DilConv(8, 8, 3, 2, 2, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 3))
+    compile_model(model, compile_it, lambda msg: None)
+    optimizer = torch.optim.SGD(model.parameters(), 0.05, momentum=0.9)
+    criterion = nn.CrossEntropyLoss()
+    losses = []
+    for x, y in _batches(steps):
+        optimizer.zero_grad()
+        loss = criterion(split_output(model(x))[0], y)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_compiled_network_trains_like_eager():
+    eager = _final_losses(False)
+    compiled = _final_losses(True)
+    torch.testing.assert_close(torch.tensor(compiled), torch.tensor(eager), rtol=1e-4, atol=1e-5)
+    assert eager[0] != eager[-1]
+
+
+def test_search_run_with_every_fast_flag_decodes_valid_genotypes(tmp_path):
+    cfg = SearchConfig(dataset="synthetic", layers=3, nodes=2, init_channels=8, image_size=16,
+                       synthetic_size=32, batch_size=8, workers=0, progress=False, epochs=2,
+                       save=str(tmp_path), name="fast", device="cpu", order=2, loader="device",
+                       amp="bf16", channels_last=True, partial_channels=4, checkpoint_cells=True)
+    metrics = run_search(cfg)
+    assert metrics["complete"] and len(metrics["history"]) == 2
+    for f in sorted((tmp_path / "fast" / "genotypes").iterdir()) + [tmp_path / "fast" / "genotype.json"]:
+        genotype = load_genotype(f)  # loading validates the structure
+        for cell in (genotype.normal, genotype.reduce):
+            assert len(cell) == 4 and all(op != "none" for op, _ in cell)
+            assert all(j < 2 + i // 2 for i, (_, j) in enumerate(cell))
+    config = json.loads((tmp_path / "fast" / "config.json").read_text())
+    assert (config["partial_channels"], config["amp"], config["loader"]) == (4, "bf16", "device")
+
+
+def test_final_run_on_the_device_loader_with_amp(tmp_path):
+    cfg = FinalConfig(dataset="synthetic", genotype="darts_v2", epochs=1, layers=3, init_channels=4,
+                      image_size=16, synthetic_size=64, batch_size=16, workers=0, progress=False,
+                      save=str(tmp_path), name="fast", device="cpu", loader="device", amp="bf16",
+                      channels_last=True)
+    metrics = run_final(cfg)
+    assert metrics["complete"] and 0 <= metrics["final"]["top1"] <= 100
