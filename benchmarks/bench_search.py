@@ -15,26 +15,24 @@ loader and channels_last, plus bf16 autocast on a GPU).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 
 import torch
 import torch.nn as nn
 from common import (
     StepClock,
-    compare,
+    add_arguments,
     count_flops,
-    environment,
     peak_memory_mib,
     reset_peak_memory,
+    run,
     summary,
-    write_json,
 )
 
 from darts.architect import Architect
 from darts.data import build_datasets, search_split
 from darts.distributed import Dist
-from darts.engine import Precision, pick_device, train_one_epoch
+from darts.engine import Precision, train_one_epoch
 from darts.search import SearchConfig, _loaders
 from darts.space import SearchSpace
 from darts.supernet import SearchNetwork
@@ -45,26 +43,15 @@ PRESETS = {
 }
 
 
-@dataclasses.dataclass
-class Path_:
-    name: str
-    loader: str
-    amp: str
-    channels_last: bool
-    compile: bool = False
-    partial_channels: int = 1
-    checkpoint_cells: bool = False
-
-
-def measure(args, path: Path_, device: torch.device) -> dict:
+def measure(args, path: dict, device: torch.device) -> dict:
     preset = PRESETS[args.preset]
     total = args.warmup + args.steps + 2
     cfg = SearchConfig(dataset="synthetic", synthetic_size=2 * preset["batch_size"] * total,
                        order=args.order, hessian=args.hessian, device=str(device),
-                       workers=args.workers, loader=path.loader, amp=path.amp,
-                       channels_last=path.channels_last, compile=path.compile,
-                       partial_channels=path.partial_channels,
-                       checkpoint_cells=path.checkpoint_cells, progress=False, **preset)
+                       workers=args.workers, loader=path["loader"], amp=path["amp"],
+                       channels_last=path["channels_last"], compile=path["compile"],
+                       partial_channels=path.get("partial_channels", 1),
+                       checkpoint_cells=path.get("checkpoint_cells", False), progress=False, **preset)
     torch.manual_seed(0)
     train_set, _, info = build_datasets("synthetic", "", image_size=cfg.image_size,
                                         synthetic_size=cfg.synthetic_size)
@@ -111,7 +98,7 @@ def measure(args, path: Path_, device: torch.device) -> dict:
             optimizer.step()
 
         flops = count_flops(one_step)
-    return summary(clock.times, cfg.batch_size, flops, peak, path=dataclasses.asdict(path),
+    return summary(clock.times, cfg.batch_size, flops, peak, path=path,
                    loader_on_device=on_device)
 
 
@@ -121,43 +108,18 @@ def main(argv=None) -> int:
     p.add_argument("--preset", choices=sorted(PRESETS), default="standard")
     p.add_argument("--order", type=int, choices=(1, 2), default=1)
     p.add_argument("--hessian", choices=("fd", "exact"), default="fd")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--steps", type=int, default=10, help="measured steps (the median is reported)")
-    p.add_argument("--warmup", type=int, default=2, help="unmeasured steps first")
-    p.add_argument("--json", help="write the result here")
-    p.add_argument("--compare", action="store_true", help="plain path and fast path, and their ratio")
-    p.add_argument("--loader", choices=("device", "torch"), default="device", help="fast path's loader")
-    p.add_argument("--amp", choices=("off", "bf16", "fp16"), default=None,
-                   help="fast path's precision (default bf16 on CUDA, off on the CPU)")
-    p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--compile", action="store_true")
-    p.add_argument("--partial_channels", type=int, default=1)
-    p.add_argument("--checkpoint_cells", action="store_true")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the torch loader")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
-    p.add_argument("--no_flops", action="store_true", help="skip counting FLOPs")
-    args = p.parse_args(argv)
-    if args.steps < 1 or args.warmup < 0:
-        p.error("--steps must be >= 1 and --warmup >= 0")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
-    amp = args.amp or ("bf16" if device.type == "cuda" else "off")
-    fast = Path_("fast", args.loader, amp, args.channels_last, args.compile,
-                 args.partial_channels, args.checkpoint_cells)
-    result = {"benchmark": "search_step", "preset": args.preset, **PRESETS[args.preset],
-              "order": args.order, "hessian": args.hessian if args.order == 2 else None,
-              "device": str(device), "environment": environment(device)}
-    if args.compare:
-        plain = measure(args, Path_("plain", "torch", "off", False), device)
-        measured = measure(args, fast, device)
-        result.update(measured)
-        result["plain"], result["fast"] = plain, measured
-        result.update(compare(plain, measured))
-    else:
-        result.update(measure(args, fast, device))
-    write_json(result, args.json)
-    return 0
+    add_arguments(p)
+    p.add_argument("--partial_channels", type=int, default=1, help="fast path: PC-DARTS")
+    p.add_argument("--checkpoint_cells", action="store_true", help="fast path: cell checkpointing")
+
+    def header(args, device):
+        return {"benchmark": "search_step", "preset": args.preset, **PRESETS[args.preset],
+                "order": args.order, "hessian": args.hessian if args.order == 2 else None}
+
+    def memory_flags(args):
+        return {"partial_channels": args.partial_channels, "checkpoint_cells": args.checkpoint_cells}
+
+    return run(p, argv, header, measure, memory_flags)
 
 
 if __name__ == "__main__":

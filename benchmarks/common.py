@@ -8,6 +8,7 @@ on a GPU and the process's peak resident set (VmHWM, reset between measurements 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -118,6 +119,55 @@ def write_json(result: dict, path: str | None) -> None:
         tmp = f"{path}.tmp{os.getpid()}"
         Path(tmp).write_text(text + "\n")
         os.replace(tmp, path)
+
+
+def add_arguments(p) -> None:
+    """The flags both benchmarks share: device, steps, output, and the fast path's options."""
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--steps", type=int, default=10, help="measured steps (the median is reported)")
+    p.add_argument("--warmup", type=int, default=2, help="unmeasured steps first")
+    p.add_argument("--json", help="write the result here")
+    p.add_argument("--compare", action="store_true", help="plain path and fast path, and their ratio")
+    p.add_argument("--loader", choices=("device", "torch"), default="device", help="fast path's loader")
+    p.add_argument("--amp", choices=("off", "bf16", "fp16"), default=None,
+                   help="fast path's precision (default bf16 on CUDA, off on the CPU)")
+    p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the torch loader")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--no_flops", action="store_true", help="skip counting FLOPs")
+
+
+def run(p, argv, header: Callable[[argparse.Namespace, torch.device], dict],
+        measure: Callable[[argparse.Namespace, dict, torch.device], dict],
+        extra_fast: Callable[[argparse.Namespace], dict] = lambda args: {}) -> int:
+    """Parses the flags, measures the fast path (and with --compare the plain path first),
+    writes the JSON. A path is a dict of the run's speed flags, passed to `measure`."""
+    from darts.engine import pick_device
+
+    args = p.parse_args(argv)
+    if args.steps < 1 or args.warmup < 0:
+        p.error("--steps must be >= 1 and --warmup >= 0")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    fast = {"name": "fast", "loader": args.loader,
+            "amp": args.amp or ("bf16" if device.type == "cuda" else "off"),
+            "channels_last": args.channels_last, "compile": args.compile, **extra_fast(args)}
+    plain = {**{k: v for k, v in fast.items() if k not in extra_fast(args)},
+             "name": "plain", "loader": "torch", "amp": "off", "channels_last": False,
+             "compile": False}
+    result = {**header(args, device), "device": str(device), "environment": environment(device)}
+    if args.compare:
+        slow = measure(args, plain, device)
+        quick = measure(args, fast, device)
+        result.update(quick)
+        result["plain"], result["fast"] = slow, quick
+        result.update(compare(slow, quick))
+    else:
+        result.update(measure(args, fast, device))
+    write_json(result, args.json)
+    return 0
 
 
 def compare(plain: dict, fast: dict) -> dict:

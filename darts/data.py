@@ -557,8 +557,14 @@ def shard(order: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
         return order
     total = -(-len(order) // world_size) * world_size
     if total > len(order):
-        order = torch.cat([order, order[: total - len(order)]])
+        order = order.repeat(-(-total // len(order)))[:total]
     return order[rank::world_size]
+
+
+def pass_order(indices: torch.Tensor, seed: int, stream: int, pass_index: int) -> torch.Tensor:
+    """`indices` in pass `pass_index`'s order: a function of (seed, stream, pass) alone."""
+    g = torch.Generator().manual_seed(pass_seed(seed, stream, pass_index))
+    return indices[torch.randperm(len(indices), generator=g)]
 
 
 class ShuffledSubset(Sampler[int]):
@@ -582,8 +588,7 @@ class ShuffledSubset(Sampler[int]):
 
     def order(self, pass_index: int) -> torch.Tensor:
         """This rank's indices of pass `pass_index`, in order."""
-        g = torch.Generator().manual_seed(pass_seed(self.seed, self.stream, pass_index))
-        order = self.indices[torch.randperm(len(self.indices), generator=g)]
+        order = pass_order(self.indices, self.seed, self.stream, pass_index)
         return shard(order, self.rank, self.world_size)
 
     def __iter__(self) -> Iterator[int]:

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from darts.data import pass_seed
+from darts.data import pass_order, shard
 from darts.errors import UserError
 
 # Offset of the augmentation seeds' stream word (SplitLoader's worker seeds use stream + 1000).
@@ -267,20 +267,16 @@ class DeviceSplitLoader:
 
     def pass_order(self, pass_index: int) -> torch.Tensor:
         """All indices in pass `pass_index`'s order: ShuffledSubset's (CPU tensor)."""
-        g = torch.Generator().manual_seed(pass_seed(self.seed, self.stream, pass_index))
-        return self.indices[torch.randperm(len(self.indices), generator=g)]
+        return pass_order(self.indices, self.seed, self.stream, pass_index)
 
     def shard(self, pass_index: int) -> torch.Tensor:
         """This rank's indices of pass `pass_index`, on the device (DistributedSampler's)."""
         if self._shard is not None and self._shard[0] == pass_index:
             return self._shard[1]
-        order = self.pass_order(pass_index)
-        total = self.per_rank * self.world_size
-        if total > len(order):  # wrap around, as DistributedSampler(drop_last=False)
-            order = order.repeat(-(-total // len(order)))[:total]
-        shard = order[self.rank::self.world_size].to(self.images.device)
-        self._shard = (pass_index, shard)
-        return shard
+        order = shard(self.pass_order(pass_index), self.rank, self.world_size)
+        mine = order.to(self.images.device)
+        self._shard = (pass_index, mine)
+        return mine
 
     def batch(self, pass_index: int, index: int, shard: torch.Tensor | None = None) -> Batch:
         """Batch `index` of pass `pass_index`: depends on nothing else (no hidden state)."""
