@@ -33,9 +33,7 @@ from darts.architect import Architect
 from darts.data import build_datasets, search_split
 from darts.distributed import Dist
 from darts.engine import Precision, train_one_epoch
-from darts.search import SearchConfig, _loaders
-from darts.space import SearchSpace
-from darts.supernet import SearchNetwork
+from darts.search import SearchConfig, _loaders, build_supernet
 
 PRESETS = {
     "standard": {"init_channels": 16, "layers": 8, "nodes": 4, "batch_size": 64, "image_size": 32},
@@ -58,12 +56,7 @@ def measure(args, path: dict, device: torch.device) -> dict:
     weight_idx, alpha_idx = search_split(len(train_set), 0.5, 0)
     weight_data, alpha_stream, _, on_device = _loaders(cfg, info, train_set, weight_idx,
                                                        alpha_idx, device, Dist())
-    space = SearchSpace(steps=cfg.nodes, multiplier=cfg.nodes)
-    model = SearchNetwork(cfg.init_channels, info.num_classes, cfg.layers, space,
-                          partial_channels=cfg.partial_channels,
-                          checkpoint_cells=cfg.checkpoint_cells).to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = build_supernet(cfg, info.num_classes, device)
     if cfg.compile:
         model.compile()
     criterion = nn.CrossEntropyLoss()

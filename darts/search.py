@@ -221,13 +221,20 @@ def run(cfg: SearchConfig, *, resume: str | None = None,
         distributed.teardown(d)
 
 
-def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d: Dist):
+def build_supernet(cfg: SearchConfig, num_classes: int, device: torch.device) -> SearchNetwork:
+    """The supernet of `cfg` on `device`, in its memory format (not yet compiled)."""
     space = SearchSpace(steps=cfg.nodes, multiplier=cfg.nodes)
-    model = SearchNetwork(cfg.init_channels, info.num_classes, cfg.layers, space,
+    model = SearchNetwork(cfg.init_channels, num_classes, cfg.layers, space,
                           partial_channels=cfg.partial_channels,
                           checkpoint_cells=cfg.checkpoint_cells).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d: Dist):
+    model = build_supernet(cfg, info.num_classes, device)
+    space = model.space
     criterion = nn.CrossEntropyLoss().to(device)
     optimizer = torch.optim.SGD(model.network_parameters(), cfg.learning_rate,
                                 momentum=cfg.momentum, weight_decay=cfg.weight_decay)
