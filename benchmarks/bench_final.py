@@ -7,7 +7,7 @@ cells, auxiliary head, drop-path 0.2, batch 96, 32x32, cutout 16); `small` is a 
 Data are CIFAR-shaped synthetic images in memory. `--compare` runs the plain path (float32,
 eager, contiguous tensors, torchvision DataLoader) and the fast path side by side in one
 process and prints their ratio; the fast path is the flags given (defaults: the
-device-resident loader and channels_last, plus bf16 autocast on a GPU).
+device-resident loader, float32, channels_last on the CPU only).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ batch 64, 32x32, 10 classes); `small` is a quick one. Data are CIFAR-shaped synt
 images held in memory (no download). `--compare` measures the plain path (float32, eager,
 contiguous tensors, torchvision DataLoader) and the fast path side by side in one process
 and prints their ratio; the fast path is the flags given (defaults: the device-resident
-loader and channels_last, plus bf16 autocast on a GPU).
+loader, float32, channels_last on the CPU only, edge batching on a GPU).
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ def measure(args, path: dict, device: torch.device) -> dict:
                        workers=args.workers, loader=path["loader"], amp=path["amp"],
                        channels_last=path["channels_last"], compile=path["compile"],
                        partial_channels=path.get("partial_channels", 1),
-                       checkpoint_cells=path.get("checkpoint_cells", False), progress=False, **preset)
+                       checkpoint_cells=path.get("checkpoint_cells", False),
+                       batch_edges=path.get("batch_edges", "off"), progress=False, **preset)
     torch.manual_seed(0)
     train_set, _, info = build_datasets("synthetic", "", image_size=cfg.image_size,
                                         synthetic_size=cfg.synthetic_size)
@@ -104,13 +105,16 @@ def main(argv=None) -> int:
     add_arguments(p)
     p.add_argument("--partial_channels", type=int, default=1, help="fast path: PC-DARTS")
     p.add_argument("--checkpoint_cells", action="store_true", help="fast path: cell checkpointing")
+    p.add_argument("--batch_edges", choices=("auto", "on", "off"), default="auto",
+                   help="fast path: edges leaving one state computed together (auto: on a GPU)")
 
     def header(args, device):
         return {"benchmark": "search_step", "preset": args.preset, **PRESETS[args.preset],
                 "order": args.order, "hessian": args.hessian if args.order == 2 else None}
 
     def memory_flags(args):
-        return {"partial_channels": args.partial_channels, "checkpoint_cells": args.checkpoint_cells}
+        return {"partial_channels": args.partial_channels, "checkpoint_cells": args.checkpoint_cells,
+                "batch_edges": args.batch_edges}
 
     return run(p, argv, header, measure, memory_flags)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -83,9 +84,22 @@ def peak_memory_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding,
+                         _dilation, transposed, _output_padding, _groups, output_mask,
+                         out_shape=None, **kwargs) -> int:
+    """FLOPs of a convolution's backward: each of the input and the weight gradient costs
+    what the forward did. (torch's own formula ignores `groups` and counts a depthwise
+    convolution's backward as a dense one's: 16x too much for the supernet's 16-channel
+    depthwise convolutions.)"""
+    outputs = x_shape if transposed else grad_out_shape  # the side the kernel slides over
+    forward = 2 * math.prod(outputs) * math.prod(w_shape[1:])
+    return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+
+
 def count_flops(step: Callable[[], None]) -> float:
     """FLOPs of one call of `step` (convolutions and matrix products, forward and backward)."""
-    with FlopCounterMode(display=False) as counter:
+    mapping = {torch.ops.aten.convolution_backward: _conv_backward_flops}
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         step()
     return float(counter.get_total_flops())
 
@@ -129,9 +143,10 @@ def add_arguments(p) -> None:
     p.add_argument("--json", help="write the result here")
     p.add_argument("--compare", action="store_true", help="plain path and fast path, and their ratio")
     p.add_argument("--loader", choices=("device", "torch"), default="device", help="fast path's loader")
-    p.add_argument("--amp", choices=("off", "bf16", "fp16"), default=None,
-                   help="fast path's precision (default bf16 on CUDA, off on the CPU)")
-    p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off",
+                   help="fast path's precision")
+    p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
+                   help="fast path's memory format (default: on the CPU yes, on a GPU no)")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the torch loader")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
@@ -151,9 +166,9 @@ def run(p, argv, header: Callable[[argparse.Namespace, torch.device], dict],
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
-    fast = {"name": "fast", "loader": args.loader,
-            "amp": args.amp or ("bf16" if device.type == "cuda" else "off"),
-            "channels_last": args.channels_last, "compile": args.compile, **extra_fast(args)}
+    channels_last = device.type == "cpu" if args.channels_last is None else args.channels_last
+    fast = {"name": "fast", "loader": args.loader, "amp": args.amp,
+            "channels_last": channels_last, "compile": args.compile, **extra_fast(args)}
     plain = {**{k: v for k, v in fast.items() if k not in extra_fast(args)},
              "name": "plain", "loader": "torch", "amp": "off", "channels_last": False,
              "compile": False}

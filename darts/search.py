@@ -121,6 +121,10 @@ class SearchConfig:
         "PC-DARTS: 1/K of the channels pass through each mixed op, with edge normalization; 1 = DARTS"))
     checkpoint_cells: bool = field(default=False, metadata=_f(
         "recompute each cell in the backward pass instead of storing its activations"))
+    batch_edges: str = field(default="auto", metadata=_f(
+        "compute the edges that leave one state together (the same function in fewer, larger "
+        "kernels): on, off (edge by edge), auto (on on a GPU, where it is faster)",
+        choices=("auto", "on", "off")))
     # Run options.
     seed: int = field(default=0, metadata=_f("random seed"))
     save: str = field(default="runs", metadata=_f("parent folder of the run directory"))
@@ -221,12 +225,18 @@ def run(cfg: SearchConfig, *, resume: str | None = None,
         distributed.teardown(d)
 
 
+def batch_edges(flag: str, device: torch.device) -> bool:
+    """Whether `--batch_edges flag` batches the edges on `device` (auto: on a GPU)."""
+    return flag == "on" or (flag == "auto" and device.type == "cuda")
+
+
 def build_supernet(cfg: SearchConfig, num_classes: int, device: torch.device) -> SearchNetwork:
     """The supernet of `cfg` on `device`, in its memory format (not yet compiled)."""
     space = SearchSpace(steps=cfg.nodes, multiplier=cfg.nodes)
     model = SearchNetwork(cfg.init_channels, num_classes, cfg.layers, space,
                           partial_channels=cfg.partial_channels,
-                          checkpoint_cells=cfg.checkpoint_cells).to(device)
+                          checkpoint_cells=cfg.checkpoint_cells,
+                          batch_edges=batch_edges(cfg.batch_edges, device)).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint
 
+from darts import edge_batch
 from darts.genotype import Genotype
 from darts.ops import FactorizedReduce, PoolBN, ReLUConvBN
 from darts.primitives import build_op
@@ -137,7 +138,8 @@ class SearchCell(nn.Module):
     """A cell with every edge a MixedOp; its output concatenates the last `multiplier` nodes."""
 
     def __init__(self, space: SearchSpace, C_prev_prev: int, C_prev: int, C: int,
-                 reduction: bool, reduction_prev: bool, partial_channels: int = 1):
+                 reduction: bool, reduction_prev: bool, partial_channels: int = 1,
+                 batch_edges: bool = False):
         super().__init__()
         self.reduction = reduction
         self.steps = space.steps
@@ -151,11 +153,21 @@ class SearchCell(nn.Module):
         self.edges = nn.ModuleList(
             MixedOp(C, 2 if reduction and j < 2 else 1, space.primitives, partial_channels)
             for _, j in space.edges())
+        # Edge batching (darts/edge_batch.py): the edges leaving each state, with their
+        # target nodes. PC-DARTS edges run one by one.
+        self.batch_edges = batch_edges and partial_channels == 1
+        edges = space.edges()
+        self.sources = tuple(
+            (tuple(e for e, (_, j) in enumerate(edges) if j == src),
+             tuple(i for i, j in edges if j == src))
+            for src in range(self.steps + 1))
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
                 edge_weights: torch.Tensor | None = None) -> torch.Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         rows = weights.unbind(0)
+        if self.batch_edges and edge_weights is None:
+            return self._forward_batched(states, rows)
         e = 0
         for _ in range(self.steps):
             if edge_weights is None:
@@ -168,6 +180,27 @@ class SearchCell(nn.Module):
                     node = node + edge_weights[e + j] * self.edges[e + j](states[j], rows[e + j])
             e += len(states)
             states.append(node)
+        return torch.cat(states[-self.multiplier:], dim=1)
+
+    def _forward_batched(self, states: list[torch.Tensor],
+                         rows: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The same cell, the edges leaving each state computed together (edge_batch.py).
+        Each node still sums its inputs in edge order."""
+        nodes: list[torch.Tensor | None] = [None] * self.steps
+        for src, (ids, targets) in enumerate(self.sources):
+            if src >= 2:
+                states.append(nodes[src - 2])
+            x = states[src]
+            if len(ids) == 1:
+                mixed = self.edges[ids[0]](x, rows[ids[0]]).unsqueeze(1)
+            else:
+                first = self.edges[ids[0]]
+                op_lists = [[self.edges[e].ops[k] for e in ids] for k in range(len(first.ops))]
+                weights = torch.stack([rows[e] for e in ids])
+                mixed = edge_batch.mix(op_lists, first.columns, x, weights)
+            for t, node in enumerate(targets):
+                nodes[node] = mixed[:, t] if nodes[node] is None else nodes[node] + mixed[:, t]
+        states.append(nodes[-1])
         return torch.cat(states[-self.multiplier:], dim=1)
 
 
@@ -225,7 +258,7 @@ class SearchNetwork(nn.Module):
     def __init__(self, C: int = 16, num_classes: int = 10, layers: int = 8,
                  space: SearchSpace = DARTS_SPACE, stem_multiplier: int = 3,
                  in_channels: int = 3, partial_channels: int = 1,
-                 checkpoint_cells: bool = False):
+                 checkpoint_cells: bool = False, batch_edges: bool = False):
         super().__init__()
         if partial_channels < 1 or C % partial_channels:
             raise ValueError(f"partial_channels={partial_channels} must be a positive divisor "
@@ -248,7 +281,7 @@ class SearchNetwork(nn.Module):
             if reduction:
                 C_curr *= 2
             cell = SearchCell(space, C_prev_prev, C_prev, C_curr, reduction, reduction_prev,
-                              partial_channels)
+                              partial_channels, batch_edges)
             self.cells.append(cell)
             reduction_prev = reduction
             C_prev_prev, C_prev = C_prev, space.multiplier * C_curr

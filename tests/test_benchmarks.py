@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import ROOT
 
 
@@ -26,3 +27,19 @@ def test_benchmark_writes_the_contract_json(tmp_path, script, flags):
         assert result["plain"]["path"]["loader"] == "torch" and result["fast"]["path"]["loader"] == "device"
         assert result["speedup"] == pytest.approx(
             result["plain"]["median_step_s"] / result["fast"]["median_step_s"])
+
+
+@pytest.mark.parametrize("groups", [1, 4, 16])
+def test_flop_count_of_a_convolution_backward_respects_groups(groups):
+    """Forward 2*N*Co*Ho*Wo*(Ci/groups)*k*k by hand; its backward (input and weight
+    gradients) twice that. torch's own formula counts a grouped backward as a dense one."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from common import count_flops
+
+    conv = torch.nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=groups, bias=False)
+    x = torch.randn(2, 16, 8, 8, requires_grad=True)
+    forward = 2 * 2 * 16 * 4 * 4 * (16 // groups) * 3 * 3
+    assert count_flops(lambda: conv(x)) == forward
+    assert count_flops(lambda: conv(x).sum().backward()) == 3 * forward
+    x.requires_grad_(False)  # no input gradient: the weight's only
+    assert count_flops(lambda: conv(x).sum().backward()) == 2 * forward

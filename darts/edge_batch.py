@@ -1,0 +1,159 @@
+"""Edge batching: all edges that leave one state of a search cell, computed together.
+
+A DARTS cell has 14 edges, each a MixedOp of 7 ops, so a supernet forward is thousands of
+small kernels (about 30,000 per first-order search step at the paper's size), and on a GPU the
+step is bound by launching them, not by arithmetic. But every edge that leaves a state
+applies the same ops to the same input, with its own weights. This module computes them
+together, with the per-edge parameters concatenated at call time:
+
+- a layer that has no parameters (ReLU, pooling, identity) runs once on the shared input;
+- a convolution on the shared input runs once with the edges' kernels stacked along the
+  output channels (a depthwise one on the input repeated once per edge); after it the
+  edges' tensors sit side by side along the channels ("stacked": edge e owns channels
+  [e*C, (e+1)*C)) and a convolution runs as one grouped convolution (groups x edges);
+- BatchNorm is per channel, so one call over the stacked channels, with the edges' running
+  statistics concatenated and written back, is each edge's BatchNorm. A non-affine
+  BatchNorm in training mode on the shared input (the pooling ops') gives the same output
+  on every edge and runs once; each edge's running statistics are still updated.
+
+The result is the same function with the same parameters, state dict and BatchNorm
+statistics as the per-edge loop (`SearchCell(..., batch_edges=False)`, the reference that
+the tests compare against, in float64); only the order of floating-point sums differs. It
+works under `torch.func.functional_call` (parameters are read when called), activation
+checkpointing and double backpropagation. Ops that this module does not know run edge by
+edge and are stacked, so a user's new op is always correct, if not faster.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from darts.ops import FactorizedReduce, Identity
+
+# A value flowing through the batched layers: (tensor, stacked). Not stacked: one tensor
+# (B, C, H, W) that every edge shares. Stacked: (B, E*C, H, W), edge e in channel block e.
+Value = tuple[torch.Tensor, bool]
+
+_STATELESS = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, Identity, nn.Identity)
+
+
+def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+
+
+def _repeat(x: torch.Tensor, edges: int) -> torch.Tensor:
+    """The shared input once per edge, stacked, in x's memory format."""
+    fmt = (torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+           and not x.is_contiguous() else torch.contiguous_format)
+    return x.repeat(1, edges, 1, 1).contiguous(memory_format=fmt)
+
+
+def _conv(mods: list[nn.Conv2d], x: torch.Tensor, stacked: bool) -> Value:
+    m, E = mods[0], len(mods)
+    weight = _cat([c.weight for c in mods])
+    bias = None if m.bias is None else _cat([c.bias for c in mods])
+    if not stacked and m.groups == 1:
+        # One convolution, every edge's kernels as output channels: stacked output.
+        return F.conv2d(x, weight, bias, m.stride, m.padding, m.dilation, 1), True
+    if not stacked:
+        x = _repeat(x, E)
+    if (m.kernel_size == (1, 1) and m.groups == 1 and m.stride == (1, 1) and bias is None
+            and x.is_contiguous() and x.device.type == "cpu"):
+        # Pointwise per edge on the CPU: a batched matrix product (B x E products of Co x Ci
+        # by Ci x HW), whose backward is two more; oneDNN's grouped 1x1 backward is slower.
+        # (On an H100 cuDNN's grouped convolution is the faster of the two.)
+        n, _, h, w = x.shape
+        out = torch.matmul(weight.view(E, m.out_channels, m.in_channels), x.view(n, E, -1, h * w))
+        return out.view(n, E * m.out_channels, h, w), True
+    return F.conv2d(x, weight, bias, m.stride, m.padding, m.dilation, m.groups * E), True
+
+
+def _batch_norm(mods: list[nn.BatchNorm2d], x: torch.Tensor, stacked: bool) -> Value:
+    m, E = mods[0], len(mods)
+    training = m.training or not m.track_running_stats
+    track = m.track_running_stats and m.running_mean is not None
+    if training and track:
+        torch._foreach_add_([b.num_batches_tracked for b in mods], 1)
+    if not stacked and not m.affine and training:
+        # Same output on every edge: one normalisation; the statistics updated per edge.
+        if track:
+            with torch.no_grad():
+                stats_input = x.detach().to(torch.promote_types(x.dtype, torch.float32))
+                var, mean = torch.var_mean(stats_input, dim=(0, 2, 3), correction=1)
+                means = torch.stack([b.running_mean for b in mods])
+                variances = torch.stack([b.running_var for b in mods])
+                means.lerp_(mean.to(means.dtype).expand_as(means), m.momentum)
+                variances.lerp_(var.to(variances.dtype).expand_as(variances), m.momentum)
+                torch._foreach_copy_([b.running_mean for b in mods], list(means.unbind(0)))
+                torch._foreach_copy_([b.running_var for b in mods], list(variances.unbind(0)))
+        return F.batch_norm(x, None, None, None, None, True, 0.0, m.eps), False
+    if not stacked:
+        x = _repeat(x, E)
+    running_mean = _cat([b.running_mean for b in mods]) if track else None
+    running_var = _cat([b.running_var for b in mods]) if track else None
+    weight = _cat([b.weight for b in mods]) if m.affine else None
+    bias = _cat([b.bias for b in mods]) if m.affine else None
+    out = F.batch_norm(x, running_mean, running_var, weight, bias, training, m.momentum, m.eps)
+    if training and track and E > 1:
+        with torch.no_grad():
+            torch._foreach_copy_([b.running_mean for b in mods], list(running_mean.split(m.num_features)))
+            torch._foreach_copy_([b.running_var for b in mods], list(running_var.split(m.num_features)))
+    return out, True
+
+
+def _factorized_reduce(mods: list[FactorizedReduce], x: torch.Tensor, stacked: bool) -> Value:
+    if stacked:
+        return _per_edge(mods, x, stacked)
+    E = len(mods)
+    x = mods[0].relu(x)
+    shifted = F.pad(x[:, :, 1:, 1:], (0, 1, 0, 1))
+    a, _ = _conv([m.conv_1 for m in mods], x, False)
+    b, _ = _conv([m.conv_2 for m in mods], shifted, False)
+    n, _, h, w = a.shape
+    # Edge e's output is [conv_1 of e, conv_2 of e].
+    both = torch.cat([a.view(n, E, -1, h, w), b.view(n, E, -1, h, w)], dim=2).flatten(1, 2)
+    return _batch_norm([m.bn for m in mods], both, True)
+
+
+def _per_edge(mods: list[nn.Module], x: torch.Tensor, stacked: bool) -> Value:
+    """The fallback: each edge's module on its own input, outputs stacked."""
+    inputs = x.chunk(len(mods), dim=1) if stacked else [x] * len(mods)
+    return torch.cat([m(xi) for m, xi in zip(mods, inputs, strict=True)], dim=1), True
+
+
+def apply(mods: list[nn.Module], x: torch.Tensor, stacked: bool = False) -> Value:
+    """The edges' modules (one op of every edge: same type and configuration) on x."""
+    m = mods[0]
+    if isinstance(m, nn.Sequential):
+        value = (x, stacked)
+        for layers in zip(*mods, strict=True):
+            value = apply(list(layers), *value)
+        return value
+    if isinstance(m, _STATELESS):
+        return m(x), stacked
+    if isinstance(m, nn.Conv2d) and m.padding_mode == "zeros":
+        return _conv(mods, x, stacked)
+    if isinstance(m, nn.BatchNorm2d) and m.momentum is not None:
+        return _batch_norm(mods, x, stacked)
+    if isinstance(m, FactorizedReduce):
+        return _factorized_reduce(mods, x, stacked)
+    return _per_edge(mods, x, stacked)
+
+
+def mix(op_lists: list[list[nn.Module]], columns: tuple[int, ...], x: torch.Tensor,
+        weights: torch.Tensor) -> torch.Tensor:
+    """sum_o weights[e, o] * op_o of edge e (x), for the E edges leaving the state x.
+
+    `op_lists[k]` holds op k of every edge, `columns[k]` its column of `weights` (E x ops).
+    Returns (B, E, C, H', W'): edge e's mixed output at [:, e].
+    """
+    E = weights.size(0)
+    total = None
+    for ops, k in zip(op_lists, columns, strict=True):
+        out, stacked = apply(ops, x)
+        out = out.unflatten(1, (E, -1)) if stacked else out.unsqueeze(1)
+        w = weights[:, k].view(1, E, 1, 1, 1)
+        total = w * out if total is None else torch.addcmul(total, w, out)
+    return total
