@@ -135,11 +135,14 @@ def test_compiled_network_trains_like_eager():
     assert eager[0] != eager[-1]
 
 
-def test_search_run_with_every_fast_flag_decodes_valid_genotypes(tmp_path):
+@pytest.mark.parametrize("partial_channels,batch_edges", [(4, "off"), (1, "on")])
+def test_search_run_with_every_fast_flag_decodes_valid_genotypes(tmp_path, partial_channels,
+                                                                  batch_edges):
     cfg = SearchConfig(dataset="synthetic", layers=3, nodes=2, init_channels=8, image_size=16,
                        synthetic_size=32, batch_size=8, workers=0, progress=False, epochs=2,
                        save=str(tmp_path), name="fast", device="cpu", order=2, loader="device",
-                       amp="bf16", channels_last=True, partial_channels=4, checkpoint_cells=True)
+                       amp="bf16", channels_last=True, partial_channels=partial_channels,
+                       checkpoint_cells=True, batch_edges=batch_edges)
     metrics = run_search(cfg)
     assert metrics["complete"] and len(metrics["history"]) == 2
     for f in sorted((tmp_path / "fast" / "genotypes").iterdir()) + [tmp_path / "fast" / "genotype.json"]:
@@ -148,7 +151,8 @@ def test_search_run_with_every_fast_flag_decodes_valid_genotypes(tmp_path):
             assert len(cell) == 4 and all(op != "none" for op, _ in cell)
             assert all(j < 2 + i // 2 for i, (_, j) in enumerate(cell))
     config = json.loads((tmp_path / "fast" / "config.json").read_text())
-    assert (config["partial_channels"], config["amp"], config["loader"]) == (4, "bf16", "device")
+    assert (config["partial_channels"], config["amp"], config["loader"], config["batch_edges"]) == (
+        partial_channels, "bf16", "device", batch_edges)
 
 
 def test_final_run_on_the_device_loader_with_amp(tmp_path):
