@@ -86,8 +86,8 @@ def _batch_norm(mods: list[nn.BatchNorm2d], x: torch.Tensor, stacked: bool) -> V
                 variances = torch.stack([b.running_var for b in mods])
                 means.lerp_(mean.to(means.dtype).expand_as(means), m.momentum)
                 variances.lerp_(var.to(variances.dtype).expand_as(variances), m.momentum)
-                torch._foreach_copy_([b.running_mean for b in mods], list(means.unbind(0)))
-                torch._foreach_copy_([b.running_var for b in mods], list(variances.unbind(0)))
+                torch._foreach_copy_([b.running_mean for b in mods] + [b.running_var for b in mods],
+                                     [*means.unbind(0), *variances.unbind(0)])
         return F.batch_norm(x, None, None, None, None, True, 0.0, m.eps), False
     if not stacked:
         x = _repeat(x, E)
@@ -98,8 +98,9 @@ def _batch_norm(mods: list[nn.BatchNorm2d], x: torch.Tensor, stacked: bool) -> V
     out = F.batch_norm(x, running_mean, running_var, weight, bias, training, m.momentum, m.eps)
     if training and track and E > 1:
         with torch.no_grad():
-            torch._foreach_copy_([b.running_mean for b in mods], list(running_mean.split(m.num_features)))
-            torch._foreach_copy_([b.running_var for b in mods], list(running_var.split(m.num_features)))
+            torch._foreach_copy_([b.running_mean for b in mods] + [b.running_var for b in mods],
+                                 [*running_mean.split(m.num_features),
+                                  *running_var.split(m.num_features)])
     return out, True
 
 
