@@ -110,9 +110,6 @@ class Architect:
             grads = [g.float() / scale if g.dtype != torch.float64 else g / scale for g in grads]
         return grads
 
-    def _detached_weights(self) -> Tensors:
-        return [w.detach() for w in self.weights]
-
     # -- Algorithm 1, step 1 -----------------------------------------------------------------
     def step(self, train_batch: Batch, val_batch: Batch, xi: float) -> torch.Tensor:
         """One Adam step on the alphas; returns the validation loss (at w' for second order).
@@ -136,9 +133,10 @@ class Architect:
         return val_loss
 
     def first_order_gradient(self, val_batch: Batch) -> tuple[Tensors, torch.Tensor]:
-        """grad_alpha L_val(w, alpha): eq. 6 with xi = 0. Only alpha gradients are computed
-        (the weights enter detached, so no weight gradient is formed)."""
-        val_loss = self.loss(val_batch, self._detached_weights())
+        """grad_alpha L_val(w, alpha): eq. 6 with xi = 0. Only alpha gradients are computed:
+        autograd runs only the paths to the alphas, so no weight gradient is formed (and the
+        model's own weights are used directly, without functional_call's per-call cost)."""
+        val_loss = self.loss(val_batch)
         return self._grad(val_loss, self.alphas), val_loss.detach()
 
     def virtual_step(self, train_batch: Batch, xi: float,

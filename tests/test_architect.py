@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from darts.architect import Architect
 from darts.primitives import register_op
@@ -271,3 +272,36 @@ def test_virtual_step_is_the_sgd_step_the_optimizer_would_take():
     optimizer.step()
     for u, p in zip(unrolled, model.network_parameters(), strict=True):
         torch.testing.assert_close(u, p.detach(), rtol=1e-12, atol=1e-14)
+
+
+class _ConvBackwardMasks(TorchDispatchMode):
+    """Records which gradients (input, weight, bias) each convolution backward computes."""
+
+    def __init__(self):
+        super().__init__()
+        self.masks = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket is torch.ops.aten.convolution_backward:
+            self.masks.append(tuple(args[-1]))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("batch_edges", [False, True])
+def test_first_order_alpha_step_forms_no_weight_gradient(batch_edges):
+    """The first-order alpha gradient backpropagates to the alphas only: no convolution
+    backward computes a weight gradient, and no weight's .grad is touched."""
+    torch.manual_seed(0)
+    model = SearchNetwork(4, 5, 3, batch_edges=batch_edges)
+    optimizer = torch.optim.SGD(model.network_parameters(), 0.025, momentum=0.9)
+    architect = Architect(model, nn.CrossEntropyLoss(), optimizer, order=1)
+    val = (torch.randn(4, 3, 8, 8), torch.randint(0, 5, (4,)))
+    with _ConvBackwardMasks() as mode:
+        architect.first_order_gradient(val)
+    assert mode.masks and all(m[0] for m in mode.masks)  # input gradients flow
+    assert not any(m[1] for m in mode.masks)
+    assert all(p.grad is None for p in model.network_parameters())
+    # The recorder sees weight gradients where they are formed: the weight step.
+    with _ConvBackwardMasks() as mode:
+        F.cross_entropy(model(val[0], model.mixing_weights(detach=True)), val[1]).backward()
+    assert all(m[1] for m in mode.masks)
