@@ -242,7 +242,7 @@ def _checkpointed_cell(cell: SearchCell, s0: torch.Tensor, s1: torch.Tensor,
 
     def run(s0, s1, weights, edge_w, *params):
         return functional_call(cell, dict(zip(names, params, strict=True)),
-                               (s0, s1, weights, edge_w))
+                               (s0, s1, weights, edge_w), tie_weights=False)
 
     return checkpoint(run, s0, s1, weights, edge_w, *params, use_reentrant=False,
                       context_fn=lambda: (contextlib.nullcontext(), _ScratchBuffers(cell)))

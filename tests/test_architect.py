@@ -305,3 +305,11 @@ def test_first_order_alpha_step_forms_no_weight_gradient(batch_edges):
     with _ConvBackwardMasks() as mode:
         F.cross_entropy(model(val[0], model.mixing_weights(detach=True)), val[1]).backward()
     assert all(m[1] for m in mode.masks)
+
+
+@pytest.mark.parametrize("kw", [{}, {"partial_channels": 4}, {"batch_edges": True}])
+def test_supernet_ties_no_parameters(kw):
+    """The architect's functional_call skips the search for tied parameters; that is only
+    right while no parameter is reachable under two names."""
+    model = SearchNetwork(8, 10, 5, **kw)
+    assert len(list(model.named_parameters(remove_duplicate=False))) == len(list(model.named_parameters()))
