@@ -4,7 +4,9 @@ A DARTS cell has 14 edges, each a MixedOp of 7 ops, so a supernet forward is tho
 small kernels (about 30,000 per first-order search step at the paper's size), and on a GPU the
 step is bound by launching them, not by arithmetic. But every edge that leaves a state
 applies the same ops to the same input, with its own weights. This module computes them
-together, with the per-edge parameters concatenated at call time:
+together, with the per-edge parameters concatenated at call time; the cell batches the
+edges of its two inputs as one group (their tensors side by side along the channels, each
+state's edges reading its own channels), then those of each node:
 
 - a layer that has no parameters (ReLU, pooling, identity) runs once on the shared input;
 - a convolution on the shared input runs once with the edges' kernels stacked along the
@@ -32,9 +34,12 @@ import torch.nn.functional as F
 
 from darts.ops import FactorizedReduce, Identity
 
-# A value flowing through the batched layers: (tensor, stacked). Not stacked: one tensor
-# (B, C, H, W) that every edge shares. Stacked: (B, E*C, H, W), edge e in channel block e.
-Value = tuple[torch.Tensor, bool]
+# A value flowing through the batched layers: (tensor, sources). sources = 0: "stacked",
+# (B, E*C, H, W), edge e in channel block e. sources = S >= 1: "shared", (B, S*C, H, W), the
+# inputs of S states side by side; the E edges are ordered by state, E/S per state, and edge
+# e reads state e // (E/S).
+Value = tuple[torch.Tensor, int]
+STACKED = 0
 
 _STATELESS = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, Identity, nn.Identity)
 
@@ -43,22 +48,26 @@ def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
     return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
 
 
-def _repeat(x: torch.Tensor, edges: int) -> torch.Tensor:
-    """The shared input once per edge, stacked, in x's memory format."""
-    fmt = (torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
-           and not x.is_contiguous() else torch.contiguous_format)
-    return x.repeat(1, edges, 1, 1).contiguous(memory_format=fmt)
+def _spread(x: torch.Tensor, sources: int, edges: int) -> torch.Tensor:
+    """A shared value as a stacked one: each state's channels once per edge that reads it,
+    in x's memory format."""
+    channels_last = (x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+    n, _, h, w = x.shape
+    out = x.unflatten(1, (sources, 1, -1)).expand(n, sources, edges // sources, -1, h, w)
+    out = out.reshape(n, -1, h, w)
+    return out.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
-def _conv(mods: list[nn.Conv2d], x: torch.Tensor, stacked: bool) -> Value:
+def _conv(mods: list[nn.Conv2d], x: torch.Tensor, sources: int) -> Value:
     m, E = mods[0], len(mods)
     weight = _cat([c.weight for c in mods])
     bias = None if m.bias is None else _cat([c.bias for c in mods])
-    if not stacked and m.groups == 1:
-        # One convolution, every edge's kernels as output channels: stacked output.
-        return F.conv2d(x, weight, bias, m.stride, m.padding, m.dilation, 1), True
-    if not stacked:
-        x = _repeat(x, E)
+    if sources and m.groups == 1:
+        # One convolution, the kernels of a state's edges as output channels of that
+        # state's group: stacked output.
+        return F.conv2d(x, weight, bias, m.stride, m.padding, m.dilation, sources), STACKED
+    if sources:
+        x = _spread(x, sources, E)
     if (m.kernel_size == (1, 1) and m.groups == 1 and m.stride == (1, 1) and bias is None
             and x.is_contiguous() and x.device.type == "cpu"):
         # Pointwise per edge on the CPU: a batched matrix product (B x E products of Co x Ci
@@ -66,31 +75,35 @@ def _conv(mods: list[nn.Conv2d], x: torch.Tensor, stacked: bool) -> Value:
         # (On an H100 cuDNN's grouped convolution is the faster of the two.)
         n, _, h, w = x.shape
         out = torch.matmul(weight.view(E, m.out_channels, m.in_channels), x.view(n, E, -1, h * w))
-        return out.view(n, E * m.out_channels, h, w), True
-    return F.conv2d(x, weight, bias, m.stride, m.padding, m.dilation, m.groups * E), True
+        return out.view(n, E * m.out_channels, h, w), STACKED
+    return F.conv2d(x, weight, bias, m.stride, m.padding, m.dilation, m.groups * E), STACKED
 
 
-def _batch_norm(mods: list[nn.BatchNorm2d], x: torch.Tensor, stacked: bool) -> Value:
+def _batch_norm(mods: list[nn.BatchNorm2d], x: torch.Tensor, sources: int) -> Value:
     m, E = mods[0], len(mods)
     training = m.training or not m.track_running_stats
     track = m.track_running_stats and m.running_mean is not None
     if training and track:
         torch._foreach_add_([b.num_batches_tracked for b in mods], 1)
-    if not stacked and not m.affine and training:
-        # Same output on every edge: one normalisation; the statistics updated per edge.
+    if sources and not m.affine and training:
+        # The same output on every edge of a state: one normalisation over the states'
+        # channels; each edge's statistics updated from its state's.
         if track:
             with torch.no_grad():
                 stats_input = x.detach().to(torch.promote_types(x.dtype, torch.float32))
                 var, mean = torch.var_mean(stats_input, dim=(0, 2, 3), correction=1)
+                per_edge = (sources, E // sources, m.num_features)
                 means = torch.stack([b.running_mean for b in mods])
                 variances = torch.stack([b.running_var for b in mods])
-                means.lerp_(mean.to(means.dtype).expand_as(means), m.momentum)
-                variances.lerp_(var.to(variances.dtype).expand_as(variances), m.momentum)
+                means.lerp_(mean.to(means.dtype).view(sources, 1, -1).expand(per_edge)
+                            .reshape(E, -1), m.momentum)
+                variances.lerp_(var.to(variances.dtype).view(sources, 1, -1).expand(per_edge)
+                                .reshape(E, -1), m.momentum)
                 torch._foreach_copy_([b.running_mean for b in mods] + [b.running_var for b in mods],
                                      [*means.unbind(0), *variances.unbind(0)])
-        return F.batch_norm(x, None, None, None, None, True, 0.0, m.eps), False
-    if not stacked:
-        x = _repeat(x, E)
+        return F.batch_norm(x, None, None, None, None, True, 0.0, m.eps), sources
+    if sources:
+        x = _spread(x, sources, E)
     running_mean = _cat([b.running_mean for b in mods]) if track else None
     running_var = _cat([b.running_var for b in mods]) if track else None
     weight = _cat([b.weight for b in mods]) if m.affine else None
@@ -101,60 +114,70 @@ def _batch_norm(mods: list[nn.BatchNorm2d], x: torch.Tensor, stacked: bool) -> V
             torch._foreach_copy_([b.running_mean for b in mods] + [b.running_var for b in mods],
                                  [*running_mean.split(m.num_features),
                                   *running_var.split(m.num_features)])
-    return out, True
+    return out, STACKED
 
 
-def _factorized_reduce(mods: list[FactorizedReduce], x: torch.Tensor, stacked: bool) -> Value:
-    if stacked:
-        return _per_edge(mods, x, stacked)
+def _factorized_reduce(mods: list[FactorizedReduce], x: torch.Tensor, sources: int) -> Value:
+    if not sources:
+        return _per_edge(mods, x, sources)
     E = len(mods)
     x = mods[0].relu(x)
     shifted = F.pad(x[:, :, 1:, 1:], (0, 1, 0, 1))
-    a, _ = _conv([m.conv_1 for m in mods], x, False)
-    b, _ = _conv([m.conv_2 for m in mods], shifted, False)
+    a, _ = _conv([m.conv_1 for m in mods], x, sources)
+    b, _ = _conv([m.conv_2 for m in mods], shifted, sources)
     n, _, h, w = a.shape
     # Edge e's output is [conv_1 of e, conv_2 of e].
     both = torch.cat([a.view(n, E, -1, h, w), b.view(n, E, -1, h, w)], dim=2).flatten(1, 2)
-    return _batch_norm([m.bn for m in mods], both, True)
+    return _batch_norm([m.bn for m in mods], both, STACKED)
 
 
-def _per_edge(mods: list[nn.Module], x: torch.Tensor, stacked: bool) -> Value:
+def _per_edge(mods: list[nn.Module], x: torch.Tensor, sources: int) -> Value:
     """The fallback: each edge's module on its own input, outputs stacked."""
-    inputs = x.chunk(len(mods), dim=1) if stacked else [x] * len(mods)
-    return torch.cat([m(xi) for m, xi in zip(mods, inputs, strict=True)], dim=1), True
+    E = len(mods)
+    if sources:
+        states = x.chunk(sources, dim=1)
+        inputs = [states[e // (E // sources)] for e in range(E)]
+    else:
+        inputs = x.chunk(E, dim=1)
+    return torch.cat([m(xi) for m, xi in zip(mods, inputs, strict=True)], dim=1), STACKED
 
 
-def apply(mods: list[nn.Module], x: torch.Tensor, stacked: bool = False) -> Value:
-    """The edges' modules (one op of every edge: same type and configuration) on x."""
+def apply(mods: list[nn.Module], x: torch.Tensor, sources: int = 1) -> Value:
+    """The edges' modules (one op of every edge: same type and configuration) on x, a value
+    shared by `sources` states (0: stacked)."""
     m = mods[0]
     if isinstance(m, nn.Sequential):
-        value = (x, stacked)
+        value = (x, sources)
         for layers in zip(*mods, strict=True):
             value = apply(list(layers), *value)
         return value
     if isinstance(m, _STATELESS):
-        return m(x), stacked
+        return m(x), sources
     if isinstance(m, nn.Conv2d) and m.padding_mode == "zeros":
-        return _conv(mods, x, stacked)
+        return _conv(mods, x, sources)
     if isinstance(m, nn.BatchNorm2d) and m.momentum is not None:
-        return _batch_norm(mods, x, stacked)
+        return _batch_norm(mods, x, sources)
     if isinstance(m, FactorizedReduce):
-        return _factorized_reduce(mods, x, stacked)
-    return _per_edge(mods, x, stacked)
+        return _factorized_reduce(mods, x, sources)
+    return _per_edge(mods, x, sources)
 
 
 def mix(op_lists: list[list[nn.Module]], columns: tuple[int, ...], x: torch.Tensor,
-        weights: torch.Tensor) -> torch.Tensor:
-    """sum_o weights[e, o] * op_o of edge e (x), for the E edges leaving the state x.
+        weights: torch.Tensor, sources: int = 1) -> torch.Tensor:
+    """sum_o weights[e, o] * op_o of edge e, for the E edges leaving the `sources` states
+    whose tensors x holds side by side (edges ordered by state, E / sources each).
 
     `op_lists[k]` holds op k of every edge, `columns[k]` its column of `weights` (E x ops).
     Returns (B, E, C, H', W'): edge e's mixed output at [:, e].
     """
     E = weights.size(0)
+    per_state = (sources, E // sources)
+    w_all = weights.view(1, *per_state, 1, 1, 1, -1)
     total = None
     for ops, k in zip(op_lists, columns, strict=True):
-        out, stacked = apply(ops, x)
-        out = out.unflatten(1, (E, -1)) if stacked else out.unsqueeze(1)
-        w = weights[:, k].view(1, E, 1, 1, 1)
+        out, shared = apply(ops, x, sources)
+        # (B, S, E/S, C, H, W): a shared output broadcasts over each state's edges.
+        out = out.unflatten(1, (sources, 1, -1) if shared else (*per_state, -1))
+        w = w_all[..., k]
         total = w * out if total is None else torch.addcmul(total, w, out)
-    return total
+    return total.flatten(1, 2)

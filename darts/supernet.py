@@ -153,14 +153,18 @@ class SearchCell(nn.Module):
         self.edges = nn.ModuleList(
             MixedOp(C, 2 if reduction and j < 2 else 1, space.primitives, partial_channels)
             for _, j in space.edges())
-        # Edge batching (darts/edge_batch.py): the edges leaving each state, with their
-        # target nodes. PC-DARTS edges run one by one.
+        # Edge batching (darts/edge_batch.py): groups of states whose outgoing edges run
+        # together, the edges ordered by state: the two cell inputs (ready together, the
+        # same number of edges and the same stride), then each node but the last.
+        # PC-DARTS edges run one by one.
         self.batch_edges = batch_edges and partial_channels == 1
         edges = space.edges()
-        self.sources = tuple(
-            (tuple(e for e, (_, j) in enumerate(edges) if j == src),
-             tuple(i for i, j in edges if j == src))
-            for src in range(self.steps + 1))
+        groups = [(0, 1)] + [(src,) for src in range(2, self.steps + 1)]
+        self.groups = tuple(
+            (states,
+             tuple(e for src in states for e, (_, j) in enumerate(edges) if j == src),
+             tuple(i for src in states for i, j in edges if j == src))
+            for states in groups)
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
                 edge_weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -187,17 +191,18 @@ class SearchCell(nn.Module):
         """The same cell, the edges leaving each state computed together (edge_batch.py).
         Each node still sums its inputs in edge order."""
         nodes: list[torch.Tensor | None] = [None] * self.steps
-        for src, (ids, targets) in enumerate(self.sources):
-            if src >= 2:
-                states.append(nodes[src - 2])
-            x = states[src]
+        for sources, ids, targets in self.groups:
+            while len(states) <= sources[-1]:  # the nodes these edges leave are complete
+                states.append(nodes[len(states) - 2])
             if len(ids) == 1:
-                mixed = self.edges[ids[0]](x, rows[ids[0]]).unsqueeze(1)
+                mixed = self.edges[ids[0]](states[sources[0]], rows[ids[0]]).unsqueeze(1)
             else:
+                x = torch.cat([states[s] for s in sources], dim=1) if len(sources) > 1 \
+                    else states[sources[0]]
                 first = self.edges[ids[0]]
                 op_lists = [[self.edges[e].ops[k] for e in ids] for k in range(len(first.ops))]
                 weights = torch.stack([rows[e] for e in ids])
-                mixed = edge_batch.mix(op_lists, first.columns, x, weights)
+                mixed = edge_batch.mix(op_lists, first.columns, x, weights, len(sources))
             for t, node in enumerate(targets):
                 nodes[node] = mixed[:, t] if nodes[node] is None else nodes[node] + mixed[:, t]
         states.append(nodes[-1])

@@ -188,7 +188,8 @@ class _CountConvolutions(TorchDispatchMode):
 
 def test_batching_launches_fewer_kernels():
     """The point of it: the per-edge supernet runs every op of every edge; batched, each
-    convolution runs once per state. 14 edges leave 5 states in a 4-node cell."""
+    convolution runs once per group of states. A 4-node cell's 14 edges form 4 groups: the
+    two inputs' 8 edges, then nodes 0, 1 and 2 (3, 2 and 1 edges)."""
     reference, batched = _pair(C=4, layers=3)
     x, _ = _batch(2, 8)
     counts = []
@@ -207,8 +208,8 @@ def test_apply_handles_stacked_inputs_of_known_ops():
                  lambda: FactorizedReduce(C, C, affine=False)):
         mods = [make().double() for _ in range(E)]
         xs = [torch.randn(2, C, 8, 8, dtype=torch.float64) for _ in range(E)]
-        out, stacked = edge_batch.apply(mods, torch.cat(xs, 1), stacked=True)
-        assert stacked
+        out, sources = edge_batch.apply(mods, torch.cat(xs, 1), sources=0)
+        assert sources == 0  # stacked
         expected = torch.cat([copy.deepcopy(m)(x) for m, x in zip(mods, xs, strict=True)], 1)
         torch.testing.assert_close(out, expected, **TOL)
 
