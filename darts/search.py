@@ -282,16 +282,19 @@ def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d
     distributed.broadcast_state(model, d)  # identical replicas, whatever each rank drew
     compile_model(model, cfg.compile, logger.warning)
     n_weights = sum(p.numel() for p in model.network_parameters())
+    speed = [f"{'device-resident' if on_device else 'DataLoader'} loader", f"amp {cfg.amp}"]
+    speed += [name for name, on in (
+        ("channels_last", cfg.channels_last), ("compiled", cfg.compile),
+        (f"partial channels 1/{cfg.partial_channels}", cfg.partial_channels > 1),
+        ("cell checkpointing", cfg.checkpoint_cells),
+        ("edges batched", any(c.batch_edges for c in model.cells))) if on]
     logger.info("SearchNetwork on %s (%d classes, %dpx): %d cells of %d channels, %d nodes, "
                 "%d ops; %.3fM weights; %d/%d images train the weights/alphas; order %d%s; "
-                "device %s%s; %s loader, amp %s%s%s%s", cfg.dataset, info.num_classes, info.image_size, cfg.layers,
+                "device %s%s; %s", cfg.dataset, info.num_classes, info.image_size, cfg.layers,
                 cfg.init_channels, cfg.nodes, space.num_ops, n_weights / 1e6, len(weight_idx),
                 len(alpha_idx), cfg.order, f" ({cfg.hessian} Hessian)" if cfg.order == 2 else "",
                 device, f" x {d.world_size} processes (batch {cfg.batch_size} each)" if d.enabled else "",
-                "device-resident" if on_device else "DataLoader", cfg.amp,
-                ", channels_last" if cfg.channels_last else "", ", compiled" if cfg.compile else "",
-                f", partial channels 1/{cfg.partial_channels}" if cfg.partial_channels > 1 else "",
-                ", cell checkpointing" if cfg.checkpoint_cells else "")
+                ", ".join(speed))
 
     meta = {"name": run_dir.name, "source": f"train_search.py, run {run_dir}"}
     if start_epoch >= cfg.epochs:

@@ -46,6 +46,10 @@ def test_cli_search_writes_the_run_directory_and_its_genotype_retrains(tmp_path)
     assert (config["order"], config["hessian"], config["learning_rate"]) == (2, "fd", 0.025)
     log = (run_dir / "log.txt").read_text()
     assert "epoch 1/2" in log and "epoch 2/2" in log and "eta" in log
+    # The run's summary line (the speed options at their defaults on the CPU), well formed.
+    assert "SearchNetwork on synthetic (10 classes, 16px): 3 cells of 4 channels" in log
+    assert "order 2 (fd Hessian); device cpu; DataLoader loader, amp off\n" in log
+    assert "Logging error" not in result.stderr
     genotype = load_genotype(run_dir / "genotype.json")
     assert genotype == load_genotype(run_dir / "genotypes/epoch_002.json")
     assert all(op != "none" for op, _ in genotype.normal + genotype.reduce)
