@@ -28,6 +28,8 @@ edge and are stacked, so a user's new op is always correct, if not faster.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -92,15 +94,11 @@ def _batch_norm(mods: list[nn.BatchNorm2d], x: torch.Tensor, sources: int) -> Va
             with torch.no_grad():
                 stats_input = x.detach().to(torch.promote_types(x.dtype, torch.float32))
                 var, mean = torch.var_mean(stats_input, dim=(0, 2, 3), correction=1)
-                per_edge = (sources, E // sources, m.num_features)
-                means = torch.stack([b.running_mean for b in mods])
-                variances = torch.stack([b.running_var for b in mods])
-                means.lerp_(mean.to(means.dtype).view(sources, 1, -1).expand(per_edge)
-                            .reshape(E, -1), m.momentum)
-                variances.lerp_(var.to(variances.dtype).view(sources, 1, -1).expand(per_edge)
-                                .reshape(E, -1), m.momentum)
-                torch._foreach_copy_([b.running_mean for b in mods] + [b.running_var for b in mods],
-                                     [*means.unbind(0), *variances.unbind(0)])
+                buffers = [b.running_mean for b in mods] + [b.running_var for b in mods]
+                running = torch.stack(buffers).view(2, sources, E // sources, -1)
+                batch = torch.stack([mean, var]).to(running.dtype).view(2, sources, 1, -1)
+                running.lerp_(batch.expand_as(running), m.momentum)
+                torch._foreach_copy_(buffers, list(running.flatten(0, 2).unbind(0)))
         return F.batch_norm(x, None, None, None, None, True, 0.0, m.eps), sources
     if sources:
         x = _spread(x, sources, E)
@@ -142,7 +140,7 @@ def _per_edge(mods: list[nn.Module], x: torch.Tensor, sources: int) -> Value:
     return torch.cat([m(xi) for m, xi in zip(mods, inputs, strict=True)], dim=1), STACKED
 
 
-def apply(mods: list[nn.Module], x: torch.Tensor, sources: int = 1) -> Value:
+def apply(mods: Sequence[nn.Module], x: torch.Tensor, sources: int = 1) -> Value:
     """The edges' modules (one op of every edge: same type and configuration) on x, a value
     shared by `sources` states (0: stacked)."""
     m = mods[0]
@@ -162,7 +160,7 @@ def apply(mods: list[nn.Module], x: torch.Tensor, sources: int = 1) -> Value:
     return _per_edge(mods, x, sources)
 
 
-def mix(op_lists: list[list[nn.Module]], columns: tuple[int, ...], x: torch.Tensor,
+def mix(op_lists: Sequence[Sequence[nn.Module]], columns: tuple[int, ...], x: torch.Tensor,
         weights: torch.Tensor, sources: int = 1) -> torch.Tensor:
     """sum_o weights[e, o] * op_o of edge e, for the E edges leaving the `sources` states
     whose tensors x holds side by side (edges ordered by state, E / sources each).

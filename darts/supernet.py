@@ -165,6 +165,10 @@ class SearchCell(nn.Module):
              tuple(e for src in states for e, (_, j) in enumerate(edges) if j == src),
              tuple(i for src in states for i, j in edges if j == src))
             for states in groups)
+        # Op k of every edge of each group, gathered once (not on every forward).
+        self.group_ops = tuple(
+            tuple(tuple(self.edges[e].ops[k] for e in ids) for k in range(len(self.edges[ids[0]].ops)))
+            for _, ids, _ in self.groups)
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
                 edge_weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -191,7 +195,7 @@ class SearchCell(nn.Module):
         """The same cell, the edges leaving each state computed together (edge_batch.py).
         Each node still sums its inputs in edge order."""
         nodes: list[torch.Tensor | None] = [None] * self.steps
-        for sources, ids, targets in self.groups:
+        for (sources, ids, targets), op_lists in zip(self.groups, self.group_ops, strict=True):
             while len(states) <= sources[-1]:  # the nodes these edges leave are complete
                 states.append(nodes[len(states) - 2])
             if len(ids) == 1:
@@ -199,10 +203,9 @@ class SearchCell(nn.Module):
             else:
                 x = torch.cat([states[s] for s in sources], dim=1) if len(sources) > 1 \
                     else states[sources[0]]
-                first = self.edges[ids[0]]
-                op_lists = [[self.edges[e].ops[k] for e in ids] for k in range(len(first.ops))]
                 weights = torch.stack([rows[e] for e in ids])
-                mixed = edge_batch.mix(op_lists, first.columns, x, weights, len(sources))
+                mixed = edge_batch.mix(op_lists, self.edges[ids[0]].columns, x, weights,
+                                       len(sources))
             for t, node in enumerate(targets):
                 nodes[node] = mixed[:, t] if nodes[node] is None else nodes[node] + mixed[:, t]
         states.append(nodes[-1])
