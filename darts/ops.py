@@ -13,6 +13,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def _will_run(node: torch.autograd.graph.Node) -> bool:
+    """Whether the running backward pass reaches `node` (not a leaf's accumulator).
+
+    A custom Function's `needs_input_grad` only says that an input requires grad; autograd's
+    own backward formulas also skip what the current backward does not reach, and this asks
+    the engine the same question (`torch._C._will_engine_execute_node`, as
+    torch.autograd.graph.register_multi_grad_hook does). Where it is missing: True.
+    """
+    will_run = getattr(torch._C, "_will_engine_execute_node", None)
+    return True if will_run is None else bool(will_run(node))
+
+
 class _CPUConvFunction(torch.autograd.Function):
     """A convolution whose backward avoids the CPU's slow paths (see `Conv2d`)."""
 
@@ -20,13 +32,17 @@ class _CPUConvFunction(torch.autograd.Function):
     def forward(ctx, x, weight, stride, padding, dilation, groups):
         ctx.save_for_backward(x, weight)
         ctx.conf = (stride, padding, dilation, groups)
+        # Where each gradient goes (never a leaf: see `Conv2d.forward`); a backward that does
+        # not reach it (the first-order alpha step's torch.autograd.grad(loss, alphas) never
+        # reaches the weights) skips it.
+        ctx.nodes = tuple(t.grad_fn if t.requires_grad else None for t in (x, weight))
         return F.conv2d(x, weight, None, stride, padding, dilation, groups)
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.conf
-        need_x, need_w = ctx.needs_input_grad[:2]
+        need_x, need_w = (node is not None and _will_run(node) for node in ctx.nodes)
         if torch.is_grad_enabled():
             # A graph of the backward is wanted (double backprop, the exact Hessian): the
             # native backward is differentiable, recompute the forward and use it.
@@ -93,6 +109,9 @@ class Conv2d(nn.Conv2d):
                 and not torch.is_autocast_enabled("cpu") and x.dtype == w.dtype)
         if not fast:
             return super().forward(x)
+        # The engine answers "will this backward reach it?" only for inner nodes (not for a
+        # leaf's accumulator under torch.autograd.grad): a leaf gets a view, an inner node.
+        x, w = (t.view_as(t) if t.requires_grad and t.grad_fn is None else t for t in (x, w))
         return _CPUConvFunction.apply(x, w, self.stride[0], self.padding[0], self.dilation[0],
                                       self.groups)
 

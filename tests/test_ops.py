@@ -120,3 +120,48 @@ def test_cpu_conv_is_plain_conv2d_for_small_inputs_and_keeps_the_state_dict():
     out = conv(torch.randn(1, 4, 5, 5, requires_grad=True))
     assert "CPUConv" not in type(out.grad_fn).__name__
     assert set(conv.state_dict()) == set(nn.Conv2d(4, 4, 3, bias=False).state_dict())
+
+
+@pytest.mark.parametrize("kind", ["pointwise", "depthwise"])
+def test_cpu_conv_backward_skips_the_gradient_that_the_backward_does_not_reach(kind, monkeypatch):
+    # The first-order alpha step asks only for d loss / d alpha: the weight gradients of
+    # the CPU fast path must not be formed then (they were: needs_input_grad only says that
+    # the weight requires grad). Counted by the ATen ops that form them, and checked for
+    # the values of what is formed.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.calls.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    monkeypatch.setattr(Conv2d, "MIN_ELEMENTS", 0)
+    torch.manual_seed(0)
+    C, k = 4, (1 if kind == "pointwise" else 3)
+    conv = Conv2d(C, C, k, padding=k // 2, groups=1 if kind == "pointwise" else C,
+                  bias=False).double()
+    x = torch.randn(2, C, 6, 6, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, C, 6, 6, dtype=torch.float64)
+
+    def calls(inputs):
+        out = conv(x)
+        assert "CPUConv" in type(out.grad_fn).__name__
+        mode = Ops()
+        mode.calls = []
+        with mode:
+            grads = torch.autograd.grad(out, inputs, g)
+        return grads, mode.calls
+
+    (gx,), only_x = calls([x])
+    (gw,), only_w = calls([conv.weight])
+    _, both = calls([x, conv.weight])
+    ref = torch.autograd.grad(F.conv2d(x, conv.weight, None, 1, k // 2, 1, conv.groups),
+                              (x, conv.weight), g)
+    torch.testing.assert_close(gx, ref[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gw, ref[1], rtol=1e-12, atol=1e-12)
+    if kind == "pointwise":  # one matrix product per gradient
+        assert only_x.count("mm") == only_w.count("mm") == 1 and both.count("mm") == 2
+    else:  # dx: a convolution with the flipped kernel; dw: ATen's weight-only backward
+        assert "convolution_backward" not in only_x and "convolution" in only_x
+        assert "convolution_backward" in only_w and "convolution" not in only_w
+        assert "convolution_backward" in both and "convolution" in both
