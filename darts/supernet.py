@@ -74,6 +74,67 @@ def normalized_edge_weights(betas: torch.Tensor, steps: int) -> torch.Tensor:
     return torch.cat([F.softmax(b, dim=-1) for b in betas.split(sizes)])
 
 
+class _DenseGrad(torch.autograd.Function):
+    """Identity whose backward hands on a dense gradient.
+
+    A node's gradient from the cell's output is a channel slice of the concatenation's
+    gradient, and every op of every edge into the node receives it as it is; on the CPU,
+    BatchNorm's backward on such a strided gradient is about 7x slower than on a dense one
+    (channels_last, the supernet's sizes). One copy per node replaces that.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.channels_last = x.dim() == 4 and not x.is_contiguous() \
+            and x.is_contiguous(memory_format=torch.channels_last)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        fmt = torch.channels_last if ctx.channels_last else torch.contiguous_format
+        return grad.contiguous(memory_format=fmt)
+
+
+def _plan(op: nn.Module) -> tuple[bool, tuple[nn.Module, ...], nn.BatchNorm2d | None] | None:
+    """How `MixedOp.mix` runs `op`: (starts with a shareable ReLU, the layers in between, a
+    last BatchNorm2d to scale in), or None to call `op` itself. Only an nn.Sequential that
+    keeps Sequential's forward is taken apart (SepConv, DilConv, PoolBN: not FactorizedReduce
+    or a user's op with its own forward)."""
+    if not isinstance(op, nn.Sequential) or type(op).forward is not nn.Sequential.forward \
+            or len(op) < 2:
+        return None
+    layers = tuple(op)
+    shares_relu = type(layers[0]) is nn.ReLU and not layers[0].inplace
+    bn = layers[-1] if type(layers[-1]) is nn.BatchNorm2d else None
+    if not (shares_relu or bn is not None):
+        return None
+    body = layers[int(shares_relu):len(layers) - int(bn is not None)]
+    return shares_relu, body, bn
+
+
+def _scaled_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """scale * bn(x) in one BatchNorm call: the scale folded into the affine weight (and bias).
+
+    The same running-statistics update as `bn(x)` (nn.BatchNorm2d.forward, momentum None
+    included); a ones weight becomes `scale` per channel, so the BatchNorm's weight gradient,
+    summed over the channels, is the gradient of `scale`.
+    """
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:
+            momentum = 1.0 / float(bn.num_batches_tracked)
+    use_batch = bn.training or (bn.running_mean is None and bn.running_var is None)
+    track = not bn.training or bn.track_running_stats
+    if bn.affine:
+        weight, bias = bn.weight * scale, bn.bias * scale
+    else:
+        # contiguous: with a stride-0 weight the CPU's channels_last BatchNorm is 4x slower
+        weight, bias = scale.expand(bn.num_features).contiguous(), None
+    return F.batch_norm(x, bn.running_mean if track else None, bn.running_var if track else None,
+                        weight, bias, use_batch, momentum, bn.eps)
+
+
 class MixedOp(nn.Module):
     """All ops of the space on one edge, mixed by one row of softmax(alpha).
 
@@ -111,16 +172,35 @@ class MixedOp(nn.Module):
             self.ops.append(op)
             columns.append(k)
         self.columns = tuple(columns)  # the alpha column of each built op
+        # How each op runs in `mix` (plain tuples: the same modules, nothing registered
+        # twice): its layers after a first ReLU that all such ops share (relu(x) computed
+        # once per edge, not once per conv op), and a last BatchNorm that also applies the
+        # op's mixing weight (see `_scaled_batch_norm`). None: the op's own forward.
+        self.plans = tuple(_plan(op) for op in self.ops)
         if partial_channels > 1 and stride == 2:
             # PC-DARTS halves the bypassed channels with a 2x2 max pool; ceil_mode matches the
             # ops' output size on odd inputs too (identical to PC-DARTS on even ones).
             self.bypass_pool = nn.MaxPool2d(2, 2, ceil_mode=True)
 
     def mix(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """sum_o w_o * o(x), as the sum of eq. 2 but in fewer passes over memory: ops that
+        begin with ReLU share one relu(x), and an op that ends in BatchNorm scales by its
+        weight inside the BatchNorm (its weight gradient comes from the BatchNorm's backward)."""
         w = weights.unbind(0)
-        out = w[self.columns[0]] * self.ops[0](x)
-        for k, op in zip(self.columns[1:], self.ops[1:], strict=True):
-            out = out + w[k] * op(x)
+        relu = out = None
+        for k, op, plan in zip(self.columns, self.ops, self.plans, strict=True):
+            if plan is None:
+                y = w[k] * op(x)
+            else:
+                shares_relu, body, bn = plan
+                if shares_relu:
+                    y = relu = op[0](x) if relu is None else relu
+                else:
+                    y = x
+                for layer in body:
+                    y = layer(y)
+                y = _scaled_batch_norm(bn, y, w[k]) if bn is not None else w[k] * y
+            out = y if out is None else out + y
         return out
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -187,7 +267,7 @@ class SearchCell(nn.Module):
                 for j in range(1, len(states)):
                     node = node + edge_weights[e + j] * self.edges[e + j](states[j], rows[e + j])
             e += len(states)
-            states.append(node)
+            states.append(_DenseGrad.apply(node) if node.requires_grad else node)
         return torch.cat(states[-self.multiplier:], dim=1)
 
     def _forward_batched(self, states: list[torch.Tensor],

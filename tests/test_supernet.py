@@ -233,3 +233,51 @@ def test_entropy_starts_near_log_num_ops():
     stats = arch_statistics(model, model.genotype())
     assert abs(stats["arch/entropy"] - math.log(8)) < 1e-4
     assert stats["arch/skip_connect_normal"] == sum(op == "skip_connect" for op, _ in model.genotype().normal)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_mixed_op_shared_relu_and_scaled_batchnorm_are_the_plain_weighted_sum(stride, momentum):
+    # MixedOp.mix shares relu(x) between the conv ops and folds each op's weight into its
+    # last BatchNorm; against sum_k w_k * op_k(x) with every op called whole, in float64:
+    # outputs, gradients (input and mixing weights) and running statistics, train and eval.
+    import copy
+    torch.manual_seed(0)
+    ours = MixedOp(4, stride, PRIMITIVES).double()
+    for m in ours.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = momentum
+    ref = copy.deepcopy(ours)
+    assert sum(plan is not None and plan[0] for plan in ours.plans) == 4  # the four conv ops
+    assert sum(plan is not None and plan[2] is not None for plan in ours.plans) == 6
+    for training in (True, True, False):
+        ours.train(training)
+        ref.train(training)
+        x = torch.randn(3, 4, 8, 8, dtype=torch.float64, requires_grad=True)
+        w = torch.softmax(torch.randn(len(PRIMITIVES), dtype=torch.float64), 0).requires_grad_()
+        got = ours(x, w)
+        want = sum(w[k] * op(x) for k, op in zip(ref.columns, ref.ops, strict=True))
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        g = torch.randn_like(got)
+        for a, b in zip(torch.autograd.grad(got, (x, w), g), torch.autograd.grad(want, (x, w), g),
+                        strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        for (name, a), b in zip(ours.state_dict().items(), ref.state_dict().values(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
+
+
+def test_scaled_batch_norm_with_affine_parameters():
+    from darts.supernet import _scaled_batch_norm
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(3).double()
+    nn.init.normal_(bn.weight)
+    nn.init.normal_(bn.bias)
+    x = torch.randn(4, 3, 5, 5, dtype=torch.float64)
+    scale = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    got = _scaled_batch_norm(bn, x, scale)
+    mean, var = x.mean((0, 2, 3), keepdim=True), x.var((0, 2, 3), unbiased=False, keepdim=True)
+    by_hand = (x - mean) / torch.sqrt(var + bn.eps) * bn.weight.view(1, 3, 1, 1) + bn.bias.view(1, 3, 1, 1)
+    torch.testing.assert_close(got, 0.3 * by_hand.detach())
+    (d_scale,) = torch.autograd.grad(got.sum(), scale)
+    torch.testing.assert_close(d_scale, by_hand.sum().detach())
+    assert bn.num_batches_tracked.item() == 1
