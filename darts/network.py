@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from darts.genotype import Genotype
-from darts.ops import FactorizedReduce, Identity, ReLUConvBN, drop_path
+from darts.ops import FactorizedReduce, Identity, ReLUConvBN, dense_grad, drop_path
 from darts.primitives import build_op
 
 
@@ -42,13 +42,13 @@ class Cell(nn.Module):
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float = 0.0) -> torch.Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         for i in range(self.steps):
-            node = 0
+            node = None
             for k in (2 * i, 2 * i + 1):
                 h = self.ops[k](states[self.indices[k]])
                 if self.training and drop_prob > 0.0 and self.drop_mask[k]:
                     h = drop_path(h, drop_prob)
-                node = node + h
-            states.append(node)
+                node = h if node is None else node + h
+            states.append(dense_grad(node))
         return torch.cat([states[i] for i in self.concat], dim=1)
 
 

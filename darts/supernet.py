@@ -52,7 +52,7 @@ from torch.utils.checkpoint import checkpoint
 
 from darts import edge_batch
 from darts.genotype import Genotype
-from darts.ops import FactorizedReduce, PoolBN, ReLUConvBN
+from darts.ops import FactorizedReduce, PoolBN, ReLUConvBN, dense_grad
 from darts.primitives import build_op
 from darts.space import DARTS_SPACE, SearchSpace
 
@@ -72,27 +72,6 @@ def normalized_edge_weights(betas: torch.Tensor, steps: int) -> torch.Tensor:
     (node i has i + 2 of them), concatenated in edge order."""
     sizes = [i + 2 for i in range(steps)]
     return torch.cat([F.softmax(b, dim=-1) for b in betas.split(sizes)])
-
-
-class _DenseGrad(torch.autograd.Function):
-    """Identity whose backward hands on a dense gradient.
-
-    A node's gradient from the cell's output is a channel slice of the concatenation's
-    gradient, and every op of every edge into the node receives it as it is; on the CPU,
-    BatchNorm's backward on such a strided gradient is about 7x slower than on a dense one
-    (channels_last, the supernet's sizes). One copy per node replaces that.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        ctx.channels_last = x.dim() == 4 and not x.is_contiguous() \
-            and x.is_contiguous(memory_format=torch.channels_last)
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        fmt = torch.channels_last if ctx.channels_last else torch.contiguous_format
-        return grad.contiguous(memory_format=fmt)
 
 
 def _plan(op: nn.Module) -> tuple[bool, tuple[nn.Module, ...], nn.BatchNorm2d | None] | None:
@@ -267,7 +246,7 @@ class SearchCell(nn.Module):
                 for j in range(1, len(states)):
                     node = node + edge_weights[e + j] * self.edges[e + j](states[j], rows[e + j])
             e += len(states)
-            states.append(_DenseGrad.apply(node) if node.requires_grad else node)
+            states.append(dense_grad(node))
         return torch.cat(states[-self.multiplier:], dim=1)
 
     def _forward_batched(self, states: list[torch.Tensor],

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from darts.ops import Conv2d, FactorizedReduce, Identity, SepConv, Zero, drop_path
+from darts.ops import Conv2d, FactorizedReduce, Identity, SepConv, Zero, dense_grad, drop_path
 from darts.primitives import OPS, PRIMITIVES, build_op, register_op
 
 
@@ -165,3 +165,27 @@ def test_cpu_conv_backward_skips_the_gradient_that_the_backward_does_not_reach(k
         assert "convolution_backward" not in only_x and "convolution" in only_x
         assert "convolution_backward" in only_w and "convolution" not in only_w
         assert "convolution_backward" in both and "convolution" in both
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_dense_grad_is_the_identity_with_a_dense_gradient(channels_last):
+    # A cell node's gradient is a channel slice of its concatenation's gradient; dense_grad
+    # hands it on dense (in the node's memory format) and unchanged in value.
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64).contiguous(memory_format=fmt).requires_grad_()
+    seen = []
+    y = x * 2.0
+    y.register_hook(lambda g: seen.append(g))
+    out = torch.cat([dense_grad(y), torch.ones_like(y)], dim=1)
+    torch.testing.assert_close(out[:, :3], 2.0 * x)
+    g = torch.randn_like(out)
+    (gx,) = torch.autograd.grad(out, x, g)
+    assert seen[0].is_contiguous(memory_format=fmt)
+    assert not g[:, :3].is_contiguous(memory_format=fmt)  # what it got: a strided slice
+    torch.testing.assert_close(gx, 2.0 * g[:, :3])
+    # Twice differentiable (the exact Hessian differentiates through cells).
+    x2 = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    (g1,) = torch.autograd.grad((dense_grad(x2) ** 3).sum(), x2, create_graph=True)
+    (g2,) = torch.autograd.grad(g1.sum(), x2)
+    torch.testing.assert_close(g2, 6.0 * x2.detach())
+    assert dense_grad(torch.ones(2)).requires_grad is False
