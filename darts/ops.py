@@ -22,7 +22,12 @@ def _will_run(node: torch.autograd.graph.Node) -> bool:
     torch.autograd.graph.register_multi_grad_hook does). Where it is missing: True.
     """
     will_run = getattr(torch._C, "_will_engine_execute_node", None)
-    return True if will_run is None else bool(will_run(node))
+    if will_run is None:
+        return True
+    try:
+        return bool(will_run(node))
+    except RuntimeError:  # a backward the engine cannot answer for: compute it
+        return True
 
 
 class _CPUConvFunction(torch.autograd.Function):
