@@ -313,3 +313,39 @@ def test_supernet_ties_no_parameters(kw):
     right while no parameter is reachable under two names."""
     model = SearchNetwork(8, 10, 5, **kw)
     assert len(list(model.named_parameters(remove_duplicate=False))) == len(list(model.named_parameters()))
+
+
+@pytest.mark.parametrize("order,hessian,checkpoint_cells", [
+    (1, "fd", False), (1, "fd", True), (2, "fd", False), (2, "fd", True), (2, "exact", False)])
+def test_alpha_gradient_is_the_same_through_the_cpu_conv_backward(order, hessian,
+                                                                 checkpoint_cells, monkeypatch):
+    # The CPU convolution backward (darts/ops.py) skips the gradients a backward does not
+    # reach; under every pass of the architect (functional_call, the fd perturbations,
+    # double backward, checkpointed cells recomputed in the backward) the alpha gradient and
+    # the weight step's gradients equal those of PyTorch's native convolution backward.
+    from darts.ops import Conv2d
+
+    def run(min_elements):
+        monkeypatch.setattr(Conv2d, "MIN_ELEMENTS", min_elements)
+        torch.manual_seed(0)
+        model = SearchNetwork(4, 5, 3, checkpoint_cells=checkpoint_cells).double()
+        with torch.no_grad():
+            for a in model.arch_parameters():
+                a.normal_(0, 0.5)
+        optimizer = torch.optim.SGD(model.network_parameters(), 0.1, momentum=0.9)
+        architect = Architect(model, nn.CrossEntropyLoss(), optimizer, order=order,
+                              hessian=hessian)
+        train = (torch.randn(3, 3, 8, 8, dtype=torch.float64), torch.randint(0, 5, (3,)))
+        val = (torch.randn(3, 3, 8, 8, dtype=torch.float64), torch.randint(0, 5, (3,)))
+        grads, _ = (architect.first_order_gradient(val) if order == 1
+                    else architect.unrolled_gradient(train, val, 0.1))
+        F.cross_entropy(model(train[0], model.mixing_weights(detach=True)), train[1]).backward()
+        return grads, [p.grad for p in model.network_parameters()]
+
+    custom, native = run(0), run(1 << 40)
+    for a, b in zip(custom[0] + custom[1], native[0] + native[1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    # The custom backward did run: at these sizes only MIN_ELEMENTS=0 selects it.
+    x = torch.randn(1, 4, 8, 8, requires_grad=True)
+    monkeypatch.setattr(Conv2d, "MIN_ELEMENTS", 0)
+    assert "CPUConv" in type(Conv2d(4, 4, 1, bias=False)(x).grad_fn).__name__
