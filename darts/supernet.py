@@ -256,7 +256,7 @@ class SearchCell(nn.Module):
         nodes: list[torch.Tensor | None] = [None] * self.steps
         for (sources, ids, targets), op_lists in zip(self.groups, self.group_ops, strict=True):
             while len(states) <= sources[-1]:  # the nodes these edges leave are complete
-                states.append(nodes[len(states) - 2])
+                states.append(dense_grad(nodes[len(states) - 2]))
             if len(ids) == 1:
                 mixed = self.edges[ids[0]](states[sources[0]], rows[ids[0]]).unsqueeze(1)
             else:
@@ -267,7 +267,7 @@ class SearchCell(nn.Module):
                                        len(sources))
             for t, node in enumerate(targets):
                 nodes[node] = mixed[:, t] if nodes[node] is None else nodes[node] + mixed[:, t]
-        states.append(nodes[-1])
+        states.append(dense_grad(nodes[-1]))
         return torch.cat(states[-self.multiplier:], dim=1)
 
 
