@@ -27,6 +27,7 @@ from common import (
     summary,
 )
 
+from darts.cuda_graph import cuda_graphs_enabled
 from darts.data import build_datasets
 from darts.distributed import Dist
 from darts.engine import Precision, train_one_epoch
@@ -45,6 +46,7 @@ def measure(args, path: dict, device: torch.device) -> dict:
     cfg = FinalConfig(dataset="synthetic", synthetic_size=preset["batch_size"] * total,
                       device=str(device), workers=args.workers, loader=path["loader"],
                       amp=path["amp"], channels_last=path["channels_last"], compile=path["compile"],
+                      cuda_graphs=path["cuda_graphs"],
                       progress=False, **preset).resolved("cifar")
     torch.manual_seed(0)
     train_set, test_set, info = build_datasets("synthetic", "", image_size=cfg.image_size,
@@ -60,10 +62,13 @@ def measure(args, path: dict, device: torch.device) -> dict:
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(model.parameters(), cfg.learning_rate, momentum=0.9, weight_decay=3e-4)
     precision = Precision.from_flag(cfg.amp, device)
+    graphs = cuda_graphs_enabled(cfg.cuda_graphs, device, distributed=False, amp=cfg.amp,
+                                 compile=cfg.compile)
     clock = StepClock(train_loader.epoch(0), args.warmup, args.steps, device)
     reset_peak_memory(device)
     train_one_epoch(model, clock, optimizer, criterion, device, aux_weight=cfg.auxiliary_weight,
-                    grad_clip=cfg.grad_clip, precision=precision, channels_last=cfg.channels_last)
+                    grad_clip=cfg.grad_clip, precision=precision, channels_last=cfg.channels_last,
+                    cuda_graph=graphs, log=print)
     peak = peak_memory_mib(device)
     flops = None
     if not args.no_flops:

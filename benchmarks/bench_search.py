@@ -9,7 +9,7 @@ batch 64, 32x32, 10 classes); `small` is a quick one. Data are CIFAR-shaped synt
 images held in memory (no download). `--compare` measures the plain path (float32, eager,
 contiguous tensors, torchvision DataLoader) and the fast path side by side in one process
 and prints their ratio; the fast path is the flags given (defaults: the device-resident
-loader, float32, channels_last on the CPU only, edge batching on a GPU).
+loader, float32, channels_last on the CPU only, edge batching and CUDA graphs on a GPU).
 """
 
 from __future__ import annotations
@@ -30,10 +30,11 @@ from common import (
 )
 
 from darts.architect import Architect
+from darts.cuda_graph import cuda_graphs_enabled
 from darts.data import build_datasets, search_split
 from darts.distributed import Dist
-from darts.engine import Precision, train_one_epoch
-from darts.search import SearchConfig, _loaders, build_supernet
+from darts.engine import MetricSum, Precision, train_one_epoch
+from darts.search import SearchConfig, _loaders, architect_side_step, build_supernet
 
 PRESETS = {
     "standard": {"init_channels": 16, "layers": 8, "nodes": 4, "batch_size": 64, "image_size": 32},
@@ -50,7 +51,8 @@ def measure(args, path: dict, device: torch.device) -> dict:
                        channels_last=path["channels_last"], compile=path["compile"],
                        partial_channels=path.get("partial_channels", 1),
                        checkpoint_cells=path.get("checkpoint_cells", False),
-                       batch_edges=path.get("batch_edges", "off"), progress=False, **preset)
+                       batch_edges=path.get("batch_edges", "off"),
+                       cuda_graphs=path["cuda_graphs"], progress=False, **preset)
     torch.manual_seed(0)
     train_set, _, info = build_datasets("synthetic", "", image_size=cfg.image_size,
                                         synthetic_size=cfg.synthetic_size)
@@ -63,19 +65,18 @@ def measure(args, path: dict, device: torch.device) -> dict:
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(model.network_parameters(), 0.025, momentum=0.9, weight_decay=3e-4)
     precision = Precision.from_flag(cfg.amp, device)
+    graphs = cuda_graphs_enabled(cfg.cuda_graphs, device, distributed=False, amp=cfg.amp,
+                                 compile=cfg.compile)
     architect = Architect(model, criterion, optimizer, order=cfg.order, hessian=cfg.hessian,
-                          precision=precision)
+                          precision=precision, capturable=graphs)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-
-    def alpha_step(_, batch):
-        x, y = next(alpha_stream)
-        architect.step(batch, (x.to(device, memory_format=fmt), y.to(device)), xi=0.025)
+    side_step = architect_side_step(architect, alpha_stream, 0.025, MetricSum(device))
 
     clock = StepClock(weight_data.epoch(0), args.warmup, args.steps, device)
     reset_peak_memory(device)
     train_one_epoch(model, clock, optimizer, criterion, device, grad_clip=5.0,
-                    before_step=alpha_step, precision=precision,
-                    channels_last=cfg.channels_last,
+                    side_step=side_step, precision=precision,
+                    channels_last=cfg.channels_last, cuda_graph=graphs, log=print,
                     forward=lambda x: model(x, model.mixing_weights(detach=True)))
     peak = peak_memory_mib(device)
     flops = None
@@ -84,7 +85,8 @@ def measure(args, path: dict, device: torch.device) -> dict:
         batch = (x.to(device, memory_format=fmt), y.to(device))
 
         def one_step():
-            alpha_step(0, batch)
+            x_val, y_val = next(alpha_stream)
+            architect.step(batch, (x_val.to(device, memory_format=fmt), y_val.to(device)), xi=0.025)
             optimizer.zero_grad()
             with precision.autocast():
                 loss = criterion(model(batch[0], model.mixing_weights(detach=True)), batch[1])

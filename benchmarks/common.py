@@ -148,6 +148,8 @@ def add_arguments(p) -> None:
     p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
                    help="fast path's memory format (default: on the CPU yes, on a GPU no)")
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--cuda_graphs", choices=("auto", "on", "off"), default="auto",
+                   help="fast path: whole steps as CUDA graphs (auto: on a GPU unless fp16 or --compile)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the torch loader")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--no_flops", action="store_true", help="skip counting FLOPs")
@@ -168,10 +170,11 @@ def run(p, argv, header: Callable[[argparse.Namespace, torch.device], dict],
     device = pick_device(args.device)
     channels_last = device.type == "cpu" if args.channels_last is None else args.channels_last
     fast = {"name": "fast", "loader": args.loader, "amp": args.amp,
-            "channels_last": channels_last, "compile": args.compile, **extra_fast(args)}
+            "channels_last": channels_last, "compile": args.compile,
+            "cuda_graphs": args.cuda_graphs, **extra_fast(args)}
     plain = {**{k: v for k, v in fast.items() if k not in extra_fast(args)},
              "name": "plain", "loader": "torch", "amp": "off", "channels_last": False,
-             "compile": False}
+             "compile": False, "cuda_graphs": "off"}
     result = {**header(args, device), "device": str(device), "environment": environment(device)}
     if args.compare:
         slow = measure(args, plain, device)

@@ -52,7 +52,8 @@ class Architect:
                  weight_optimizer: torch.optim.Optimizer, *, order: int = 2, hessian: str = "fd",
                  lr: float = 3e-4, weight_decay: float = 1e-3,
                  betas: tuple[float, float] = ARCH_BETAS, fd_epsilon: float = 0.01,
-                 precision: Precision = FLOAT32, dist: Dist | None = None):
+                 precision: Precision = FLOAT32, dist: Dist | None = None,
+                 capturable: bool = False):
         if order not in (1, 2):
             raise ValueError(f"order must be 1 or 2, got {order}")
         if hessian not in ("fd", "exact"):
@@ -69,8 +70,10 @@ class Architect:
         self.names = [n for n, _ in named]
         self.weights = [p for _, p in named]
         self.alphas = list(model.arch_parameters())
+        # capturable: Adam's step counts live on the device, so a CUDA graph can hold the step.
+        self.capturable = capturable
         self.optimizer = torch.optim.Adam(self.alphas, lr=lr, betas=betas,
-                                          weight_decay=weight_decay)
+                                          weight_decay=weight_decay, capturable=capturable)
         # The weight optimizer's group of each weight: its momentum and weight decay.
         group_of = {id(p): g for g in weight_optimizer.param_groups for p in g["params"]}
         missing = [n for n, p in named if id(p) not in group_of]
@@ -215,4 +218,12 @@ class Architect:
         return self.optimizer.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
+        """Loads an Adam state, whether it was saved with CUDA graphs or without: the step
+        counts go where this run's Adam keeps them (the device if capturable, else the CPU)."""
         self.optimizer.load_state_dict(state)
+        for group in self.optimizer.param_groups:
+            group["capturable"] = self.capturable
+        for p, s in self.optimizer.state.items():
+            if "step" in s:
+                where = p.device if self.capturable else torch.device("cpu")
+                s["step"] = s["step"].to(where, torch.float32)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from darts.cuda_graph import StepGraph
 from darts.errors import UserError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -46,6 +47,12 @@ class MetricSum:
         hits = top.eq(target.unsqueeze(1))
         self.sums += torch.stack([loss.detach().double() * n,
                                   hits[:, :1].sum().double(), hits.sum().double()])
+        self.samples += n
+
+    @torch.no_grad()
+    def add(self, loss: torch.Tensor, n: int) -> None:
+        """A loss alone (mean over `n` samples), no accuracy: the alpha step's."""
+        self.sums[0] += loss.detach().double() * n
         self.samples += n
 
     def result(self) -> EpochMetrics:
@@ -147,20 +154,34 @@ def to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device,
             y.to(device, non_blocking=True))
 
 
+@dataclass
+class SideStep:
+    """A step that runs before each weight step on a batch of its own (the search's alpha
+    step): `batches` yields its batches, `step(batch, side_batch)` takes the step and returns
+    its loss on `side_batch`, which `meter` sums."""
+
+    batches: Iterator[Batch]
+    step: Callable[[Batch, Batch], torch.Tensor]
+    meter: MetricSum
+
+
 def train_one_epoch(model: nn.Module, loader: Iterable[Batch], optimizer: torch.optim.Optimizer,
                     criterion: nn.Module, device: torch.device, *, aux_weight: float = 0.0,
-                    grad_clip: float = 0.0, before_step: Callable[[int, Batch], None] | None = None,
+                    grad_clip: float = 0.0, side_step: SideStep | None = None,
                     forward: Callable[[torch.Tensor], object] | None = None,
                     precision: Precision = FLOAT32, channels_last: bool = False,
                     after_backward: Callable[[], None] | None = None,
                     reduce: Callable[[MetricSum], None] | None = None,
+                    cuda_graph: bool = False, log: Callable[[str], None] | None = None,
                     progress: bool = False, desc: str = "train") -> EpochMetrics:
     """One pass over `loader`: forward, loss (+ weighted auxiliary loss), backward, clip, step.
 
-    `before_step(step, batch)` runs before each weight step (the search's architect step).
+    `side_step` runs before each weight step (the search's architect step).
     `forward(x)` replaces `model(x)` (the search passes the supernet detached alphas).
     `after_backward()` runs between backward and clipping (the search's gradient all-reduce
     on many GPUs; `reduce(meter)` sums the ranks' metrics). `precision` runs the forward under autocast (and scales fp16 losses).
+    `cuda_graph`: the whole step (side step included) is captured once and replayed
+    (`darts.cuda_graph`; `log` hears why if the capture fails, and the epoch runs eagerly).
     The reported loss is the main classification loss, comparable with the validation loss.
     """
     model.train()
@@ -169,10 +190,11 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Batch], optimizer: torch.
     total = len(loader) if hasattr(loader, "__len__") else None
     bar = _progress(loader, desc, progress, total)
     forward = forward or model
-    for step, (x, y) in enumerate(bar):
-        x, y = to_device(x, y, device, channels_last)
-        if before_step is not None:
-            before_step(step, (x, y))
+
+    def step(x, y, x_side, y_side):
+        side_loss = None
+        if side_step is not None:
+            side_loss = side_step.step((x, y), (x_side, y_side)).detach()
         with precision.autocast():
             logits, logits_aux = split_output(forward(x))
             loss = criterion(logits, y)
@@ -187,8 +209,19 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Batch], optimizer: torch.
             precision.unscale(optimizer)
             nn.utils.clip_grad_norm_(params, grad_clip)
         precision.step(optimizer)
+        return loss.detach(), logits.detach(), side_loss
+
+    graphed = StepGraph(step, enabled=cuda_graph, on_failure=log)
+    for index, (x, y) in enumerate(bar):
+        x, y = to_device(x, y, device, channels_last)
+        x_side = y_side = None
+        if side_step is not None:
+            x_side, y_side = to_device(*next(side_step.batches), device, channels_last)
+        loss, logits, side_loss = graphed(x, y, x_side, y_side)
         meter.update(loss, logits, y)
-        if progress and step % 20 == 0:
+        if side_step is not None:
+            side_step.meter.add(side_loss, y_side.size(0))
+        if progress and index % 20 == 0:
             m = meter.result()
             bar.set_postfix(loss=f"{m.loss:.3f}", top1=f"{m.top1:.1f}")
     if reduce is not None:
@@ -199,17 +232,24 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Batch], optimizer: torch.
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable[Batch], criterion: nn.Module,
              device: torch.device, *, precision: Precision = FLOAT32, channels_last: bool = False,
-             reduce: Callable[[MetricSum], None] | None = None,
+             reduce: Callable[[MetricSum], None] | None = None, cuda_graph: bool = False,
+             log: Callable[[str], None] | None = None,
              progress: bool = False, desc: str = "valid") -> EpochMetrics:
-    """Loss and top-1/top-5 over `loader`; `reduce(meter)` sums the meters of all ranks."""
+    """Loss and top-1/top-5 over `loader`; `reduce(meter)` sums the meters of all ranks.
+    `cuda_graph`: each batch's forward is a replay of one captured forward."""
     model.eval()
     meter = MetricSum(device)
     total = len(loader) if hasattr(loader, "__len__") else None
-    for x, y in _progress(loader, desc, progress, total):
-        x, y = to_device(x, y, device, channels_last)
+
+    def step(x, y):
         with precision.autocast():
             logits, _ = split_output(model(x))
-            loss = criterion(logits, y)
+            return criterion(logits, y), logits
+
+    graphed = StepGraph(step, enabled=cuda_graph, on_failure=log)
+    for x, y in _progress(loader, desc, progress, total):
+        x, y = to_device(x, y, device, channels_last)
+        loss, logits = graphed(x, y)
         meter.update(loss, logits, y)
     if reduce is not None:
         reduce(meter)

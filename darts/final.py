@@ -37,6 +37,7 @@ from darts.checkpoint import (
     set_rng_state,
 )
 from darts.config import config_from_dict, to_dict
+from darts.cuda_graph import CUDA_GRAPH_FLAGS, cuda_graphs_enabled
 from darts.data import DATASETS, SplitLoader, build_datasets, make_loader, network_family
 from darts.device_data import (
     LOADERS,
@@ -119,6 +120,10 @@ class FinalConfig:
         choices=tuple(AMP_DTYPES)))
     channels_last: bool = field(default=False, metadata=_f("channels-last memory format"))
     compile: bool = field(default=False, metadata=_f("torch.compile the network (eager where it cannot)"))
+    cuda_graphs: str = field(default="auto", metadata=_f(
+        "capture each whole training step in a CUDA graph and replay it: the same kernels, one "
+        "launch; auto: on a GPU, one process, amp off or bf16, no --compile",
+        choices=CUDA_GRAPH_FLAGS))
     # Run options.
     seed: int = field(default=0, metadata=_f("random seed"))
     save: str = field(default="runs", metadata=_f("parent folder of the run directory"))
@@ -229,6 +234,8 @@ def _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger, ck
     params = count_parameters(model)
     madds = count_multiply_adds(model, info.image_size)
     precision = Precision.from_flag(cfg.amp, device)
+    graphs = cuda_graphs_enabled(cfg.cuda_graphs, device, distributed=d.enabled, amp=cfg.amp,
+                                 compile=cfg.compile)
     optimizer = torch.optim.SGD(model.parameters(), cfg.learning_rate, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
     if cfg.lr_schedule == "cosine":
@@ -256,12 +263,13 @@ def _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger, ck
         logger.info("run directory %s", run_dir)
         draw_cells(genotype, logger, 0, run_dir)
     logger.info("%s on %s (%d classes, %dpx): %.3fM parameters (no auxiliary head), "
-                "%.1fM multiply-adds per image, device %s%s; %s loader, amp %s%s%s",
+                "%.1fM multiply-adds per image, device %s%s; %s loader, amp %s%s%s%s",
                 type(model).__name__, cfg.dataset, info.num_classes, info.image_size,
                 params / 1e6, madds / 1e6, device,
                 f" x {d.world_size} processes (batch {cfg.batch_size} each)" if d.enabled else "",
                 "device-resident" if on_device else "DataLoader", cfg.amp,
-                ", channels_last" if cfg.channels_last else "", ", compiled" if cfg.compile else "")
+                ", channels_last" if cfg.channels_last else "", ", compiled" if cfg.compile else "",
+                ", CUDA graphs" if graphs else "")
     net = model  # the module itself: drop-path probability, state dict
     compile_model(model, cfg.compile, logger.warning)
     if d.enabled:
@@ -282,12 +290,13 @@ def _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger, ck
             model, train_loader.epoch(epoch), optimizer, criterion, device,
             aux_weight=cfg.auxiliary_weight if cfg.auxiliary else 0.0, grad_clip=cfg.grad_clip,
             precision=precision, channels_last=cfg.channels_last,
-            reduce=lambda m: distributed.reduce_meter(m, d),
+            reduce=lambda m: distributed.reduce_meter(m, d), cuda_graph=graphs,
+            log=logger.warning,
             progress=cfg.progress and d.is_main, desc=f"epoch {epoch + 1}/{cfg.epochs}")
         valid = evaluate(model, test_loader, eval_criterion, device, precision=precision,
                          channels_last=cfg.channels_last,
-                         reduce=lambda m: distributed.reduce_meter(m, d),
-                         progress=cfg.progress and d.is_main)
+                         reduce=lambda m: distributed.reduce_meter(m, d), cuda_graph=graphs,
+                         log=logger.warning, progress=cfg.progress and d.is_main)
         scheduler.step()
         dt = timer.stop()
         if not math.isfinite(train.loss):

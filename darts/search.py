@@ -39,6 +39,7 @@ from darts.checkpoint import (
     set_rng_state,
 )
 from darts.config import config_from_dict, to_dict
+from darts.cuda_graph import CUDA_GRAPH_FLAGS, cuda_graphs_enabled
 from darts.data import SplitLoader, build_datasets, make_loader, search_split
 from darts.device_data import (
     LOADERS,
@@ -52,10 +53,10 @@ from darts.engine import (
     AMP_DTYPES,
     MetricSum,
     Precision,
+    SideStep,
     compile_model,
     evaluate,
     pick_device,
-    to_device,
     train_one_epoch,
 )
 from darts.errors import UserError
@@ -121,6 +122,10 @@ class SearchConfig:
         "PC-DARTS: 1/K of the channels pass through each mixed op, with edge normalization; 1 = DARTS"))
     checkpoint_cells: bool = field(default=False, metadata=_f(
         "recompute each cell in the backward pass instead of storing its activations"))
+    cuda_graphs: str = field(default="auto", metadata=_f(
+        "capture each whole search step (alpha step and weight step) in a CUDA graph and replay "
+        "it: the same kernels, one launch; auto: on a GPU, one process, amp off or bf16, no "
+        "--compile", choices=CUDA_GRAPH_FLAGS))
     batch_edges: str = field(default="auto", metadata=_f(
         "compute the edges that leave one state together (the same function in fewer, larger "
         "kernels): on, off (edge by edge), auto (on on a GPU, where it is faster)",
@@ -251,9 +256,12 @@ def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, float(cfg.epochs),
                                                            eta_min=cfg.learning_rate_min)
     precision = Precision.from_flag(cfg.amp, device)
+    graphs = cuda_graphs_enabled(cfg.cuda_graphs, device, distributed=d.enabled, amp=cfg.amp,
+                                 compile=cfg.compile)
     architect = Architect(model, criterion, optimizer, order=cfg.order, hessian=cfg.hessian,
                           lr=cfg.arch_learning_rate, weight_decay=cfg.arch_weight_decay,
-                          fd_epsilon=cfg.fd_epsilon, precision=precision, dist=d)
+                          fd_epsilon=cfg.fd_epsilon, precision=precision, dist=d,
+                          capturable=graphs)
 
     if ckpt is not None:
         weight_idx, alpha_idx = ckpt["split"]["weights"], ckpt["split"]["alphas"]
@@ -286,7 +294,7 @@ def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d
     speed += [name for name, on in (
         ("channels_last", cfg.channels_last), ("compiled", cfg.compile),
         (f"partial channels 1/{cfg.partial_channels}", cfg.partial_channels > 1),
-        ("cell checkpointing", cfg.checkpoint_cells),
+        ("cell checkpointing", cfg.checkpoint_cells), ("CUDA graphs", graphs),
         ("edges batched", any(c.batch_edges for c in model.cells))) if on]
     logger.info("SearchNetwork on %s (%d classes, %dpx): %d cells of %d channels, %d nodes, "
                 "%d ops; %.3fM weights; %d/%d images train the weights/alphas; order %d%s; "
@@ -314,19 +322,19 @@ def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d
         train = train_one_epoch(
             model, weight_data.epoch(epoch), optimizer, criterion, device,
             grad_clip=cfg.grad_clip,
-            before_step=_architect_step(architect, alpha_stream, device, lr, arch_meter,
-                                        cfg.channels_last),
+            side_step=architect_side_step(architect, alpha_stream, lr, arch_meter),
             forward=lambda x: model(x, model.mixing_weights(detach=True)),
             precision=precision, channels_last=cfg.channels_last,
             after_backward=average_weight_grads,
-            reduce=lambda m: distributed.reduce_meter(m, d),
+            reduce=lambda m: distributed.reduce_meter(m, d), cuda_graph=graphs,
+            log=logger.warning,
             progress=cfg.progress and d.is_main, desc=f"epoch {epoch + 1}/{cfg.epochs}")
         # BatchNorm statistics are per rank; rank 0's become everyone's once an epoch.
         distributed.broadcast_buffers(model, d)
         valid = evaluate(model, valid_loader, criterion, device, precision=precision,
                          channels_last=cfg.channels_last,
-                         reduce=lambda m: distributed.reduce_meter(m, d),
-                         progress=cfg.progress and d.is_main)
+                         reduce=lambda m: distributed.reduce_meter(m, d), cuda_graph=graphs,
+                         log=logger.warning, progress=cfg.progress and d.is_main)
         distributed.reduce_meter(arch_meter, d)
         scheduler.step()
         dt = timer.stop()
@@ -401,19 +409,11 @@ def _loaders(cfg, info, train_set, weight_idx, alpha_idx, device, d: Dist):
     return weight_data, alpha_stream, valid, False
 
 
-def _architect_step(architect: Architect, alpha_stream, device: torch.device,
-                    lr: float, meter: MetricSum, channels_last: bool) -> Callable[[int, Any], None]:
-    """Algorithm 1's alpha step, run before each weight step on the next alpha-half batch."""
-
-    def step(index: int, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
-        x_val, y_val = next(alpha_stream)
-        val = to_device(x_val, y_val, device, channels_last)
-        # xi = the weight step's current learning rate (Section 2.3).
-        loss = architect.step(batch, val, xi=lr)
-        meter.sums[0] += loss.double() * y_val.size(0)
-        meter.samples += y_val.size(0)
-
-    return step
+def architect_side_step(architect: Architect, alpha_stream, lr: float,
+                        meter: MetricSum) -> SideStep:
+    """Algorithm 1's alpha step, run before each weight step on the next alpha-half batch;
+    xi = the weight step's current learning rate (Section 2.3)."""
+    return SideStep(alpha_stream, lambda batch, val: architect.step(batch, val, xi=lr), meter)
 
 
 def _log_epoch(logger, model, genotype, step, train, valid, lr, arch_loss, stats) -> None:

@@ -311,7 +311,10 @@ def _checkpointed_cell(cell: SearchCell, s0: torch.Tensor, s1: torch.Tensor,
         return functional_call(cell, dict(zip(names, params, strict=True)),
                                (s0, s1, weights, edge_w), tie_weights=False)
 
+    # A search cell draws no random numbers, so no RNG state is saved for the recomputation
+    # (reading it is also not allowed inside a CUDA graph capture).
     return checkpoint(run, s0, s1, weights, edge_w, *params, use_reentrant=False,
+                      preserve_rng_state=False,
                       context_fn=lambda: (contextlib.nullcontext(), _ScratchBuffers(cell)))
 
 

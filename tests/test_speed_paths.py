@@ -8,7 +8,14 @@ import torch
 import torch.nn as nn
 
 from darts.architect import Architect
-from darts.engine import Precision, compile_model, split_output, train_one_epoch
+from darts.engine import (
+    MetricSum,
+    Precision,
+    SideStep,
+    compile_model,
+    split_output,
+    train_one_epoch,
+)
 from darts.final import FinalConfig
 from darts.final import run as run_final
 from darts.genotype import load_genotype
@@ -39,11 +46,9 @@ def _search_losses(amp, channels_last=False, steps=3):
     architect = Architect(model, criterion, optimizer, order=2, hessian="fd", lr=0.01,
                           precision=precision)
     batches = _batches(2 * steps)
-    alpha_batches = iter(batches[steps:])
+    alpha_step = SideStep(iter(batches[steps:]), lambda b, v: architect.step(b, v, xi=0.05),
+                          MetricSum(CPU))
     losses = []
-
-    def alpha_step(_, batch):
-        architect.step(batch, next(alpha_batches), xi=0.05)
 
     class Recorder(nn.Module):
         def forward(self, logits, y):
@@ -52,7 +57,7 @@ def _search_losses(amp, channels_last=False, steps=3):
             return loss
 
     train_one_epoch(model, batches[:steps], optimizer, Recorder(), CPU, grad_clip=5.0,
-                    before_step=alpha_step, precision=precision, channels_last=channels_last,
+                    side_step=alpha_step, precision=precision, channels_last=channels_last,
                     forward=lambda x: model(x, model.mixing_weights(detach=True)))
     return losses, [a.detach().clone() for a in model.arch_parameters()]
 
