@@ -22,6 +22,7 @@ from common import (
     add_arguments,
     count_flops,
     peak_memory_mib,
+    peak_reserved,
     reset_peak_memory,
     run,
     summary,
@@ -86,7 +87,7 @@ def measure(args, path: dict, device: torch.device) -> dict:
 
         flops = count_flops(one_step)
     return summary(clock.times, cfg.batch_size, flops, peak, path=path,
-                   loader_on_device=on_device)
+                   loader_on_device=on_device, **peak_reserved(device))
 
 
 def main(argv=None) -> int:

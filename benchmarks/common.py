@@ -3,7 +3,9 @@
 A step is timed from one batch request to the next, so it includes the data pipeline;
 on CUDA the device is synchronized at each mark. Peak memory is CUDA's max allocated
 on a GPU and the process's peak resident set (VmHWM, reset between measurements through
-/proc/self/clear_refs) on the CPU.
+/proc/self/clear_refs) on the CPU. The peak covers the warm-up steps as well as the measured
+ones: a CUDA graph's memory is allocated while it is captured, during the warm-up, and
+reused by every replay (on CUDA the JSON also holds the allocator's peak reserved memory).
 """
 
 from __future__ import annotations
@@ -51,8 +53,6 @@ class StepClock:
             now = time.perf_counter()
             if last is not None and i > self.warmup:
                 self.times.append(now - last)
-            if i == self.warmup:
-                reset_peak_memory(self.device)
             last = now
             if i == self.warmup + self.steps:
                 return
@@ -82,6 +82,13 @@ def peak_memory_mib(device: torch.device) -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def peak_reserved(device: torch.device) -> dict:
+    """{"peak_reserved_mib": ...} on CUDA (the caching allocator's peak), {} elsewhere."""
+    if device.type != "cuda":
+        return {}
+    return {"peak_reserved_mib": torch.cuda.max_memory_reserved(device) / 2**20}
 
 
 def _conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding,
