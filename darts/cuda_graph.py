@@ -138,3 +138,6 @@ class StepGraph:
             output = self.fn(*static_args)
         self.graph, self.static_inputs, self.static_output = graph, static, output
         self.signature = _signature(args)
+        # The graph has its own memory pool: give what the eager warm-up cached back to the
+        # driver, so that a shared GPU sees one step's memory, not two.
+        torch.cuda.empty_cache()

@@ -11,7 +11,7 @@ from darts.architect import Architect
 from darts.cuda_graph import StepGraph, cuda_graphs_enabled
 from darts.engine import MetricSum, Precision, SideStep, evaluate, train_one_epoch
 from darts.errors import UserError
-from darts.genotype import load_genotype
+from darts.genotype import resolve_genotype
 from darts.network import NetworkCIFAR
 from darts.ops import drop_path
 from darts.space import SearchSpace
@@ -148,7 +148,7 @@ def test_graphed_search_steps_equal_eager_steps(order, checkpoint_cells, monkeyp
 
 @needs_gpu
 def test_graphed_evaluation_and_final_training_equal_eager():
-    genotype = load_genotype("darts_v2")
+    genotype = resolve_genotype("darts_v2")
     results = []
     with exact_kernels():
         for graphs in (False, True):
