@@ -9,7 +9,7 @@ batch 64, 32x32, 10 classes); `small` is a quick one. Data are CIFAR-shaped synt
 images held in memory (no download). `--compare` measures the plain path (float32, eager,
 contiguous tensors, torchvision DataLoader) and the fast path side by side in one process
 and prints their ratio; the fast path is the flags given (defaults: the device-resident
-loader, float32, channels_last on the CPU only, edge batching and CUDA graphs on a GPU).
+loader, float32, channels_last, edge batching and CUDA graphs on a GPU).
 """
 
 from __future__ import annotations

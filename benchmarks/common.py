@@ -153,7 +153,8 @@ def add_arguments(p) -> None:
     p.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off",
                    help="fast path's precision")
     p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
-                   help="fast path's memory format (default: on the CPU yes, on a GPU no)")
+                   help="fast path's memory format (default: channels_last, the faster one measured "
+                        "on the CPU and, with CUDA graphs, on an H100)")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--cuda_graphs", choices=("auto", "on", "off"), default="auto",
                    help="fast path: whole steps as CUDA graphs (auto: on a GPU unless fp16 or --compile)")
@@ -175,7 +176,7 @@ def run(p, argv, header: Callable[[argparse.Namespace, torch.device], dict],
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
-    channels_last = device.type == "cpu" if args.channels_last is None else args.channels_last
+    channels_last = True if args.channels_last is None else args.channels_last
     fast = {"name": "fast", "loader": args.loader, "amp": args.amp,
             "channels_last": channels_last, "compile": args.compile,
             "cuda_graphs": args.cuda_graphs, **extra_fast(args)}
