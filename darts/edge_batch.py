@@ -178,4 +178,6 @@ def mix(op_lists: Sequence[Sequence[nn.Module]], columns: tuple[int, ...], x: to
         out = out.unflatten(1, (sources, 1, -1) if shared else (*per_state, -1))
         w = w_all[..., k]
         total = w * out if total is None else torch.addcmul(total, w, out)
-    return total.flatten(1, 2)
+    # The weights (float32 under autocast) promote the sum: back to the input's dtype, so
+    # that the ops downstream save activations in autocast's dtype (as MixedOp.mix).
+    return total.to(x.dtype).flatten(1, 2)

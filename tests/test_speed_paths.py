@@ -98,6 +98,27 @@ def test_channels_last_search_steps_equal_contiguous():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("batch_edges,partial_channels", [(False, 1), (True, 1), (False, 2)])
+def test_bf16_autocast_keeps_the_supernets_activations_in_bf16(batch_edges, partial_channels):
+    # The float32 mixing weights must not promote the mixed sums (and so every node state,
+    # and every activation saved downstream) to float32: that halves what bf16 saves.
+    model = SearchNetwork(8, 3, 4, SearchSpace(steps=3, multiplier=3), batch_edges=batch_edges,
+                          partial_channels=partial_channels)
+    x = torch.randn(4, 3, 16, 16)
+    saved = []
+
+    def pack(t):
+        if t.numel() >= 1000 and t.is_floating_point():  # activations, not BN parameters
+            saved.append(t.dtype)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+    assert out.dtype == torch.bfloat16
+    assert len(saved) > 50 and set(saved) == {torch.bfloat16}, sorted(map(str, set(saved)))
+
+
 def test_hessian_vector_product_stays_float32_under_amp():
     torch.manual_seed(0)
     model = SearchNetwork(8, 3, 3, SearchSpace(steps=2, multiplier=2))
