@@ -147,6 +147,49 @@ def dense_grad(x: torch.Tensor) -> torch.Tensor:
     return _DenseGrad.apply(x) if x.requires_grad else x
 
 
+class _MaxPoolFunction(torch.autograd.Function):
+    """max_pool2d that saves its input instead of the argmax indices, and finds them again
+    in the backward (one more pooling pass, over the input only).
+
+    PyTorch's max pooling saves int64 indices, 8 bytes per output element: four times a
+    bf16 activation, and in the supernet the input is one cell state that every edge's
+    pooling shares, saved once, while each edge saved its own indices.
+    """
+
+    @staticmethod
+    def forward(ctx, x, kernel_size, stride, padding, ceil_mode):
+        ctx.save_for_backward(x)
+        ctx.config = (kernel_size, stride, padding, ceil_mode)
+        return F.max_pool2d(x, kernel_size, stride, padding, ceil_mode=ceil_mode)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        kernel_size, stride, padding, ceil_mode = ctx.config
+        with torch.no_grad():
+            _, indices = F.max_pool2d(x, kernel_size, stride, padding, ceil_mode=ceil_mode,
+                                      return_indices=True)
+        # Differentiable in `grad` (the exact second-order step's double backward).
+        grad_x = torch.ops.aten.max_pool2d_with_indices_backward(
+            grad, x, kernel_size, stride, padding, [1, 1], ceil_mode, indices)
+        return grad_x, None, None, None, None
+
+
+class MaxPool2d(nn.MaxPool2d):
+    """nn.MaxPool2d (same arguments, state and output) whose backward keeps the input, not
+    the indices (`_MaxPoolFunction`); without dilation or returned indices."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False):
+        super().__init__(kernel_size, stride, padding, ceil_mode=ceil_mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (torch.is_grad_enabled() and x.requires_grad):
+            return super().forward(x)
+        pair = torch.nn.modules.utils._pair
+        return _MaxPoolFunction.apply(x, pair(self.kernel_size), pair(self.stride),
+                                      pair(self.padding), self.ceil_mode)
+
+
 class ReLUConvBN(nn.Sequential):
     """ReLU -> Conv -> BN: the preprocessing of a cell's inputs."""
 

@@ -52,7 +52,7 @@ from torch.utils.checkpoint import checkpoint
 
 from darts import edge_batch
 from darts.genotype import Genotype
-from darts.ops import FactorizedReduce, PoolBN, ReLUConvBN, dense_grad
+from darts.ops import FactorizedReduce, MaxPool2d, PoolBN, ReLUConvBN, dense_grad
 from darts.primitives import build_op
 from darts.space import DARTS_SPACE, SearchSpace
 
@@ -159,7 +159,7 @@ class MixedOp(nn.Module):
         if partial_channels > 1 and stride == 2:
             # PC-DARTS halves the bypassed channels with a 2x2 max pool; ceil_mode matches the
             # ops' output size on odd inputs too (identical to PC-DARTS on even ones).
-            self.bypass_pool = nn.MaxPool2d(2, 2, ceil_mode=True)
+            self.bypass_pool = MaxPool2d(2, 2, ceil_mode=True)
 
     def mix(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """sum_o w_o * o(x), as the sum of eq. 2 but in fewer passes over memory: ops that

@@ -29,6 +29,19 @@ def test_benchmark_writes_the_contract_json(tmp_path, script, flags):
             result["plain"]["median_step_s"] / result["fast"]["median_step_s"])
 
 
+def test_memory_benchmark_finds_bf16_halving_the_saved_activations(tmp_path):
+    out = tmp_path / "memory.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_memory.py"), "--preset",
+                    "small", "--device", "cpu", "--json", str(out)],
+                   check=True, capture_output=True, timeout=300)
+    result = json.loads(out.read_text())
+    for name in ("per_edge", "batched"):
+        r = result[name]
+        assert r["ratio"] == pytest.approx(r["float32_mib"] / r["bf16_mib"])
+        # Every saved activation is bf16 under autocast (a few float32 statistics aside).
+        assert 1.95 < r["ratio"] <= 2.0, r
+
+
 @pytest.mark.parametrize("groups", [1, 4, 16])
 def test_flop_count_of_a_convolution_backward_respects_groups(groups):
     """Forward 2*N*Co*Ho*Wo*(Ci/groups)*k*k by hand; its backward (input and weight

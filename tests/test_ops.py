@@ -5,7 +5,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from darts.ops import Conv2d, FactorizedReduce, Identity, SepConv, Zero, dense_grad, drop_path
+from darts.ops import (
+    Conv2d,
+    FactorizedReduce,
+    Identity,
+    MaxPool2d,
+    SepConv,
+    Zero,
+    dense_grad,
+    drop_path,
+)
 from darts.primitives import OPS, PRIMITIVES, build_op, register_op
 
 
@@ -189,3 +198,36 @@ def test_dense_grad_is_the_identity_with_a_dense_gradient(channels_last):
     (g2,) = torch.autograd.grad(g1.sum(), x2)
     torch.testing.assert_close(g2, 6.0 * x2.detach())
     assert dense_grad(torch.ones(2)).requires_grad is False
+
+
+@pytest.mark.parametrize("kernel,stride,padding,ceil_mode", [(3, 1, 1, False), (3, 2, 1, False),
+                                                             (2, 2, 0, True)])
+def test_max_pool_gradients_match_finite_differences(kernel, stride, padding, ceil_mode):
+    pool = MaxPool2d(kernel, stride, padding, ceil_mode=ceil_mode)
+    # Distinct values: no ties, so the max is differentiable at the sample point.
+    x = torch.randperm(2 * 3 * 7 * 7).double().div(50).view(2, 3, 7, 7).requires_grad_()
+    assert torch.autograd.gradcheck(pool, (x,))
+    assert torch.autograd.gradgradcheck(pool, (x,))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_max_pool_equals_torch_and_saves_no_indices(channels_last):
+    ours, torch_pool = MaxPool2d(3, 2, 1), nn.MaxPool2d(3, 2, 1)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(4, 8, 9, 9).to(memory_format=fmt)
+    grad = torch.randn(4, 8, 5, 5)
+    saved = []
+    results = []
+    for pool in (ours, torch_pool):
+        xi = x.clone().requires_grad_()
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, p=pool: saved.append((p, t.dtype)) or t,
+                                                      lambda t: t):
+            out = pool(xi)
+        out.backward(grad)
+        results.append((out, xi.grad))
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])
+    assert [d for p, d in saved if p is ours] == [torch.float32]  # the input, no int64
+    assert torch.int64 in [d for p, d in saved if p is torch_pool]
+    with torch.no_grad():
+        assert torch.equal(ours(x), torch_pool(x))

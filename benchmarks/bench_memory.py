@@ -1,0 +1,73 @@
+"""Activation memory of the search supernet: the bytes one training forward keeps for its
+backward, float32 against bf16 autocast, edge by edge and edge-batched, side by side.
+
+    python benchmarks/bench_memory.py --preset standard --device cpu --json out.json
+
+Counted with `darts.supernet.saved_activation_bytes` (every tensor saved for backward, each
+storage once; parameters left out), so it needs no GPU: the count is the same on any
+device for the same dtypes. It is the part of the peak that bf16 can halve; weights,
+gradients, optimizer states and allocator workspaces come on top (`bench_search.py`
+measures the peak itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+import torch.nn.functional as F
+from common import environment, write_json
+
+from darts.engine import pick_device
+from darts.space import SearchSpace
+from darts.supernet import SearchNetwork, saved_activation_bytes
+
+PRESETS = {
+    "standard": {"init_channels": 16, "layers": 8, "nodes": 4, "batch_size": 64, "image_size": 32},
+    "small": {"init_channels": 8, "layers": 5, "nodes": 4, "batch_size": 16, "image_size": 16},
+}
+
+
+def saved_mib(preset: dict, device: torch.device, amp: bool, batch_edges: bool,
+              partial_channels: int) -> float:
+    torch.manual_seed(0)
+    space = SearchSpace(steps=preset["nodes"], multiplier=preset["nodes"])
+    model = SearchNetwork(preset["init_channels"], 10, preset["layers"], space,
+                          batch_edges=batch_edges, partial_channels=partial_channels).to(device)
+    size, n = preset["image_size"], preset["batch_size"]
+    x = torch.randn(n, 3, size, size, device=device)
+    y = torch.randint(0, 10, (n,), device=device)
+
+    def forward():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            return F.cross_entropy(model(x, model.mixing_weights(detach=True)), y)
+
+    return saved_activation_bytes(forward) / 2**20
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="standard")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--partial_channels", type=int, default=1)
+    p.add_argument("--json", help="write the result here")
+    args = p.parse_args(argv)
+    device = pick_device(args.device)
+    preset = PRESETS[args.preset]
+    result = {"benchmark": "saved_activations", "preset": args.preset, **preset,
+              "partial_channels": args.partial_channels, "device": str(device),
+              "environment": environment(device)}
+    for name, batched in (("per_edge", False), ("batched", True)):
+        fp32 = saved_mib(preset, device, False, batched, args.partial_channels)
+        bf16 = saved_mib(preset, device, True, batched, args.partial_channels)
+        result[name] = {"float32_mib": fp32, "bf16_mib": bf16, "ratio": fp32 / bf16}
+        print(f"{name}: float32 {fp32:.0f} MiB, bf16 {bf16:.0f} MiB ({fp32 / bf16:.2f}x lower)",
+              file=sys.stderr)
+    write_json(result, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
