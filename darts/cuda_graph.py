@@ -133,11 +133,9 @@ class StepGraph:
         it = iter(static)
         static_args = tuple(next(it) if isinstance(a, torch.Tensor) else a for a in args)
         graph = torch.cuda.CUDAGraph()
-        torch.cuda.synchronize()
+        # torch.cuda.graph synchronizes and empties the allocator's cache first: what the
+        # eager warm-up cached goes back to the driver before the graph takes its own pool.
         with torch.cuda.graph(graph):
             output = self.fn(*static_args)
         self.graph, self.static_inputs, self.static_output = graph, static, output
         self.signature = _signature(args)
-        # The graph has its own memory pool: give what the eager warm-up cached back to the
-        # driver, so that a shared GPU sees one step's memory, not two.
-        torch.cuda.empty_cache()
