@@ -42,6 +42,21 @@ def test_memory_benchmark_finds_bf16_halving_the_saved_activations(tmp_path):
         assert 1.95 < r["ratio"] <= 2.0, r
 
 
+def test_profile_lists_where_the_step_time_goes(tmp_path):
+    out = tmp_path / "profile.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "profile_search.py"), "--preset",
+                    "small", "--device", "cpu", "--warmup", "1", "--steps", "1", "--rows", "5",
+                    "--json", str(out)], check=True, capture_output=True, timeout=300)
+    result = json.loads(out.read_text())
+    top = result["top"]
+    assert len(top) == 5 and result["total_s_per_step"] > 0
+    assert [e["self_s_per_step"] for e in top] == sorted((e["self_s_per_step"] for e in top),
+                                                         reverse=True)
+    assert 0 < sum(e["share"] for e in top) <= 1
+    # The supernet's convolutions (forward and backward) run every step.
+    assert any("convolution" in e["name"] for e in top)
+
+
 @pytest.mark.parametrize("groups", [1, 4, 16])
 def test_flop_count_of_a_convolution_backward_respects_groups(groups):
     """Forward 2*N*Co*Ho*Wo*(Ci/groups)*k*k by hand; its backward (input and weight
