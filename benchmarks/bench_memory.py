@@ -5,7 +5,8 @@ backward, float32 against bf16 autocast, edge by edge and edge-batched, side by 
 
 Counted with `darts.supernet.saved_activation_bytes` (every tensor saved for backward, each
 storage once; parameters left out), so it needs no GPU: the count is the same on any
-device for the same dtypes. It is the part of the peak that bf16 can halve; weights,
+device for the same dtypes, but for max pooling, which saves PyTorch's int64 indices on the
+CPU (faster there) and its input elsewhere; `--pool_saves_input` counts the CPU as a GPU. It is the part of the peak that bf16 can halve; weights,
 gradients, optimizer states and allocator workspaces come on top (`bench_search.py`
 measures the peak itself).
 """
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from common import environment, write_json
 
 from darts.engine import pick_device
+from darts.ops import MaxPool2d
 from darts.space import SearchSpace
 from darts.supernet import SearchNetwork, saved_activation_bytes
 
@@ -52,12 +54,16 @@ def main(argv=None) -> int:
     p.add_argument("--preset", choices=sorted(PRESETS), default="standard")
     p.add_argument("--device", default="cpu")
     p.add_argument("--partial_channels", type=int, default=1)
+    p.add_argument("--pool_saves_input", action="store_true",
+                   help="max pooling saves its input on the CPU too, as on a GPU")
     p.add_argument("--json", help="write the result here")
     args = p.parse_args(argv)
+    MaxPool2d.save_input_on_cpu = args.pool_saves_input
     device = pick_device(args.device)
     preset = PRESETS[args.preset]
     result = {"benchmark": "saved_activations", "preset": args.preset, **preset,
               "partial_channels": args.partial_channels, "device": str(device),
+              "pool_saves_input": args.pool_saves_input or device.type != "cpu",
               "environment": environment(device)}
     for name, batched in (("per_edge", False), ("batched", True)):
         fp32 = saved_mib(preset, device, False, batched, args.partial_channels)

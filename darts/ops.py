@@ -177,13 +177,21 @@ class _MaxPoolFunction(torch.autograd.Function):
 
 class MaxPool2d(nn.MaxPool2d):
     """nn.MaxPool2d (same arguments, state and output) whose backward keeps the input, not
-    the indices (`_MaxPoolFunction`); without dilation or returned indices."""
+    the indices (`_MaxPoolFunction`); without dilation or returned indices.
+
+    Not on the CPU unless `save_input_on_cpu` is set: there the extra pooling pass costs
+    time (measured: a forward and backward at 64x16x32x32 takes 54 ms against PyTorch's
+    28 ms, contiguous; 10.6 against 6.2 ms, channels_last), and time is the CPU's limit.
+    """
+
+    save_input_on_cpu = False
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False):
         super().__init__(kernel_size, stride, padding, ceil_mode=ceil_mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (torch.is_grad_enabled() and x.requires_grad):
+        if (not (torch.is_grad_enabled() and x.requires_grad)
+                or (x.device.type == "cpu" and not self.save_input_on_cpu)):
             return super().forward(x)
         pair = torch.nn.modules.utils._pair
         return _MaxPoolFunction.apply(x, pair(self.kernel_size), pair(self.stride),

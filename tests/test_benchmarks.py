@@ -32,7 +32,7 @@ def test_benchmark_writes_the_contract_json(tmp_path, script, flags):
 def test_memory_benchmark_finds_bf16_halving_the_saved_activations(tmp_path):
     out = tmp_path / "memory.json"
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_memory.py"), "--preset",
-                    "small", "--device", "cpu", "--json", str(out)],
+                    "small", "--device", "cpu", "--pool_saves_input", "--json", str(out)],
                    check=True, capture_output=True, timeout=300)
     result = json.loads(out.read_text())
     for name in ("per_edge", "batched"):

@@ -202,7 +202,9 @@ def test_dense_grad_is_the_identity_with_a_dense_gradient(channels_last):
 
 @pytest.mark.parametrize("kernel,stride,padding,ceil_mode", [(3, 1, 1, False), (3, 2, 1, False),
                                                              (2, 2, 0, True)])
-def test_max_pool_gradients_match_finite_differences(kernel, stride, padding, ceil_mode):
+def test_max_pool_gradients_match_finite_differences(kernel, stride, padding, ceil_mode,
+                                                     monkeypatch):
+    monkeypatch.setattr(MaxPool2d, "save_input_on_cpu", True)
     pool = MaxPool2d(kernel, stride, padding, ceil_mode=ceil_mode)
     # Distinct values: no ties, so the max is differentiable at the sample point.
     x = torch.randperm(2 * 3 * 7 * 7).double().div(50).view(2, 3, 7, 7).requires_grad_()
@@ -211,7 +213,8 @@ def test_max_pool_gradients_match_finite_differences(kernel, stride, padding, ce
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_max_pool_equals_torch_and_saves_no_indices(channels_last):
+def test_max_pool_equals_torch_and_saves_no_indices(channels_last, monkeypatch):
+    monkeypatch.setattr(MaxPool2d, "save_input_on_cpu", True)
     ours, torch_pool = MaxPool2d(3, 2, 1), nn.MaxPool2d(3, 2, 1)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(4, 8, 9, 9).to(memory_format=fmt)
@@ -231,3 +234,11 @@ def test_max_pool_equals_torch_and_saves_no_indices(channels_last):
     assert torch.int64 in [d for p, d in saved if p is torch_pool]
     with torch.no_grad():
         assert torch.equal(ours(x), torch_pool(x))
+
+
+def test_max_pool_keeps_pytorchs_indices_on_the_cpu_by_default():
+    saved = []
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.dtype) or t, lambda t: t):
+        MaxPool2d(3, 1, 1)(x)
+    assert torch.int64 in saved
