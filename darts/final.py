@@ -184,6 +184,9 @@ def run(cfg: FinalConfig, *, resume: str | None = None,
         seed_everything(cfg.seed)
         cfg = cfg.resolved(network_family(cfg.dataset, cfg.image_size))
         validate(cfg)
+        # Checked before the run directory is made: a flag that cannot work leaves nothing.
+        graphs = cuda_graphs_enabled(cfg.cuda_graphs, device, distributed=d.enabled,
+                                     amp=cfg.amp, compile=cfg.compile)
         train_set, test_set, info = build_datasets(
             cfg.dataset, cfg.data, cutout_length=cfg.cutout_length if cfg.cutout else 0,
             image_size=cfg.image_size, num_classes=cfg.num_classes,
@@ -197,7 +200,7 @@ def run(cfg: FinalConfig, *, resume: str | None = None,
         logger = RunLogger(run_dir, enabled=d.is_main, tensorboard=cfg.tensorboard, name="final")
         try:
             return _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger, ckpt,
-                          on_epoch_end, d)
+                          on_epoch_end, d, graphs)
         finally:
             logger.close()
     finally:
@@ -227,15 +230,13 @@ def _loaders(cfg, info, train_set, test_set, device, d: Dist):
 
 
 def _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger, ckpt, on_epoch_end,
-           d: Dist):
+           d: Dist, graphs: bool):
     model = build_network(genotype, cfg, info.num_classes, info.network).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     params = count_parameters(model)
     madds = count_multiply_adds(model, info.image_size)
     precision = Precision.from_flag(cfg.amp, device)
-    graphs = cuda_graphs_enabled(cfg.cuda_graphs, device, distributed=d.enabled, amp=cfg.amp,
-                                 compile=cfg.compile)
     optimizer = torch.optim.SGD(model.parameters(), cfg.learning_rate, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
     if cfg.lr_schedule == "cosine":

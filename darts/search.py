@@ -212,6 +212,9 @@ def run(cfg: SearchConfig, *, resume: str | None = None,
     try:
         if cfg.order == 2 and cfg.hessian == "exact" and d.enabled:
             raise UserError("--hessian exact runs on one process; use --hessian fd with torchrun")
+        # Checked before the run directory is made: a flag that cannot work leaves nothing.
+        graphs = cuda_graphs_enabled(cfg.cuda_graphs, device, distributed=d.enabled,
+                                     amp=cfg.amp, compile=cfg.compile)
         seed_everything(cfg.seed)
         train_set, _, info = build_datasets(
             cfg.dataset, cfg.data, cutout_length=cfg.cutout_length if cfg.cutout else 0,
@@ -223,7 +226,8 @@ def run(cfg: SearchConfig, *, resume: str | None = None,
             run_dir = distributed.on_main(d, lambda: new_run_dir(cfg.save, name))
         logger = RunLogger(run_dir, enabled=d.is_main, tensorboard=cfg.tensorboard, name="search")
         try:
-            return _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d)
+            return _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d,
+                           graphs)
         finally:
             logger.close()
     finally:
@@ -247,7 +251,8 @@ def build_supernet(cfg: SearchConfig, num_classes: int, device: torch.device) ->
     return model
 
 
-def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d: Dist):
+def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d: Dist,
+            graphs: bool):
     model = build_supernet(cfg, info.num_classes, device)
     space = model.space
     criterion = nn.CrossEntropyLoss().to(device)
@@ -256,8 +261,6 @@ def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, float(cfg.epochs),
                                                            eta_min=cfg.learning_rate_min)
     precision = Precision.from_flag(cfg.amp, device)
-    graphs = cuda_graphs_enabled(cfg.cuda_graphs, device, distributed=d.enabled, amp=cfg.amp,
-                                 compile=cfg.compile)
     architect = Architect(model, criterion, optimizer, order=cfg.order, hessian=cfg.hessian,
                           lr=cfg.arch_learning_rate, weight_decay=cfg.arch_weight_decay,
                           fd_epsilon=cfg.fd_epsilon, precision=precision, dist=d,

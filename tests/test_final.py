@@ -128,6 +128,7 @@ def test_existing_run_directory_is_not_overwritten(tmp_path):
     (["--init_channels", "7"], "--init_channels 7: must be an even number"),
     (["--resume", "nowhere"], "--resume: no checkpoint at nowhere"),
     (["--dataset", "cifar10", "--data", "nowhere"], "--dataset synthetic"),
+    (["--device", "cpu", "--cuda_graphs", "on"], "--cuda_graphs on: they need a GPU"),
 ])
 def test_bad_flags_get_one_clear_message(tmp_path, flags, message):
     proc = subprocess.run([sys.executable, str(ROOT / "train_final.py"), "--dataset", "synthetic",
@@ -135,6 +136,7 @@ def test_bad_flags_get_one_clear_message(tmp_path, flags, message):
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and message in proc.stderr
+    assert not list(tmp_path.glob("final-*"))  # no run directory left behind
 
 
 def test_imagenet_recipe_is_the_papers():

@@ -148,6 +148,11 @@ def test_bad_flags_give_one_clear_message(tmp_path, capsys):
     torch.save({"kind": "final"}, final_dir / "checkpoint.pt")
     assert train_search.main(["--resume", str(final_dir)]) == 2
     assert "not a train_search.py checkpoint" in capsys.readouterr().err
+    graphs_dir = tmp_path / "graphs"
+    assert train_search.main([*TINY, "--device", "cpu", "--cuda_graphs", "on", "--save",
+                              str(graphs_dir)]) == 2
+    assert "--cuda_graphs on: they need a GPU" in capsys.readouterr().err
+    assert not graphs_dir.exists()  # checked before the run directory is made
 
 
 def test_existing_run_directory_is_never_overwritten(tmp_path):
