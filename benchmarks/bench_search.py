@@ -99,12 +99,17 @@ def measure(args, path: dict, device: torch.device) -> dict:
                    loader_on_device=on_device, **peak_reserved(device))
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def add_step_arguments(p) -> None:
+    """Which search step: the configuration preset and the alpha gradient's order."""
     p.add_argument("--preset", choices=sorted(PRESETS), default="standard")
     p.add_argument("--order", type=int, choices=(1, 2), default=1)
     p.add_argument("--hessian", choices=("fd", "exact"), default="fd")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_step_arguments(p)
     add_arguments(p)
     p.add_argument("--partial_channels", type=int, default=1, help="fast path: PC-DARTS")
     p.add_argument("--checkpoint_cells", action="store_true", help="fast path: cell checkpointing")

@@ -17,7 +17,7 @@ import sys
 
 import torch
 import torch.nn as nn
-from bench_search import PRESETS
+from bench_search import PRESETS, add_step_arguments
 from common import environment, write_json
 from torch.profiler import ProfilerActivity, profile
 
@@ -29,9 +29,7 @@ from darts.search import SearchConfig, build_supernet
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--preset", choices=sorted(PRESETS), default="standard")
-    p.add_argument("--order", type=int, choices=(1, 2), default=1)
-    p.add_argument("--hessian", choices=("fd", "exact"), default="fd")
+    add_step_arguments(p)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off")
     p.add_argument("--channels_last", action="store_true")

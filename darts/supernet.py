@@ -180,9 +180,7 @@ class MixedOp(nn.Module):
                     y = layer(y)
                 y = _scaled_batch_norm(bn, y, w[k]) if bn is not None else w[k] * y
             out = y if out is None else out + y
-        # Under autocast the mixing weights (float32) promote the sum to float32; the node
-        # keeps its input's dtype, or every op downstream would save float32 activations.
-        return out.to(x.dtype)
+        return out
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         k = self.partial_channels
@@ -248,7 +246,7 @@ class SearchCell(nn.Module):
                 for j in range(1, len(states)):
                     node = node + edge_weights[e + j] * self.edges[e + j](states[j], rows[e + j])
             e += len(states)
-            states.append(dense_grad(node.to(states[0].dtype)))  # see MixedOp.mix
+            states.append(dense_grad(node))
         return torch.cat(states[-self.multiplier:], dim=1)
 
     def _forward_batched(self, states: list[torch.Tensor],
