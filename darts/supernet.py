@@ -114,6 +114,42 @@ def _scaled_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor)
                         weight, bias, use_batch, momentum, bn.eps)
 
 
+def _pool_bn_key(plan) -> tuple | None:
+    """The key under which edges share a PoolBN's normalised output (None: not shareable)."""
+    if plan is None:
+        return None
+    shares_relu, body, bn = plan
+    if shares_relu or len(body) != 1 or bn is None or bn.affine or bn.momentum is None \
+            or type(body[0]) not in (nn.MaxPool2d, nn.AvgPool2d, MaxPool2d):
+        return None
+    return ("pool_bn", type(body[0]).__name__, body[0].extra_repr(), bn.eps)
+
+
+def _shared_pool_bn(pool: nn.Module, bn: nn.BatchNorm2d, x: torch.Tensor, shared: dict,
+                    key: tuple) -> torch.Tensor:
+    """bn(pool(x)) of a non-affine BatchNorm in training mode: the pooled input normalised
+    by its batch statistics, computed once per state (the first edge) and kept in `shared`;
+    each edge's running statistics are still updated, as its own BatchNorm would."""
+    entry = shared.get(key)
+    if entry is None:
+        pooled = pool(x)
+        stats = None
+        if bn.track_running_stats:
+            with torch.no_grad():
+                stats = torch.var_mean(pooled.detach().to(torch.promote_types(
+                    pooled.dtype, torch.float32)), dim=(0, 2, 3), correction=1)
+        out = F.batch_norm(pooled, None, None, None, None, True, 0.0, bn.eps)
+        entry = shared[key] = (out, stats)
+    out, stats = entry
+    if stats is not None and bn.running_mean is not None:
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            var, mean = stats
+            bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), bn.momentum)
+            bn.running_var.lerp_(var.to(bn.running_var.dtype), bn.momentum)
+    return out
+
+
 class MixedOp(nn.Module):
     """All ops of the space on one edge, mixed by one row of softmax(alpha).
 
@@ -156,36 +192,61 @@ class MixedOp(nn.Module):
         # once per edge, not once per conv op), and a last BatchNorm that also applies the
         # op's mixing weight (see `_scaled_batch_norm`). None: the op's own forward.
         self.plans = tuple(_plan(op) for op in self.ops)
+        # A pooling op with a non-affine BatchNorm gives the same output on every edge that
+        # leaves a state (in training, where the BatchNorm uses batch statistics): its key
+        # in the state's `shared` dict, or None.
+        self.shared_keys = tuple(_pool_bn_key(plan) for plan in self.plans)
         if partial_channels > 1 and stride == 2:
             # PC-DARTS halves the bypassed channels with a 2x2 max pool; ceil_mode matches the
             # ops' output size on odd inputs too (identical to PC-DARTS on even ones).
             self.bypass_pool = MaxPool2d(2, 2, ceil_mode=True)
 
-    def mix(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def mix(self, x: torch.Tensor, weights: torch.Tensor,
+            shared: dict | None = None) -> torch.Tensor:
         """sum_o w_o * o(x), as the sum of eq. 2 but in fewer passes over memory: ops that
         begin with ReLU share one relu(x), and an op that ends in BatchNorm scales by its
-        weight inside the BatchNorm (its weight gradient comes from the BatchNorm's backward)."""
+        weight inside the BatchNorm (its weight gradient comes from the BatchNorm's backward).
+
+        `shared`: a dict that every edge leaving the same state passes (see `SearchCell`):
+        what depends on the state alone, relu(x) and, in training, the pooling ops' output
+        normalised by batch statistics, is computed by the first edge and reused."""
         w = weights.unbind(0)
         relu = out = None
-        for k, op, plan in zip(self.columns, self.ops, self.plans, strict=True):
+        if shared is not None:
+            relu = shared.get("relu")
+        for k, op, plan, key in zip(self.columns, self.ops, self.plans, self.shared_keys,
+                                    strict=True):
             if plan is None:
-                y = w[k] * op(x)
+                y, scale = op(x), w[k]
+            elif key is not None and shared is not None and plan[2].training:
+                y, scale = _shared_pool_bn(plan[1][0], plan[2], x, shared, key), w[k]
             else:
                 shares_relu, body, bn = plan
                 if shares_relu:
-                    y = relu = op[0](x) if relu is None else relu
+                    if relu is None:
+                        relu = op[0](x)
+                        if shared is not None:
+                            shared["relu"] = relu
+                    y = relu
                 else:
                     y = x
                 for layer in body:
                     y = layer(y)
-                y = _scaled_batch_norm(bn, y, w[k]) if bn is not None else w[k] * y
-            out = y if out is None else out + y
+                if bn is not None:
+                    y, scale = _scaled_batch_norm(bn, y, w[k]), None
+                else:
+                    scale = w[k]
+            if scale is None:
+                out = y if out is None else out + y
+            else:
+                out = scale * y if out is None else torch.addcmul(out, scale, y)
         return out
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, weights: torch.Tensor,
+                shared: dict | None = None) -> torch.Tensor:
         k = self.partial_channels
         if k == 1:
-            return self.mix(x, weights)
+            return self.mix(x, weights, shared)
         c = x.size(1) // k
         mixed, bypass = self.mix(x[:, :c], weights), x[:, c:]
         if hasattr(self, "bypass_pool"):
@@ -235,12 +296,14 @@ class SearchCell(nn.Module):
         rows = weights.unbind(0)
         if self.batch_edges and edge_weights is None:
             return self._forward_batched(states, rows)
+        # What the edges leaving a state compute alike, once per state (MixedOp.mix).
+        shared = [{} for _ in range(2 + self.steps)]
         e = 0
         for _ in range(self.steps):
             if edge_weights is None:
-                node = self.edges[e](states[0], rows[e])
+                node = self.edges[e](states[0], rows[e], shared[0])
                 for j in range(1, len(states)):
-                    node = node + self.edges[e + j](states[j], rows[e + j])
+                    node = node + self.edges[e + j](states[j], rows[e + j], shared[j])
             else:  # PC-DARTS edge normalisation
                 node = edge_weights[e] * self.edges[e](states[0], rows[e])
                 for j in range(1, len(states)):

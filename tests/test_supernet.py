@@ -266,6 +266,41 @@ def test_mixed_op_shared_relu_and_scaled_batchnorm_are_the_plain_weighted_sum(st
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_edges_leaving_one_state_share_relu_and_pooling_and_keep_their_own_statistics(stride):
+    # The edges that leave one state pass one `shared` dict: relu(x) and, in training, each
+    # pooling op's batch-normalised output are computed by the first edge only. Against each
+    # edge's ops called whole, in float64: outputs, gradients (input, every edge's mixing
+    # weights), every edge's running statistics (after two training steps) and eval mode.
+    import copy
+    torch.manual_seed(0)
+    ours = nn.ModuleList(MixedOp(4, stride, PRIMITIVES) for _ in range(3)).double()
+    ref = copy.deepcopy(ours)
+    pools = [op[0] for edge in ours for op in edge.ops if isinstance(op, PoolBN)]
+    calls = []
+    for pool in pools:
+        pool.register_forward_hook(lambda m, i, o: calls.append(m))
+    for training in (True, True, False):
+        ours.train(training)
+        ref.train(training)
+        calls.clear()
+        x = torch.randn(3, 4, 8, 8, dtype=torch.float64, requires_grad=True)
+        ws = [torch.softmax(torch.randn(len(PRIMITIVES), dtype=torch.float64), 0).requires_grad_()
+              for _ in ours]
+        shared = {}
+        got = torch.stack([edge(x, w, shared) for edge, w in zip(ours, ws, strict=True)])
+        want = torch.stack([sum(w[k] * op(x) for k, op in zip(edge.columns, edge.ops, strict=True))
+                            for edge, w in zip(ref, ws, strict=True)])
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        assert len(calls) == (2 if training else 6)  # max and avg pooling, once per state
+        g = torch.randn_like(got)
+        for a, b in zip(torch.autograd.grad(got, (x, *ws), g),
+                        torch.autograd.grad(want, (x, *ws), g), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        for (name, a), b in zip(ours.state_dict().items(), ref.state_dict().values(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
+
+
 def test_scaled_batch_norm_with_affine_parameters():
     from darts.supernet import _scaled_batch_norm
     torch.manual_seed(0)
