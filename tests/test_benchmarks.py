@@ -71,3 +71,29 @@ def test_flop_count_of_a_convolution_backward_respects_groups(groups):
     assert count_flops(lambda: conv(x).sum().backward()) == 3 * forward
     x.requires_grad_(False)  # no input gradient: the weight's only
     assert count_flops(lambda: conv(x).sum().backward()) == 2 * forward
+
+
+def test_suite_runs_its_entries_records_failures_and_derives_the_targets_ratios(tmp_path,
+                                                                               monkeypatch):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import suite
+    monkeypatch.setitem(suite.ENTRIES, "cpu", [
+        ("memory", "bench_memory.py", ["--pool_saves_input"]),
+        ("broken", "bench_search.py", ["--order", "3"]),  # argparse refuses it: exit 2
+    ])
+    assert suite.main(["--device", "cpu", "--quick", "--out", str(tmp_path)]) == 1
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    memory, broken = summary["entries"]["memory"], summary["entries"]["broken"]
+    assert memory["status"] == "ok" and broken["status"] == "exit 2"
+    assert "--order" in broken["stderr_tail"]
+    written = json.loads((tmp_path / "memory.json").read_text())
+    assert memory["figures"]["per_edge_ratio"] == written["per_edge"]["ratio"]
+    assert memory["command"].startswith("python benchmarks/bench_memory.py --preset small")
+    # The targets' ratios, from hand-made figures: float32 peak over bf16 peak, and speedups.
+    entries = {"search_order1_fast": {"figures": {"peak_mem_mib": 6000.0}},
+               "search_order1_bf16": {"figures": {"peak_mem_mib": 2500.0}},
+               "search_order1_per_edge": {"figures": {"peak_mem_mib": 5000.0}},
+               "final_compare": {"figures": {"speedup": 3.0}}}
+    assert suite.derived(entries) == {"bf16_peak_ratio": 2.4, "final_compare_speedup": 3.0}
+    with pytest.raises(SystemExit):
+        suite.main(["--device", "cpu", "--out", str(tmp_path), "--only", "nope"])
