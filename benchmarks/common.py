@@ -161,6 +161,9 @@ def add_arguments(p) -> None:
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the torch loader")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--no_flops", action="store_true", help="skip counting FLOPs")
+    p.add_argument("--cudnn_benchmark", action="store_true",
+                   help="torch.backends.cudnn.benchmark for both paths (the DARTS reference code "
+                        "sets it; the training scripts do not)")
 
 
 def run(p, argv, header: Callable[[argparse.Namespace, torch.device], dict],
@@ -176,6 +179,7 @@ def run(p, argv, header: Callable[[argparse.Namespace, torch.device], dict],
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     channels_last = True if args.channels_last is None else args.channels_last
     fast = {"name": "fast", "loader": args.loader, "amp": args.amp,
             "channels_last": channels_last, "compile": args.compile,
@@ -183,7 +187,8 @@ def run(p, argv, header: Callable[[argparse.Namespace, torch.device], dict],
     plain = {**{k: v for k, v in fast.items() if k not in extra_fast(args)},
              "name": "plain", "loader": "torch", "amp": "off", "channels_last": False,
              "compile": False, "cuda_graphs": "off"}
-    result = {**header(args, device), "device": str(device), "environment": environment(device)}
+    result = {**header(args, device), "device": str(device), "environment": environment(device),
+              "cudnn_benchmark": args.cudnn_benchmark}
     if args.compare:
         slow = measure(args, plain, device)
         quick = measure(args, fast, device)

@@ -42,6 +42,10 @@ ENTRIES: dict[str, list[tuple[str, str, list[str]]]] = {
          ["--order", "1", "--no_flops", "--batch_edges", "off", "--amp", "bf16"]),
         ("search_order1_graphs_off", "bench_search.py",
          ["--order", "1", "--no_flops", "--cuda_graphs", "off"]),
+        ("search_order1_cudnn_benchmark", "bench_search.py",
+         ["--order", "1", "--no_flops", "--cudnn_benchmark"]),
+        ("final_cudnn_benchmark", "bench_final.py",
+         ["--no_flops", "--cudnn_benchmark", "--steps", "15"]),
         ("search_order2fd_bf16", "bench_search.py",
          ["--order", "2", "--hessian", "fd", "--no_flops", "--amp", "bf16", *STEP2["cuda"]]),
         ("final_bf16", "bench_final.py", ["--no_flops", "--amp", "bf16", "--steps", "15"]),
@@ -124,7 +128,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--out", required=True, help="folder for the entries' JSON and summary.json")
+    p.add_argument("--out", help="folder for the entries' JSON and summary.json (required)")
     p.add_argument("--only", nargs="+", metavar="ENTRY", help="run only these entries")
     p.add_argument("--quick", action="store_true", help="small preset, one step: a smoke run")
     p.add_argument("--timeout", type=float, default=900, help="seconds per entry")
@@ -135,6 +139,8 @@ def main(argv=None) -> int:
     if args.list:
         print("\n".join(names))
         return 0
+    if not args.out:
+        p.error("--out FOLDER is required: where the entries' JSON and summary.json go")
     if args.only:
         unknown = sorted(set(args.only) - set(names))
         if unknown:
