@@ -248,7 +248,8 @@ class MixedOp(nn.Module):
         if k == 1:
             return self.mix(x, weights, shared)
         c = x.size(1) // k
-        mixed, bypass = self.mix(x[:, :c], weights), x[:, c:]
+        # Every edge leaving a state takes the same first c channels: they share too.
+        mixed, bypass = self.mix(x[:, :c], weights, shared), x[:, c:]
         if hasattr(self, "bypass_pool"):
             bypass = self.bypass_pool(bypass)
         return channel_shuffle(torch.cat([mixed, bypass], dim=1), k)
@@ -305,9 +306,10 @@ class SearchCell(nn.Module):
                 for j in range(1, len(states)):
                     node = node + self.edges[e + j](states[j], rows[e + j], shared[j])
             else:  # PC-DARTS edge normalisation
-                node = edge_weights[e] * self.edges[e](states[0], rows[e])
+                node = edge_weights[e] * self.edges[e](states[0], rows[e], shared[0])
                 for j in range(1, len(states)):
-                    node = node + edge_weights[e + j] * self.edges[e + j](states[j], rows[e + j])
+                    node = node + edge_weights[e + j] * self.edges[e + j](
+                        states[j], rows[e + j], shared[j])
             e += len(states)
             states.append(dense_grad(node))
         return torch.cat(states[-self.multiplier:], dim=1)

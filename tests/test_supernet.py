@@ -301,6 +301,28 @@ def test_edges_leaving_one_state_share_relu_and_pooling_and_keep_their_own_stati
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
 
 
+def test_partial_channel_edges_share_their_first_channels_work():
+    # PC-DARTS edges leaving one state all take its first C/K channels: sharing there gives
+    # what each edge computes alone (the unshared MixedOp, tested in test_partial_channels),
+    # in float64, with every edge's statistics.
+    import copy
+    torch.manual_seed(0)
+    ours = nn.ModuleList(MixedOp(8, 2, PRIMITIVES, partial_channels=2) for _ in range(3)).double()
+    ref = copy.deepcopy(ours)
+    x = torch.randn(3, 8, 8, 8, dtype=torch.float64, requires_grad=True)
+    ws = [torch.softmax(torch.randn(len(PRIMITIVES), dtype=torch.float64), 0) for _ in ours]
+    shared = {}
+    got = torch.stack([edge(x, w, shared) for edge, w in zip(ours, ws, strict=True)])
+    want = torch.stack([edge(x, w) for edge, w in zip(ref, ws, strict=True)])
+    assert "relu" in shared
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(got)
+    torch.testing.assert_close(torch.autograd.grad(got, x, g)[0], torch.autograd.grad(want, x, g)[0],
+                               rtol=1e-10, atol=1e-12)
+    for (name, a), b in zip(ours.state_dict().items(), ref.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
+
+
 def test_scaled_batch_norm_with_affine_parameters():
     from darts.supernet import _scaled_batch_norm
     torch.manual_seed(0)
