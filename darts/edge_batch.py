@@ -64,16 +64,21 @@ def _spread(x: torch.Tensor, sources: int, edges: int) -> torch.Tensor:
     return out.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
+def _once(cache: dict | None, key: tuple, x: torch.Tensor, make) -> torch.Tensor:
+    """make(), once per (key, x) within one `mix` call (`cache` None: every time). The
+    entry keeps x alive, so its id cannot be reused for another tensor meanwhile."""
+    if cache is None:
+        return make()
+    entry = cache.get((key, id(x)))
+    if entry is None:
+        entry = cache[(key, id(x))] = (x, make())
+    return entry[1]
+
+
 def _spread_once(x: torch.Tensor, sources: int, edges: int, cache: dict | None) -> torch.Tensor:
     """`_spread`, once per input within one `mix` call (every conv op of the group reads the
     same spread relu(x): one copy, saved once for the backward, instead of one per op)."""
-    if cache is None:
-        return _spread(x, sources, edges)
-    key = ("spread", id(x), sources, edges)
-    entry = cache.get(key)
-    if entry is None or entry[0] is not x:
-        entry = cache[key] = (x, _spread(x, sources, edges))
-    return entry[1]
+    return _once(cache, ("spread", sources, edges), x, lambda: _spread(x, sources, edges))
 
 
 def _conv(mods: list[nn.Conv2d], x: torch.Tensor, sources: int, cache: dict | None = None) -> Value:
@@ -179,13 +184,9 @@ def apply(mods: Sequence[nn.Module], x: torch.Tensor, sources: int = 1,
             value = apply(list(layers), *value, cache)
         return value
     if isinstance(m, _STATELESS):
-        if cache is None or not sources:
+        if not sources:
             return m(x), sources
-        key = (type(m), m.extra_repr(), id(x))
-        entry = cache.get(key)
-        if entry is None or entry[0] is not x:
-            entry = cache[key] = (x, m(x))
-        return entry[1], sources
+        return _once(cache, (type(m), m.extra_repr()), x, lambda: m(x)), sources
     if isinstance(m, nn.Conv2d) and m.padding_mode == "zeros":
         return _conv(mods, x, sources, cache)
     if isinstance(m, nn.BatchNorm2d) and m.momentum is not None:
