@@ -102,6 +102,14 @@ def _conv(mods: list[nn.Conv2d], x: torch.Tensor, sources: int, cache: dict | No
     return F.conv2d(x, weight, bias, m.stride, m.padding, m.dilation, m.groups * E), STACKED
 
 
+def batch_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(unbiased variance, mean) per channel of x, in at least float32 and without a graph:
+    what a BatchNorm in training mode updates its running statistics from."""
+    with torch.no_grad():
+        return torch.var_mean(x.detach().to(torch.promote_types(x.dtype, torch.float32)),
+                              dim=(0, 2, 3), correction=1)
+
+
 def _batch_norm(mods: list[nn.BatchNorm2d], x: torch.Tensor, sources: int,
                 cache: dict | None = None, scale: torch.Tensor | None = None) -> Value:
     """The edges' BatchNorms. `scale` (E,): each edge's output multiplied by its entry, folded
@@ -117,9 +125,8 @@ def _batch_norm(mods: list[nn.BatchNorm2d], x: torch.Tensor, sources: int,
         # The same output on every edge of a state: one normalisation over the states'
         # channels; each edge's statistics updated from its state's.
         if track:
+            var, mean = batch_statistics(x)
             with torch.no_grad():
-                stats_input = x.detach().to(torch.promote_types(x.dtype, torch.float32))
-                var, mean = torch.var_mean(stats_input, dim=(0, 2, 3), correction=1)
                 buffers = [b.running_mean for b in mods] + [b.running_var for b in mods]
                 running = torch.stack(buffers).view(2, sources, E // sources, -1)
                 batch = torch.stack([mean, var]).to(running.dtype).view(2, sources, 1, -1)

@@ -133,11 +133,7 @@ def _shared_pool_bn(pool: nn.Module, bn: nn.BatchNorm2d, x: torch.Tensor, shared
     entry = shared.get(key)
     if entry is None:
         pooled = pool(x)
-        stats = None
-        if bn.track_running_stats:
-            with torch.no_grad():
-                stats = torch.var_mean(pooled.detach().to(torch.promote_types(
-                    pooled.dtype, torch.float32)), dim=(0, 2, 3), correction=1)
+        stats = edge_batch.batch_statistics(pooled) if bn.track_running_stats else None
         out = F.batch_norm(pooled, None, None, None, None, True, 0.0, bn.eps)
         entry = shared[key] = (out, stats)
     out, stats = entry
