@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from darts.genotype import Genotype
-from darts.ops import FactorizedReduce, Identity, ReLUConvBN, dense_grad, drop_path
+from darts.ops import BatchNorm2d, FactorizedReduce, Identity, ReLUConvBN, dense_grad, drop_path
 from darts.primitives import build_op
 
 
@@ -60,10 +60,10 @@ class AuxiliaryHeadCIFAR(nn.Module):
         self.pool = nn.AvgPool2d(5, stride=3, padding=0, count_include_pad=False)  # 8x8 -> 2x2
         self.features = nn.Sequential(
             nn.Conv2d(C, 128, 1, bias=False),
-            nn.BatchNorm2d(128),
+            BatchNorm2d(128),
             nn.ReLU(inplace=True),
             nn.Conv2d(128, 768, 2, bias=False),
-            nn.BatchNorm2d(768),
+            BatchNorm2d(768),
             nn.ReLU(inplace=True),
         )
         self.classifier = nn.Linear(768, num_classes)
@@ -88,7 +88,7 @@ class AuxiliaryHeadImageNet(nn.Module):
         self.pool = nn.AvgPool2d(5, stride=2, padding=0, count_include_pad=False)
         self.features = nn.Sequential(
             nn.Conv2d(C, 128, 1, bias=False),
-            nn.BatchNorm2d(128),
+            BatchNorm2d(128),
             nn.ReLU(inplace=True),
             nn.Conv2d(128, 768, 2, bias=False),
             nn.ReLU(inplace=True),
@@ -156,7 +156,7 @@ class NetworkCIFAR(_Network):
         C_stem = stem_multiplier * C
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, C_stem, 3, padding=1, bias=False),
-            nn.BatchNorm2d(C_stem),
+            BatchNorm2d(C_stem),
         )
         self._build_cells(genotype, C, C_stem, C_stem, layers, False, num_classes, auxiliary)
 
@@ -174,15 +174,15 @@ class NetworkImageNet(_Network):
         # Three stride-2 convs: 224 -> 28 before the first cell (the "mobile" setting).
         self.stem0 = nn.Sequential(
             nn.Conv2d(in_channels, C // 2, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(C // 2),
+            BatchNorm2d(C // 2),
             nn.ReLU(inplace=True),
             nn.Conv2d(C // 2, C, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(C),
+            BatchNorm2d(C),
         )
         self.stem1 = nn.Sequential(
             nn.ReLU(inplace=False),
             nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(C),
+            BatchNorm2d(C),
         )
         # stem0 and stem1 differ in resolution, as after a reduction cell.
         self._build_cells(genotype, C, C, C, layers, True, num_classes, auxiliary)

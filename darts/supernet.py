@@ -50,9 +50,17 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint
 
-from darts import edge_batch
+from darts import edge_batch, kernels
 from darts.genotype import Genotype
-from darts.ops import FactorizedReduce, MaxPool2d, PoolBN, ReLUConvBN, dense_grad
+from darts.ops import (
+    BatchNorm2d,
+    FactorizedReduce,
+    MaxPool2d,
+    PoolBN,
+    ReLUConvBN,
+    dense_grad,
+    update_running_stats,
+)
 from darts.primitives import build_op
 from darts.space import DARTS_SPACE, SearchSpace
 
@@ -84,7 +92,7 @@ def _plan(op: nn.Module) -> tuple[bool, tuple[nn.Module, ...], nn.BatchNorm2d | 
         return None
     layers = tuple(op)
     shares_relu = type(layers[0]) is nn.ReLU and not layers[0].inplace
-    bn = layers[-1] if type(layers[-1]) is nn.BatchNorm2d else None
+    bn = layers[-1] if type(layers[-1]) in (nn.BatchNorm2d, BatchNorm2d) else None
     if not (shares_relu or bn is not None):
         return None
     body = layers[int(shares_relu):len(layers) - int(bn is not None)]
@@ -110,6 +118,13 @@ def _scaled_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor)
     else:
         # contiguous: with a stride-0 weight the CPU's channels_last BatchNorm is 4x slower
         weight, bias = scale.expand(bn.num_features).contiguous(), None
+    if use_batch:
+        fast = kernels.batch_norm_train(x, weight, bias, bn.eps)  # None: not on a CPU
+        if fast is not None:
+            y, mean, var = fast
+            if track and bn.running_mean is not None:
+                update_running_stats(bn, mean, var, momentum)
+            return y
     return F.batch_norm(x, bn.running_mean if track else None, bn.running_var if track else None,
                         weight, bias, use_batch, momentum, bn.eps)
 
@@ -133,16 +148,19 @@ def _shared_pool_bn(pool: nn.Module, bn: nn.BatchNorm2d, x: torch.Tensor, shared
     entry = shared.get(key)
     if entry is None:
         pooled = pool(x)
-        stats = edge_batch.batch_statistics(pooled) if bn.track_running_stats else None
-        out = F.batch_norm(pooled, None, None, None, None, True, 0.0, bn.eps)
+        fast = kernels.batch_norm_train(pooled, None, None, bn.eps)  # None: not on a CPU
+        if fast is not None:
+            out, mean, var = fast
+            stats = (var, mean)
+        else:
+            stats = edge_batch.batch_statistics(pooled) if bn.track_running_stats else None
+            out = F.batch_norm(pooled, None, None, None, None, True, 0.0, bn.eps)
         entry = shared[key] = (out, stats)
     out, stats = entry
-    if stats is not None and bn.running_mean is not None:
-        with torch.no_grad():
-            bn.num_batches_tracked.add_(1)
-            var, mean = stats
-            bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), bn.momentum)
-            bn.running_var.lerp_(var.to(bn.running_var.dtype), bn.momentum)
+    if stats is not None and bn.track_running_stats and bn.running_mean is not None:
+        bn.num_batches_tracked.add_(1)
+        var, mean = stats
+        update_running_stats(bn, mean, var, bn.momentum)
     return out
 
 
@@ -402,7 +420,7 @@ class SearchNetwork(nn.Module):
         C_curr = stem_multiplier * C
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False),
-            nn.BatchNorm2d(C_curr),
+            BatchNorm2d(C_curr),
         )
         C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
         self.cells = nn.ModuleList()

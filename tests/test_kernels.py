@@ -124,3 +124,146 @@ def test_without_a_compiler_pytorchs_kernel_is_used_and_the_reason_logged(
     (gw,) = torch.autograd.grad(out, conv.weight, g)
     torch.testing.assert_close(gw.double(), unfold_weight_grad(g, x, 3, 1, 2, 2),
                                rtol=1e-5, atol=1e-5)
+
+
+@needs_kernels
+@pytest.mark.parametrize("affine", ["none", "weight", "weight_and_bias"])
+@pytest.mark.parametrize("channels", [29, 3])
+def test_batch_norm_matches_pytorchs_in_float64(affine, channels):
+    # 29 channels: three blocks of 8 and a tail of 5; values far from zero mean.
+    torch.manual_seed(0)
+    x = (torch.randn(3, channels, 5, 7) * 3 + 5).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(channels) if affine != "none" else None
+    bias = torch.randn(channels) if affine == "weight_and_bias" else None
+    params = [t.requires_grad_() for t in (weight, bias) if t is not None]
+    x.requires_grad_()
+    y, mean, var = kernels.batch_norm_train(x, weight, bias, 1e-5)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    x64, p64 = x.detach().double().requires_grad_(), [p.detach().double().requires_grad_()
+                                                      for p in params]
+    w64 = p64[0] if weight is not None else None
+    b64 = p64[1] if bias is not None else None
+    y64 = F.batch_norm(x64, None, None, w64, b64, True, 0.0, 1e-5)
+    var64, mean64 = torch.var_mean(x64.detach(), dim=(0, 2, 3), correction=1)
+    torch.testing.assert_close(y.double(), y64, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mean.double(), mean64, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(var.double(), var64, rtol=1e-5, atol=1e-6)
+    assert not mean.requires_grad and not var.requires_grad
+    dy = torch.randn_like(y)
+    got = torch.autograd.grad(y, [x, *params], dy)
+    want = torch.autograd.grad(y64, [x64, *p64], dy.double())
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-5)
+
+
+@needs_kernels
+def test_batch_norm_statistics_stay_accurate_over_many_rows():
+    # 2^16 rows per channel, mean 10 and variance 1: the sums in float32 alone would lose
+    # digits of the variance (E[x^2] - E[x]^2 cancels 100:1).
+    torch.manual_seed(0)
+    x = (torch.randn(64, 16, 32, 32) + 10).contiguous(memory_format=torch.channels_last)
+    _, mean, var = kernels.batch_norm_train(x, None, None, 1e-5)
+    var64, mean64 = torch.var_mean(x.double(), dim=(0, 2, 3), correction=1)
+    torch.testing.assert_close(mean.double(), mean64, rtol=1e-6, atol=0)
+    torch.testing.assert_close(var.double(), var64, rtol=1e-4, atol=0)
+
+
+@needs_kernels
+def test_batch_norm_second_derivatives_are_pytorchs():
+    # The exact Hessian differentiates the backward: it runs PyTorch's, with a graph.
+    torch.manual_seed(0)
+    x = torch.randn(4, 5, 3, 3).contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = torch.rand(5).add_(0.5).requires_grad_()
+    v = torch.randn_like(x)
+    dy = torch.randn_like(x)
+    y, _, _ = kernels.batch_norm_train(x, w, None, 1e-5)
+    (gx,) = torch.autograd.grad(y, x, dy, create_graph=True)
+    got = torch.autograd.grad((gx * v).sum(), (x, w))
+    x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    y64 = F.batch_norm(x64, None, None, w64, None, True, 0.0, 1e-5)
+    (gx64,) = torch.autograd.grad(y64, x64, dy.double(), create_graph=True)
+    want = torch.autograd.grad((gx64 * v.double()).sum(), (x64, w64))
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4)
+
+
+@needs_kernels
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_batchnorm2d_module_keeps_nn_batchnorm2d_semantics(momentum):
+    from darts.ops import BatchNorm2d
+    torch.manual_seed(0)
+    ours = BatchNorm2d(6, momentum=momentum)
+    ref = torch.nn.BatchNorm2d(6, momentum=momentum).double()
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 1.5)
+        ours.bias.uniform_(-1, 1)
+        ref.weight.copy_(ours.weight)
+        ref.bias.copy_(ours.bias)
+    calls = []
+    real = kernels.batch_norm_train
+
+    def counted(*args):
+        out = real(*args)
+        calls.append(out is not None)
+        return out
+
+    kernels_patch = pytest.MonkeyPatch()
+    kernels_patch.setattr(kernels, "batch_norm_train", counted)
+    try:
+        for _ in range(3):
+            x = (torch.randn(4, 6, 5, 5) * 2 + 1).contiguous(memory_format=torch.channels_last)
+            torch.testing.assert_close(ours(x).double(), ref(x.double()), rtol=1e-5, atol=1e-5)
+    finally:
+        kernels_patch.undo()
+    assert calls == [True] * 3
+    assert ours.num_batches_tracked.item() == ref.num_batches_tracked.item() == 3
+    torch.testing.assert_close(ours.running_mean.double(), ref.running_mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours.running_var.double(), ref.running_var, rtol=1e-5, atol=1e-6)
+    ours.eval(), ref.eval()
+    x = torch.randn(2, 6, 3, 3).contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(ours(x).double(), ref(x.double()), rtol=1e-5, atol=1e-5)
+    ours.train()
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        ours(torch.randn(1, 6, 1, 1))
+
+
+@needs_kernels
+def test_a_float32_channels_last_supernet_step_matches_its_float64_copy(monkeypatch):
+    # The whole CPU fast path (both kernels, shared pooling statistics, the BatchNorm modules)
+    # against the same supernet in float64, where none of the kernels run.
+    from darts.supernet import SearchNetwork
+    monkeypatch.setattr(Conv2d, "MIN_ELEMENTS", 0)
+    calls = {"bn": 0, "dw": 0}
+    real_bn, real_dw = kernels.batch_norm_train, kernels.depthwise_weight_grad
+
+    def bn(*args):
+        out = real_bn(*args)
+        calls["bn"] += out is not None
+        return out
+
+    def dw(*args):
+        out = real_dw(*args)
+        calls["dw"] += out is not None
+        return out
+
+    monkeypatch.setattr(kernels, "batch_norm_train", bn)
+    monkeypatch.setattr(kernels, "depthwise_weight_grad", dw)
+    torch.manual_seed(0)
+    net = SearchNetwork(C=4, num_classes=5, layers=3).to(memory_format=torch.channels_last)
+    net64 = SearchNetwork(C=4, num_classes=5, layers=3).double()
+    net64.load_state_dict(net.state_dict())
+    x = torch.randn(6, 3, 8, 8)
+    y = torch.randint(0, 5, (6,))
+    outs, grads = [], []
+    for model, inp in ((net, x.contiguous(memory_format=torch.channels_last)), (net64, x.double())):
+        loss = F.cross_entropy(model(inp), y)
+        params = model.arch_parameters() + model.network_parameters()
+        grads.append(torch.autograd.grad(loss, params))
+        outs.append(loss)
+    assert calls["bn"] > 0 and calls["dw"] > 0
+    torch.testing.assert_close(outs[0].double(), outs[1], rtol=1e-5, atol=1e-5)
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a.double(), b, rtol=1e-3, atol=1e-4)
+    for (name, a), b in zip(net.state_dict().items(), net64.state_dict().values(), strict=True):
+        if "running" in name:
+            torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-5, msg=name)

@@ -1,0 +1,329 @@
+/* CPU kernels of our own, float32, channels-last (PyTorch's NHWC memory format), for what
+ * PyTorch does slowly on a CPU at the DARTS supernet's sizes (darts/kernels.py says which and
+ * by how much):
+ *   depthwise_weight_grad  the weight gradient of a depthwise convolution;
+ *   bn_forward/backward    BatchNorm in training mode.
+ *
+ * Threads: OpenMP. PyTorch's Linux builds run their own parallel work on libgomp, and this
+ * library, built with -fopenmp, binds to the libgomp already loaded by PyTorch (the same
+ * soname), so both share one pool of threads. With threads of our own, PyTorch's idle
+ * workers, which spin for a while after each parallel region, took the cores from them
+ * (measured: ~40 % of the time stolen). Without OpenMP the kernels run on one thread.
+ *
+ * Built by darts/kernels.py with the system's C compiler; no PyTorch headers are needed.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#define THREAD_ID omp_get_thread_num()
+#define THREADS omp_get_num_threads()
+#else
+#define THREAD_ID 0
+#define THREADS 1
+#endif
+
+/* ---------------------------------------------------------------------------------------------
+ * The weight gradient of a depthwise 2-d convolution:
+ *
+ * dW[c, i, j] = sum over n, oh, ow of  g[n, oh, ow, c] * x[n, oh*s + i*d - p, ow*s + j*d - p, c]
+ *
+ * with x (N, H, W, C) and g (N, OH, OW, C), taps outside the input being zero padding.
+ * oneDNN's kernel for this is fast only for undilated 3x3 kernels at stride 1; the 5x5,
+ * dilated and strided ones of the DARTS search space take 3-20 ms each at the supernet's
+ * sizes, about 3 s of a search step on 2 cores.
+ *
+ * Each thread takes a share of the images and keeps its own sums; they are added up at the
+ * end. Channels are the innermost loop, in blocks whose running sums stay in registers while
+ * the taps of a kernel row sweep an output row. Sums are formed per output row and then
+ * added to the thread's total, which keeps the float32 rounding error of the 2^16-term sums
+ * small.
+ */
+#define MAX_KW 8 /* wider kernels are left to PyTorch (darts/kernels.py) */
+
+typedef struct {
+    const float *x, *g;
+    long N, H, W, C, OH, OW, kh, kw, stride, pad, dil;
+} job_t;
+
+/* Vectors of 8 and 4 floats (GCC and Clang vector extensions; without AVX the compiler
+ * splits them), loaded from and stored to any float address. */
+typedef float v8 __attribute__((vector_size(32), aligned(4)));
+typedef float v4 __attribute__((vector_size(16), aligned(4)));
+typedef float v1;
+
+/* One kernel row i of one output row: every tap j of the row, for the NV * sizeof(VT) / 4
+ * channels from c0. Where all taps of the row fall inside the input (the interior of the output
+ * row), the output gradient is loaded once for all of them, and the KW running sums are
+ * independent chains of multiply-adds held in registers (KW a constant: 3 and 5, the DARTS
+ * kernels; KW 0 is any width up to MAX_KW, slower). The few outputs near the borders take
+ * the taps one by one. */
+#define SWEEP(VT, NV, KW)                                                                      \
+    static inline void sweep_##VT##_##NV##_##KW(const float *grow, const float *xrow,          \
+                                                float *acc, long c0, const job_t *t) {         \
+        const long C = t->C, s = t->stride, kw = KW ? KW : t->kw, d = t->dil;                  \
+        const long L = sizeof(VT) / sizeof(float);                                             \
+        VT v[KW ? KW : MAX_KW][NV];                                                            \
+        for (long j = 0; j < kw; j++)                                                          \
+            for (int b = 0; b < NV; b++) v[j][b] = (VT){0};                                    \
+        /* interior: 0 <= ow*s - p and ow*s + (kw-1)*d - p <= W - 1 */                          \
+        long lo = (t->pad + s - 1) / s, last = t->W - 1 - (kw - 1) * d + t->pad;               \
+        long hi = last >= 0 ? last / s + 1 : 0;                                                \
+        if (hi > t->OW) hi = t->OW;                                                            \
+        if (lo > hi) lo = hi;                                                                  \
+        for (long ow = lo; ow < hi; ow++) {                                                    \
+            const float *gp = grow + ow * C + c0;                                              \
+            const float *xp = xrow + (ow * s - t->pad) * C + c0;                               \
+            VT gv[NV];                                                                         \
+            for (int b = 0; b < NV; b++) gv[b] = *(const VT *)(gp + b * L);                    \
+            for (long j = 0; j < kw; j++)                                                      \
+                for (int b = 0; b < NV; b++)                                                   \
+                    v[j][b] += gv[b] * *(const VT *)(xp + j * d * C + b * L);                  \
+        }                                                                                      \
+        for (long ow = 0; ow < t->OW; ow++) {                                                  \
+            if (ow == lo) ow = hi;                                                             \
+            if (ow >= t->OW) break;                                                            \
+            const float *gp = grow + ow * C + c0;                                              \
+            for (long j = 0; j < kw; j++) {                                                    \
+                const long iw = ow * s + j * d - t->pad;                                       \
+                if (iw < 0 || iw >= t->W) continue;                                            \
+                const float *xp = xrow + iw * C + c0;                                          \
+                for (int b = 0; b < NV; b++)                                                   \
+                    v[j][b] += *(const VT *)(gp + b * L) * *(const VT *)(xp + b * L);          \
+            }                                                                                  \
+        }                                                                                      \
+        for (long j = 0; j < kw; j++)                                                          \
+            for (int b = 0; b < NV; b++) *(VT *)(acc + j * C + c0 + b * L) += v[j][b];         \
+    }
+#define SWEEPS(KW) SWEEP(v8, 2, KW) SWEEP(v8, 1, KW) SWEEP(v4, 1, KW) SWEEP(v1, 1, KW)
+SWEEPS(3)
+SWEEPS(5)
+SWEEPS(0)
+
+#define ROW(KW)                                                                                \
+    do {                                                                                       \
+        long c0 = 0;                                                                           \
+        for (; c0 + 16 <= C; c0 += 16) sweep_v8_2_##KW(grow, xrow, acc, c0, t);                 \
+        for (; c0 + 8 <= C; c0 += 8) sweep_v8_1_##KW(grow, xrow, acc, c0, t);                   \
+        for (; c0 + 4 <= C; c0 += 4) sweep_v4_1_##KW(grow, xrow, acc, c0, t);                   \
+        for (; c0 < C; c0++) sweep_v1_1_##KW(grow, xrow, acc, c0, t);                           \
+    } while (0)
+
+/* The images [n0, n1) into out (kh * kw * C); 0 on success. */
+static int run(const job_t *t, long n0, long n1, float *out) {
+    const long C = t->C, K = t->kh * t->kw;
+    float *row = (float *)calloc((size_t)(K * C), sizeof(float));
+    if (!row) return 1;
+    memset(out, 0, sizeof(float) * (size_t)(K * C));
+    for (long n = n0; n < n1; n++) {
+        for (long oh = 0; oh < t->OH; oh++) {
+            const float *grow = t->g + ((n * t->OH + oh) * t->OW) * C;
+            memset(row, 0, sizeof(float) * (size_t)(K * C));
+            for (long i = 0; i < t->kh; i++) {
+                const long ih = oh * t->stride + i * t->dil - t->pad;
+                if (ih < 0 || ih >= t->H) continue;
+                const float *xrow = t->x + ((n * t->H + ih) * t->W) * C;
+                float *acc = row + i * t->kw * C;
+                if (t->kw == 3) ROW(3);
+                else if (t->kw == 5) ROW(5);
+                else ROW(0);
+            }
+            for (long k = 0; k < K * C; k++) out[k] += row[k];
+        }
+    }
+    free(row);
+    return 0;
+}
+
+/* Returns 0 on success. out: (C, kh, kw) dense, as PyTorch's (C, 1, kh, kw) weight. */
+int depthwise_weight_grad(const float *x, const float *g, float *out, long N, long H, long W,
+                          long C, long OH, long OW, long kh, long kw, long stride, long pad,
+                          long dil, int threads) {
+    if (kw < 1 || kw > MAX_KW) return 2;
+    if (threads < 1) threads = 1;
+    if (threads > N) threads = (int)N;
+    const long K = kh * kw;
+    const job_t job = {x, g, N, H, W, C, OH, OW, kh, kw, stride, pad, dil};
+    float *sums = (float *)malloc(sizeof(float) * (size_t)(threads * K * C));
+    if (!sums) return 1;
+    int failed = 0, used = 1;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+        const int t = THREAD_ID, nt = THREADS;
+        if (t == 0) used = nt;
+        failed |= run(&job, N * t / nt, N * (t + 1) / nt, sums + t * K * C);
+    }
+    if (!failed) {
+        /* (kh, kw, C) sums -> (C, kh, kw) */
+        for (long c = 0; c < C; c++)
+            for (long k = 0; k < K; k++) {
+                float v = 0.0f;
+                for (int t = 0; t < used; t++) v += sums[(t * K + k) * C + c];
+                out[c * K + k] = v;
+            }
+    }
+    free(sums);
+    return failed;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * BatchNorm in training mode, float32, channels-last: x is (M, C) with M = N * H * W rows.
+ *
+ * At the supernet's first-stage size (64 x 16 x 32 x 32), where one pass over the tensor takes
+ * about 0.25 ms, PyTorch's channels-last CPU BatchNorm takes about 0.9 ms forward and 1.6 ms
+ * backward, and torch.var_mean (the statistics of the shared pooling outputs) 11 ms. Here:
+ *   forward:  one pass for the per-channel sums, one to normalise;
+ *   backward: one pass for the sums of dy and dy * x, one to form dx.
+ * Between the two passes the threads meet at a barrier while one of them turns the sums into
+ * per-channel constants. Sums run in float32 over chunks of rows and in double across them.
+ */
+
+typedef float v8f __attribute__((vector_size(32), aligned(4)));
+
+/* sums[0:C] += a over the rows [m0, m1), sums[C:2C] += a * (b ? b : a). The rows go in chunks
+ * of about 16 KiB (in cache while each block of 8 channels sweeps them), summed in float32
+ * registers within a chunk and in double across chunks. */
+static void bn_sums(const float *a, const float *b, long m0, long m1, long C, double *sums) {
+    long rows = 4096 / C;
+    if (rows < 1) rows = 1;
+    for (long r0 = m0; r0 < m1; r0 += rows) {
+        const long r1 = r0 + rows < m1 ? r0 + rows : m1;
+        long c0 = 0;
+        for (; c0 + 8 <= C; c0 += 8) {
+            v8f s = {0}, q = {0};
+            for (long m = r0; m < r1; m++) {
+                v8f av = *(const v8f *)(a + m * C + c0);
+                s += av;
+                q += av * (b ? *(const v8f *)(b + m * C + c0) : av);
+            }
+            for (int c = 0; c < 8; c++) {
+                sums[c0 + c] += s[c];
+                sums[C + c0 + c] += q[c];
+            }
+        }
+        for (; c0 < C; c0++) {
+            float s = 0, q = 0;
+            for (long m = r0; m < r1; m++) {
+                const float av = a[m * C + c0];
+                s += av;
+                q += av * (b ? b[m * C + c0] : av);
+            }
+            sums[c0] += s;
+            sums[C + c0] += q;
+        }
+    }
+}
+
+/* out = k1 * a + k2 * b + k3 per channel over the rows [m0, m1) (k2 NULL: no b term) */
+static void bn_apply(const float *a, const float *b, float *out, long m0, long m1, long C,
+                     const float *restrict k1, const float *restrict k2,
+                     const float *restrict k3) {
+    for (long m = m0; m < m1; m++) {
+        const float *restrict ar = a + m * C;
+        float *restrict o = out + m * C;
+        if (k2) {
+            const float *restrict br = b + m * C;
+            for (long c = 0; c < C; c++) o[c] = k1[c] * ar[c] + k2[c] * br[c] + k3[c];
+        } else {
+            for (long c = 0; c < C; c++) o[c] = k1[c] * ar[c] + k3[c];
+        }
+    }
+}
+
+/* The two passes of a BatchNorm direction over x or dy (M, C): every thread sums its share of
+ * the rows, one thread turns the sums into per-channel constants k (finish), every thread
+ * applies them to its share. 0 on success. */
+typedef void (*finish_t)(const double *sums, long M, long C, void *state, float *k1, float *k2,
+                         float *k3);
+
+static int bn_two_passes(const float *a, const float *b, float *out, long M, long C, int with_b,
+                         finish_t finish, void *state, int threads) {
+    if (threads < 1) threads = 1;
+    if (threads > M) threads = M > 0 ? (int)M : 1;
+    double *sums = (double *)calloc((size_t)(2 * C * threads), sizeof(double));
+    float *k = (float *)malloc(sizeof(float) * (size_t)(3 * C));
+    if (!sums || !k) {
+        free(sums); free(k);
+        return 1;
+    }
+    float *k1 = k, *k2 = with_b ? k + C : NULL, *k3 = k + 2 * C;
+#pragma omp parallel num_threads(threads)
+    {
+        const int t = THREAD_ID, nt = THREADS;
+        const long m0 = M * t / nt, m1 = M * (t + 1) / nt;
+        bn_sums(a, with_b ? b : NULL, m0, m1, C, sums + 2 * C * t);
+#pragma omp barrier
+#pragma omp single
+        {
+            for (int u = 1; u < nt; u++)
+                for (long c = 0; c < 2 * C; c++) sums[c] += sums[2 * C * u + c];
+            finish(sums, M, C, state, k1, k2, k3);
+        } /* the end of single waits for it */
+        bn_apply(a, b, out, m0, m1, C, k1, k2, k3);
+    }
+    free(sums); free(k);
+    return 0;
+}
+
+typedef struct {
+    const float *weight, *bias;
+    double eps;
+    float *mean, *invstd, *var; /* batch mean, 1 / sqrt(biased var + eps), unbiased var */
+    float *grad_weight, *grad_bias;
+} bn_state_t;
+
+static void bn_forward_finish(const double *s, long M, long C, void *arg, float *k1, float *k2,
+                              float *k3) {
+    bn_state_t *st = (bn_state_t *)arg;
+    (void)k2;
+    for (long c = 0; c < C; c++) {
+        const double mean = s[c] / M;
+        double var = s[C + c] / M - mean * mean;
+        if (var < 0) var = 0;
+        const double invstd = 1.0 / sqrt(var + st->eps);
+        const double w = st->weight ? st->weight[c] : 1.0;
+        st->mean[c] = (float)mean;
+        st->invstd[c] = (float)invstd;
+        st->var[c] = M > 1 ? (float)(var * M / (M - 1)) : (float)var;
+        k1[c] = (float)(w * invstd);
+        k3[c] = (float)((st->bias ? st->bias[c] : 0.0) - mean * w * invstd);
+    }
+}
+
+/* y = (x - mean) / sqrt(var + eps) * weight + bias over the rows of x (M, C); weight and bias
+ * may be NULL. Writes the batch mean, invstd and unbiased variance (C each). 0 on success. */
+int bn_forward(const float *x, float *y, long M, long C, const float *weight, const float *bias,
+               double eps, float *mean, float *invstd, float *var, int threads) {
+    bn_state_t st = {weight, bias, eps, mean, invstd, var, NULL, NULL};
+    return bn_two_passes(x, NULL, y, M, C, 0, bn_forward_finish, &st, threads);
+}
+
+static void bn_backward_finish(const double *s, long M, long C, void *arg, float *k1, float *k2,
+                               float *k3) {
+    bn_state_t *st = (bn_state_t *)arg; /* s[c]: sum of dy; s[C + c]: sum of dy * x */
+    for (long c = 0; c < C; c++) {
+        const double mean = st->mean[c], invstd = st->invstd[c];
+        const double w = st->weight ? st->weight[c] : 1.0;
+        const double mean_dy = s[c] / M;
+        /* the mean of dy * xhat, xhat = (x - mean) * invstd */
+        const double mean_dy_xhat = invstd * (s[C + c] / M - mean * mean_dy);
+        if (st->grad_weight) st->grad_weight[c] = (float)(mean_dy_xhat * M);
+        if (st->grad_bias) st->grad_bias[c] = (float)s[c];
+        /* dx = w * invstd * (dy - mean_dy - xhat * mean_dy_xhat) = k1 dy + k2 x + k3 */
+        const double a = w * invstd, b = -w * invstd * invstd * mean_dy_xhat;
+        k1[c] = (float)a;
+        k2[c] = (float)b;
+        k3[c] = (float)(-a * mean_dy - b * mean);
+    }
+}
+
+/* The gradients of bn_forward's y with respect to x, weight and bias, given dy and the saved
+ * mean and invstd; grad_weight and grad_bias may be NULL (not wanted). 0 on success. */
+int bn_backward(const float *dy, const float *x, float *dx, long M, long C, const float *weight,
+                const float *mean, const float *invstd, float *grad_weight, float *grad_bias,
+                int threads) {
+    bn_state_t st = {weight, NULL, 0.0, (float *)mean, (float *)invstd, NULL, grad_weight,
+                     grad_bias};
+    return bn_two_passes(dy, x, dx, M, C, 1, bn_backward_finish, &st, threads);
+}
