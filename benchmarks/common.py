@@ -11,6 +11,7 @@ reused by every replay (on CUDA the JSON also holds the allocator's peak reserve
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -27,6 +28,8 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from darts import kernels  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -132,6 +135,42 @@ def environment(device: torch.device) -> dict:
     return env
 
 
+def steal_s() -> float | None:
+    """CPU time that a virtual machine's host gave to others while this one wanted it (Linux
+    /proc/stat "steal", all cores, seconds); None where not known."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def with_steal(measure: Callable[..., dict], *args) -> dict:
+    """measure(*args), with `cpu_steal_s` over the whole measurement where it is known: on a
+    shared virtual machine, timings are only comparable when it is small."""
+    before = steal_s()
+    out = measure(*args)
+    after = steal_s()
+    if before is not None and after is not None:
+        out["cpu_steal_s"] = round(after - before, 2)
+    return out
+
+
+@contextlib.contextmanager
+def cpu_kernels(on: bool) -> Iterator[None]:
+    """The C kernels on or off inside the block (DARTS_CPU_KERNELS, read at every call)."""
+    old = os.environ.get("DARTS_CPU_KERNELS")
+    os.environ["DARTS_CPU_KERNELS"] = "1" if on else "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["DARTS_CPU_KERNELS"]
+        else:
+            os.environ["DARTS_CPU_KERNELS"] = old
+
+
 def write_json(result: dict, path: str | None) -> None:
     text = json.dumps(result, indent=2)
     print(text)
@@ -184,19 +223,22 @@ def run(p, argv, header: Callable[[argparse.Namespace, torch.device], dict],
     fast = {"name": "fast", "loader": args.loader, "amp": args.amp,
             "channels_last": channels_last, "compile": args.compile,
             "cuda_graphs": args.cuda_graphs, **extra_fast(args)}
+    # The C kernels (darts/kernels.py) where they run: CPU, built, not DARTS_CPU_KERNELS=0.
+    fast["cpu_kernels"] = device.type == "cpu" and kernels.enabled() and kernels.library() is not None
     plain = {**{k: v for k, v in fast.items() if k not in extra_fast(args)},
              "name": "plain", "loader": "torch", "amp": "off", "channels_last": False,
-             "compile": False, "cuda_graphs": "off"}
+             "compile": False, "cuda_graphs": "off", "cpu_kernels": False}
     result = {**header(args, device), "device": str(device), "environment": environment(device),
               "cudnn_benchmark": args.cudnn_benchmark}
     if args.compare:
-        slow = measure(args, plain, device)
-        quick = measure(args, fast, device)
+        with cpu_kernels(False):
+            slow = with_steal(measure, args, plain, device)
+        quick = with_steal(measure, args, fast, device)
         result.update(quick)
         result["plain"], result["fast"] = slow, quick
         result.update(compare(slow, quick))
     else:
-        result.update(measure(args, fast, device))
+        result.update(with_steal(measure, args, fast, device))
     write_json(result, args.json)
     return 0
 

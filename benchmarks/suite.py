@@ -88,13 +88,18 @@ def command(script: str, args: list[str], device: str, quick: bool, out: Path) -
 def headline(result: dict) -> dict:
     """The figures of one entry's JSON that the summary shows."""
     if "plain" in result and "fast" in result:
-        return {"plain_step_s": result["plain"]["median_step_s"],
-                "fast_step_s": result["fast"]["median_step_s"],
-                "plain_peak_mib": result["plain"]["peak_mem_mib"],
-                "fast_peak_mib": result["fast"]["peak_mem_mib"],
-                "speedup": result["speedup"]}
+        figures = {"plain_step_s": result["plain"]["median_step_s"],
+                   "fast_step_s": result["fast"]["median_step_s"],
+                   "plain_peak_mib": result["plain"]["peak_mem_mib"],
+                   "fast_peak_mib": result["fast"]["peak_mem_mib"],
+                   "speedup": result["speedup"]}
+        steal = [result[p].get("cpu_steal_s") for p in ("plain", "fast")]
+        if None not in steal:
+            figures["cpu_steal_s"] = sum(steal)
+        return figures
     if "median_step_s" in result:
-        return {k: result[k] for k in ("median_step_s", "images_per_s", "peak_mem_mib")}
+        return {k: result[k] for k in ("median_step_s", "images_per_s", "peak_mem_mib",
+                                       "cpu_steal_s") if k in result}
     if "per_edge" in result:
         return {f"{k}_{m}": result[k][m] for k in ("per_edge", "batched")
                 for m in ("float32_mib", "bf16_mib", "ratio")}

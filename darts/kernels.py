@@ -1,15 +1,23 @@
-"""CPU kernels of our own, in C, built on first use with the system's C compiler.
+"""CPU kernels of our own, in C (`kernels.c`), built on first use with the system's C compiler.
 
-One so far: the weight gradient of a depthwise convolution (`depthwise.c`). oneDNN, which
-PyTorch uses for it on the CPU, is fast only for undilated 3x3 kernels at stride 1; the 5x5,
-dilated and strided kernels of the DARTS search space took 3-20 ms each at the supernet's
-sizes (batch 64, 16-64 channels), about 3 s of every first-order search step on a 2-core CPU.
-The C kernel takes 0.5-2 ms for each of them (README, "Speed and memory").
+They replace what PyTorch does slowly on a CPU at the DARTS supernet's sizes (batch 64, 16-64
+channels, channels-last float32), measured on this project's 2-core machine:
+- the weight gradient of a depthwise convolution (`depthwise_weight_grad`, used by
+  `ops.Conv2d`): oneDNN is fast only for undilated 3x3 kernels at stride 1; the 5x5, dilated
+  and strided kernels of the search space took 3-20 ms each, about 3 s of every first-order
+  search step, against 0.5-2 ms here;
+- BatchNorm in training mode (`batch_norm_train`, used by `ops.BatchNorm2d` and the
+  supernet's mixed ops): two passes each way, 1.2-1.3x faster than PyTorch's, and the batch
+  statistics come with it, where torch.var_mean on a channels-last tensor took 11 ms (the
+  shared pooling outputs' statistics).
+Each is tested against float64 references (tests/test_kernels.py). Anything they do not cover
+(other devices and dtypes, contiguous NCHW tensors, double backward) is PyTorch's.
 
 The library is compiled once per source, compiler and CPU into a cache directory
 (`$DARTS_KERNEL_CACHE`, else `$XDG_CACHE_HOME/darts/kernels`, else `~/.cache/darts/kernels`),
 written atomically so that ranks compiling at once do not see half a file. It needs only a C
-compiler (`$CC`, else `cc`), no PyTorch headers: it takes raw pointers through ctypes.
+compiler (`$CC`, else `cc`), no PyTorch headers: it takes raw pointers through ctypes. Its
+threads are OpenMP's, from the libgomp that PyTorch has already loaded (see kernels.c).
 Where there is no compiler or the build fails, PyTorch's own kernel is used and the reason is
 logged once. `DARTS_CPU_KERNELS=0` turns the kernels off (for comparisons).
 """

@@ -93,9 +93,11 @@ def test_amp_alpha_gradient_points_where_the_float32_one_does(amp):
 def test_channels_last_search_steps_equal_contiguous():
     ref_losses, ref_alphas = _search_losses("off")
     losses, alphas = _search_losses("off", channels_last=True)
+    # float32 both; on the CPU the channels-last path runs the C kernels (darts/kernels.py),
+    # which sum in another order: alphas of up to 3e-2 after the steps agree to about 2e-6.
     torch.testing.assert_close(torch.tensor(losses), torch.tensor(ref_losses), rtol=1e-4, atol=1e-5)
     for a, b in zip(alphas, ref_alphas, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("batch_edges,partial_channels", [(False, 1), (True, 1), (False, 2)])
