@@ -5,8 +5,8 @@
     python benchmarks/suite.py --device cpu --quick --out /tmp/smoke     # small preset, 1 step
 
 Each entry runs one benchmark script (bench_search.py, bench_final.py, bench_memory.py,
-profile_search.py) in a process of its own, so that each peak memory is its own, and writes
-OUT/<entry>.json. A failing or timed-out entry is recorded and the suite goes on. At the end
+bench_kernels.py, profile_search.py) in a process of its own, so that each peak memory is its
+own, and writes OUT/<entry>.json. A failing or timed-out entry is recorded and the suite goes on. At the end
 OUT/summary.json holds, per entry, its command, status, wall time and headline figures, plus
 the ratios that the speed issue's targets are stated in (the bf16 peak against float32's, the
 fast path against the plain one); the same is printed as a Markdown table.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -63,6 +64,7 @@ ENTRIES: dict[str, list[tuple[str, str, list[str]]]] = {
         ("final_compare", "bench_final.py", ["--compare"]),
         ("memory", "bench_memory.py", ["--pool_saves_input"]),
         ("memory_pool_indices", "bench_memory.py", []),
+        ("kernels", "bench_kernels.py", []),
         ("profile_order1", "profile_search.py", ["--order", "1", "--channels_last",
                                                  "--warmup", "1", "--steps", "1"]),
     ],
@@ -100,6 +102,10 @@ def headline(result: dict) -> dict:
     if "median_step_s" in result:
         return {k: result[k] for k in ("median_step_s", "images_per_s", "peak_mem_mib",
                                        "cpu_steal_s") if k in result}
+    if "cases" in result:  # bench_kernels: each kernel's median speedup over its shapes
+        names = dict.fromkeys(c["name"] for c in result["cases"])
+        return {f"{n}_speedup": statistics.median(c["speedup"] for c in result["cases"]
+                                                  if c["name"] == n) for n in names}
     if "per_edge" in result:
         return {f"{k}_{m}": result[k][m] for k in ("per_edge", "batched")
                 for m in ("float32_mib", "bf16_mib", "ratio")}

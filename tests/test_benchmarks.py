@@ -25,6 +25,10 @@ def test_benchmark_writes_the_contract_json(tmp_path, script, flags):
     assert result["images_per_s"] == pytest.approx(result["batch_size"] / result["median_step_s"])
     if "--compare" in flags:
         assert result["plain"]["path"]["loader"] == "torch" and result["fast"]["path"]["loader"] == "device"
+        # the plain path is PyTorch's kernels; the fast one ours where they can be built
+        from darts import kernels
+        assert result["plain"]["path"]["cpu_kernels"] is False
+        assert result["fast"]["path"]["cpu_kernels"] is (kernels.library() is not None)
         assert result["speedup"] == pytest.approx(
             result["plain"]["median_step_s"] / result["fast"]["median_step_s"])
 
@@ -40,6 +44,27 @@ def test_memory_benchmark_finds_bf16_halving_the_saved_activations(tmp_path):
         assert r["ratio"] == pytest.approx(r["float32_mib"] / r["bf16_mib"])
         # Every saved activation is bf16 under autocast (a few float32 statistics aside).
         assert 1.95 < r["ratio"] <= 2.0, r
+
+
+def test_kernel_benchmark_times_ours_against_pytorchs(tmp_path):
+    from darts import kernels
+    if kernels.library() is None:
+        pytest.skip("no C compiler: the C kernels cannot be built")
+    out = tmp_path / "kernels.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_kernels.py"), "--preset",
+                    "small", "--device", "cpu", "--json", str(out)],
+                   check=True, capture_output=True, timeout=300)
+    result = json.loads(out.read_text())
+    names = [c["name"] for c in result["cases"]]
+    # 4 depthwise kernels x 2 strides, then BatchNorm's three, at the first-stage shape
+    assert names == ["depthwise_weight_grad"] * 8 + [
+        "batch_norm_forward", "batch_norm_backward", "batch_statistics"]
+    for c in result["cases"]:
+        assert 0 < c["torch_min_ms"] <= c["torch_ms"] and 0 < c["ours_min_ms"] <= c["ours_ms"]
+        assert c["speedup"] == pytest.approx(c["torch_min_ms"] / c["ours_min_ms"])
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_kernels.py"),
+                          "--device", "cuda"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "--device cpu" in bad.stderr
 
 
 def test_profile_lists_where_the_step_time_goes(tmp_path):

@@ -78,6 +78,10 @@ def test_the_supernets_depthwise_convs_take_their_weight_gradient_from_the_kerne
     assert calls == [True]
     torch.testing.assert_close(gw.double(), unfold_weight_grad(g, x, 5, 2, 4, 2),
                                rtol=1e-5, atol=1e-5)
+    # undilated 3x3: oneDNN's is as fast (benchmarks/bench_kernels.py)
+    conv3 = Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
+    torch.autograd.grad(conv3(x), conv3.weight, torch.randn_like(x))
+    assert calls == [True]
     # float64 (the exactness tests) and DARTS_CPU_KERNELS=0 take PyTorch's kernel
     assert kernels.depthwise_weight_grad(g.double(), x.double(), 5, 2, 4, 2) is None
     monkeypatch.setenv("DARTS_CPU_KERNELS", "0")

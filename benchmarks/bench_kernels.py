@@ -1,0 +1,122 @@
+"""The CPU kernels of darts/kernels.py against PyTorch's, side by side, at the supernet's sizes.
+
+    python benchmarks/bench_kernels.py --json benchmarks/results/kernels_cpu.json
+
+For every layer shape of the standard search configuration (batch 64; 16 channels at 32x32,
+32 at 16x16, 64 at 8x8) it times, alternating the two implementations within each round:
+the depthwise weight gradient of the search space's kernels (3x3, 5x5, dilated 3x3 and 5x5;
+stride 1 and 2) and BatchNorm's training forward and backward (channels-last float32). The
+JSON has each case's median and minimum milliseconds (PyTorch, ours), the ratio of the minima,
+and the CPU time the host stole meanwhile (see common.steal_s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from common import environment, steal_s, write_json
+
+from darts import kernels
+
+SHAPES = [(64, 16, 32), (64, 32, 16), (64, 64, 8)]
+DEPTHWISE = [(3, 1), (5, 1), (3, 2), (5, 2)]  # (kernel, dilation): sep and dil convs
+
+
+def alternate(a, b, rounds: int) -> tuple[list[float], list[float]]:
+    """Times in ms of a() and b(), run alternately (so that a noisy moment hits both)."""
+    a(), b()
+    ta, tb = [], []
+    for _ in range(rounds):
+        for f, out in ((a, ta), (b, tb)):
+            t = time.perf_counter()
+            f()
+            out.append((time.perf_counter() - t) * 1e3)
+    return ta, tb
+
+
+def case(name: str, times: tuple[list[float], list[float]], **shape) -> dict:
+    """Medians and minima; the speedup is the ratio of the minima (a virtual machine's host
+    only ever adds time, so the least disturbed run of each is the fairest comparison)."""
+    theirs, ours = times
+    out = {"name": name, **shape, "torch_ms": statistics.median(theirs),
+           "ours_ms": statistics.median(ours), "torch_min_ms": min(theirs),
+           "ours_min_ms": min(ours), "speedup": min(theirs) / min(ours)}
+    print(f"{name:24s} {str(shape):60s} torch {out['torch_min_ms']:7.3f} ms  ours "
+          f"{out['ours_min_ms']:7.3f} ms (minima)  {out['speedup']:5.2f}x", flush=True)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", choices=("standard", "small"), default="standard",
+                   help="small: the first-stage shape only, 3 rounds (a smoke run)")
+    p.add_argument("--device", default="cpu", help="cpu only: the kernels are CPU kernels")
+    p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: as is)")
+    p.add_argument("--json", help="write the result here")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device != "cpu":
+        p.error(f"--device {args.device}: the C kernels are CPU kernels; use --device cpu")
+    shapes, rounds = (SHAPES, args.rounds) if args.preset == "standard" else (SHAPES[:1], 3)
+    if kernels.library() is None:
+        p.error("the C kernels could not be built here (see the warning above)")
+    torch.manual_seed(0)
+    cases = []
+    before = steal_s()
+    cl = torch.channels_last
+    for n, c, h in shapes:
+        for k, d in DEPTHWISE:
+            for s in (1, 2):
+                pad = d * (k - 1) // 2
+                x = torch.randn(n, c, h, h).contiguous(memory_format=cl)
+                w = torch.randn(c, 1, k, k)
+                g = torch.randn_like(F.conv2d(x, w, None, s, pad, d, c)).contiguous(memory_format=cl)
+
+                def theirs(g=g, x=x, w=w, s=s, pad=pad, d=d, c=c):
+                    torch.ops.aten.convolution_backward(g, x, w, None, [s, s], [pad, pad], [d, d],
+                                                        False, [0, 0], c, [False, True, False])
+
+                def ours(g=g, x=x, k=k, s=s, pad=pad, d=d):
+                    kernels.depthwise_weight_grad(g, x, k, s, pad, d)
+
+                cases.append(case("depthwise_weight_grad", alternate(theirs, ours, rounds),
+                                  batch=n, channels=c, size=h, kernel=k, dilation=d, stride=s))
+        x = torch.randn(n, c, h, h).contiguous(memory_format=cl).requires_grad_()
+        weight = torch.rand(c).requires_grad_()
+        dy = torch.randn_like(x)
+        ref = F.batch_norm(x, None, None, weight, None, True, 0.0, 1e-5)
+        out = kernels.batch_norm_train(x, weight, None, 1e-5)[0]
+        cases.append(case("batch_norm_forward", alternate(
+            lambda x=x, weight=weight: F.batch_norm(x, None, None, weight, None, True, 0.0, 1e-5),
+            lambda x=x, weight=weight: kernels.batch_norm_train(x, weight, None, 1e-5),
+            rounds), batch=n, channels=c, size=h))
+        cases.append(case("batch_norm_backward", alternate(
+            lambda ref=ref, x=x, weight=weight, dy=dy: torch.autograd.grad(
+                ref, (x, weight), dy, retain_graph=True),
+            lambda out=out, x=x, weight=weight, dy=dy: torch.autograd.grad(
+                out, (x, weight), dy, retain_graph=True),
+            rounds), batch=n, channels=c, size=h))
+        xd = x.detach()
+        # torch.var_mean against ours, which also writes the normalised output
+        cases.append(case("batch_statistics", alternate(
+            lambda xd=xd: torch.var_mean(xd, dim=(0, 2, 3), correction=1),
+            lambda xd=xd: kernels.batch_norm_train(xd, None, None, 1e-5),
+            rounds), batch=n, channels=c, size=h))
+    after = steal_s()
+    result = {"benchmark": "cpu_kernels", "device": "cpu",
+              "environment": environment(torch.device("cpu")), "rounds": rounds,
+              "cases": cases}
+    if before is not None and after is not None:
+        result["cpu_steal_s"] = round(after - before, 2)
+    write_json(result, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
