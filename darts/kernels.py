@@ -126,6 +126,12 @@ def library() -> ctypes.CDLL | None:
     return _lib
 
 
+def prefer_depthwise_weight_grad(kernel_size: int, dilation: int) -> bool:
+    """Whether ours is the faster: 3-20x for the 5x5 and dilated kernels, while oneDNN's is as
+    fast or faster for undilated 3x3 ones (benchmarks/bench_kernels.py)."""
+    return kernel_size > 3 or dilation > 1
+
+
 def depthwise_weight_grad(grad: torch.Tensor, x: torch.Tensor, kernel_size: int, stride: int,
                           padding: int, dilation: int) -> torch.Tensor | None:
     """The gradient of a depthwise conv's (C, 1, k, k) weight, or None where not covered.

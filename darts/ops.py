@@ -84,11 +84,9 @@ class _CPUConvFunction(torch.autograd.Function):
                 pad = dilation * (kh - 1) - padding
                 dx = F.conv2d(grad, weight.flip(-2, -1), None, 1, pad, dilation, groups)
             if need_w:
-                # Ours (darts/kernels.py) where it can be built and is faster: 3-20x for the
-                # 5x5 and dilated kernels; oneDNN's is as fast or faster for undilated 3x3 ones
-                # (benchmarks/bench_kernels.py).
+                # Ours (darts/kernels.py) where it can be built and is the faster one.
                 dw = (kernels.depthwise_weight_grad(ctx_grad, x, kh, stride, padding, dilation)
-                      if kh > 3 or dilation > 1 else None)
+                      if kernels.prefer_depthwise_weight_grad(kh, dilation) else None)
                 if dw is None:
                     dw = torch.ops.aten.convolution_backward(
                         ctx_grad, x, weight, None, [stride] * 2, [padding] * 2, [dilation] * 2,
