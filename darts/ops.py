@@ -74,7 +74,13 @@ class _CPUConvFunction(torch.autograd.Function):
         else:
             # Depthwise: the input gradient is the stride-1 convolution of the (zero-inserted,
             # for stride 2) output gradient with the flipped kernel.
-            if need_x:
+            if need_x and stride != 1 and dilation == 1:
+                # A transposed convolution: oneDNN's is 4-5x faster than the zero insertion
+                # below for undilated kernels (and 5-20x slower for dilated ones).
+                out_pad = [x.shape[i] - ((grad.shape[i] - 1) * stride - 2 * padding + kh)
+                           for i in (2, 3)]
+                dx = F.conv_transpose2d(grad, weight, None, stride, padding, out_pad, groups)
+            elif need_x:
                 if stride != 1:
                     # The strided outputs are every stride-th output of the stride-1 conv.
                     span = dilation * (kh - 1) - 2 * padding
