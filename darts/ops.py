@@ -72,8 +72,10 @@ class _CPUConvFunction(torch.autograd.Function):
                 x2 = x.permute(0, 2, 3, 1).reshape(-1, c_in_g)
                 dw = (g2.t() @ x2).view_as(weight)
         else:
-            # Depthwise: the input gradient is the stride-1 convolution of the (zero-inserted,
-            # for stride 2) output gradient with the flipped kernel.
+            # Depthwise: the input gradient is the transposed convolution of the output
+            # gradient, computed as one (undilated strided kernels) or as the stride-1
+            # convolution of the (zero-inserted, for stride 2) output gradient with the
+            # flipped kernel.
             if need_x and stride != 1 and dilation == 1:
                 # A transposed convolution: oneDNN's is 4-5x faster than the zero insertion
                 # below for undilated kernels (and 5-20x slower for dilated ones).
