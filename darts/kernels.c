@@ -177,14 +177,24 @@ int depthwise_weight_grad(const float *x, const float *g, float *out, long N, lo
  *   backward: one pass for the sums of dy and dy * x, one to form dx.
  * Between the two passes the threads meet at a barrier while one of them turns the sums into
  * per-channel constants. Sums run in float32 over chunks of rows and in double across them.
+ *
+ * Two fusions save whole passes over memory in the supernet (kernels.py says where):
+ *   acc:  y = acc + BN(x), the BatchNorm's output added to a running sum in the same pass
+ *         (a mixed op's sum of eq. 2 and a node's sum of its edges);
+ *   relu: y = max(0, BN(x)) (a separable conv's inner BatchNorm and ReLU); its backward finds
+ *         ReLU's mask again from x and the forward's constants (y = k1 * x + k3 > 0), so
+ *         neither the BatchNorm's output nor a mask is kept.
  */
 
 typedef float v8f __attribute__((vector_size(32), aligned(4)));
+typedef int v8i __attribute__((vector_size(32), aligned(4)));
 
-/* sums[0:C] += a over the rows [m0, m1), sums[C:2C] += a * (b ? b : a). The rows go in chunks
- * of about 16 KiB (in cache while each block of 8 channels sweeps them), summed in float32
- * registers within a chunk and in double across chunks. */
-static void bn_sums(const float *a, const float *b, long m0, long m1, long C, double *sums) {
+/* sums[0:C] += a over the rows [m0, m1), sums[C:2C] += a * (b ? b : a). With `mk` (ReLU's
+ * mask, a backward's a = dy and b = x): a counts only where mk[c] * b + mk[C + c] > 0. The rows
+ * go in chunks of about 16 KiB (in cache while each block of 8 channels sweeps them), summed in
+ * float32 registers within a chunk and in double across chunks. */
+static void bn_sums(const float *a, const float *b, long m0, long m1, long C, double *sums,
+                    const float *mk) {
     long rows = 4096 / C;
     if (rows < 1) rows = 1;
     for (long r0 = m0; r0 < m1; r0 += rows) {
@@ -192,10 +202,21 @@ static void bn_sums(const float *a, const float *b, long m0, long m1, long C, do
         long c0 = 0;
         for (; c0 + 8 <= C; c0 += 8) {
             v8f s = {0}, q = {0};
-            for (long m = r0; m < r1; m++) {
-                v8f av = *(const v8f *)(a + m * C + c0);
-                s += av;
-                q += av * (b ? *(const v8f *)(b + m * C + c0) : av);
+            if (mk) {
+                const v8f k1 = *(const v8f *)(mk + c0), k3 = *(const v8f *)(mk + C + c0);
+                for (long m = r0; m < r1; m++) {
+                    const v8f bv = *(const v8f *)(b + m * C + c0);
+                    const v8f av = (v8f)((v8i)*(const v8f *)(a + m * C + c0)
+                                         & (k1 * bv + k3 > 0));
+                    s += av;
+                    q += av * bv;
+                }
+            } else {
+                for (long m = r0; m < r1; m++) {
+                    v8f av = *(const v8f *)(a + m * C + c0);
+                    s += av;
+                    q += av * (b ? *(const v8f *)(b + m * C + c0) : av);
+                }
             }
             for (int c = 0; c < 8; c++) {
                 sums[c0 + c] += s[c];
@@ -205,7 +226,8 @@ static void bn_sums(const float *a, const float *b, long m0, long m1, long C, do
         for (; c0 < C; c0++) {
             float s = 0, q = 0;
             for (long m = r0; m < r1; m++) {
-                const float av = a[m * C + c0];
+                float av = a[m * C + c0];
+                if (mk && !(mk[c0] * b[m * C + c0] + mk[C + c0] > 0)) av = 0;
                 s += av;
                 q += av * (b ? b[m * C + c0] : av);
             }
@@ -215,18 +237,40 @@ static void bn_sums(const float *a, const float *b, long m0, long m1, long C, do
     }
 }
 
-/* out = k1 * a + k2 * b + k3 per channel over the rows [m0, m1) (k2 NULL: no b term) */
+/* How a pass writes its output (NULL / 0: not used) */
+typedef struct {
+    const float *acc; /* out = acc + ... */
+    int relu;         /* out = max(0, ...) */
+    const float *mk;  /* a backward's ReLU mask (see bn_sums): a -> a * (mk[c] * b + mk[C+c] > 0) */
+} bn_out_t;
+
+/* out = k1 * a + k2 * b + k3 per channel over the rows [m0, m1) (k2 NULL: no b term), as
+ * `o` says */
 static void bn_apply(const float *a, const float *b, float *out, long m0, long m1, long C,
                      const float *restrict k1, const float *restrict k2,
-                     const float *restrict k3) {
+                     const float *restrict k3, const bn_out_t *o) {
+    const float *restrict mk = o->mk;
     for (long m = m0; m < m1; m++) {
         const float *restrict ar = a + m * C;
-        float *restrict o = out + m * C;
-        if (k2) {
+        float *restrict y = out + m * C;
+        if (k2 && mk) {
             const float *restrict br = b + m * C;
-            for (long c = 0; c < C; c++) o[c] = k1[c] * ar[c] + k2[c] * br[c] + k3[c];
+            for (long c = 0; c < C; c++)
+                y[c] = k1[c] * (mk[c] * br[c] + mk[C + c] > 0 ? ar[c] : 0.0f) + k2[c] * br[c]
+                       + k3[c];
+        } else if (k2) {
+            const float *restrict br = b + m * C;
+            for (long c = 0; c < C; c++) y[c] = k1[c] * ar[c] + k2[c] * br[c] + k3[c];
+        } else if (o->acc) {
+            const float *restrict acc = o->acc + m * C;
+            for (long c = 0; c < C; c++) y[c] = acc[c] + (k1[c] * ar[c] + k3[c]);
+        } else if (o->relu) {
+            for (long c = 0; c < C; c++) {
+                const float v = k1[c] * ar[c] + k3[c];
+                y[c] = v > 0 ? v : 0.0f;
+            }
         } else {
-            for (long c = 0; c < C; c++) o[c] = k1[c] * ar[c] + k3[c];
+            for (long c = 0; c < C; c++) y[c] = k1[c] * ar[c] + k3[c];
         }
     }
 }
@@ -238,7 +282,7 @@ typedef void (*finish_t)(const double *sums, long M, long C, void *state, float 
                          float *k3);
 
 static int bn_two_passes(const float *a, const float *b, float *out, long M, long C, int with_b,
-                         finish_t finish, void *state, int threads) {
+                         finish_t finish, void *state, const bn_out_t *o, int threads) {
     if (threads < 1) threads = 1;
     if (threads > M) threads = M > 0 ? (int)M : 1;
     double *sums = (double *)calloc((size_t)(2 * C * threads), sizeof(double));
@@ -252,7 +296,7 @@ static int bn_two_passes(const float *a, const float *b, float *out, long M, lon
     {
         const int t = THREAD_ID, nt = THREADS;
         const long m0 = M * t / nt, m1 = M * (t + 1) / nt;
-        bn_sums(a, with_b ? b : NULL, m0, m1, C, sums + 2 * C * t);
+        bn_sums(a, with_b ? b : NULL, m0, m1, C, sums + 2 * C * t, o->mk);
 #pragma omp barrier
 #pragma omp single
         {
@@ -260,7 +304,7 @@ static int bn_two_passes(const float *a, const float *b, float *out, long M, lon
                 for (long c = 0; c < 2 * C; c++) sums[c] += sums[2 * C * u + c];
             finish(sums, M, C, state, k1, k2, k3);
         } /* the end of single waits for it */
-        bn_apply(a, b, out, m0, m1, C, k1, k2, k3);
+        bn_apply(a, b, out, m0, m1, C, k1, k2, k3, o);
     }
     free(sums); free(k);
     return 0;
@@ -271,6 +315,7 @@ typedef struct {
     double eps;
     float *mean, *invstd, *var; /* batch mean, 1 / sqrt(biased var + eps), unbiased var */
     float *grad_weight, *grad_bias;
+    float *k; /* the forward's k1 and k3 (2C; NULL: not wanted), for a ReLU's backward */
 } bn_state_t;
 
 static void bn_forward_finish(const double *s, long M, long C, void *arg, float *k1, float *k2,
@@ -288,15 +333,23 @@ static void bn_forward_finish(const double *s, long M, long C, void *arg, float 
         st->var[c] = M > 1 ? (float)(var * M / (M - 1)) : (float)var;
         k1[c] = (float)(w * invstd);
         k3[c] = (float)((st->bias ? st->bias[c] : 0.0) - mean * w * invstd);
+        if (st->k) {
+            st->k[c] = k1[c];
+            st->k[C + c] = k3[c];
+        }
     }
 }
 
 /* y = (x - mean) / sqrt(var + eps) * weight + bias over the rows of x (M, C); weight and bias
- * may be NULL. Writes the batch mean, invstd and unbiased variance (C each). 0 on success. */
+ * may be NULL. With acc (M, C): y = acc + that; with relu: y = max(0, that), and k (2C) gets
+ * the constants that bn_backward's mk wants. Writes the batch mean, invstd and unbiased
+ * variance (C each). 0 on success. */
 int bn_forward(const float *x, float *y, long M, long C, const float *weight, const float *bias,
-               double eps, float *mean, float *invstd, float *var, int threads) {
-    bn_state_t st = {weight, bias, eps, mean, invstd, var, NULL, NULL};
-    return bn_two_passes(x, NULL, y, M, C, 0, bn_forward_finish, &st, threads);
+               double eps, float *mean, float *invstd, float *var, const float *acc, int relu,
+               float *k, int threads) {
+    bn_state_t st = {weight, bias, eps, mean, invstd, var, NULL, NULL, relu ? k : NULL};
+    bn_out_t o = {acc, relu, NULL};
+    return bn_two_passes(x, NULL, y, M, C, 0, bn_forward_finish, &st, &o, threads);
 }
 
 static void bn_backward_finish(const double *s, long M, long C, void *arg, float *k1, float *k2,
@@ -319,11 +372,13 @@ static void bn_backward_finish(const double *s, long M, long C, void *arg, float
 }
 
 /* The gradients of bn_forward's y with respect to x, weight and bias, given dy and the saved
- * mean and invstd; grad_weight and grad_bias may be NULL (not wanted). 0 on success. */
+ * mean and invstd; grad_weight and grad_bias may be NULL (not wanted). mk: the k of a forward
+ * with relu (the gradient through the ReLU), else NULL. 0 on success. */
 int bn_backward(const float *dy, const float *x, float *dx, long M, long C, const float *weight,
                 const float *mean, const float *invstd, float *grad_weight, float *grad_bias,
-                int threads) {
+                const float *mk, int threads) {
     bn_state_t st = {weight, NULL, 0.0, (float *)mean, (float *)invstd, NULL, grad_weight,
-                     grad_bias};
-    return bn_two_passes(dy, x, dx, M, C, 1, bn_backward_finish, &st, threads);
+                     grad_bias, NULL};
+    bn_out_t o = {NULL, 0, mk};
+    return bn_two_passes(dy, x, dx, M, C, 1, bn_backward_finish, &st, &o, threads);
 }

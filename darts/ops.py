@@ -141,10 +141,18 @@ class BatchNorm2d(nn.BatchNorm2d):
     slower there in each direction); elsewhere exactly nn.BatchNorm2d."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fast = (kernels.batch_norm_train(x, self.weight, self.bias, self.eps)
+        return self._forward(x, relu=False)
+
+    def forward_relu(self, x: torch.Tensor) -> torch.Tensor:
+        """relu(self(x)), in one pass of the C kernel where it runs (see `run_layers`)."""
+        return self._forward(x, relu=True)
+
+    def _forward(self, x: torch.Tensor, relu: bool) -> torch.Tensor:
+        fast = (kernels.batch_norm_train(x, self.weight, self.bias, self.eps, relu=relu)
                 if self.training else None)
         if fast is None:
-            return super().forward(x)
+            y = super().forward(x)
+            return F.relu(y) if relu else y
         y, mean, var = fast
         if self.track_running_stats and self.running_mean is not None:
             self.num_batches_tracked.add_(1)
@@ -152,6 +160,31 @@ class BatchNorm2d(nn.BatchNorm2d):
                         else self.momentum)
             update_running_stats(self, mean, var, momentum)
         return y
+
+
+def run_layers(layers, x: torch.Tensor) -> torch.Tensor:
+    """The layers one after another, as nn.Sequential runs them, but a `BatchNorm2d` followed
+    by an nn.ReLU runs as one (`BatchNorm2d.forward_relu`): on the CPU the C kernel writes
+    relu(BN(x)) in one pass and its backward takes ReLU's mask from BN's input, which saves
+    two passes over memory each way. The ReLU module's hooks do not run for such a pair."""
+    i, n = 0, len(layers)
+    while i < n:
+        layer = layers[i]
+        if type(layer) is BatchNorm2d and i + 1 < n and type(layers[i + 1]) is nn.ReLU \
+                and not layer._forward_hooks and not layer._forward_pre_hooks:
+            x = layer.forward_relu(x)
+            i += 2
+        else:
+            x = layer(x)
+            i += 1
+    return x
+
+
+class FusedSequential(nn.Sequential):
+    """nn.Sequential (same modules and state dict) that runs its layers with `run_layers`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return run_layers(self, x)
 
 
 def update_running_stats(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor,
@@ -265,10 +298,11 @@ class DilConv(nn.Sequential):
         )
 
 
-class SepConv(nn.Sequential):
+class SepConv(FusedSequential):
     """Separable conv as in the paper: two stacked (ReLU, depthwise, pointwise, BN) blocks.
 
-    Only the first depthwise conv carries the stride.
+    Only the first depthwise conv carries the stride. The inner BN and ReLU run as one
+    (`run_layers`).
     """
 
     def __init__(self, C_in: int, C_out: int, kernel_size: int, stride: int, padding: int,

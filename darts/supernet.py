@@ -55,10 +55,12 @@ from darts.genotype import Genotype
 from darts.ops import (
     BatchNorm2d,
     FactorizedReduce,
+    FusedSequential,
     MaxPool2d,
     PoolBN,
     ReLUConvBN,
     dense_grad,
+    run_layers,
     update_running_stats,
 )
 from darts.primitives import build_op
@@ -85,10 +87,10 @@ def normalized_edge_weights(betas: torch.Tensor, steps: int) -> torch.Tensor:
 def _plan(op: nn.Module) -> tuple[bool, tuple[nn.Module, ...], nn.BatchNorm2d | None] | None:
     """How `MixedOp.mix` runs `op`: (starts with a shareable ReLU, the layers in between, a
     last BatchNorm2d to scale in), or None to call `op` itself. Only an nn.Sequential that
-    keeps Sequential's forward is taken apart (SepConv, DilConv, PoolBN: not FactorizedReduce
-    or a user's op with its own forward)."""
-    if not isinstance(op, nn.Sequential) or type(op).forward is not nn.Sequential.forward \
-            or len(op) < 2:
+    keeps Sequential's forward (or FusedSequential's, the same) is taken apart (SepConv,
+    DilConv, PoolBN: not FactorizedReduce or a user's op with its own forward)."""
+    if not isinstance(op, nn.Sequential) or len(op) < 2 \
+            or type(op).forward not in (nn.Sequential.forward, FusedSequential.forward):
         return None
     layers = tuple(op)
     shares_relu = type(layers[0]) is nn.ReLU and not layers[0].inplace
@@ -99,8 +101,10 @@ def _plan(op: nn.Module) -> tuple[bool, tuple[nn.Module, ...], nn.BatchNorm2d | 
     return shares_relu, body, bn
 
 
-def _scaled_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """scale * bn(x) in one BatchNorm call: the scale folded into the affine weight (and bias).
+def _scaled_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor,
+                       acc: torch.Tensor | None = None) -> torch.Tensor:
+    """scale * bn(x) in one BatchNorm call: the scale folded into the affine weight (and bias);
+    with `acc`, acc + scale * bn(x), in the same pass where the C kernel runs.
 
     The same running-statistics update as `bn(x)` (nn.BatchNorm2d.forward, momentum None
     included); a ones weight becomes `scale` per channel, so the BatchNorm's weight gradient,
@@ -119,14 +123,15 @@ def _scaled_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor)
         # contiguous: with a stride-0 weight the CPU's channels_last BatchNorm is 4x slower
         weight, bias = scale.expand(bn.num_features).contiguous(), None
     if use_batch:
-        fast = kernels.batch_norm_train(x, weight, bias, bn.eps)  # None: not on a CPU
+        fast = kernels.batch_norm_train(x, weight, bias, bn.eps, acc=acc)  # None: not a CPU
         if fast is not None:
             y, mean, var = fast
             if track and bn.running_mean is not None:
                 update_running_stats(bn, mean, var, momentum)
             return y
-    return F.batch_norm(x, bn.running_mean if track else None, bn.running_var if track else None,
-                        weight, bias, use_batch, momentum, bn.eps)
+    y = F.batch_norm(x, bn.running_mean if track else None, bn.running_var if track else None,
+                     weight, bias, use_batch, momentum, bn.eps)
+    return y if acc is None else acc + y
 
 
 def _pool_bn_key(plan) -> tuple | None:
@@ -215,17 +220,20 @@ class MixedOp(nn.Module):
             # ops' output size on odd inputs too (identical to PC-DARTS on even ones).
             self.bypass_pool = MaxPool2d(2, 2, ceil_mode=True)
 
-    def mix(self, x: torch.Tensor, weights: torch.Tensor,
-            shared: dict | None = None) -> torch.Tensor:
+    def mix(self, x: torch.Tensor, weights: torch.Tensor, shared: dict | None = None,
+            acc: torch.Tensor | None = None) -> torch.Tensor:
         """sum_o w_o * o(x), as the sum of eq. 2 but in fewer passes over memory: ops that
         begin with ReLU share one relu(x), and an op that ends in BatchNorm scales by its
-        weight inside the BatchNorm (its weight gradient comes from the BatchNorm's backward).
+        weight inside the BatchNorm (its weight gradient comes from the BatchNorm's backward)
+        and, where the C kernel runs, adds to the running sum in the same pass.
 
         `shared`: a dict that every edge leaving the same state passes (see `SearchCell`):
         what depends on the state alone, relu(x) and, in training, the pooling ops' output
-        normalised by batch statistics, is computed by the first edge and reused."""
+        normalised by batch statistics, is computed by the first edge and reused.
+        `acc`: a tensor of the output's shape to add the sum to (a node's other edges)."""
         w = weights.unbind(0)
-        relu = out = None
+        relu = None
+        out = acc
         if shared is not None:
             relu = shared.get("relu")
         for k, op, plan, key in zip(self.columns, self.ops, self.plans, self.shared_keys,
@@ -244,29 +252,27 @@ class MixedOp(nn.Module):
                     y = relu
                 else:
                     y = x
-                for layer in body:
-                    y = layer(y)
+                y = run_layers(body, y)
                 if bn is not None:
-                    y, scale = _scaled_batch_norm(bn, y, w[k]), None
-                else:
-                    scale = w[k]
-            if scale is None:
-                out = y if out is None else out + y
-            else:
-                out = scale * y if out is None else torch.addcmul(out, scale, y)
+                    out = _scaled_batch_norm(bn, y, w[k], acc=out)
+                    continue
+                scale = w[k]
+            out = scale * y if out is None else torch.addcmul(out, scale, y)
         return out
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor,
-                shared: dict | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, shared: dict | None = None,
+                acc: torch.Tensor | None = None) -> torch.Tensor:
+        """The mixed op's output; with `acc`, acc + that (see `mix`)."""
         k = self.partial_channels
         if k == 1:
-            return self.mix(x, weights, shared)
+            return self.mix(x, weights, shared, acc)
         c = x.size(1) // k
         # Every edge leaving a state takes the same first c channels: they share too.
         mixed, bypass = self.mix(x[:, :c], weights, shared), x[:, c:]
         if hasattr(self, "bypass_pool"):
             bypass = self.bypass_pool(bypass)
-        return channel_shuffle(torch.cat([mixed, bypass], dim=1), k)
+        out = channel_shuffle(torch.cat([mixed, bypass], dim=1), k)
+        return out if acc is None else acc + out
 
 
 class SearchCell(nn.Module):
@@ -316,9 +322,10 @@ class SearchCell(nn.Module):
         e = 0
         for _ in range(self.steps):
             if edge_weights is None:
+                # Each edge adds its ops to the sum of the edges before it (MixedOp.mix).
                 node = self.edges[e](states[0], rows[e], shared[0])
                 for j in range(1, len(states)):
-                    node = node + self.edges[e + j](states[j], rows[e + j], shared[j])
+                    node = self.edges[e + j](states[j], rows[e + j], shared[j], acc=node)
             else:  # PC-DARTS edge normalisation
                 node = edge_weights[e] * self.edges[e](states[0], rows[e], shared[0])
                 for j in range(1, len(states)):

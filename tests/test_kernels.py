@@ -1,5 +1,6 @@
-"""The C kernels (darts/kernels.py, darts/depthwise.c): values, the build, the fallback."""
+"""The C kernels (darts/kernels.py, darts/kernels.c): values, the build, the fallback."""
 
+import copy
 import logging
 
 import pytest
@@ -28,8 +29,8 @@ def count_kernel_runs(monkeypatch, name: str) -> list[bool]:
     calls = []
     real = getattr(kernels, name)
 
-    def counted(*args):
-        out = real(*args)
+    def counted(*args, **kwargs):
+        out = real(*args, **kwargs)
         calls.append(out is not None)
         return out
 
@@ -165,6 +166,96 @@ def test_batch_norm_matches_pytorchs_in_float64(affine, channels):
     want = torch.autograd.grad(y64, [x64, *p64], dy.double())
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-5)
+
+
+@needs_kernels
+@pytest.mark.parametrize("fusion", ["acc", "relu"])
+@pytest.mark.parametrize("channels", [29, 16])
+def test_fused_batch_norm_matches_pytorchs_in_float64(fusion, channels):
+    # acc: y = acc + BN(x); relu: y = relu(BN(x)), its backward finding ReLU's mask from x.
+    # 16 channels: vector blocks only; 29: blocks and a scalar tail. About half of the
+    # outputs are clipped by the ReLU (the bias spreads the zero crossing over the channels).
+    torch.manual_seed(0)
+    x = (torch.randn(3, channels, 5, 7) * 3 + 5).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.rand(channels) + 0.5, torch.randn(channels)
+    acc = torch.randn_like(x) if fusion == "acc" else None
+    leaves = [t.requires_grad_() for t in (x, weight, bias, acc) if t is not None]
+    y, mean, var = kernels.batch_norm_train(x, weight, bias, 1e-5, acc=acc,
+                                            relu=fusion == "relu")
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    l64 = [t.detach().double().requires_grad_() for t in leaves]
+    y64 = F.batch_norm(l64[0], None, None, l64[1], l64[2], True, 0.0, 1e-5)
+    y64 = y64 + l64[3] if fusion == "acc" else F.relu(y64)
+    if fusion == "relu":
+        clipped = (y64 <= 0).double().mean().item()
+        assert 0.2 < clipped < 0.8
+    torch.testing.assert_close(y.double(), y64, rtol=1e-5, atol=1e-5)
+    var64, mean64 = torch.var_mean(l64[0].detach(), dim=(0, 2, 3), correction=1)
+    torch.testing.assert_close(mean.double(), mean64, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(var.double(), var64, rtol=1e-5, atol=1e-6)
+    dy = torch.randn_like(y)
+    got = torch.autograd.grad(y, leaves, dy)
+    want = torch.autograd.grad(y64, l64, dy.double())
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-5)
+
+
+@needs_kernels
+def test_fused_batch_norm_accumulates_onto_any_layout_and_twice_differentiable():
+    # acc in the contiguous (NCHW) format: the sum is PyTorch's; a double backward through a
+    # fused ReLU is PyTorch's, with a graph.
+    torch.manual_seed(0)
+    x = torch.randn(4, 5, 3, 3).contiguous(memory_format=torch.channels_last).requires_grad_()
+    acc = torch.randn(4, 5, 3, 3)
+    y, _, _ = kernels.batch_norm_train(x, None, None, 1e-5, acc=acc)
+    x64 = x.detach().double().requires_grad_()
+    y64 = F.batch_norm(x64, None, None, None, None, True, 0.0, 1e-5)
+    torch.testing.assert_close(y.double(), y64 + acc.double(), rtol=1e-5, atol=1e-5)
+    w = torch.rand(5).add_(0.5).requires_grad_()
+    v, dy = torch.randn_like(x), torch.randn_like(x)
+    y, _, _ = kernels.batch_norm_train(x, w, None, 1e-5, relu=True)
+    (gx,) = torch.autograd.grad(y, x, dy, create_graph=True)
+    got = torch.autograd.grad((gx * v).sum(), (x, w))
+    w64 = w.detach().double().requires_grad_()
+    y64 = F.relu(F.batch_norm(x64, None, None, w64, None, True, 0.0, 1e-5))
+    (gx64,) = torch.autograd.grad(y64, x64, dy.double(), create_graph=True)
+    want = torch.autograd.grad((gx64 * v.double()).sum(), (x64, w64))
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="acc and relu"):
+        kernels.batch_norm_train(x, None, None, 1e-5, acc=acc, relu=True)
+
+
+@needs_kernels
+def test_sep_conv_runs_its_inner_batch_norm_and_relu_as_one(monkeypatch):
+    # The module's output and gradients are those of its layers run one by one in float64
+    # (nn.Sequential's forward), and the fused kernel ran for the inner pair.
+    from darts.ops import SepConv
+    monkeypatch.setattr(Conv2d, "MIN_ELEMENTS", 0)
+    torch.manual_seed(0)
+    op = SepConv(8, 8, 3, 1, 1, affine=True)
+    ref = copy.deepcopy(op).double()
+    relus = []
+    real = kernels.batch_norm_train
+
+    def spy(*args, **kwargs):
+        relus.append(kwargs.get("relu", False))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(kernels, "batch_norm_train", spy)
+    x = torch.randn(4, 8, 6, 6).contiguous(memory_format=torch.channels_last).requires_grad_()
+    y = op(x)
+    assert relus == [True, False]
+    x64 = x.detach().double().requires_grad_()
+    y64 = torch.nn.Sequential.forward(ref, x64)
+    torch.testing.assert_close(y.double(), y64, rtol=1e-5, atol=1e-5)
+    dy = torch.randn_like(y)
+    got = torch.autograd.grad(y, [x, *op.parameters()], dy)
+    want = torch.autograd.grad(y64, [x64, *ref.parameters()], dy.double())
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4)
+    for a, b in zip(op.buffers(), ref.buffers(), strict=True):  # running statistics, count
+        torch.testing.assert_close(a.to(b.dtype), b, rtol=1e-5, atol=1e-6)
 
 
 @needs_kernels
