@@ -9,7 +9,11 @@ channels, channels-last float32), measured on this project's 2-core machine:
 - BatchNorm in training mode (`batch_norm_train`, used by `ops.BatchNorm2d` and the
   supernet's mixed ops): two passes each way, 1.2-1.45x faster than PyTorch's, and the batch
   statistics come with it, where torch.var_mean on a channels-last tensor took 11 ms (the
-  shared pooling outputs' statistics).
+  shared pooling outputs' statistics); fused with the running sum of a mixed op, or with the
+  ReLU after it, it saves two passes over memory more;
+- the terms that all edges leaving a cell state share (`add_shared_terms`, used by
+  `supernet.SearchCell`): one pass each way for all edges, where an addcmul per term and edge
+  and its backward took 3-9 passes each.
 Each is tested against float64 references (tests/test_kernels.py). Anything they do not cover
 (other devices and dtypes, contiguous NCHW tensors, double backward) is PyTorch's.
 
@@ -120,7 +124,9 @@ def library() -> ctypes.CDLL | None:
     for name, args in (("depthwise_weight_grad", [ptr] * 3 + [long_] * 11 + [int_]),
                        ("bn_forward", [ptr, ptr, long_, long_, ptr, ptr, dbl] + [ptr] * 4
                         + [int_, ptr, int_]),
-                       ("bn_backward", [ptr] * 3 + [long_, long_] + [ptr] * 6 + [int_])):
+                       ("bn_backward", [ptr] * 3 + [long_, long_] + [ptr] * 6 + [int_]),
+                       ("mix_forward", [ptr, long_, ptr, ptr, ptr, long_, long_, int_]),
+                       ("mix_backward", [ptr, long_, ptr, long_] + [ptr] * 3 + [long_, int_])):
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = ctypes.c_int, args
     _lib = lib
@@ -268,3 +274,97 @@ def batch_norm_train(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.T
     if acc is not None and not fused_acc:
         y = acc + y
     return y, mean, var
+
+
+_MIX_MAX = 8  # MIX_MAX in kernels.c
+
+
+def _pointers(tensors) -> ctypes.Array:
+    return (ctypes.c_void_p * len(tensors))(*(_ptr(t) for t in tensors))
+
+
+class _SharedTermsFunction(torch.autograd.Function):
+    """out[e] = acc[e] + sum_k w[e, k] * y[k] for E outputs (see `add_shared_terms`)."""
+
+    @staticmethod
+    def forward(ctx, w, has_acc, *tensors):
+        n_acc = sum(has_acc)
+        accs, ys = tensors[:n_acc], tensors[n_acc:]
+        it = iter(accs)
+        acc_of = [next(it) if has else None for has in has_acc]
+        outs = [torch.empty_like(ys[0]) for _ in has_acc]
+        w32 = w.detach().contiguous()
+        status = _lib.mix_forward(_pointers(ys), len(ys), _ptr(w32), _pointers(acc_of),
+                                  _pointers(outs), len(outs), ys[0].numel(),
+                                  torch.get_num_threads())
+        if status != 0:
+            raise _Fallback
+        ctx.save_for_backward(w, *ys)
+        ctx.has_acc = has_acc
+        ctx.set_materialize_grads(False)
+        return tuple(outs)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        w, *ys = ctx.saved_tensors
+        has_acc = ctx.has_acc
+        need_w = ctx.needs_input_grad[0]
+        n_acc = sum(has_acc)
+        need_y = ctx.needs_input_grad[2 + n_acc:]
+        d_acc = [g for g, has in zip(grads, has_acc, strict=True) if has]  # acc's: out's
+        d_acc = [g if need else None for g, need in zip(d_acc, ctx.needs_input_grad[2:2 + n_acc],
+                                                          strict=True)]
+        like = ys[0]
+        gs = [torch.zeros_like(like) if g is None else g for g in grads]
+        if torch.is_grad_enabled() or any(g.dtype != torch.float32 for g in gs):
+            # Double backward (the exact Hessian): differentiable PyTorch.
+            dw = torch.stack([torch.stack([(g * y).sum() for y in ys]) for g in gs]) \
+                if need_w else None
+            dys = [sum(w[e, k] * gs[e] for e in range(len(gs))) if need else None
+                   for k, need in enumerate(need_y)]
+            return (dw, None, *d_acc, *dys)
+        gs = [g if g.stride() == like.stride() else _restride(g, like) for g in gs]
+        dys = [torch.empty_like(like) if need else None for need in need_y]
+        dw = torch.empty(w.shape, dtype=torch.float64) if need_w else None
+        w32 = w.detach().contiguous()
+        status = _lib.mix_backward(_pointers(gs), len(gs), _pointers(ys), len(ys), _ptr(w32),
+                                   _pointers(dys), _ptr(dw), like.numel(),
+                                   torch.get_num_threads())
+        if status != 0:
+            raise RuntimeError("darts: the C shared-terms backward could not start its threads")
+        return (dw.to(w.dtype) if need_w else None, None, *d_acc, *dys)
+
+
+def _restride(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """t's values in like's memory layout."""
+    out = torch.empty_like(like)
+    out.copy_(t)
+    return out
+
+
+def _dense_alike(tensors) -> bool:
+    first = tensors[0]
+    dense = first.is_contiguous() or (first.dim() == 4
+                                      and first.is_contiguous(memory_format=torch.channels_last))
+    return dense and all(t.shape == first.shape and t.stride() == first.stride()
+                         and t.dtype == torch.float32 and t.device.type == "cpu"
+                         for t in tensors)
+
+
+def add_shared_terms(w: torch.Tensor, accs: list[torch.Tensor | None],
+                     ys: list[torch.Tensor]) -> list[torch.Tensor] | None:
+    """[acc[e] + sum_k w[e, k] * ys[k] for each e] (acc[e] None: zero) in one pass over the
+    tensors, and one pass back; None where not covered: float32 CPU tensors, all of one shape
+    and one dense memory layout, up to 8 each of ys and accs."""
+    tensors = [*ys, *(a for a in accs if a is not None)]
+    if not (enabled() and not _compiling() and not torch.is_autocast_enabled("cpu")
+            and 0 < len(ys) <= _MIX_MAX and 0 < len(accs) <= _MIX_MAX
+            and w.shape == (len(accs), len(ys)) and w.dtype == torch.float32
+            and _dense_alike(tensors) and library() is not None):
+        return None
+    has_acc = tuple(a is not None for a in accs)
+    try:
+        return list(_SharedTermsFunction.apply(
+            w, has_acc, *(a for a in accs if a is not None), *ys))
+    except _Fallback:
+        return None

@@ -56,6 +56,7 @@ from darts.ops import (
     BatchNorm2d,
     FactorizedReduce,
     FusedSequential,
+    Identity,
     MaxPool2d,
     PoolBN,
     ReLUConvBN,
@@ -215,13 +216,32 @@ class MixedOp(nn.Module):
         # leaves a state (in training, where the BatchNorm uses batch statistics): its key
         # in the state's `shared` dict, or None.
         self.shared_keys = tuple(_pool_bn_key(plan) for plan in self.plans)
+        # Ops whose output is the state itself (skip_connect at stride 1).
+        self.identities = tuple(type(op) is Identity for op in self.ops)
         if partial_channels > 1 and stride == 2:
             # PC-DARTS halves the bypassed channels with a 2x2 max pool; ceil_mode matches the
             # ops' output size on odd inputs too (identical to PC-DARTS on even ones).
             self.bypass_pool = MaxPool2d(2, 2, ceil_mode=True)
 
+    def shared_terms(self) -> tuple[int, ...]:
+        """Indices (into `ops`) of the ops whose output is the same on every edge that leaves
+        a state: skip_connect's identity, and in training the pooling ops' output normalised
+        by batch statistics. `SearchCell` adds their terms for all those edges at once."""
+        return tuple(i for i, (key, plan, identity) in enumerate(
+            zip(self.shared_keys, self.plans, self.identities, strict=True))
+            if identity or (key is not None and plan[2].training))
+
+    def shared_output(self, i: int, x: torch.Tensor, shared: dict) -> torch.Tensor:
+        """The output of op i (one of `shared_terms()`) on state x; a pooling op's is
+        computed by the first edge and reused, each edge updating its BatchNorm's running
+        statistics."""
+        if self.identities[i]:
+            return x
+        plan = self.plans[i]
+        return _shared_pool_bn(plan[1][0], plan[2], x, shared, self.shared_keys[i])
+
     def mix(self, x: torch.Tensor, weights: torch.Tensor, shared: dict | None = None,
-            acc: torch.Tensor | None = None) -> torch.Tensor:
+            acc: torch.Tensor | None = None, skip: tuple[int, ...] = ()) -> torch.Tensor:
         """sum_o w_o * o(x), as the sum of eq. 2 but in fewer passes over memory: ops that
         begin with ReLU share one relu(x), and an op that ends in BatchNorm scales by its
         weight inside the BatchNorm (its weight gradient comes from the BatchNorm's backward)
@@ -230,14 +250,17 @@ class MixedOp(nn.Module):
         `shared`: a dict that every edge leaving the same state passes (see `SearchCell`):
         what depends on the state alone, relu(x) and, in training, the pooling ops' output
         normalised by batch statistics, is computed by the first edge and reused.
-        `acc`: a tensor of the output's shape to add the sum to (a node's other edges)."""
+        `acc`: a tensor of the output's shape to add the sum to (a node's other edges).
+        `skip`: indices of ops left out (their terms added by the caller)."""
         w = weights.unbind(0)
         relu = None
         out = acc
         if shared is not None:
             relu = shared.get("relu")
-        for k, op, plan, key in zip(self.columns, self.ops, self.plans, self.shared_keys,
-                                    strict=True):
+        for i, (k, op, plan, key) in enumerate(zip(self.columns, self.ops, self.plans,
+                                                   self.shared_keys, strict=True)):
+            if i in skip:
+                continue
             if plan is None:
                 y, scale = op(x), w[k]
             elif key is not None and shared is not None and plan[2].training:
@@ -261,11 +284,13 @@ class MixedOp(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, shared: dict | None = None,
-                acc: torch.Tensor | None = None) -> torch.Tensor:
-        """The mixed op's output; with `acc`, acc + that (see `mix`)."""
+                acc: torch.Tensor | None = None, skip: tuple[int, ...] = ()) -> torch.Tensor:
+        """The mixed op's output; with `acc`, acc + that; `skip`: ops left out (see `mix`)."""
         k = self.partial_channels
         if k == 1:
-            return self.mix(x, weights, shared, acc)
+            return self.mix(x, weights, shared, acc, skip)
+        if skip:
+            raise ValueError("MixedOp: skip is for whole-channel edges (partial_channels=1)")
         c = x.size(1) // k
         # Every edge leaving a state takes the same first c channels: they share too.
         mixed, bypass = self.mix(x[:, :c], weights, shared), x[:, c:]
@@ -306,6 +331,10 @@ class SearchCell(nn.Module):
              tuple(e for src in states for e, (_, j) in enumerate(edges) if j == src),
              tuple(i for src in states for i, j in edges if j == src))
             for states in groups)
+        # The edges leaving each state, as (edge, target node), for the state-major forward.
+        self.out_edges = tuple(
+            tuple((e, j) for e, (j, src) in enumerate(edges) if src == state)
+            for state in range(2 + self.steps))
         # Op k of every edge of each group, gathered once (not on every forward).
         self.group_ops = tuple(
             tuple(tuple(self.edges[e].ops[k] for e in ids) for k in range(len(self.edges[ids[0]].ops)))
@@ -314,18 +343,19 @@ class SearchCell(nn.Module):
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
                 edge_weights: torch.Tensor | None = None) -> torch.Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]
-        rows = weights.unbind(0)
         if self.batch_edges and edge_weights is None:
-            return self._forward_batched(states, rows)
+            return self._forward_batched(states, weights.unbind(0))
+        if edge_weights is None and self.edges[0].partial_channels == 1:
+            return self._forward_by_state(states, weights)
+        rows = weights.unbind(0)
         # What the edges leaving a state compute alike, once per state (MixedOp.mix).
         shared = [{} for _ in range(2 + self.steps)]
         e = 0
         for _ in range(self.steps):
             if edge_weights is None:
-                # Each edge adds its ops to the sum of the edges before it (MixedOp.mix).
                 node = self.edges[e](states[0], rows[e], shared[0])
                 for j in range(1, len(states)):
-                    node = self.edges[e + j](states[j], rows[e + j], shared[j], acc=node)
+                    node = node + self.edges[e + j](states[j], rows[e + j], shared[j])
             else:  # PC-DARTS edge normalisation
                 node = edge_weights[e] * self.edges[e](states[0], rows[e], shared[0])
                 for j in range(1, len(states)):
@@ -333,6 +363,39 @@ class SearchCell(nn.Module):
                         states[j], rows[e + j], shared[j])
             e += len(states)
             states.append(dense_grad(node))
+        return torch.cat(states[-self.multiplier:], dim=1)
+
+    def _forward_by_state(self, states: list[torch.Tensor],
+                          weights: torch.Tensor) -> torch.Tensor:
+        """The same cell, state by state: once a state is complete, every edge leaving it adds
+        its terms to its target node's running sum (each node still sums its edges in edge
+        order). The terms that all those edges share (`MixedOp.shared_terms`: the state
+        through skip_connect, its pooled outputs) are added for all of them at once
+        (`_add_shared_terms`), the others edge by edge, each op that ends in BatchNorm adding
+        its output in the BatchNorm's own pass (`MixedOp.mix`)."""
+        rows = weights.unbind(0)
+        nodes: list[torch.Tensor | None] = [None] * self.steps
+        for state, out_edges in enumerate(self.out_edges[:-1]):
+            if state >= 2:  # node state - 2 has all its edges now
+                states.append(dense_grad(nodes[state - 2]))
+            x, shared = states[state], {}
+            ops = [self.edges[e] for e, _ in out_edges]
+            skip = ops[0].shared_terms()
+            if skip and all(op.shared_terms() == skip for op in ops[1:]):
+                ys = [ops[0].shared_output(i, x, shared) for i in skip]
+                for op in ops[1:]:  # their BatchNorms' running statistics
+                    for i in skip:
+                        op.shared_output(i, x, shared)
+                columns = [ops[0].columns[i] for i in skip]
+                w = weights[[e for e, _ in out_edges]][:, columns]
+                sums = _add_shared_terms(w, [nodes[j] for _, j in out_edges], ys)
+                for (_, j), node in zip(out_edges, sums, strict=True):
+                    nodes[j] = node
+            else:
+                skip = ()
+            for (e, j), op in zip(out_edges, ops, strict=True):
+                nodes[j] = op(x, rows[e], shared, acc=nodes[j], skip=skip)
+        states.append(dense_grad(nodes[-1]))
         return torch.cat(states[-self.multiplier:], dim=1)
 
     def _forward_batched(self, states: list[torch.Tensor],
@@ -355,6 +418,22 @@ class SearchCell(nn.Module):
                 nodes[node] = mixed[:, t] if nodes[node] is None else nodes[node] + mixed[:, t]
         states.append(dense_grad(nodes[-1]))
         return torch.cat(states[-self.multiplier:], dim=1)
+
+
+def _add_shared_terms(w: torch.Tensor, accs: list[torch.Tensor | None],
+                      ys: list[torch.Tensor]) -> list[torch.Tensor]:
+    """[acc + sum_k w[e, k] * ys[k] for each edge e] (acc None: zero): one pass of the C
+    kernel each way on the CPU (kernels.add_shared_terms), else an addcmul per term."""
+    fast = kernels.add_shared_terms(w, accs, ys)
+    if fast is not None:
+        return fast
+    outs = []
+    for e, acc in enumerate(accs):
+        out = acc
+        for k, y in enumerate(ys):
+            out = w[e, k] * y if out is None else torch.addcmul(out, w[e, k], y)
+        outs.append(out)
+    return outs
 
 
 class _ScratchBuffers:

@@ -324,7 +324,8 @@ def test_a_float32_channels_last_supernet_step_matches_its_float64_copy(monkeypa
     from darts.supernet import SearchNetwork
     monkeypatch.setattr(Conv2d, "MIN_ELEMENTS", 0)
     calls = {"bn": count_kernel_runs(monkeypatch, "batch_norm_train"),
-             "dw": count_kernel_runs(monkeypatch, "depthwise_weight_grad")}
+             "dw": count_kernel_runs(monkeypatch, "depthwise_weight_grad"),
+             "mix": count_kernel_runs(monkeypatch, "add_shared_terms")}
     torch.manual_seed(0)
     net = SearchNetwork(C=4, num_classes=5, layers=3).to(memory_format=torch.channels_last)
     net64 = SearchNetwork(C=4, num_classes=5, layers=3).double()
@@ -337,10 +338,63 @@ def test_a_float32_channels_last_supernet_step_matches_its_float64_copy(monkeypa
         params = model.arch_parameters() + model.network_parameters()
         grads.append(torch.autograd.grad(loss, params))
         outs.append(loss)
-    assert any(calls["bn"]) and any(calls["dw"])
+    assert any(calls["bn"]) and any(calls["dw"]) and any(calls["mix"])
     torch.testing.assert_close(outs[0].double(), outs[1], rtol=1e-5, atol=1e-5)
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a.double(), b, rtol=1e-3, atol=1e-4)
     for (name, a), b in zip(net.state_dict().items(), net64.state_dict().values(), strict=True):
         if "running" in name:
             torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@needs_kernels
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
+def test_shared_terms_match_a_float64_reference(layout):
+    # out[e] = acc[e] + sum_k w[e, k] * y[k], E = 4 edges (one without a running sum yet),
+    # K = 3 terms; 5 x 7 x 7 x 9 elements: not a multiple of the kernel's blocks or vectors.
+    torch.manual_seed(0)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    make = lambda: torch.randn(5, 7, 7, 9).contiguous(memory_format=fmt).requires_grad_()  # noqa: E731
+    ys = [make() for _ in range(3)]
+    accs = [make(), None, make(), make()]
+    w = torch.rand(4, 3).requires_grad_()
+    outs = kernels.add_shared_terms(w, accs, ys)
+    assert outs is not None and len(outs) == 4
+    assert all(o.stride() == ys[0].stride() for o in outs)
+    leaves = [w, *ys, *(a for a in accs if a is not None)]
+    l64 = [t.detach().double().requires_grad_() for t in leaves]
+    w64, ys64, it = l64[0], l64[1:4], iter(l64[4:])
+    acc64 = [next(it) if a is not None else None for a in accs]
+    want = [sum(w64[e, k] * ys64[k] for k in range(3)) + (0 if a is None else a)
+            for e, a in enumerate(acc64)]
+    for a, b in zip(outs, want, strict=True):
+        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
+    gs = [torch.randn_like(o) for o in outs]
+    got = torch.autograd.grad(outs, leaves, gs)
+    ref = torch.autograd.grad(want, l64, [g.double() for g in gs])
+    for a, b in zip(got, ref, strict=True):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4)
+    # Only what is asked for: no weight gradient when w needs none (the weight step).
+    outs = kernels.add_shared_terms(w.detach(), accs, ys)
+    got = torch.autograd.grad(outs, ys, gs)
+    for a, b in zip(got, ref[1:4], strict=True):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4)
+
+
+@needs_kernels
+def test_shared_terms_second_derivatives_and_what_they_do_not_cover():
+    torch.manual_seed(0)
+    ys = [torch.randn(2, 3, 4, 4, requires_grad=True) for _ in range(2)]
+    w = torch.rand(2, 2, requires_grad=True)
+    outs = kernels.add_shared_terms(w, [None, None], ys)
+    gs = [torch.randn(2, 3, 4, 4, requires_grad=True) for _ in range(2)]
+    (dw,) = torch.autograd.grad(outs, w, gs, create_graph=True)
+    got = torch.autograd.grad(dw.sum(), (*ys, *gs))
+    # d/dy_k sum_e <g_e, y_k> = sum_e g_e; d/dg_e = sum_k y_k
+    for a, b in zip(got, [gs[0] + gs[1]] * 2 + [ys[0] + ys[1]] * 2, strict=True):
+        torch.testing.assert_close(a, b.detach())
+    # Mixed layouts, float64 or too many terms: PyTorch's (None).
+    cl = ys[1].detach().contiguous(memory_format=torch.channels_last)
+    assert kernels.add_shared_terms(w, [None, None], [ys[0], cl]) is None
+    assert kernels.add_shared_terms(w.double(), [None, None], [y.double() for y in ys]) is None
+    assert kernels.add_shared_terms(torch.rand(1, 9), [None], [ys[0]] * 9) is None

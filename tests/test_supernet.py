@@ -301,6 +301,44 @@ def test_edges_leaving_one_state_share_relu_and_pooling_and_keep_their_own_stati
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
 
 
+@pytest.mark.parametrize("reduction", [False, True])
+def test_a_cell_is_the_sum_of_its_edges_mixed_ops(reduction):
+    # The cell runs state by state, the terms that all edges leaving a state share added for
+    # them at once: against node_j = sum over its edges of sum_o w_o * o(s_i), every op
+    # called whole, in float64. Outputs, gradients (inputs, mixing weights, op weights) and
+    # every running statistic, in training and in eval mode.
+    import copy
+
+    from darts.supernet import SearchCell
+    torch.manual_seed(0)
+    space = SearchSpace(steps=3, multiplier=3)
+    ours = SearchCell(space, 6, 6, 4, reduction, reduction_prev=False).double()
+    ref = copy.deepcopy(ours)
+    for training in (True, True, False):
+        ours.train(training)
+        ref.train(training)
+        s0, s1 = (torch.randn(3, 6, 8, 8, dtype=torch.float64, requires_grad=True)
+                  for _ in range(2))
+        w = torch.softmax(torch.randn(space.num_edges, space.num_ops, dtype=torch.float64),
+                          -1).requires_grad_()
+        got = ours(s0, s1, w)
+        states = [ref.preprocess0(s0), ref.preprocess1(s1)]
+        for j in range(space.steps):
+            states.append(sum(
+                w[e, k] * op(states[i])
+                for e, (node, i) in enumerate(space.edges()) if node == j
+                for k, op in zip(ref.edges[e].columns, ref.edges[e].ops, strict=True)))
+        want = torch.cat(states[-space.multiplier:], dim=1)
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+        g = torch.randn_like(got)
+        for a, b in zip(torch.autograd.grad(got, (s0, s1, w, *ours.parameters()), g),
+                        torch.autograd.grad(want, (s0, s1, w, *ref.parameters()), g),
+                        strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+        for (name, a), b in zip(ours.state_dict().items(), ref.state_dict().values(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
+
+
 def test_partial_channel_edges_share_their_first_channels_work():
     # PC-DARTS edges leaving one state all take its first C/K channels: sharing there gives
     # what each edge computes alone (the unshared MixedOp, tested in test_partial_channels),
