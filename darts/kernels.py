@@ -299,8 +299,10 @@ class _SharedTermsFunction(torch.autograd.Function):
                                   torch.get_num_threads())
         if status != 0:
             raise _Fallback
-        ctx.save_for_backward(w, *ys)
-        ctx.has_acc = has_acc
+        # The terms are needed only for w's gradient (not in the weight step): kept only then.
+        ctx.save_for_backward(w, *(ys if ctx.needs_input_grad[0] else ()))
+        ctx.has_acc, ctx.n_y = has_acc, len(ys)
+        ctx.like = (ys[0].shape, ys[0].stride())
         ctx.set_materialize_grads(False)
         return tuple(outs)
 
@@ -314,7 +316,10 @@ class _SharedTermsFunction(torch.autograd.Function):
         d_acc = [g for g, has in zip(grads, has_acc, strict=True) if has]  # acc's: out's
         d_acc = [g if need else None for g, need in zip(d_acc, ctx.needs_input_grad[2:2 + n_acc],
                                                           strict=True)]
-        like = ys[0]
+        given = next((g for g in grads if g is not None), None)
+        if given is None:
+            return (None,) * (2 + n_acc + ctx.n_y)
+        like = torch.empty_strided(*ctx.like, dtype=given.dtype, device=given.device)
         gs = [torch.zeros_like(like) if g is None else g for g in grads]
         if torch.is_grad_enabled() or any(g.dtype != torch.float32 for g in gs):
             # Double backward (the exact Hessian): differentiable PyTorch.
@@ -327,7 +332,7 @@ class _SharedTermsFunction(torch.autograd.Function):
         dys = [torch.empty_like(like) if need else None for need in need_y]
         dw = torch.empty(w.shape, dtype=torch.float64) if need_w else None
         w32 = w.detach().contiguous()
-        status = _lib.mix_backward(_pointers(gs), len(gs), _pointers(ys), len(ys), _ptr(w32),
+        status = _lib.mix_backward(_pointers(gs), len(gs), _pointers(ys), ctx.n_y, _ptr(w32),
                                    _pointers(dys), _ptr(dw), like.numel(),
                                    torch.get_num_threads())
         if status != 0:
