@@ -386,8 +386,8 @@ class SearchCell(nn.Module):
                 for op in ops[1:]:  # their BatchNorms' running statistics
                     for i in skip:
                         op.shared_output(i, x, shared)
-                columns = [ops[0].columns[i] for i in skip]
-                w = weights[[e for e, _ in out_edges]][:, columns]
+                rows_of, columns = self._shared_index(state, skip, weights.device)
+                w = weights.index_select(0, rows_of).index_select(1, columns)
                 sums = _add_shared_terms(w, [nodes[j] for _, j in out_edges], ys)
                 for (_, j), node in zip(out_edges, sums, strict=True):
                     nodes[j] = node
@@ -397,6 +397,19 @@ class SearchCell(nn.Module):
                 nodes[j] = op(x, rows[e], shared, acc=nodes[j], skip=skip)
         states.append(dense_grad(nodes[-1]))
         return torch.cat(states[-self.multiplier:], dim=1)
+
+    def _shared_index(self, state: int, skip: tuple[int, ...],
+                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The alpha rows of the edges leaving `state` and the alpha columns of the ops
+        `skip`, as index tensors on `device`, made once (a CUDA graph's capture may not copy
+        a Python list to the device)."""
+        cache = self.__dict__.setdefault("_index_cache", {})
+        key = (state, skip, device)
+        if key not in cache:
+            edge = self.edges[self.out_edges[state][0][0]]
+            cache[key] = (torch.tensor([e for e, _ in self.out_edges[state]], device=device),
+                          torch.tensor([edge.columns[i] for i in skip], device=device))
+        return cache[key]
 
     def _forward_batched(self, states: list[torch.Tensor],
                          rows: tuple[torch.Tensor, ...]) -> torch.Tensor:
