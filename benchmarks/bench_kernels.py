@@ -5,9 +5,13 @@
 For every layer shape of the standard search configuration (batch 64; 16 channels at 32x32,
 32 at 16x16, 64 at 8x8) it times, alternating the two implementations within each round:
 the depthwise weight gradient of the search space's kernels (3x3, 5x5, dilated 3x3 and 5x5;
-stride 1 and 2) and BatchNorm's training forward and backward (channels-last float32). The
-JSON has each case's median and minimum milliseconds (PyTorch, ours), the ratio of the minima,
-and the CPU time the host stole meanwhile (see common.steal_s).
+stride 1 and 2) and BatchNorm's training forward and backward (channels-last float32). Then
+the fusions, each against the same work unfused (the "torch" side: our BatchNorm, then
+PyTorch's addition or ReLU; addcmul per term and edge), forward and backward together:
+BatchNorm adding onto a running sum, BatchNorm with ReLU, and the shared terms of a state's
+four edges (three terms). The JSON has each case's median and minimum milliseconds (PyTorch
+or unfused, ours), the ratio of the minima, and the CPU time the host stole meanwhile (see
+common.steal_s).
 """
 
 from __future__ import annotations
@@ -108,6 +112,39 @@ def main(argv=None) -> int:
             lambda xd=xd: torch.var_mean(xd, dim=(0, 2, 3), correction=1),
             lambda xd=xd: kernels.batch_norm_train(xd, None, None, 1e-5),
             rounds), batch=n, channels=c, size=h))
+        for name, fused in (("batch_norm_add", "acc"), ("batch_norm_relu", "relu")):
+            acc = torch.randn_like(xd).requires_grad_() if fused == "acc" else None
+
+            def unfused(x=x, weight=weight, dy=dy, acc=acc):
+                y = kernels.batch_norm_train(x, weight, None, 1e-5)[0]
+                y = y + acc if acc is not None else F.relu(y)
+                torch.autograd.grad(y, (x, weight), dy)
+
+            def one_pass(x=x, weight=weight, dy=dy, acc=acc):
+                y = kernels.batch_norm_train(x, weight, None, 1e-5, acc=acc,
+                                             relu=acc is None)[0]
+                torch.autograd.grad(y, (x, weight), dy)
+
+            cases.append(case(name, alternate(unfused, one_pass, rounds), batch=n, channels=c,
+                              size=h))
+        ys = [torch.randn_like(xd).requires_grad_() for _ in range(3)]
+        accs = [None] + [torch.randn_like(xd) for _ in range(3)]
+        w = torch.rand(4, 3).requires_grad_()
+        gs = [torch.randn_like(xd) for _ in range(4)]
+
+        def addcmuls(ys=ys, accs=accs, w=w, gs=gs):
+            outs = []
+            for e, out in enumerate(accs):
+                for k, y in enumerate(ys):
+                    out = w[e, k] * y if out is None else torch.addcmul(out, w[e, k], y)
+                outs.append(out)
+            torch.autograd.grad(outs, (*ys, w), gs)
+
+        def shared(ys=ys, accs=accs, w=w, gs=gs):
+            torch.autograd.grad(kernels.add_shared_terms(w, accs, ys), (*ys, w), gs)
+
+        cases.append(case("shared_terms", alternate(addcmuls, shared, rounds), batch=n,
+                          channels=c, size=h, edges=4, terms=3))
     after = steal_s()
     result = {"benchmark": "cpu_kernels", "device": "cpu",
               "environment": environment(torch.device("cpu")), "rounds": rounds,

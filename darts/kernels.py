@@ -7,7 +7,7 @@ channels, channels-last float32), measured on this project's 2-core machine:
   and strided kernels of the search space took 3-20 ms each, about 3 s of every first-order
   search step, against 0.5-2 ms here;
 - BatchNorm in training mode (`batch_norm_train`, used by `ops.BatchNorm2d` and the
-  supernet's mixed ops): two passes each way, 1.2-1.45x faster than PyTorch's, and the batch
+  supernet's mixed ops): two passes each way, 1.2-1.7x faster than PyTorch's, and the batch
   statistics come with it, where torch.var_mean on a channels-last tensor took 11 ms (the
   shared pooling outputs' statistics); fused with the running sum of a mixed op, or with the
   ReLU after it, it saves two passes over memory more;
@@ -257,7 +257,7 @@ def batch_norm_train(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.T
     y = acc + BN(x) (where `acc` is not float32 channels-last, the sum is PyTorch's), and
     `relu` gives y = relu(BN(x)), its backward taking ReLU's mask from x.
 
-    PyTorch's CPU BatchNorm on channels-last tensors is 1.2-1.45x slower in each direction, and
+    PyTorch's CPU BatchNorm on channels-last tensors is 1.2-1.7x slower in each direction, and
     torch.var_mean there is 5-20x slower than a pass over the tensor.
     """
     if not _covers_batch_norm(x, weight, bias):
