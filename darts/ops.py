@@ -166,12 +166,14 @@ def run_layers(layers, x: torch.Tensor) -> torch.Tensor:
     """The layers one after another, as nn.Sequential runs them, but a `BatchNorm2d` followed
     by an nn.ReLU runs as one (`BatchNorm2d.forward_relu`): on the CPU the C kernel writes
     relu(BN(x)) in one pass and its backward takes ReLU's mask from BN's input, which saves
-    two passes over memory each way. The ReLU module's hooks do not run for such a pair."""
+    two passes over memory each way. A pair where either module has forward hooks runs as two
+    (the hooks see what they expect)."""
     i, n = 0, len(layers)
     while i < n:
         layer = layers[i]
         if type(layer) is BatchNorm2d and i + 1 < n and type(layers[i + 1]) is nn.ReLU \
-                and not layer._forward_hooks and not layer._forward_pre_hooks:
+                and not any(m._forward_hooks or m._forward_pre_hooks
+                            for m in (layer, layers[i + 1])):
             x = layer.forward_relu(x)
             i += 2
         else:

@@ -256,6 +256,13 @@ def test_sep_conv_runs_its_inner_batch_norm_and_relu_as_one(monkeypatch):
         torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4)
     for a, b in zip(op.buffers(), ref.buffers(), strict=True):  # running statistics, count
         torch.testing.assert_close(a.to(b.dtype), b, rtol=1e-5, atol=1e-6)
+    # A hook on the ReLU sees the ReLU's own input and output: that pair runs unfused.
+    seen = []
+    op[4].register_forward_hook(lambda m, inp, out: seen.append((inp[0], out)))
+    relus.clear()
+    op(x)
+    assert relus == [False, False] and len(seen) == 1
+    torch.testing.assert_close(seen[0][1], torch.relu(seen[0][0]))
 
 
 @needs_kernels
