@@ -328,7 +328,7 @@ class _SharedTermsFunction(torch.autograd.Function):
             dys = [sum(w[e, k] * gs[e] for e in range(len(gs))) if need else None
                    for k, need in enumerate(need_y)]
             return (dw, None, *d_acc, *dys)
-        gs = [g if g.stride() == like.stride() else _restride(g, like) for g in gs]
+        gs = [g if g.stride() == like.stride() else torch.empty_like(like).copy_(g) for g in gs]
         dys = [torch.empty_like(like) if need else None for need in need_y]
         dw = torch.empty(w.shape, dtype=torch.float64) if need_w else None
         w32 = w.detach().contiguous()
@@ -338,13 +338,6 @@ class _SharedTermsFunction(torch.autograd.Function):
         if status != 0:
             raise RuntimeError("darts: the C shared-terms backward could not start its threads")
         return (dw.to(w.dtype) if need_w else None, None, *d_acc, *dys)
-
-
-def _restride(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """t's values in like's memory layout."""
-    out = torch.empty_like(like)
-    out.copy_(t)
-    return out
 
 
 def _dense_alike(tensors) -> bool:

@@ -280,7 +280,7 @@ class MixedOp(nn.Module):
                     out = _scaled_batch_norm(bn, y, w[k], acc=out)
                     continue
                 scale = w[k]
-            out = scale * y if out is None else torch.addcmul(out, scale, y)
+            out = _add_term(out, scale, y)
         return out
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, shared: dict | None = None,
@@ -441,12 +441,16 @@ def _add_shared_terms(w: torch.Tensor, accs: list[torch.Tensor | None],
     if fast is not None:
         return fast
     outs = []
-    for e, acc in enumerate(accs):
-        out = acc
+    for e, out in enumerate(accs):
         for k, y in enumerate(ys):
-            out = w[e, k] * y if out is None else torch.addcmul(out, w[e, k], y)
+            out = _add_term(out, w[e, k], y)
         outs.append(out)
     return outs
+
+
+def _add_term(out: torch.Tensor | None, scale: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """out + scale * y (out None: scale * y)."""
+    return scale * y if out is None else torch.addcmul(out, scale, y)
 
 
 class _ScratchBuffers:
