@@ -487,3 +487,225 @@ int mix_backward(const float *const *g, long E, const float *const *y, long K, c
     }
     return 0;
 }
+
+/* ---------------------------------------------------------------------------------------------
+ * Depthwise convolutions of one shared input with ReLU in front, all at once:
+ *
+ *   y_k = dwconv_k(relu(x))                     for k = 0 .. K-1   (forward)
+ *   dx  = [x > 0] * sum_k dwconv_k^T(g_k)                          (backward, input gradient)
+ *
+ * Every edge that leaves a DARTS cell state begins four of its ops (sep_conv 3x3 / 5x5,
+ * dil_conv 3x3 / 5x5) with a depthwise convolution of relu(state): 16 of them for a state with
+ * four outgoing edges. Op by op that is a ReLU pass, 16 convolutions, and in the backward 16
+ * transposed convolutions each writing its own input gradient, 15 additions of them by
+ * autograd and ReLU's backward pass. Here each image is read once into a zero-padded buffer
+ * (ReLU applied on the way), from which every convolution reads without bounds checks; the
+ * backward sums every op's transposed convolution for a block of outputs in registers and
+ * writes the input gradient once per op, the last one masked by x > 0.
+ *
+ * x is (N, H, W, C); op k has taps w_k laid out (kh, kw, C) (the channels innermost) and
+ * conf_k = (kh, kw, stride, pad, dil, OH, OW); y_k and g_k are (N, OH_k, OW_k, C). Each
+ * thread takes whole images. The backward is a gather: output pixel (h, w) takes tap (i, j) of
+ * op k from g_k[(h + p - i*d) / s, (w + p - j*d) / s] where both divide; the outputs of one
+ * column phase w = s*m + r, for consecutive m, read consecutive columns of g_k.
+ */
+#define DW_B 8 /* outputs per register block along a row */
+#define DW_MAX_TAPS (MAX_KW * MAX_KW)
+#define DW_CONF 7
+
+/* One block of up to DW_B outputs, NV * sizeof(VT) / 4 channels from c0: dst[b * dstep] (+)=
+ * sum over taps t of wt[t] * src[t][b * sstep]. add: start from dst, else from zero. */
+#define DWBLOCK(VT, NV)                                                                        \
+    static inline void dwblock_##VT##_##NV(const float *const *src, const float *const *wt,    \
+                                           int ntaps, long off, long sstep, float *dst,        \
+                                           long dstep, long c0, int cnt, int add) {            \
+        const long L = sizeof(VT) / sizeof(float);                                             \
+        VT acc[DW_B][NV];                                                                      \
+        if (cnt == DW_B) {                                                                     \
+            for (int b = 0; b < DW_B; b++)                                                     \
+                for (int v = 0; v < NV; v++)                                                   \
+                    acc[b][v] = add ? *(const VT *)(dst + b * dstep + c0 + v * L) : (VT){0};   \
+            for (int t = 0; t < ntaps; t++) {                                                  \
+                const float *s = src[t] + off + c0, *w = wt[t] + c0;                           \
+                VT wv[NV];                                                                     \
+                for (int v = 0; v < NV; v++) wv[v] = *(const VT *)(w + v * L);                 \
+                for (int b = 0; b < DW_B; b++)                                                 \
+                    for (int v = 0; v < NV; v++)                                               \
+                        acc[b][v] += wv[v] * *(const VT *)(s + b * sstep + v * L);             \
+            }                                                                                  \
+            for (int b = 0; b < DW_B; b++)                                                     \
+                for (int v = 0; v < NV; v++) *(VT *)(dst + b * dstep + c0 + v * L) = acc[b][v]; \
+            return;                                                                            \
+        }                                                                                      \
+        for (int b = 0; b < cnt; b++)                                                          \
+            for (int v = 0; v < NV; v++)                                                       \
+                acc[b][v] = add ? *(const VT *)(dst + b * dstep + c0 + v * L) : (VT){0};       \
+        for (int t = 0; t < ntaps; t++) {                                                      \
+            const float *s = src[t] + off + c0, *w = wt[t] + c0;                               \
+            for (int b = 0; b < cnt; b++)                                                      \
+                for (int v = 0; v < NV; v++)                                                   \
+                    acc[b][v] += *(const VT *)(w + v * L) * *(const VT *)(s + b * sstep + v * L); \
+        }                                                                                      \
+        for (int b = 0; b < cnt; b++)                                                          \
+            for (int v = 0; v < NV; v++) *(VT *)(dst + b * dstep + c0 + v * L) = acc[b][v];     \
+    }
+#if defined(__AVX512F__)
+typedef float v16 __attribute__((vector_size(64), aligned(4)));
+DWBLOCK(v16, 1)
+#define DW16(...) dwblock_v16_1(__VA_ARGS__)
+#else
+DWBLOCK(v8, 2)
+#define DW16(...) dwblock_v8_2(__VA_ARGS__)
+#endif
+DWBLOCK(v8, 1)
+DWBLOCK(v4, 1)
+DWBLOCK(v1, 1)
+
+/* A row segment of `count` outputs, every channel. */
+static void dw_row(const float *const *src, const float *const *wt, int ntaps, long sstep,
+                   float *dst, long dstep, long count, long C, int add) {
+    for (long m = 0; m < count; m += DW_B) {
+        const int cnt = count - m < DW_B ? (int)(count - m) : DW_B;
+        const long off = m * sstep;
+        float *d = dst + m * dstep;
+        long c0 = 0;
+        for (; c0 + 16 <= C; c0 += 16) DW16(src, wt, ntaps, off, sstep, d, dstep, c0, cnt, add);
+        for (; c0 + 8 <= C; c0 += 8) dwblock_v8_1(src, wt, ntaps, off, sstep, d, dstep, c0, cnt, add);
+        for (; c0 + 4 <= C; c0 += 4) dwblock_v4_1(src, wt, ntaps, off, sstep, d, dstep, c0, cnt, add);
+        for (; c0 < C; c0++) dwblock_v1_1(src, wt, ntaps, off, sstep, d, dstep, c0, cnt, add);
+    }
+}
+
+static int dw_conf_ok(const long *conf, int K) {
+    for (int k = 0; k < K; k++) {
+        const long *f = conf + k * DW_CONF;
+        if (f[0] < 1 || f[0] > MAX_KW || f[1] < 1 || f[1] > MAX_KW || f[2] < 1 || f[3] < 0
+            || f[4] < 1 || f[5] < 1 || f[6] < 1)
+            return 0;
+    }
+    return 1;
+}
+
+/* Returns 0 on success, 1 out of memory, 2 a configuration not covered. */
+int dw_relu_forward(const float *x, long N, long H, long W, long C, int K,
+                    const float *const *w, float *const *y, const long *conf, int relu,
+                    int threads) {
+    if (K < 1 || !dw_conf_ok(conf, K)) return 2;
+    long P = 0;
+    for (int k = 0; k < K; k++)
+        if (conf[k * DW_CONF + 3] > P) P = conf[k * DW_CONF + 3];
+    const long Hp = H + 2 * P, Wp = W + 2 * P;
+    if (threads < 1) threads = 1;
+    if (threads > N) threads = (int)N;
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+        float *xp = (float *)calloc((size_t)(Hp * Wp * C), sizeof(float));
+        const float *src[DW_MAX_TAPS], *wt[DW_MAX_TAPS];
+        if (!xp) failed = 1;
+#pragma omp for schedule(static)
+        for (long n = 0; n < N; n++) {
+            if (!xp) continue;
+            const float *xn = x + n * H * W * C;
+            for (long h = 0; h < H; h++) {
+                float *row = xp + ((h + P) * Wp + P) * C;
+                const float *in = xn + h * W * C;
+                if (relu)
+                    for (long e = 0; e < W * C; e++) row[e] = in[e] < 0.0f ? 0.0f : in[e];
+                else
+                    memcpy(row, in, sizeof(float) * (size_t)(W * C));
+            }
+            for (int k = 0; k < K; k++) {
+                const long *f = conf + k * DW_CONF;
+                const long kh = f[0], kw = f[1], s = f[2], p = f[3], d = f[4], OH = f[5], OW = f[6];
+                float *yn = y[k] + n * OH * OW * C;
+                for (long oh = 0; oh < OH; oh++) {
+                    int nt = 0;
+                    for (long i = 0; i < kh; i++) {
+                        const long r = oh * s + i * d - p + P;
+                        for (long j = 0; j < kw; j++) {
+                            src[nt] = xp + (r * Wp + j * d - p + P) * C;
+                            wt[nt++] = w[k] + (i * kw + j) * C;
+                        }
+                    }
+                    dw_row(src, wt, nt, s * C, yn + oh * OW * C, C, OW, C, 0);
+                }
+            }
+        }
+        free(xp);
+    }
+    return failed;
+}
+
+/* dx = [x > 0] * sum_k dwconv_k^T(g_k) (x NULL: no mask). Returns 0 on success, 1 out of
+ * memory, 2 a configuration not covered. g[k] NULL: op k has no gradient (left out). */
+int dw_relu_backward(const float *x, float *dx, long N, long H, long W, long C, int K,
+                     const float *const *w, const float *const *g, const long *conf,
+                     int threads) {
+    if (K < 1 || !dw_conf_ok(conf, K)) return 2;
+    long most = 1;
+    for (int k = 0; k < K; k++) {
+        const long *f = conf + k * DW_CONF;
+        const long Q = (f[1] - 1) * f[4] + f[3] + 1, size = f[5] * (f[6] + 2 * Q);
+        if (size > most) most = size;
+    }
+    if (threads < 1) threads = 1;
+    if (threads > N) threads = (int)N;
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+        float *gp = (float *)malloc(sizeof(float) * (size_t)(most * C));
+        const float *src[DW_MAX_TAPS], *wt[DW_MAX_TAPS];
+        if (!gp) failed = 1;
+#pragma omp for schedule(static)
+        for (long n = 0; n < N; n++) {
+            if (!gp) continue;
+            float *dxn = dx + n * H * W * C;
+            int first = 1;
+            for (int k = 0; k < K; k++) {
+                if (!g[k]) continue;
+                const long *f = conf + k * DW_CONF;
+                const long kh = f[0], kw = f[1], s = f[2], p = f[3], d = f[4], OH = f[5], OW = f[6];
+                /* g_k's image with Q zero columns each side */
+                const long Q = (kw - 1) * d + p + 1, Wg = OW + 2 * Q;
+                const float *gn = g[k] + n * OH * OW * C;
+                for (long r = 0; r < OH; r++) {
+                    float *row = gp + r * Wg * C;
+                    memset(row, 0, sizeof(float) * (size_t)(Q * C));
+                    memcpy(row + Q * C, gn + r * OW * C, sizeof(float) * (size_t)(OW * C));
+                    memset(row + (Q + OW) * C, 0, sizeof(float) * (size_t)(Q * C));
+                }
+                for (long h = 0; h < H; h++) {
+                    for (long ph = 0; ph < s && ph < W; ph++) {
+                        const long count = (W - ph + s - 1) / s;
+                        int nt = 0;
+                        for (long i = 0; i < kh; i++) {
+                            const long q = h + p - i * d;
+                            if (((q % s) + s) % s) continue;
+                            const long r = q / s;
+                            if (r < 0 || r >= OH) continue;
+                            for (long j = 0; j < kw; j++) {
+                                const long c = ph + p - j * d;
+                                if (((c % s) + s) % s) continue;
+                                src[nt] = gp + (r * Wg + Q + c / s) * C;
+                                wt[nt++] = w[k] + (i * kw + j) * C;
+                            }
+                        }
+                        if (nt == 0 && !first) continue;
+                        dw_row(src, wt, nt, C, dxn + (h * W + ph) * C, s * C, count, C, !first);
+                    }
+                }
+                first = 0;
+            }
+            if (first) {
+                memset(dxn, 0, sizeof(float) * (size_t)(H * W * C));
+            } else if (x) {
+                const float *xn = x + n * H * W * C;
+                for (long e = 0; e < H * W * C; e++)
+                    if (!(xn[e] > 0.0f)) dxn[e] = 0.0f;
+            }
+        }
+        free(gp);
+    }
+    return failed;
+}

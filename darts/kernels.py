@@ -126,7 +126,11 @@ def library() -> ctypes.CDLL | None:
                         + [int_, ptr, int_]),
                        ("bn_backward", [ptr] * 3 + [long_, long_] + [ptr] * 6 + [int_]),
                        ("mix_forward", [ptr, long_, ptr, ptr, ptr, long_, long_, int_]),
-                       ("mix_backward", [ptr, long_, ptr, long_] + [ptr] * 3 + [long_, int_])):
+                       ("mix_backward", [ptr, long_, ptr, long_] + [ptr] * 3 + [long_, int_]),
+                       ("dw_relu_forward", [ptr] + [long_] * 4 + [int_] + [ptr] * 3
+                        + [int_, int_]),
+                       ("dw_relu_backward", [ptr, ptr] + [long_] * 4 + [int_] + [ptr] * 3
+                        + [int_])):
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = ctypes.c_int, args
     _lib = lib
@@ -366,3 +370,79 @@ def add_shared_terms(w: torch.Tensor, accs: list[torch.Tensor | None],
             w, has_acc, *(a for a in accs if a is not None), *ys))
     except _Fallback:
         return None
+
+
+# (kernel size, stride, padding, dilation) of a square depthwise convolution
+DepthwiseConf = tuple[int, int, int, int]
+
+
+def _depthwise_out(size: int, conf: DepthwiseConf) -> int:
+    k, stride, pad, dil = conf
+    return (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
+
+
+def covers_relu_depthwise(x: torch.Tensor, weights, confs) -> bool:
+    """Whether `relu_depthwise_forward` and `_backward` run for these: float32 channels-last
+    CPU input, float32 (C, 1, k, k) weights with k up to MAX_KERNEL, outputs not empty."""
+    if not (enabled() and not _compiling() and not torch.is_autocast_enabled("cpu")
+            and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
+            and x.is_contiguous(memory_format=torch.channels_last) and len(weights) > 0):
+        return False
+    c = x.shape[1]
+    for w, conf in zip(weights, confs, strict=True):
+        k, stride, pad, dil = conf
+        if not (w.dtype == torch.float32 and w.device.type == "cpu"
+                and tuple(w.shape) == (c, 1, k, k) and 1 <= k <= MAX_KERNEL
+                and stride >= 1 and pad >= 0 and dil >= 1
+                and min(_depthwise_out(s, conf) for s in x.shape[2:]) >= 1):
+            return False
+    return library() is not None
+
+
+def _taps(weights) -> list[torch.Tensor]:
+    """Each (C, 1, k, k) weight as (k * k, C): the taps with the channels innermost."""
+    return [w.detach().reshape(w.shape[0], -1).t().contiguous() for w in weights]
+
+
+def _conf_array(x: torch.Tensor, confs) -> ctypes.Array:
+    h, w = x.shape[2:]
+    flat = [v for conf in confs
+            for v in (conf[0], conf[0], conf[1], conf[2], conf[3],
+                      _depthwise_out(h, conf), _depthwise_out(w, conf))]
+    return (ctypes.c_long * len(flat))(*flat)
+
+
+def relu_depthwise_forward(x: torch.Tensor, weights, confs, relu: bool = True
+                           ) -> list[torch.Tensor]:
+    """[conv2d(relu(x), w, stride, pad, dil, groups=C) for each weight] (without ReLU where
+    `relu` is False), x read once; for what `covers_relu_depthwise` accepts (not checked)."""
+    lib = library()
+    n, c, h, w = x.shape
+    outs = [torch.empty(n, c, _depthwise_out(h, conf), _depthwise_out(w, conf),
+                        memory_format=torch.channels_last) for conf in confs]
+    taps = _taps(weights)
+    status = lib.dw_relu_forward(x.data_ptr(), n, h, w, c, len(confs), _pointers(taps),
+                                  _pointers(outs), _conf_array(x, confs), int(relu),
+                                  torch.get_num_threads())
+    if status != 0:
+        raise MemoryError("darts: the C depthwise kernel could not allocate its buffers")
+    return outs
+
+
+def relu_depthwise_input_grad(x: torch.Tensor, weights, confs, grads,
+                              relu: bool = True) -> torch.Tensor:
+    """The gradient towards x of `relu_depthwise_forward(x, weights, confs, relu)` given its
+    outputs' gradients `grads` (None: no gradient from that output), in one pass: the sum of
+    every output's transposed convolution, masked by x > 0 with `relu`."""
+    lib = library()
+    n, c, h, w = x.shape
+    dx = torch.empty_like(x, memory_format=torch.channels_last)
+    gs = [None if g is None else g.contiguous(memory_format=torch.channels_last)
+          for g in grads]
+    taps = _taps(weights)
+    status = lib.dw_relu_backward(x.data_ptr() if relu else None, dx.data_ptr(), n, h, w, c,
+                                   len(confs), _pointers(taps), _pointers(gs),
+                                   _conf_array(x, confs), torch.get_num_threads())
+    if status != 0:
+        raise MemoryError("darts: the C depthwise kernel could not allocate its buffers")
+    return dx

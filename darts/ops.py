@@ -92,14 +92,22 @@ class _CPUConvFunction(torch.autograd.Function):
                 pad = dilation * (kh - 1) - padding
                 dx = F.conv2d(grad, weight.flip(-2, -1), None, 1, pad, dilation, groups)
             if need_w:
-                # Ours (darts/kernels.py) where it can be built and is the faster one.
-                dw = (kernels.depthwise_weight_grad(ctx_grad, x, kh, stride, padding, dilation)
-                      if kernels.prefer_depthwise_weight_grad(kh, dilation) else None)
-                if dw is None:
-                    dw = torch.ops.aten.convolution_backward(
-                        ctx_grad, x, weight, None, [stride] * 2, [padding] * 2, [dilation] * 2,
-                        False, [0, 0], groups, [False, True, False])[1]
+                dw = _depthwise_weight_grad(ctx_grad, x, weight, stride, padding, dilation)
         return dx, dw, None, None, None, None
+
+
+def _depthwise_weight_grad(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                           stride: int, padding: int, dilation: int) -> torch.Tensor:
+    """The gradient of a depthwise conv's square weight: ours (darts/kernels.py) where it can
+    be built and is the faster one, else oneDNN's."""
+    k = weight.shape[-1]
+    dw = (kernels.depthwise_weight_grad(grad, x, k, stride, padding, dilation)
+          if kernels.prefer_depthwise_weight_grad(k, dilation) else None)
+    if dw is None:
+        dw = torch.ops.aten.convolution_backward(
+            grad, x, weight, None, [stride] * 2, [padding] * 2, [dilation] * 2,
+            False, [0, 0], weight.shape[0], [False, True, False])[1]
+    return dw
 
 
 class Conv2d(nn.Conv2d):
@@ -133,6 +141,87 @@ class Conv2d(nn.Conv2d):
         x, w = (t.view_as(t) if t.requires_grad and t.grad_fn is None else t for t in (x, w))
         return _CPUConvFunction.apply(x, w, self.stride[0], self.padding[0], self.dilation[0],
                                       self.groups)
+
+
+    def depthwise_conf(self) -> tuple[int, int, int, int] | None:
+        """(kernel size, stride, padding, dilation) of a square depthwise conv without bias
+        and with zero padding, the same along both axes; None for any other."""
+        k, s, p, d = self.kernel_size, self.stride, self.padding, self.dilation
+        if not (self.groups == self.in_channels == self.out_channels and self.bias is None
+                and self.padding_mode == "zeros" and isinstance(p, tuple)
+                and k[0] == k[1] and s[0] == s[1] and p[0] == p[1] and d[0] == d[1]):
+            return None
+        return k[0], s[0], p[0], d[0]
+
+
+class _ReluDepthwiseFunction(torch.autograd.Function):
+    """[depthwise conv_k(relu(x)) for each weight] with the C kernels (see `relu_depthwise`)."""
+
+    @staticmethod
+    def forward(ctx, x, confs, *weights):
+        ctx.save_for_backward(x, *weights)
+        ctx.confs = confs
+        # Where each gradient goes; a backward that does not reach it skips it (see
+        # `_CPUConvFunction`: the first-order alpha step forms no weight gradient).
+        ctx.nodes = tuple(t.grad_fn if t.requires_grad else None for t in (x, *weights))
+        ctx.set_materialize_grads(False)
+        return tuple(kernels.relu_depthwise_forward(x, weights, confs))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        x, *weights = ctx.saved_tensors
+        confs = ctx.confs
+        if torch.is_grad_enabled():
+            # Double backward (the exact Hessian): differentiable PyTorch, the forward
+            # recomputed.
+            with torch.enable_grad():
+                inputs = [t for t, node in zip((x, *weights), ctx.nodes, strict=True)
+                          if node is not None]
+                relu = F.relu(x)
+                outs = [F.conv2d(relu, w, None, s, p, d, w.shape[0])
+                        for w, (_, s, p, d) in zip(weights, confs, strict=True)]
+                pairs = [(o, g) for o, g in zip(outs, grads, strict=True) if g is not None]
+                found = iter(torch.autograd.grad([o for o, _ in pairs], inputs,
+                                                 [g for _, g in pairs], create_graph=True,
+                                                 allow_unused=True))
+            return tuple(None if node is None else next(found) for node in ctx.nodes[:1]) \
+                + (None,) + tuple(None if node is None else next(found) for node in ctx.nodes[1:])
+        need = [node is not None and _will_run(node) for node in ctx.nodes]
+        if not any(need) or all(g is None for g in grads):
+            return (None,) * (2 + len(weights))
+        dx = kernels.relu_depthwise_input_grad(x, weights, confs, grads) if need[0] else None
+        relu = None
+        dws = []
+        for g, w, conf, need_w in zip(grads, weights, confs, need[1:], strict=True):
+            if g is None or not need_w:
+                dws.append(None)
+                continue
+            if relu is None:
+                relu = F.relu(x)
+            dws.append(_depthwise_weight_grad(g, relu, w, *conf[1:]))
+        return (dx, None, *dws)
+
+
+def relu_depthwise(x: torch.Tensor, convs) -> list[torch.Tensor] | None:
+    """[conv(relu(x)) for each depthwise `Conv2d` in convs], as one op on the CPU: the C
+    kernels read x once for all the convolutions, and in the backward sum all their
+    transposed convolutions and ReLU's mask into x's gradient in one pass (darts/kernels.py).
+    None where not covered (other devices, dtypes and layouts; convs with hooks or other
+    than square depthwise ones): the caller runs them one by one."""
+    confs = []
+    for conv in convs:
+        conf = conv.depthwise_conf() if type(conv) is Conv2d else None
+        if conf is None or conv._forward_hooks or conv._forward_pre_hooks:
+            return None
+        confs.append(conf)
+    weights = [conv.weight for conv in convs]
+    if not kernels.covers_relu_depthwise(x, weights, confs):
+        return None
+    # The engine answers "will this backward reach it?" only for inner nodes: a leaf (a
+    # network weight) gets a view, an inner node (as in `Conv2d.forward`).
+    x, *weights = (t.view_as(t) if t.requires_grad and t.grad_fn is None else t
+                   for t in (x, *weights))
+    return list(_ReluDepthwiseFunction.apply(x, tuple(confs), *weights))
 
 
 class BatchNorm2d(nn.BatchNorm2d):

@@ -54,6 +54,7 @@ from darts import edge_batch, kernels
 from darts.genotype import Genotype
 from darts.ops import (
     BatchNorm2d,
+    Conv2d,
     FactorizedReduce,
     FusedSequential,
     Identity,
@@ -61,6 +62,7 @@ from darts.ops import (
     PoolBN,
     ReLUConvBN,
     dense_grad,
+    relu_depthwise,
     run_layers,
     update_running_stats,
 )
@@ -218,6 +220,12 @@ class MixedOp(nn.Module):
         self.shared_keys = tuple(_pool_bn_key(plan) for plan in self.plans)
         # Ops whose output is the state itself (skip_connect at stride 1).
         self.identities = tuple(type(op) is Identity for op in self.ops)
+        # Ops that begin with ReLU and a depthwise conv (sep_conv, dil_conv): `SearchCell` runs
+        # these convs of all edges leaving a state as one (ops.relu_depthwise).
+        self.relu_heads = tuple(
+            i for i, plan in enumerate(self.plans)
+            if plan is not None and plan[0] and plan[1] and type(plan[1][0]) is Conv2d
+            and plan[1][0].depthwise_conf() is not None)
         if partial_channels > 1 and stride == 2:
             # PC-DARTS halves the bypassed channels with a 2x2 max pool; ceil_mode matches the
             # ops' output size on odd inputs too (identical to PC-DARTS on even ones).
@@ -253,10 +261,10 @@ class MixedOp(nn.Module):
         `acc`: a tensor of the output's shape to add the sum to (a node's other edges).
         `skip`: indices of ops left out (their terms added by the caller)."""
         w = weights.unbind(0)
-        relu = None
+        relu = heads = None
         out = acc
         if shared is not None:
-            relu = shared.get("relu")
+            relu, heads = shared.get("relu"), shared.get("heads")
         for i, (k, op, plan, key) in enumerate(zip(self.columns, self.ops, self.plans,
                                                    self.shared_keys, strict=True)):
             if i in skip:
@@ -267,15 +275,17 @@ class MixedOp(nn.Module):
                 y, scale = _shared_pool_bn(plan[1][0], plan[2], x, shared, key), w[k]
             else:
                 shares_relu, body, bn = plan
-                if shares_relu:
+                head = heads.get(id(body[0])) if heads and body else None
+                if head is not None:  # conv(relu(x)), computed with the state's other edges
+                    y = run_layers(body[1:], head)
+                elif shares_relu:
                     if relu is None:
                         relu = op[0](x)
                         if shared is not None:
                             shared["relu"] = relu
-                    y = relu
+                    y = run_layers(body, relu)
                 else:
-                    y = x
-                y = run_layers(body, y)
+                    y = run_layers(body, x)
                 if bn is not None:
                     out = _scaled_batch_norm(bn, y, w[k], acc=out)
                     continue
@@ -393,6 +403,9 @@ class SearchCell(nn.Module):
                     nodes[j] = node
             else:
                 skip = ()
+            heads = _relu_heads(ops, x)
+            if heads is not None:
+                shared["heads"] = heads
             for (e, j), op in zip(out_edges, ops, strict=True):
                 nodes[j] = op(x, rows[e], shared, acc=nodes[j], skip=skip)
         states.append(dense_grad(nodes[-1]))
@@ -446,6 +459,23 @@ def _add_shared_terms(w: torch.Tensor, accs: list[torch.Tensor | None],
             out = _add_term(out, w[e, k], y)
         outs.append(out)
     return outs
+
+
+def _relu_heads(ops: list[MixedOp], x: torch.Tensor) -> dict[int, torch.Tensor] | None:
+    """The first depthwise conv of relu(x) of every sep_conv and dil_conv on the edges `ops`
+    (that leave state x), computed as one (ops.relu_depthwise), keyed by the conv's id; None
+    where that does not run (not the CPU kernels, or hooks on the modules)."""
+    convs = []
+    for op in ops:
+        for i in op.relu_heads:
+            relu = op.ops[i][0]
+            if relu._forward_hooks or relu._forward_pre_hooks:
+                return None
+            convs.append(op.plans[i][1][0])
+    ys = relu_depthwise(x, convs) if convs else None
+    if ys is None:
+        return None
+    return {id(conv): y for conv, y in zip(convs, ys, strict=True)}
 
 
 def _add_term(out: torch.Tensor | None, scale: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
