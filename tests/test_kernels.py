@@ -332,7 +332,9 @@ def test_a_float32_channels_last_supernet_step_matches_its_float64_copy(monkeypa
     monkeypatch.setattr(Conv2d, "MIN_ELEMENTS", 0)
     calls = {"bn": count_kernel_runs(monkeypatch, "batch_norm_train"),
              "dw": count_kernel_runs(monkeypatch, "depthwise_weight_grad"),
-             "mix": count_kernel_runs(monkeypatch, "add_shared_terms")}
+             "mix": count_kernel_runs(monkeypatch, "add_shared_terms"),
+             "heads": count_kernel_runs(monkeypatch, "relu_depthwise_forward"),
+             "heads_dx": count_kernel_runs(monkeypatch, "relu_depthwise_input_grad")}
     torch.manual_seed(0)
     net = SearchNetwork(C=4, num_classes=5, layers=3).to(memory_format=torch.channels_last)
     net64 = SearchNetwork(C=4, num_classes=5, layers=3).double()
@@ -345,7 +347,7 @@ def test_a_float32_channels_last_supernet_step_matches_its_float64_copy(monkeypa
         params = model.arch_parameters() + model.network_parameters()
         grads.append(torch.autograd.grad(loss, params))
         outs.append(loss)
-    assert any(calls["bn"]) and any(calls["dw"]) and any(calls["mix"])
+    assert all(any(c) for c in calls.values()), {k: len(c) for k, c in calls.items()}
     torch.testing.assert_close(outs[0].double(), outs[1], rtol=1e-5, atol=1e-5)
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a.double(), b, rtol=1e-3, atol=1e-4)
@@ -405,3 +407,108 @@ def test_shared_terms_second_derivatives_and_what_they_do_not_cover():
     assert kernels.add_shared_terms(w, [None, None], [ys[0], cl]) is None
     assert kernels.add_shared_terms(w.double(), [None, None], [y.double() for y in ys]) is None
     assert kernels.add_shared_terms(torch.rand(1, 9), [None], [ys[0]] * 9) is None
+
+
+# (kernel, stride, padding, dilation): the DARTS ops' first convs at stride 1 and 2, and others
+# (1x1, an even kernel, stride 3, a padding wider than the kernel's reach).
+HEAD_CONFS = [(3, 1, 1, 1), (5, 1, 2, 1), (3, 1, 2, 2), (5, 1, 4, 2), (1, 1, 0, 1),
+              (4, 1, 1, 1), (5, 1, 4, 1)]
+HEAD_CONFS_STRIDED = [(3, 2, 1, 1), (5, 2, 2, 1), (3, 2, 2, 2), (5, 2, 4, 2), (2, 2, 0, 1),
+                      (3, 3, 1, 1)]
+
+
+def head_convs(channels, confs):
+    return [Conv2d(channels, channels, k, stride=s, padding=p, dilation=d, groups=channels,
+                   bias=False) for k, s, p, d in confs]
+
+
+@needs_kernels
+@pytest.mark.parametrize("confs", [HEAD_CONFS, HEAD_CONFS_STRIDED], ids=["stride1", "strided"])
+@pytest.mark.parametrize("channels", [29, 16])
+def test_relu_depthwise_matches_a_float64_reference(confs, channels):
+    # 29 = 16 + 8 + 4 + 1 channels: every vector width; 16: whole blocks only. Widths 11 and
+    # 13: register blocks of 8 outputs and a remainder. Gradients from all outputs but one.
+    from darts.ops import relu_depthwise
+    torch.manual_seed(0)
+    convs = head_convs(channels, confs)
+    x = torch.randn(3, channels, 11, 13).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    ys = relu_depthwise(x, convs)
+    assert ys is not None
+    x64 = x.detach().double().requires_grad_(True)
+    w64 = [c.weight.detach().double().requires_grad_(True) for c in convs]
+    refs = [F.conv2d(F.relu(x64), w, None, s, p, d, channels)
+            for w, (_, s, p, d) in zip(w64, confs, strict=True)]
+    gs = [torch.randn_like(r) for r in refs]
+    gs[1] = None  # an output that gets no gradient
+    used = [(r, g) for r, g in zip(refs, gs, strict=True) if g is not None]
+    ref_grads = torch.autograd.grad([r for r, _ in used], [x64, *w64], [g for _, g in used],
+                                    allow_unused=True)
+    for y, r in zip(ys, refs, strict=True):
+        assert y.shape == r.shape and y.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(y.double(), r, rtol=1e-5, atol=1e-5)
+    pairs = [(y, g.float()) for y, g in zip(ys, gs, strict=True) if g is not None]
+    grads = torch.autograd.grad([y for y, _ in pairs], [x, *[c.weight for c in convs]],
+                                [g for _, g in pairs], allow_unused=True)
+    # x's gradient is the sum of every conv's transposed conv, masked by relu.
+    assert (grads[0][x <= 0] == 0).all()
+    torch.testing.assert_close(grads[0].double(), ref_grads[0], rtol=1e-5, atol=1e-4)
+    for k, (a, b) in enumerate(zip(grads[1:], ref_grads[1:], strict=True)):
+        if gs[k] is None:
+            assert a is None or not a.any()
+        else:
+            torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4)
+
+
+@needs_kernels
+def test_relu_depthwise_second_derivatives_and_skipped_gradients(monkeypatch):
+    from darts import ops
+    torch.manual_seed(0)
+    confs = [(3, 1, 1, 1), (5, 1, 4, 2), (3, 2, 2, 2)]
+    convs = head_convs(5, confs)
+    x = torch.randn(2, 5, 9, 9).contiguous(memory_format=torch.channels_last)
+    # Second derivatives (the exact Hessian): d/dw of <d loss/dx, v> against float64.
+    v = torch.randn(2, 5, 9, 9)
+
+    def second(xx, weights, fused):
+        xx = xx.clone().requires_grad_(True)
+        if fused:
+            ys = ops.relu_depthwise(xx, convs)
+        else:
+            ys = [F.conv2d(F.relu(xx), w, None, s, p, d, 5)
+                  for w, (_, s, p, d) in zip(weights, confs, strict=True)]
+        loss = sum((y ** 2).sum() for y in ys)
+        dx, = torch.autograd.grad(loss, xx, create_graph=True)
+        return torch.autograd.grad((dx * v.to(dx.dtype)).sum(), weights)
+
+    ours = second(x, [c.weight for c in convs], True)
+    ref = second(x.double(), [c.weight.detach().double().requires_grad_(True) for c in convs],
+                 False)
+    for a, b in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4)
+    # A backward that reaches only x forms no weight gradient (the first-order alpha step).
+    formed = []
+    real = ops._depthwise_weight_grad
+    monkeypatch.setattr(ops, "_depthwise_weight_grad",
+                        lambda *a: formed.append(1) or real(*a))
+    xx = x.clone().requires_grad_(True)
+    torch.autograd.grad(sum(y.sum() for y in ops.relu_depthwise(xx, convs)), xx)
+    assert not formed
+    torch.autograd.grad(sum(y.sum() for y in ops.relu_depthwise(xx, convs)), convs[0].weight)
+    assert formed
+
+
+@needs_kernels
+def test_relu_depthwise_leaves_to_pytorch_what_it_does_not_cover():
+    from darts.ops import relu_depthwise
+    convs = head_convs(4, [(3, 1, 1, 1)])
+    x = torch.randn(2, 4, 6, 6)
+    assert relu_depthwise(x, convs) is None  # NCHW
+    x = x.contiguous(memory_format=torch.channels_last)
+    assert relu_depthwise(x.double(), convs) is None
+    assert relu_depthwise(x, [Conv2d(4, 4, 3, padding=1, bias=False)]) is None  # not depthwise
+    assert relu_depthwise(x, head_convs(4, [(9, 1, 4, 1)])) is None  # wider than MAX_KERNEL
+    hooked = head_convs(4, [(3, 1, 1, 1)])
+    hooked[0].register_forward_hook(lambda *a: None)
+    assert relu_depthwise(x, hooked) is None
+    assert relu_depthwise(x, convs) is not None
