@@ -8,8 +8,11 @@ the depthwise weight gradient of the search space's kernels (3x3, 5x5, dilated 3
 stride 1 and 2) and BatchNorm's training forward and backward (channels-last float32). Then
 the fusions, each against the same work unfused (the "torch" side: our BatchNorm, then
 PyTorch's addition or ReLU; addcmul per term and edge), forward and backward together:
-BatchNorm adding onto a running sum, BatchNorm with ReLU, and the shared terms of a state's
-four edges (three terms). The JSON has each case's median and minimum milliseconds (PyTorch
+BatchNorm adding onto a running sum, BatchNorm with ReLU, the shared terms of a state's
+four edges (three terms), and the first depthwise convs of relu(state) on four edges (16
+convs: 3x3, 5x5, dilated 3x3 and 5x5 each, stride 1 and 2; the ReLU, each conv, and in the
+backward x's gradient: each transposed conv, autograd's sum and ReLU's backward, against
+`ops.relu_depthwise`). The JSON has each case's median and minimum milliseconds (PyTorch
 or unfused, ours), the ratio of the minima, and the CPU time the host stole meanwhile (see
 common.steal_s).
 """
@@ -25,6 +28,7 @@ import torch.nn.functional as F
 from common import environment, steal_s, write_json
 
 from darts import kernels
+from darts.ops import Conv2d, relu_depthwise
 
 SHAPES = [(64, 16, 32), (64, 32, 16), (64, 64, 8)]
 DEPTHWISE = [(3, 1), (5, 1), (3, 2), (5, 2)]  # (kernel, dilation): sep and dil convs
@@ -145,6 +149,21 @@ def main(argv=None) -> int:
 
         cases.append(case("shared_terms", alternate(addcmuls, shared, rounds), batch=n,
                           channels=c, size=h, edges=4, terms=3))
+        for s in (1, 2):
+            convs = [Conv2d(c, c, k, stride=s, padding=d * (k - 1) // 2, dilation=d, groups=c,
+                            bias=False) for _ in range(4) for k, d in DEPTHWISE]
+            xs = xd.clone().requires_grad_()
+            gs = [torch.randn_like(conv(xd)).contiguous(memory_format=cl) for conv in convs]
+
+            def one_by_one(xs=xs, convs=convs, gs=gs):
+                r = F.relu(xs)
+                torch.autograd.grad([conv(r) for conv in convs], xs, gs)
+
+            def as_one(xs=xs, convs=convs, gs=gs):
+                torch.autograd.grad(relu_depthwise(xs, convs), xs, gs)
+
+            cases.append(case("relu_depthwise", alternate(one_by_one, as_one, rounds), batch=n,
+                              channels=c, size=h, stride=s, convs=len(convs)))
     after = steal_s()
     result = {"benchmark": "cpu_kernels", "device": "cpu",
               "environment": environment(torch.device("cpu")), "rounds": rounds,
