@@ -513,41 +513,53 @@ int mix_backward(const float *const *g, long E, const float *const *y, long K, c
 #define DW_MAX_TAPS (MAX_KW * MAX_KW)
 #define DW_CONF 7
 
-/* One block of up to DW_B outputs, NV * sizeof(VT) / 4 channels from c0: dst[b * dstep] (+)=
- * sum over taps t of wt[t] * src[t][b * sstep]. add: start from dst, else from zero. */
+/* One block of DW_B outputs (FULL) or fewer (PART), NV * sizeof(VT) / 4 channels from c0:
+ * dst[b * dstep] (+)= sum over taps t of wt[t] * src[t][off + b * sstep]. add: start from
+ * dst, else from zero. The full block keeps its DW_B * NV sums in registers. */
 #define DWBLOCK(VT, NV)                                                                        \
+    static inline void dwfull_##VT##_##NV(const float *const *src, const float *const *wt,     \
+                                          int ntaps, long off, long sstep, float *dst,         \
+                                          long dstep, long c0, int add) {                      \
+        const long L = sizeof(VT) / sizeof(float);                                             \
+        VT acc[DW_B][NV];                                                                      \
+        if (add) {                                                                             \
+            _Pragma("GCC unroll 16") for (int b = 0; b < DW_B; b++)                            \
+                _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++)                           \
+                    acc[b][v] = *(const VT *)(dst + b * dstep + c0 + v * L);                   \
+        } else {                                                                               \
+            _Pragma("GCC unroll 16") for (int b = 0; b < DW_B; b++)                            \
+                _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) acc[b][v] = (VT){0};      \
+        }                                                                                      \
+        _Pragma("GCC unroll 1") for (int t = 0; t < ntaps; t++) {                              \
+            const float *s = src[t] + off + c0, *w = wt[t] + c0;                               \
+            _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++) {                             \
+                const VT wv = *(const VT *)(w + v * L);                                        \
+                _Pragma("GCC unroll 16") for (int b = 0; b < DW_B; b++)                        \
+                    acc[b][v] += wv * *(const VT *)(s + b * sstep + v * L);                    \
+            }                                                                                  \
+        }                                                                                      \
+        _Pragma("GCC unroll 16") for (int b = 0; b < DW_B; b++)                                \
+            _Pragma("GCC unroll 4") for (int v = 0; v < NV; v++)                               \
+                *(VT *)(dst + b * dstep + c0 + v * L) = acc[b][v];                             \
+    }                                                                                          \
+    static void dwpart_##VT##_##NV(const float *const *src, const float *const *wt, int ntaps, \
+                                   long off, long sstep, float *dst, long dstep, long c0,      \
+                                   int cnt, int add) {                                         \
+        const long L = sizeof(VT) / sizeof(float);                                             \
+        for (int b = 0; b < cnt; b++)                                                          \
+            for (int v = 0; v < NV; v++) {                                                     \
+                VT a = add ? *(const VT *)(dst + b * dstep + c0 + v * L) : (VT){0};            \
+                for (int t = 0; t < ntaps; t++)                                                \
+                    a += *(const VT *)(wt[t] + c0 + v * L)                                     \
+                         * *(const VT *)(src[t] + off + c0 + b * sstep + v * L);               \
+                *(VT *)(dst + b * dstep + c0 + v * L) = a;                                     \
+            }                                                                                  \
+    }                                                                                          \
     static inline void dwblock_##VT##_##NV(const float *const *src, const float *const *wt,    \
                                            int ntaps, long off, long sstep, float *dst,        \
                                            long dstep, long c0, int cnt, int add) {            \
-        const long L = sizeof(VT) / sizeof(float);                                             \
-        VT acc[DW_B][NV];                                                                      \
-        if (cnt == DW_B) {                                                                     \
-            for (int b = 0; b < DW_B; b++)                                                     \
-                for (int v = 0; v < NV; v++)                                                   \
-                    acc[b][v] = add ? *(const VT *)(dst + b * dstep + c0 + v * L) : (VT){0};   \
-            for (int t = 0; t < ntaps; t++) {                                                  \
-                const float *s = src[t] + off + c0, *w = wt[t] + c0;                           \
-                VT wv[NV];                                                                     \
-                for (int v = 0; v < NV; v++) wv[v] = *(const VT *)(w + v * L);                 \
-                for (int b = 0; b < DW_B; b++)                                                 \
-                    for (int v = 0; v < NV; v++)                                               \
-                        acc[b][v] += wv[v] * *(const VT *)(s + b * sstep + v * L);             \
-            }                                                                                  \
-            for (int b = 0; b < DW_B; b++)                                                     \
-                for (int v = 0; v < NV; v++) *(VT *)(dst + b * dstep + c0 + v * L) = acc[b][v]; \
-            return;                                                                            \
-        }                                                                                      \
-        for (int b = 0; b < cnt; b++)                                                          \
-            for (int v = 0; v < NV; v++)                                                       \
-                acc[b][v] = add ? *(const VT *)(dst + b * dstep + c0 + v * L) : (VT){0};       \
-        for (int t = 0; t < ntaps; t++) {                                                      \
-            const float *s = src[t] + off + c0, *w = wt[t] + c0;                               \
-            for (int b = 0; b < cnt; b++)                                                      \
-                for (int v = 0; v < NV; v++)                                                   \
-                    acc[b][v] += *(const VT *)(w + v * L) * *(const VT *)(s + b * sstep + v * L); \
-        }                                                                                      \
-        for (int b = 0; b < cnt; b++)                                                          \
-            for (int v = 0; v < NV; v++) *(VT *)(dst + b * dstep + c0 + v * L) = acc[b][v];     \
+        if (cnt == DW_B) dwfull_##VT##_##NV(src, wt, ntaps, off, sstep, dst, dstep, c0, add);  \
+        else dwpart_##VT##_##NV(src, wt, ntaps, off, sstep, dst, dstep, c0, cnt, add);         \
     }
 #if defined(__AVX512F__)
 typedef float v16 __attribute__((vector_size(64), aligned(4)));
@@ -637,58 +649,99 @@ int dw_relu_forward(const float *x, long N, long H, long W, long C, int K,
     return failed;
 }
 
+/* The zero columns left and right of op f's gradient rows, so that every column the gather
+ * reads, (w + p - j*d) / s for 0 <= w < W, lies in the padded row. */
+static void dw_pads(const long *f, long W, long *left, long *right) {
+    const long kw = f[1], s = f[2], p = f[3], d = f[4], OW = f[6];
+    const long lo = p - (kw - 1) * d, first = lo >= 0 ? lo / s : -((-lo + s - 1) / s);
+    const long last = (W - 1 + p) / s;
+    *left = first < 0 ? -first : 0;
+    *right = last > OW - 1 ? last - (OW - 1) : 0;
+}
+
 /* dx = [x > 0] * sum_k dwconv_k^T(g_k) (x NULL: no mask). Returns 0 on success, 1 out of
- * memory, 2 a configuration not covered. g[k] NULL: op k has no gradient (left out). */
+ * memory, 2 a configuration not covered. g[k] NULL: op k has no gradient (left out).
+ *
+ * Per image, every op's output gradient is first copied into zero-padded rows (in the
+ * thread's cache); then each block of input-gradient outputs sums the taps of all the ops of
+ * one stride in registers and is written once. */
 int dw_relu_backward(const float *x, float *dx, long N, long H, long W, long C, int K,
                      const float *const *w, const float *const *g, const long *conf,
                      int threads) {
     if (K < 1 || !dw_conf_ok(conf, K)) return 2;
-    long most = 1;
+    long *lay = (long *)malloc(sizeof(long) * (size_t)(3 * K)); /* offset, left, width */
+    if (!lay) return 1;
+    long total = 0, taps = 0;
     for (int k = 0; k < K; k++) {
         const long *f = conf + k * DW_CONF;
-        const long Q = (f[1] - 1) * f[4] + f[3] + 1, size = f[5] * (f[6] + 2 * Q);
-        if (size > most) most = size;
+        long left, right;
+        dw_pads(f, W, &left, &right);
+        lay[3 * k] = total;
+        lay[3 * k + 1] = left;
+        lay[3 * k + 2] = f[6] + left + right;
+        total += f[5] * lay[3 * k + 2] * C;
+        taps += f[0] * f[1];
     }
     if (threads < 1) threads = 1;
     if (threads > N) threads = (int)N;
     int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
-        float *gp = (float *)malloc(sizeof(float) * (size_t)(most * C));
-        const float *src[DW_MAX_TAPS], *wt[DW_MAX_TAPS];
-        if (!gp) failed = 1;
+        float *gp = (float *)malloc(sizeof(float) * (size_t)total);
+        const float **src = (const float **)malloc(sizeof(float *) * (size_t)(2 * taps));
+        const float **wt = src ? src + taps : NULL;
+        if (!gp || !src) failed = 1;
 #pragma omp for schedule(static)
         for (long n = 0; n < N; n++) {
-            if (!gp) continue;
+            if (!gp || !src) continue;
             float *dxn = dx + n * H * W * C;
-            int first = 1;
             for (int k = 0; k < K; k++) {
                 if (!g[k]) continue;
                 const long *f = conf + k * DW_CONF;
-                const long kh = f[0], kw = f[1], s = f[2], p = f[3], d = f[4], OH = f[5], OW = f[6];
-                /* g_k's image with Q zero columns each side */
-                const long Q = (kw - 1) * d + p + 1, Wg = OW + 2 * Q;
+                const long OH = f[5], OW = f[6], left = lay[3 * k + 1], Wg = lay[3 * k + 2];
                 const float *gn = g[k] + n * OH * OW * C;
                 for (long r = 0; r < OH; r++) {
-                    float *row = gp + r * Wg * C;
-                    memset(row, 0, sizeof(float) * (size_t)(Q * C));
-                    memcpy(row + Q * C, gn + r * OW * C, sizeof(float) * (size_t)(OW * C));
-                    memset(row + (Q + OW) * C, 0, sizeof(float) * (size_t)(Q * C));
+                    float *row = gp + lay[3 * k] + r * Wg * C;
+                    memset(row, 0, sizeof(float) * (size_t)(left * C));
+                    memcpy(row + left * C, gn + r * OW * C, sizeof(float) * (size_t)(OW * C));
+                    memset(row + (left + OW) * C, 0,
+                           sizeof(float) * (size_t)((Wg - left - OW) * C));
                 }
+            }
+            /* the ops in groups of one stride: the first group stores, the others add */
+            int first = 1;
+            for (int k0 = 0; k0 < K; k0++) {
+                const long s = conf[k0 * DW_CONF + 2];
+                int seen = 0;
+                for (int k = 0; k < k0; k++) seen |= conf[k * DW_CONF + 2] == s;
+                if (seen) continue;
                 for (long h = 0; h < H; h++) {
                     for (long ph = 0; ph < s && ph < W; ph++) {
                         const long count = (W - ph + s - 1) / s;
                         int nt = 0;
-                        for (long i = 0; i < kh; i++) {
-                            const long q = h + p - i * d;
-                            if (((q % s) + s) % s) continue;
-                            const long r = q / s;
-                            if (r < 0 || r >= OH) continue;
-                            for (long j = 0; j < kw; j++) {
-                                const long c = ph + p - j * d;
-                                if (((c % s) + s) % s) continue;
-                                src[nt] = gp + (r * Wg + Q + c / s) * C;
-                                wt[nt++] = w[k] + (i * kw + j) * C;
+                        for (int k = k0; k < K; k++) {
+                            const long *f = conf + k * DW_CONF;
+                            if (!g[k] || f[2] != s) continue;
+                            const long kh = f[0], kw = f[1], p = f[3], d = f[4], OH = f[5];
+                            const long left = lay[3 * k + 1], Wg = lay[3 * k + 2];
+                            for (long i = 0; i < kh; i++) {
+                                long r = h + p - i * d;
+                                if (s > 1) { /* (divisions are slow: only where strided) */
+                                    if (((r % s) + s) % s) continue;
+                                    r /= s;
+                                }
+                                if (r < 0 || r >= OH) continue;
+                                const float *grow = gp + lay[3 * k] + (r * Wg + left) * C;
+                                const float *wrow = w[k] + i * kw * C;
+                                for (long j = 0; j < kw; j++) {
+                                    long c = ph + p - j * d;
+                                    if (s > 1) {
+                                        if (((c % s) + s) % s) continue;
+                                        c /= s;
+                                    }
+                                    src[nt] = grow + c * C;
+                                    wt[nt++] = wrow + j * C;
+                                }
                             }
                         }
                         if (nt == 0 && !first) continue;
@@ -697,15 +750,14 @@ int dw_relu_backward(const float *x, float *dx, long N, long H, long W, long C, 
                 }
                 first = 0;
             }
-            if (first) {
-                memset(dxn, 0, sizeof(float) * (size_t)(H * W * C));
-            } else if (x) {
+            if (x) {
                 const float *xn = x + n * H * W * C;
-                for (long e = 0; e < H * W * C; e++)
-                    if (!(xn[e] > 0.0f)) dxn[e] = 0.0f;
+                for (long e = 0; e < H * W * C; e++) dxn[e] = xn[e] > 0.0f ? dxn[e] : 0.0f;
             }
         }
         free(gp);
+        free(src);
     }
+    free(lay);
     return failed;
 }
