@@ -384,6 +384,155 @@ int bn_backward(const float *dy, const float *x, float *dx, long M, long C, cons
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * A cell node's sum of K mixed-op BatchNorms (non-affine, training mode), each scaled by its
+ * op's mixing weight w_k:
+ *
+ *   out = acc + sum_k w_k * (x_k - mean_k) * invstd_k          (acc NULL: zero)
+ *
+ * and its backward given the node's gradient g: every BatchNorm's dy is w_k * g, so the sums
+ * of the backward's first pass share g (sum g once, sum g * x_k per op), and
+ *
+ *   dx_k = w_k invstd_k (g - mean(g) - xhat_k mean(g xhat_k)),  dw_k = sum_c sum(g xhat_k).
+ *
+ * One BatchNorm at a time (bn_forward with acc) reads and writes the running sum once per op
+ * and reads g twice per op; here the sum is written once and g is read once per pass, each
+ * chunk of rows of g staying in cache while the ops' x_k stream by. Rows are split between the
+ * threads as in bn_two_passes; sums in float32 within chunks and in double across them.
+ */
+#define NBN_ROWS 4096 /* floats per chunk of rows: 16 KiB */
+
+static long nbn_chunk(long C) {
+    const long rows = NBN_ROWS / C;
+    return rows < 1 ? 1 : rows;
+}
+
+/* Returns 0 on success, 1 out of memory. mean, invstd, var: K * C each (the batch mean,
+ * 1 / sqrt(biased var + eps) and the unbiased variance of each x_k). */
+int nbn_forward(const float *const *x, int K, const float *acc, float *out, long M, long C,
+                const float *w, const double *eps, float *mean, float *invstd, float *var,
+                int threads) {
+    if (threads < 1) threads = 1;
+    if (threads > M) threads = M > 0 ? (int)M : 1;
+    double *sums = (double *)calloc((size_t)(2 * C * K * threads), sizeof(double));
+    float *coef = (float *)malloc(sizeof(float) * (size_t)((K + 1) * C));
+    if (!sums || !coef) {
+        free(sums); free(coef);
+        return 1;
+    }
+    const long chunk = nbn_chunk(C);
+#pragma omp parallel num_threads(threads)
+    {
+        const int t = THREAD_ID, nt = THREADS;
+        const long m0 = M * t / nt, m1 = M * (t + 1) / nt;
+        double *mine = sums + 2 * C * K * t;
+        for (int k = 0; k < K; k++) bn_sums(x[k], NULL, m0, m1, C, mine + 2 * C * k, NULL);
+#pragma omp barrier
+#pragma omp single
+        {
+            for (int u = 1; u < nt; u++)
+                for (long c = 0; c < 2 * C * K; c++) sums[c] += sums[2 * C * K * u + c];
+            for (long c = 0; c < C; c++) {
+                double shift = 0.0; /* -sum_k w_k invstd_k mean_k */
+                for (int k = 0; k < K; k++) {
+                    const double *s = sums + 2 * C * k;
+                    const double mu = s[c] / M;
+                    double v = s[C + c] / M - mu * mu;
+                    if (v < 0) v = 0;
+                    const double is = 1.0 / sqrt(v + eps[k]);
+                    mean[k * C + c] = (float)mu;
+                    invstd[k * C + c] = (float)is;
+                    var[k * C + c] = M > 1 ? (float)(v * M / (M - 1)) : (float)v;
+                    coef[k * C + c] = (float)(w[k] * is);
+                    shift -= w[k] * is * mu;
+                }
+                coef[K * C + c] = (float)shift;
+            }
+        }
+        const float *restrict b = coef + K * C;
+        for (long r0 = m0; r0 < m1; r0 += chunk) {
+            const long r1 = r0 + chunk < m1 ? r0 + chunk : m1;
+            for (long m = r0; m < r1; m++) {
+                float *restrict o = out + m * C;
+                if (acc) {
+                    const float *restrict a = acc + m * C;
+                    for (long c = 0; c < C; c++) o[c] = a[c] + b[c];
+                } else {
+                    for (long c = 0; c < C; c++) o[c] = b[c];
+                }
+            }
+            for (int k = 0; k < K; k++) {
+                const float *restrict a = coef + k * C;
+                for (long m = r0; m < r1; m++) {
+                    float *restrict o = out + m * C;
+                    const float *restrict xr = x[k] + m * C;
+                    for (long c = 0; c < C; c++) o[c] += a[c] * xr[c];
+                }
+            }
+        }
+    }
+    free(sums); free(coef);
+    return 0;
+}
+
+/* Given g, the x_k and the forward's mean and invstd: dx[k] (NULL: not wanted) and dw (K
+ * doubles, NULL: not wanted). Returns 0 on success, 1 out of memory. */
+int nbn_backward(const float *g, const float *const *x, float *const *dx, int K, long M, long C,
+                 const float *w, const float *mean, const float *invstd, double *dw,
+                 int threads) {
+    if (threads < 1) threads = 1;
+    if (threads > M) threads = M > 0 ? (int)M : 1;
+    double *sums = (double *)calloc((size_t)(2 * C * K * threads), sizeof(double));
+    float *coef = (float *)malloc(sizeof(float) * (size_t)(3 * K * C));
+    if (!sums || !coef) {
+        free(sums); free(coef);
+        return 1;
+    }
+    const long chunk = nbn_chunk(C);
+    const bn_out_t plain = {NULL, 0, NULL};
+#pragma omp parallel num_threads(threads)
+    {
+        const int t = THREAD_ID, nt = THREADS;
+        const long m0 = M * t / nt, m1 = M * (t + 1) / nt;
+        double *mine = sums + 2 * C * K * t;
+        for (long r0 = m0; r0 < m1; r0 += chunk) {
+            const long r1 = r0 + chunk < m1 ? r0 + chunk : m1;
+            for (int k = 0; k < K; k++) bn_sums(g, x[k], r0, r1, C, mine + 2 * C * k, NULL);
+        }
+#pragma omp barrier
+#pragma omp single
+        {
+            for (int u = 1; u < nt; u++)
+                for (long c = 0; c < 2 * C * K; c++) sums[c] += sums[2 * C * K * u + c];
+            for (int k = 0; k < K; k++) {
+                const double *s = sums + 2 * C * k; /* s[c]: sum of g; s[C + c]: of g * x_k */
+                double total = 0.0;
+                for (long c = 0; c < C; c++) {
+                    const double mu = mean[k * C + c], is = invstd[k * C + c];
+                    const double mean_g = s[c] / M;
+                    const double mean_g_xhat = is * (s[C + c] / M - mu * mean_g);
+                    total += mean_g_xhat * M;
+                    /* dx = w is (g - mean_g - xhat mean_g_xhat) = k1 g + k2 x + k3 */
+                    const double a = w[k] * is, bk = -w[k] * is * is * mean_g_xhat;
+                    coef[k * C + c] = (float)a;
+                    coef[(K + k) * C + c] = (float)bk;
+                    coef[(2 * K + k) * C + c] = (float)(-a * mean_g - bk * mu);
+                }
+                if (dw) dw[k] = total;
+            }
+        }
+        for (long r0 = m0; r0 < m1; r0 += chunk) {
+            const long r1 = r0 + chunk < m1 ? r0 + chunk : m1;
+            for (int k = 0; k < K; k++)
+                if (dx[k])
+                    bn_apply(g, x[k], dx[k], r0, r1, C, coef + k * C, coef + (K + k) * C,
+                             coef + (2 * K + k) * C, &plain);
+        }
+    }
+    free(sums); free(coef);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
  * The terms that every edge leaving a cell state shares (the state itself through
  * skip_connect, and its pooled and normalised outputs), added to E nodes' running sums at once:
  *

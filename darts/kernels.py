@@ -39,6 +39,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 log = logging.getLogger("darts.kernels")
 
@@ -127,6 +128,9 @@ def library() -> ctypes.CDLL | None:
                        ("bn_backward", [ptr] * 3 + [long_, long_] + [ptr] * 6 + [int_]),
                        ("mix_forward", [ptr, long_, ptr, ptr, ptr, long_, long_, int_]),
                        ("mix_backward", [ptr, long_, ptr, long_] + [ptr] * 3 + [long_, int_]),
+                       ("nbn_forward", [ptr, int_, ptr, ptr, long_, long_] + [ptr] * 5
+                        + [int_]),
+                       ("nbn_backward", [ptr] * 3 + [int_, long_, long_] + [ptr] * 4 + [int_]),
                        ("dw_relu_forward", [ptr] + [long_] * 4 + [int_] + [ptr] * 3
                         + [int_, int_]),
                        ("dw_relu_backward", [ptr, ptr] + [long_] * 4 + [int_] + [ptr] * 3
@@ -446,3 +450,83 @@ def relu_depthwise_input_grad(x: torch.Tensor, weights, confs, grads,
     if status != 0:
         raise MemoryError("darts: the C depthwise kernel could not allocate its buffers")
     return dx
+
+
+class _NodeBatchNormFunction(torch.autograd.Function):
+    """out = acc + sum_k w[k] * BN_k(x_k), non-affine BatchNorms in training mode (see
+    `node_batch_norm`); also returns each BatchNorm's batch mean and unbiased variance."""
+
+    @staticmethod
+    def forward(ctx, w, eps, has_acc, *tensors):
+        acc, xs = (tensors[0], tensors[1:]) if has_acc else (None, tensors)
+        k = len(xs)
+        n, c, h, width = xs[0].shape
+        out = torch.empty_like(xs[0], memory_format=torch.channels_last)
+        mean, invstd, var = (xs[0].new_empty(k, c) for _ in range(3))
+        w32 = w.detach().contiguous()
+        eps_arr = (ctypes.c_double * k)(*eps)
+        status = _lib.nbn_forward(_pointers(xs), k, _ptr(acc), out.data_ptr(), n * h * width, c,
+                                  w32.data_ptr(), eps_arr, mean.data_ptr(), invstd.data_ptr(),
+                                  var.data_ptr(), torch.get_num_threads())
+        if status != 0:
+            raise _Fallback
+        ctx.save_for_backward(w, mean, invstd, *xs)
+        ctx.eps, ctx.has_acc = eps, has_acc
+        ctx.mark_non_differentiable(mean, var)
+        ctx.set_materialize_grads(False)
+        return out, mean, var
+
+    @staticmethod
+    def backward(ctx, g, _mean, _var):
+        w, mean, invstd, *xs = ctx.saved_tensors
+        need_w, need_acc = ctx.needs_input_grad[0], ctx.has_acc and ctx.needs_input_grad[3]
+        need_x = ctx.needs_input_grad[3 + int(ctx.has_acc):]
+        d_acc = (g if need_acc else None,) if ctx.has_acc else ()
+        if g is None:
+            return (None, None, None, *d_acc, *(None for _ in xs))
+        if torch.is_grad_enabled() or g.dtype != torch.float32:
+            # Double backward (the exact Hessian): differentiable PyTorch, the BatchNorms
+            # recomputed.
+            with torch.enable_grad():
+                inputs = [t for t, need in ((w, need_w), *zip(xs, need_x)) if need]
+                out = sum(w[k] * F.batch_norm(x, None, None, None, None, True, 0.0, ctx.eps[k])
+                          for k, x in enumerate(xs))
+                found = iter(torch.autograd.grad(out, inputs, g, create_graph=True))
+            dw = next(found) if need_w else None
+            return (dw, None, None, *d_acc, *(next(found) if need else None for need in need_x))
+        g = g.contiguous(memory_format=torch.channels_last)
+        n, c, h, width = g.shape
+        dxs = [torch.empty_like(g) if need else None for need in need_x]
+        dw = torch.empty(len(xs), dtype=torch.float64) if need_w else None
+        w32 = w.detach().contiguous()
+        status = _lib.nbn_backward(g.data_ptr(), _pointers(xs), _pointers(dxs), len(xs),
+                                   n * h * width, c, w32.data_ptr(), mean.data_ptr(),
+                                   invstd.data_ptr(), _ptr(dw), torch.get_num_threads())
+        if status != 0:
+            raise MemoryError("darts: the C node BatchNorm backward could not allocate")
+        return (dw.to(w.dtype) if need_w else None, None, None, *d_acc, *dxs)
+
+
+def node_batch_norm(acc: torch.Tensor | None, xs: list[torch.Tensor], w: torch.Tensor,
+                    eps: list[float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """acc + sum_k w[k] * BN_k(x_k) for non-affine BatchNorms in training mode (batch
+    statistics; acc None: zero), with each BatchNorm's batch mean and unbiased variance (K, C)
+    for its running statistics; None where not covered: float32 channels-last CPU tensors of
+    one shape, w a float32 vector of K weights.
+
+    A cell node sums many such terms (every sep_conv and dil_conv on every edge into it ends in
+    one, scaled by its mixing weight). Their backward shares the node's gradient, so one pass
+    each way serves them all (kernels.c, nbn_forward / nbn_backward)."""
+    first = xs[0] if xs else None
+    if not (first is not None and _covers_batch_norm(first) and w.dtype == torch.float32
+            and w.shape == (len(xs),) and len(eps) == len(xs)
+            and all(x.shape == first.shape and x.dtype == torch.float32
+                    and x.is_contiguous(memory_format=torch.channels_last) for x in xs)
+            and (acc is None or (acc.shape == first.shape and acc.dtype == torch.float32
+                                 and acc.is_contiguous(memory_format=torch.channels_last)))):
+        return None
+    tensors = (acc, *xs) if acc is not None else tuple(xs)
+    try:
+        return _NodeBatchNormFunction.apply(w, tuple(eps), acc is not None, *tensors)
+    except _Fallback:
+        return None

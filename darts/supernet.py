@@ -113,11 +113,7 @@ def _scaled_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor,
     included); a ones weight becomes `scale` per channel, so the BatchNorm's weight gradient,
     summed over the channels, is the gradient of `scale`.
     """
-    momentum = 0.0 if bn.momentum is None else bn.momentum
-    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
-        bn.num_batches_tracked.add_(1)
-        if bn.momentum is None:
-            momentum = 1.0 / float(bn.num_batches_tracked)
+    momentum = _count_batch(bn)
     use_batch = bn.training or (bn.running_mean is None and bn.running_var is None)
     track = not bn.training or bn.track_running_stats
     if bn.affine:
@@ -135,6 +131,43 @@ def _scaled_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor,
     y = F.batch_norm(x, bn.running_mean if track else None, bn.running_var if track else None,
                      weight, bias, use_batch, momentum, bn.eps)
     return y if acc is None else acc + y
+
+
+def _count_batch(bn: nn.BatchNorm2d) -> float:
+    """What nn.BatchNorm2d.forward does before normalising: count the batch (in training,
+    where tracked) and return the momentum of the running statistics' update."""
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:
+            momentum = 1.0 / float(bn.num_batches_tracked)
+    return momentum
+
+
+def _deferrable(bn: nn.BatchNorm2d) -> bool:
+    """A BatchNorm that `_node_sum` can run with its node's others: non-affine, training."""
+    return bn.training and not bn.affine
+
+
+def _node_sum(acc: torch.Tensor | None, pending: list) -> torch.Tensor | None:
+    """acc + sum of scale * bn(y) over the (bn, y, scale) in `pending` (deferred by
+    `MixedOp.mix`), with each BatchNorm's running statistics updated as its own forward would:
+    in one pass of the C kernel on the CPU (kernels.node_batch_norm), else one by one."""
+    if not pending:
+        return acc
+    fast = kernels.node_batch_norm(acc, [y for _, y, _ in pending],
+                                   torch.stack([scale for _, _, scale in pending]),
+                                   [bn.eps for bn, _, _ in pending])
+    if fast is None:
+        for bn, y, scale in pending:
+            acc = _scaled_batch_norm(bn, y, scale, acc=acc)
+        return acc
+    out, means, variances = fast
+    for (bn, _, _), mean, var in zip(pending, means, variances, strict=True):
+        momentum = _count_batch(bn)
+        if bn.track_running_stats and bn.running_mean is not None:
+            update_running_stats(bn, mean, var, momentum)
+    return out
 
 
 def _pool_bn_key(plan) -> tuple | None:
@@ -249,7 +282,8 @@ class MixedOp(nn.Module):
         return _shared_pool_bn(plan[1][0], plan[2], x, shared, self.shared_keys[i])
 
     def mix(self, x: torch.Tensor, weights: torch.Tensor, shared: dict | None = None,
-            acc: torch.Tensor | None = None, skip: tuple[int, ...] = ()) -> torch.Tensor:
+            acc: torch.Tensor | None = None, skip: tuple[int, ...] = (),
+            defer: list | None = None) -> torch.Tensor | None:
         """sum_o w_o * o(x), as the sum of eq. 2 but in fewer passes over memory: ops that
         begin with ReLU share one relu(x), and an op that ends in BatchNorm scales by its
         weight inside the BatchNorm (its weight gradient comes from the BatchNorm's backward)
@@ -259,7 +293,10 @@ class MixedOp(nn.Module):
         what depends on the state alone, relu(x) and, in training, the pooling ops' output
         normalised by batch statistics, is computed by the first edge and reused.
         `acc`: a tensor of the output's shape to add the sum to (a node's other edges).
-        `skip`: indices of ops left out (their terms added by the caller)."""
+        `skip`: indices of ops left out (their terms added by the caller).
+        `defer`: a list that gets (bn, y, scale) for each op that ends in a non-affine
+        BatchNorm in training, instead of adding scale * bn(y); the caller adds them all to the
+        node at once (`_node_sum`). The result may then be None (nothing added yet)."""
         w = weights.unbind(0)
         relu = heads = None
         out = acc
@@ -287,20 +324,26 @@ class MixedOp(nn.Module):
                 else:
                     y = run_layers(body, x)
                 if bn is not None:
-                    out = _scaled_batch_norm(bn, y, w[k], acc=out)
+                    if defer is not None and _deferrable(bn):
+                        defer.append((bn, y, w[k]))
+                    else:
+                        out = _scaled_batch_norm(bn, y, w[k], acc=out)
                     continue
                 scale = w[k]
             out = _add_term(out, scale, y)
         return out
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, shared: dict | None = None,
-                acc: torch.Tensor | None = None, skip: tuple[int, ...] = ()) -> torch.Tensor:
-        """The mixed op's output; with `acc`, acc + that; `skip`: ops left out (see `mix`)."""
+                acc: torch.Tensor | None = None, skip: tuple[int, ...] = (),
+                defer: list | None = None) -> torch.Tensor | None:
+        """The mixed op's output; with `acc`, acc + that; `skip`: ops left out; `defer`:
+        BatchNorm terms left to the caller (see `mix`)."""
         k = self.partial_channels
         if k == 1:
-            return self.mix(x, weights, shared, acc, skip)
-        if skip:
-            raise ValueError("MixedOp: skip is for whole-channel edges (partial_channels=1)")
+            return self.mix(x, weights, shared, acc, skip, defer)
+        if skip or defer is not None:
+            raise ValueError("MixedOp: skip and defer are for whole-channel edges "
+                             "(partial_channels=1)")
         c = x.size(1) // k
         # Every edge leaving a state takes the same first c channels: they share too.
         mixed, bypass = self.mix(x[:, :c], weights, shared), x[:, c:]
@@ -385,9 +428,11 @@ class SearchCell(nn.Module):
         its output in the BatchNorm's own pass (`MixedOp.mix`)."""
         rows = weights.unbind(0)
         nodes: list[torch.Tensor | None] = [None] * self.steps
+        # Each node's BatchNorm terms, added when the node is complete (`_node_sum`).
+        pending: list[list] = [[] for _ in range(self.steps)]
         for state, out_edges in enumerate(self.out_edges[:-1]):
             if state >= 2:  # node state - 2 has all its edges now
-                states.append(dense_grad(nodes[state - 2]))
+                states.append(dense_grad(_node_sum(nodes[state - 2], pending[state - 2])))
             x, shared = states[state], {}
             ops = [self.edges[e] for e, _ in out_edges]
             skip = ops[0].shared_terms()
@@ -407,8 +452,9 @@ class SearchCell(nn.Module):
             if heads is not None:
                 shared["heads"] = heads
             for (e, j), op in zip(out_edges, ops, strict=True):
-                nodes[j] = op(x, rows[e], shared, acc=nodes[j], skip=skip)
-        states.append(dense_grad(nodes[-1]))
+                nodes[j] = op(x, rows[e], shared, acc=nodes[j], skip=skip,
+                              defer=pending[j])
+        states.append(dense_grad(_node_sum(nodes[-1], pending[-1])))
         return torch.cat(states[-self.multiplier:], dim=1)
 
     def _shared_index(self, state: int, skip: tuple[int, ...],
