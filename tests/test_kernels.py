@@ -334,7 +334,8 @@ def test_a_float32_channels_last_supernet_step_matches_its_float64_copy(monkeypa
              "dw": count_kernel_runs(monkeypatch, "depthwise_weight_grad"),
              "mix": count_kernel_runs(monkeypatch, "add_shared_terms"),
              "heads": count_kernel_runs(monkeypatch, "relu_depthwise_forward"),
-             "heads_dx": count_kernel_runs(monkeypatch, "relu_depthwise_input_grad")}
+             "heads_dx": count_kernel_runs(monkeypatch, "relu_depthwise_input_grad"),
+             "node": count_kernel_runs(monkeypatch, "node_batch_norm")}
     torch.manual_seed(0)
     net = SearchNetwork(C=4, num_classes=5, layers=3).to(memory_format=torch.channels_last)
     net64 = SearchNetwork(C=4, num_classes=5, layers=3).double()
@@ -512,3 +513,67 @@ def test_relu_depthwise_leaves_to_pytorch_what_it_does_not_cover():
     hooked[0].register_forward_hook(lambda *a: None)
     assert relu_depthwise(x, hooked) is None
     assert relu_depthwise(x, convs) is not None
+
+
+@needs_kernels
+@pytest.mark.parametrize("channels", [29, 16])
+@pytest.mark.parametrize("with_acc", [True, False])
+def test_node_batch_norm_matches_a_float64_reference(channels, with_acc):
+    # out = acc + sum_k w_k * BN_k(x_k) for 5 non-affine BatchNorms in training mode; inputs
+    # with mean 5 and scale 3 (a variance formed from float32 sums alone would suffer).
+    torch.manual_seed(0)
+    cl = torch.channels_last
+    xs = [(torch.randn(6, channels, 7, 9) * 3 + 5).contiguous(memory_format=cl) for _ in range(5)]
+    acc = torch.randn(6, channels, 7, 9).contiguous(memory_format=cl) if with_acc else None
+    w = torch.rand(5)
+    leaves = [t.requires_grad_() for t in (w, *xs, *([acc] if with_acc else []))]
+    out, mean, var = kernels.node_batch_norm(acc, xs, w, [1e-5, 1e-5, 1e-3, 1e-5, 1e-5])
+    leaves64 = [t.detach().double().requires_grad_() for t in leaves]
+    w64, xs64 = leaves64[0], leaves64[1:6]
+    eps = [1e-5, 1e-5, 1e-3, 1e-5, 1e-5]
+    ref = sum(w64[k] * F.batch_norm(x, None, None, None, None, True, 0.0, eps[k])
+              for k, x in enumerate(xs64))
+    if with_acc:
+        ref = ref + leaves64[6]
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=2e-5)
+    torch.testing.assert_close(mean.double(), torch.stack([x.mean((0, 2, 3)) for x in xs64]),
+                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(var.double(), torch.stack([x.var((0, 2, 3)) for x in xs64]),
+                               rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(ref)
+    ours = torch.autograd.grad(out, leaves, g.float())
+    theirs = torch.autograd.grad(ref, leaves64, g)
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-4)
+    # Only what is asked for: x's gradients without w's.
+    out = kernels.node_batch_norm(acc, xs, w.detach(), eps)[0]
+    assert torch.autograd.grad(out, xs[0], g.float())[0] is not None
+
+
+@needs_kernels
+def test_node_batch_norm_second_derivatives_and_what_it_does_not_cover():
+    torch.manual_seed(0)
+    cl = torch.channels_last
+    xs = [torch.randn(4, 3, 5, 5).contiguous(memory_format=cl).requires_grad_() for _ in range(3)]
+    w = torch.rand(3, requires_grad=True)
+    v = torch.randn(4, 3, 5, 5)
+
+    def hvp(xs, w, fused):
+        if fused:
+            out = kernels.node_batch_norm(None, xs, w, [1e-5] * 3)[0]
+        else:
+            out = sum(w[k] * F.batch_norm(x, None, None, None, None, True, 0.0, 1e-5)
+                      for k, x in enumerate(xs))
+        dx = torch.autograd.grad((out ** 2).sum(), xs[0], create_graph=True)[0]
+        return torch.autograd.grad((dx * v.to(dx.dtype)).sum(), [w, *xs])
+
+    theirs = hvp([x.detach().double().requires_grad_() for x in xs],
+                 w.detach().double().requires_grad_(), False)
+    for a, b in zip(hvp(xs, w, True), theirs, strict=True):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4)
+    x = xs[0].detach()
+    assert kernels.node_batch_norm(None, [x.contiguous()], w[:1], [1e-5]) is None  # NCHW
+    assert kernels.node_batch_norm(None, [x.double()], w[:1].double(), [1e-5]) is None
+    assert kernels.node_batch_norm(None, [x, x[:2]], w[:2], [1e-5] * 2) is None  # shapes
+    assert kernels.node_batch_norm(x.contiguous(), [x], w[:1], [1e-5]) is None  # acc NCHW
+    assert kernels.node_batch_norm(None, [x], w[:1], [1e-5]) is not None
