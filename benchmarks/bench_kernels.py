@@ -9,7 +9,8 @@ stride 1 and 2) and BatchNorm's training forward and backward (channels-last flo
 the fusions, each against the same work unfused (the "torch" side: our BatchNorm, then
 PyTorch's addition or ReLU; addcmul per term and edge), forward and backward together:
 BatchNorm adding onto a running sum, BatchNorm with ReLU, the shared terms of a state's
-four edges (three terms), and the first depthwise convs of relu(state) on four edges (16
+four edges (three terms), a node's sum of 8 mixed-op BatchNorms (each BatchNorm adding onto
+the running sum in turn, against `node_batch_norm`), and the first depthwise convs of relu(state) on four edges (16
 convs: 3x3, 5x5, dilated 3x3 and 5x5 each, stride 1 and 2; the ReLU, each conv, and in the
 backward x's gradient: each transposed conv, autograd's sum and ReLU's backward, against
 `ops.relu_depthwise`). The JSON has each case's median and minimum milliseconds (PyTorch
@@ -149,6 +150,22 @@ def main(argv=None) -> int:
 
         cases.append(case("shared_terms", alternate(addcmuls, shared, rounds), batch=n,
                           channels=c, size=h, edges=4, terms=3))
+        xs = [torch.randn_like(xd).requires_grad_() for _ in range(8)]
+        scales = torch.rand(8).requires_grad_()
+
+        def one_by_one_bn(xs=xs, scales=scales, dy=dy, c=c):
+            out = None
+            for k, x in enumerate(xs):
+                weight = scales[k].expand(c).contiguous()
+                out = kernels.batch_norm_train(x, weight, None, 1e-5, acc=out)[0]
+            torch.autograd.grad(out, (*xs, scales), dy)
+
+        def node_bn(xs=xs, scales=scales, dy=dy):
+            out = kernels.node_batch_norm(None, xs, scales, [1e-5] * len(xs))[0]
+            torch.autograd.grad(out, (*xs, scales), dy)
+
+        cases.append(case("node_batch_norm", alternate(one_by_one_bn, node_bn, rounds),
+                          batch=n, channels=c, size=h, terms=len(xs)))
         for s in (1, 2):
             convs = [Conv2d(c, c, k, stride=s, padding=d * (k - 1) // 2, dilation=d, groups=c,
                             bias=False) for _ in range(4) for k, d in DEPTHWISE]

@@ -488,7 +488,8 @@ class _NodeBatchNormFunction(torch.autograd.Function):
             # Double backward (the exact Hessian): differentiable PyTorch, the BatchNorms
             # recomputed.
             with torch.enable_grad():
-                inputs = [t for t, need in ((w, need_w), *zip(xs, need_x)) if need]
+                inputs = [t for t, need in ((w, need_w), *zip(xs, need_x, strict=True))
+                          if need]
                 out = sum(w[k] * F.batch_norm(x, None, None, None, None, True, 0.0, ctx.eps[k])
                           for k, x in enumerate(xs))
                 found = iter(torch.autograd.grad(out, inputs, g, create_graph=True))
