@@ -508,18 +508,25 @@ class _NodeBatchNormFunction(torch.autograd.Function):
         return (dw.to(w.dtype) if need_w else None, None, None, *d_acc, *dxs)
 
 
-def node_batch_norm(acc: torch.Tensor | None, xs: list[torch.Tensor], w: torch.Tensor,
-                    eps: list[float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+def node_batch_norm(acc: torch.Tensor | None, xs: list[torch.Tensor],
+                    w: torch.Tensor | list[torch.Tensor], eps: list[float]
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """acc + sum_k w[k] * BN_k(x_k) for non-affine BatchNorms in training mode (batch
     statistics; acc None: zero), with each BatchNorm's batch mean and unbiased variance (K, C)
     for its running statistics; None where not covered: float32 channels-last CPU tensors of
-    one shape, w a float32 vector of K weights.
+    one shape, w K float32 weights (a vector, or a list of scalars, stacked here).
 
     A cell node sums many such terms (every sep_conv and dil_conv on every edge into it ends in
     one, scaled by its mixing weight). Their backward shares the node's gradient, so one pass
     each way serves them all (kernels.c, nbn_forward / nbn_backward)."""
     first = xs[0] if xs else None
-    if not (first is not None and _covers_batch_norm(first) and w.dtype == torch.float32
+    if first is None or not _covers_batch_norm(first):
+        return None
+    if isinstance(w, (list, tuple)):
+        if not all(s.dim() == 0 for s in w):
+            return None
+        w = torch.stack(w)
+    if not (w.dtype == torch.float32
             and w.shape == (len(xs),) and len(eps) == len(xs)
             and all(x.shape == first.shape and x.dtype == torch.float32
                     and x.is_contiguous(memory_format=torch.channels_last) for x in xs)

@@ -156,7 +156,7 @@ def _node_sum(acc: torch.Tensor | None, pending: list) -> torch.Tensor | None:
     if not pending:
         return acc
     fast = kernels.node_batch_norm(acc, [y for _, y, _ in pending],
-                                   torch.stack([scale for _, _, scale in pending]),
+                                   [scale for _, _, scale in pending],
                                    [bn.eps for bn, _, _ in pending])
     if fast is None:
         for bn, y, scale in pending:
