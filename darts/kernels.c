@@ -808,55 +808,154 @@ static void dw_pads(const long *f, long W, long *left, long *right) {
     *right = last > OW - 1 ? last - (OW - 1) : 0;
 }
 
-/* dx = [x > 0] * sum_k dwconv_k^T(g_k) (x NULL: no mask). Returns 0 on success, 1 out of
- * memory, 2 a configuration not covered. g[k] NULL: op k has no gradient (left out).
+/* The weight gradient's sums for kernel row i of one output row: acc[j] += g[ow] * the input
+ * under tap j, for ow < OW, NV * sizeof(VT) / 4 channels from c0; the input row is padded
+ * (no bounds to check): xrow[(ow * s + j * d) * C] is output ow's tap j. KW a constant (3 and
+ * 5, the DARTS kernels) or 0 (any width up to MAX_KW). */
+#define DWGRAD(VT, NV, KW)                                                                     \
+    static inline void dwgrad_##VT##_##NV##_##KW(const float *grow, const float *xrow,         \
+                                                 float *out, long OW, long s, long d, long kw, \
+                                                 long C, long c0) {                            \
+        const long L = sizeof(VT) / sizeof(float), n = KW ? KW : kw;                           \
+        VT acc[KW ? KW : MAX_KW][NV];                                                          \
+        for (long j = 0; j < n; j++)                                                           \
+            for (int v = 0; v < NV; v++) acc[j][v] = (VT){0};                                  \
+        for (long ow = 0; ow < OW; ow++) {                                                     \
+            const float *gp = grow + ow * C + c0, *xp = xrow + ow * s * C + c0;                \
+            VT gv[NV];                                                                         \
+            for (int v = 0; v < NV; v++) gv[v] = *(const VT *)(gp + v * L);                    \
+            for (long j = 0; j < n; j++)                                                       \
+                for (int v = 0; v < NV; v++)                                                   \
+                    acc[j][v] += gv[v] * *(const VT *)(xp + j * d * C + v * L);                \
+        }                                                                                      \
+        for (long j = 0; j < n; j++)                                                           \
+            for (int v = 0; v < NV; v++) *(VT *)(out + j * C + c0 + v * L) += acc[j][v];       \
+    }
+#if defined(__AVX512F__)
+#define DWGRADS(KW) DWGRAD(v16, 1, KW) DWGRAD(v8, 1, KW) DWGRAD(v4, 1, KW) DWGRAD(v1, 1, KW)
+#define DWG16(KW) dwgrad_v16_1_##KW
+#else
+#define DWGRADS(KW) DWGRAD(v8, 2, KW) DWGRAD(v8, 1, KW) DWGRAD(v4, 1, KW) DWGRAD(v1, 1, KW)
+#define DWG16(KW) dwgrad_v8_2_##KW
+#endif
+DWGRADS(3)
+DWGRADS(5)
+DWGRADS(0)
+
+#define DWGRAD_ROW(KW, O)                                                                      \
+    do {                                                                                       \
+        long c0 = 0;                                                                           \
+        for (; c0 + 16 <= C; c0 += 16) DWG16(KW)(grow, xrow, O, OW, s, d, kw, C, c0);          \
+        for (; c0 + 8 <= C; c0 += 8) dwgrad_v8_1_##KW(grow, xrow, O, OW, s, d, kw, C, c0);     \
+        for (; c0 + 4 <= C; c0 += 4) dwgrad_v4_1_##KW(grow, xrow, O, OW, s, d, kw, C, c0);     \
+        for (; c0 < C; c0++) dwgrad_v1_1_##KW(grow, xrow, O, OW, s, d, kw, C, c0);             \
+    } while (0)
+
+/* One image's weight-gradient sums of one op into out (kh, kw, C), from its output gradient
+ * (padded rows: grow0 is row 0's first column, rows Wg * C apart) and the padded input xp
+ * (P zero rows and columns each side, rows Wp * C apart). */
+static void dw_weight_image(const float *grow0, long Wg, const float *xp, long Wp, long P,
+                            const long *f, long C, float *out) {
+    const long kh = f[0], kw = f[1], s = f[2], p = f[3], d = f[4], OH = f[5], OW = f[6];
+    for (long oh = 0; oh < OH; oh++) {
+        const float *grow = grow0 + oh * Wg * C;
+        for (long i = 0; i < kh; i++) {
+            const float *xrow = xp + ((oh * s + i * d - p + P) * Wp - p + P) * C;
+            float *o = out + i * kw * C;
+            if (kw == 3) DWGRAD_ROW(3, o);
+            else if (kw == 5) DWGRAD_ROW(5, o);
+            else DWGRAD_ROW(0, o);
+        }
+    }
+}
+
+/* The backward of dw_relu_forward given the output gradients g[k] (NULL: op k has none):
+ *   dx = [x > 0] * sum_k dwconv_k^T(g_k)   (dx NULL: not wanted; without relu no mask)
+ *   dw[k] = the weight gradient of op k, (C, kh, kw) as PyTorch's weight (NULL: not wanted).
+ * Returns 0 on success, 1 out of memory, 2 a configuration not covered.
  *
  * Per image, every op's output gradient is first copied into zero-padded rows (in the
- * thread's cache); then each block of input-gradient outputs sums the taps of all the ops of
- * one stride in registers and is written once. */
+ * thread's cache); each block of input-gradient outputs then sums the taps of all the ops of
+ * one stride in registers and is written once. The weight gradients read the same padded
+ * rows and relu(x) padded once per image (as the forward), so g is read from memory once for
+ * both; their sums run in float32 within an image and in double across images. */
 int dw_relu_backward(const float *x, float *dx, long N, long H, long W, long C, int K,
                      const float *const *w, const float *const *g, const long *conf,
-                     int threads) {
+                     float *const *dw, int relu, int threads) {
     if (K < 1 || !dw_conf_ok(conf, K)) return 2;
-    long *lay = (long *)malloc(sizeof(long) * (size_t)(3 * K)); /* offset, left, width */
+    long *lay = (long *)malloc(sizeof(long) * (size_t)(4 * K)); /* offset, left, width, taps */
     if (!lay) return 1;
-    long total = 0, taps = 0;
+    long total = 0, taps = 0, P = 0;
+    int weights = 0;
     for (int k = 0; k < K; k++) {
         const long *f = conf + k * DW_CONF;
         long left, right;
         dw_pads(f, W, &left, &right);
-        lay[3 * k] = total;
-        lay[3 * k + 1] = left;
-        lay[3 * k + 2] = f[6] + left + right;
-        total += f[5] * lay[3 * k + 2] * C;
+        lay[4 * k] = total;
+        lay[4 * k + 1] = left;
+        lay[4 * k + 2] = f[6] + left + right;
+        lay[4 * k + 3] = taps * C;
+        total += f[5] * lay[4 * k + 2] * C;
         taps += f[0] * f[1];
+        if (f[3] > P) P = f[3];
+        weights |= dw[k] != NULL && g[k] != NULL;
     }
+    const long Hp = H + 2 * P, Wp = W + 2 * P;
     if (threads < 1) threads = 1;
     if (threads > N) threads = (int)N;
+    double *sums = weights ? (double *)calloc((size_t)(threads * taps * C), sizeof(double)) : NULL;
+    if (weights && !sums) {
+        free(lay);
+        return 1;
+    }
     int failed = 0;
 #pragma omp parallel num_threads(threads) reduction(| : failed)
     {
         float *gp = (float *)malloc(sizeof(float) * (size_t)total);
         const float **src = (const float **)malloc(sizeof(float *) * (size_t)(2 * taps));
         const float **wt = src ? src + taps : NULL;
-        if (!gp || !src) failed = 1;
+        float *xp = weights ? (float *)calloc((size_t)(Hp * Wp * C), sizeof(float)) : NULL;
+        float *img = weights ? (float *)malloc(sizeof(float) * (size_t)(taps * C)) : NULL;
+        double *mine = weights ? sums + THREAD_ID * taps * C : NULL;
+        if (!gp || !src || (weights && (!xp || !img))) failed = 1;
 #pragma omp for schedule(static)
         for (long n = 0; n < N; n++) {
-            if (!gp || !src) continue;
-            float *dxn = dx + n * H * W * C;
+            if (!gp || !src || (weights && (!xp || !img))) continue;
             for (int k = 0; k < K; k++) {
                 if (!g[k]) continue;
                 const long *f = conf + k * DW_CONF;
-                const long OH = f[5], OW = f[6], left = lay[3 * k + 1], Wg = lay[3 * k + 2];
+                const long OH = f[5], OW = f[6], left = lay[4 * k + 1], Wg = lay[4 * k + 2];
                 const float *gn = g[k] + n * OH * OW * C;
                 for (long r = 0; r < OH; r++) {
-                    float *row = gp + lay[3 * k] + r * Wg * C;
+                    float *row = gp + lay[4 * k] + r * Wg * C;
                     memset(row, 0, sizeof(float) * (size_t)(left * C));
                     memcpy(row + left * C, gn + r * OW * C, sizeof(float) * (size_t)(OW * C));
                     memset(row + (left + OW) * C, 0,
                            sizeof(float) * (size_t)((Wg - left - OW) * C));
                 }
             }
+            if (weights) {
+                const float *xn = x + n * H * W * C;
+                for (long h = 0; h < H; h++) {
+                    float *row = xp + ((h + P) * Wp + P) * C;
+                    const float *in = xn + h * W * C;
+                    if (relu)
+                        for (long e = 0; e < W * C; e++) row[e] = in[e] < 0.0f ? 0.0f : in[e];
+                    else
+                        memcpy(row, in, sizeof(float) * (size_t)(W * C));
+                }
+                for (int k = 0; k < K; k++) {
+                    if (!g[k] || !dw[k]) continue;
+                    const long *f = conf + k * DW_CONF, size = f[0] * f[1] * C;
+                    memset(img, 0, sizeof(float) * (size_t)size);
+                    dw_weight_image(gp + lay[4 * k] + lay[4 * k + 1] * C, lay[4 * k + 2], xp, Wp,
+                                    P, f, C, img);
+                    double *t = mine + lay[4 * k + 3];
+                    for (long e = 0; e < size; e++) t[e] += img[e];
+                }
+            }
+            if (!dx) continue;
+            float *dxn = dx + n * H * W * C;
             /* the ops in groups of one stride: the first group stores, the others add */
             int first = 1;
             for (int k0 = 0; k0 < K; k0++) {
@@ -872,7 +971,7 @@ int dw_relu_backward(const float *x, float *dx, long N, long H, long W, long C, 
                             const long *f = conf + k * DW_CONF;
                             if (!g[k] || f[2] != s) continue;
                             const long kh = f[0], kw = f[1], p = f[3], d = f[4], OH = f[5];
-                            const long left = lay[3 * k + 1], Wg = lay[3 * k + 2];
+                            const long left = lay[4 * k + 1], Wg = lay[4 * k + 2];
                             for (long i = 0; i < kh; i++) {
                                 long r = h + p - i * d;
                                 if (s > 1) { /* (divisions are slow: only where strided) */
@@ -880,7 +979,7 @@ int dw_relu_backward(const float *x, float *dx, long N, long H, long W, long C, 
                                     r /= s;
                                 }
                                 if (r < 0 || r >= OH) continue;
-                                const float *grow = gp + lay[3 * k] + (r * Wg + left) * C;
+                                const float *grow = gp + lay[4 * k] + (r * Wg + left) * C;
                                 const float *wrow = w[k] + i * kw * C;
                                 for (long j = 0; j < kw; j++) {
                                     long c = ph + p - j * d;
@@ -899,14 +998,29 @@ int dw_relu_backward(const float *x, float *dx, long N, long H, long W, long C, 
                 }
                 first = 0;
             }
-            if (x) {
+            if (relu) {
                 const float *xn = x + n * H * W * C;
                 for (long e = 0; e < H * W * C; e++) dxn[e] = xn[e] > 0.0f ? dxn[e] : 0.0f;
             }
         }
         free(gp);
         free(src);
+        free(xp);
+        free(img);
     }
+    if (weights && !failed) {
+        for (int k = 0; k < K; k++) {
+            if (!g[k] || !dw[k]) continue;
+            const long *f = conf + k * DW_CONF, kk = f[0] * f[1];
+            for (long t = 0; t < kk; t++)
+                for (long c = 0; c < C; c++) {
+                    double v = 0.0;
+                    for (int u = 0; u < threads; u++) v += sums[u * taps * C + lay[4 * k + 3] + t * C + c];
+                    dw[k][c * kk + t] = (float)v;
+                }
+        }
+    }
+    free(sums);
     free(lay);
     return failed;
 }

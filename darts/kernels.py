@@ -133,8 +133,8 @@ def library() -> ctypes.CDLL | None:
                        ("nbn_backward", [ptr] * 3 + [int_, long_, long_] + [ptr] * 4 + [int_]),
                        ("dw_relu_forward", [ptr] + [long_] * 4 + [int_] + [ptr] * 3
                         + [int_, int_]),
-                       ("dw_relu_backward", [ptr, ptr] + [long_] * 4 + [int_] + [ptr] * 3
-                        + [int_])):
+                       ("dw_relu_backward", [ptr, ptr] + [long_] * 4 + [int_] + [ptr] * 4
+                        + [int_, int_])):
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = ctypes.c_int, args
     _lib = lib
@@ -433,23 +433,27 @@ def relu_depthwise_forward(x: torch.Tensor, weights, confs, relu: bool = True
     return outs
 
 
-def relu_depthwise_input_grad(x: torch.Tensor, weights, confs, grads,
-                              relu: bool = True) -> torch.Tensor:
-    """The gradient towards x of `relu_depthwise_forward(x, weights, confs, relu)` given its
-    outputs' gradients `grads` (None: no gradient from that output), in one pass: the sum of
-    every output's transposed convolution, masked by x > 0 with `relu`."""
+def relu_depthwise_backward(x: torch.Tensor, weights, confs, grads, need_x: bool,
+                            need_w, relu: bool = True
+                            ) -> tuple[torch.Tensor | None, list[torch.Tensor | None]]:
+    """The gradients of `relu_depthwise_forward(x, weights, confs, relu)` given its outputs'
+    gradients `grads` (None: no gradient from that output), in one pass: towards x (with
+    `need_x`) the sum of every output's transposed convolution, masked by x > 0 with `relu`;
+    towards weight k (where need_w[k]) its weight gradient, reading the same gradients."""
     lib = library()
     n, c, h, w = x.shape
-    dx = torch.empty_like(x, memory_format=torch.channels_last)
+    dx = torch.empty_like(x, memory_format=torch.channels_last) if need_x else None
     gs = [None if g is None else g.contiguous(memory_format=torch.channels_last)
           for g in grads]
+    dws = [torch.empty_like(wk) if need and g is not None else None
+           for wk, need, g in zip(weights, need_w, gs, strict=True)]
     taps = _taps(weights)
-    status = lib.dw_relu_backward(x.data_ptr() if relu else None, dx.data_ptr(), n, h, w, c,
-                                   len(confs), _pointers(taps), _pointers(gs),
-                                   _conf_array(x, confs), torch.get_num_threads())
+    status = lib.dw_relu_backward(x.data_ptr(), _ptr(dx), n, h, w, c, len(confs),
+                                  _pointers(taps), _pointers(gs), _conf_array(x, confs),
+                                  _pointers(dws), int(relu), torch.get_num_threads())
     if status != 0:
         raise MemoryError("darts: the C depthwise kernel could not allocate its buffers")
-    return dx
+    return dx, dws
 
 
 class _NodeBatchNormFunction(torch.autograd.Function):

@@ -189,16 +189,7 @@ class _ReluDepthwiseFunction(torch.autograd.Function):
         need = [node is not None and _will_run(node) for node in ctx.nodes]
         if not any(need) or all(g is None for g in grads):
             return (None,) * (2 + len(weights))
-        dx = kernels.relu_depthwise_input_grad(x, weights, confs, grads) if need[0] else None
-        relu = None
-        dws = []
-        for g, w, conf, need_w in zip(grads, weights, confs, need[1:], strict=True):
-            if g is None or not need_w:
-                dws.append(None)
-                continue
-            if relu is None:
-                relu = F.relu(x)
-            dws.append(_depthwise_weight_grad(g, relu, w, *conf[1:]))
+        dx, dws = kernels.relu_depthwise_backward(x, weights, confs, grads, need[0], need[1:])
         return (dx, None, *dws)
 
 

@@ -334,7 +334,7 @@ def test_a_float32_channels_last_supernet_step_matches_its_float64_copy(monkeypa
              "dw": count_kernel_runs(monkeypatch, "depthwise_weight_grad"),
              "mix": count_kernel_runs(monkeypatch, "add_shared_terms"),
              "heads": count_kernel_runs(monkeypatch, "relu_depthwise_forward"),
-             "heads_dx": count_kernel_runs(monkeypatch, "relu_depthwise_input_grad"),
+             "heads_bwd": count_kernel_runs(monkeypatch, "relu_depthwise_backward"),
              "node": count_kernel_runs(monkeypatch, "node_batch_norm")}
     torch.manual_seed(0)
     net = SearchNetwork(C=4, num_classes=5, layers=3).to(memory_format=torch.channels_last)
@@ -487,16 +487,21 @@ def test_relu_depthwise_second_derivatives_and_skipped_gradients(monkeypatch):
                  False)
     for a, b in zip(ours, ref, strict=True):
         torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4)
-    # A backward that reaches only x forms no weight gradient (the first-order alpha step).
+    # A backward that reaches only x forms no weight gradient (the first-order alpha step),
+    # and one that reaches only a weight no input gradient.
     formed = []
-    real = ops._depthwise_weight_grad
-    monkeypatch.setattr(ops, "_depthwise_weight_grad",
-                        lambda *a: formed.append(1) or real(*a))
+    real = kernels.relu_depthwise_backward
+
+    def recorded(x, weights, confs, grads, need_x, need_w):
+        dx, dws = real(x, weights, confs, grads, need_x, need_w)
+        formed.append((dx is not None, [dw is not None for dw in dws]))
+        return dx, dws
+
+    monkeypatch.setattr(kernels, "relu_depthwise_backward", recorded)
     xx = x.clone().requires_grad_(True)
     torch.autograd.grad(sum(y.sum() for y in ops.relu_depthwise(xx, convs)), xx)
-    assert not formed
-    torch.autograd.grad(sum(y.sum() for y in ops.relu_depthwise(xx, convs)), convs[0].weight)
-    assert formed
+    torch.autograd.grad(sum(y.sum() for y in ops.relu_depthwise(xx, convs)), convs[1].weight)
+    assert formed == [(True, [False] * 3), (False, [False, True, False])]
 
 
 @needs_kernels
