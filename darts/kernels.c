@@ -2,7 +2,10 @@
  * PyTorch does slowly on a CPU at the DARTS supernet's sizes (darts/kernels.py says which and
  * by how much):
  *   depthwise_weight_grad  the weight gradient of a depthwise convolution;
- *   bn_forward/backward    BatchNorm in training mode.
+ *   bn_forward/backward    BatchNorm in training mode;
+ *   mix_forward/backward   the terms that all edges leaving a cell state share;
+ *   nbn_forward/backward   a cell node's sum of mixed-op BatchNorms;
+ *   dw_relu_forward/backward  the depthwise convolutions of relu(state) on all its edges.
  *
  * Threads: OpenMP. PyTorch's Linux builds run their own parallel work on libgomp, and this
  * library, built with -fopenmp, binds to the libgomp already loaded by PyTorch (the same

@@ -13,7 +13,19 @@ channels, channels-last float32), measured on this project's 2-core machine:
   ReLU after it, it saves two passes over memory more;
 - the terms that all edges leaving a cell state share (`add_shared_terms`, used by
   `supernet.SearchCell`): one pass each way for all edges, where an addcmul per term and edge
-  and its backward took 3-9 passes each.
+  and its backward took 3-9 passes each;
+- a cell node's mixed-op BatchNorms (`node_batch_norm`, used by `supernet.SearchCell`): every
+  sep_conv and dil_conv on every edge into the node ends in a non-affine BatchNorm scaled by
+  its mixing weight; their sum is written once, and their backward, whose output gradients are
+  all the node's gradient, reads it once per pass instead of twice per BatchNorm;
+- the first depthwise convolution of relu(state) of every sep_conv and dil_conv on the edges
+  leaving a state (`relu_depthwise_forward` / `_backward`, used by `ops.relu_depthwise`): 16 of
+  them for a state with four edges, the state read once; the backward forms the input
+  gradient (every transposed convolution and ReLU's mask) in one pass, and the weight
+  gradients from the same gradients while they are in cache. One by one that was a ReLU, 16
+  convolutions, 16 transposed convolutions summed by autograd, ReLU's backward, and 16 weight
+  gradients each reading its output gradient again; oneDNN's transposed dilated convolutions
+  at stride 2 were the slowest of them.
 Each is tested against float64 references (tests/test_kernels.py). Anything they do not cover
 (other devices and dtypes, contiguous NCHW tensors, double backward) is PyTorch's.
 
