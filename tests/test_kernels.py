@@ -326,7 +326,7 @@ def test_batchnorm2d_module_keeps_nn_batchnorm2d_semantics(momentum, monkeypatch
 
 @needs_kernels
 def test_a_float32_channels_last_supernet_step_matches_its_float64_copy(monkeypatch):
-    # The whole CPU fast path (both kernels, shared pooling statistics, the BatchNorm modules)
+    # The whole CPU fast path (every kernel, shared pooling statistics, the BatchNorm modules)
     # against the same supernet in float64, where none of the kernels run.
     from darts.supernet import SearchNetwork
     monkeypatch.setattr(Conv2d, "MIN_ELEMENTS", 0)
