@@ -750,6 +750,20 @@ static int dw_conf_ok(const long *conf, int K) {
     return 1;
 }
 
+/* One image xn (H, W, C), with ReLU where relu, into the interior of xp, a buffer with P zero
+ * rows and columns each side (zeroed once). */
+static void dw_pad_image(float *xp, const float *xn, long H, long W, long C, long P, int relu) {
+    const long Wp = W + 2 * P;
+    for (long h = 0; h < H; h++) {
+        float *row = xp + ((h + P) * Wp + P) * C;
+        const float *in = xn + h * W * C;
+        if (relu)
+            for (long e = 0; e < W * C; e++) row[e] = in[e] < 0.0f ? 0.0f : in[e];
+        else
+            memcpy(row, in, sizeof(float) * (size_t)(W * C));
+    }
+}
+
 /* Returns 0 on success, 1 out of memory, 2 a configuration not covered. */
 int dw_relu_forward(const float *x, long N, long H, long W, long C, int K,
                     const float *const *w, float *const *y, const long *conf, int relu,
@@ -770,15 +784,7 @@ int dw_relu_forward(const float *x, long N, long H, long W, long C, int K,
 #pragma omp for schedule(static)
         for (long n = 0; n < N; n++) {
             if (!xp) continue;
-            const float *xn = x + n * H * W * C;
-            for (long h = 0; h < H; h++) {
-                float *row = xp + ((h + P) * Wp + P) * C;
-                const float *in = xn + h * W * C;
-                if (relu)
-                    for (long e = 0; e < W * C; e++) row[e] = in[e] < 0.0f ? 0.0f : in[e];
-                else
-                    memcpy(row, in, sizeof(float) * (size_t)(W * C));
-            }
+            dw_pad_image(xp, x + n * H * W * C, H, W, C, P, relu);
             for (int k = 0; k < K; k++) {
                 const long *f = conf + k * DW_CONF;
                 const long kh = f[0], kw = f[1], s = f[2], p = f[3], d = f[4], OH = f[5], OW = f[6];
@@ -938,15 +944,7 @@ int dw_relu_backward(const float *x, float *dx, long N, long H, long W, long C, 
                 }
             }
             if (weights) {
-                const float *xn = x + n * H * W * C;
-                for (long h = 0; h < H; h++) {
-                    float *row = xp + ((h + P) * Wp + P) * C;
-                    const float *in = xn + h * W * C;
-                    if (relu)
-                        for (long e = 0; e < W * C; e++) row[e] = in[e] < 0.0f ? 0.0f : in[e];
-                    else
-                        memcpy(row, in, sizeof(float) * (size_t)(W * C));
-                }
+                dw_pad_image(xp, x + n * H * W * C, H, W, C, P, relu);
                 for (int k = 0; k < K; k++) {
                     if (!g[k] || !dw[k]) continue;
                     const long *f = conf + k * DW_CONF, size = f[0] * f[1] * C;
