@@ -142,7 +142,6 @@ class Conv2d(nn.Conv2d):
         return _CPUConvFunction.apply(x, w, self.stride[0], self.padding[0], self.dilation[0],
                                       self.groups)
 
-
     def depthwise_conf(self) -> tuple[int, int, int, int] | None:
         """(kernel size, stride, padding, dilation) of a square depthwise conv without bias
         and with zero padding, the same along both axes; None for any other."""
