@@ -817,63 +817,24 @@ static void dw_pads(const long *f, long W, long *left, long *right) {
     *right = last > OW - 1 ? last - (OW - 1) : 0;
 }
 
-/* The weight gradient's sums for kernel row i of one output row: acc[j] += g[ow] * the input
- * under tap j, for ow < OW, NV * sizeof(VT) / 4 channels from c0; the input row is padded
- * (no bounds to check): xrow[(ow * s + j * d) * C] is output ow's tap j. KW a constant (3 and
- * 5, the DARTS kernels) or 0 (any width up to MAX_KW). */
-#define DWGRAD(VT, NV, KW)                                                                     \
-    static inline void dwgrad_##VT##_##NV##_##KW(const float *grow, const float *xrow,         \
-                                                 float *out, long OW, long s, long d, long kw, \
-                                                 long C, long c0) {                            \
-        const long L = sizeof(VT) / sizeof(float), n = KW ? KW : kw;                           \
-        VT acc[KW ? KW : MAX_KW][NV];                                                          \
-        for (long j = 0; j < n; j++)                                                           \
-            for (int v = 0; v < NV; v++) acc[j][v] = (VT){0};                                  \
-        for (long ow = 0; ow < OW; ow++) {                                                     \
-            const float *gp = grow + ow * C + c0, *xp = xrow + ow * s * C + c0;                \
-            VT gv[NV];                                                                         \
-            for (int v = 0; v < NV; v++) gv[v] = *(const VT *)(gp + v * L);                    \
-            for (long j = 0; j < n; j++)                                                       \
-                for (int v = 0; v < NV; v++)                                                   \
-                    acc[j][v] += gv[v] * *(const VT *)(xp + j * d * C + v * L);                \
-        }                                                                                      \
-        for (long j = 0; j < n; j++)                                                           \
-            for (int v = 0; v < NV; v++) *(VT *)(out + j * C + c0 + v * L) += acc[j][v];       \
-    }
-#if defined(__AVX512F__)
-#define DWGRADS(KW) DWGRAD(v16, 1, KW) DWGRAD(v8, 1, KW) DWGRAD(v4, 1, KW) DWGRAD(v1, 1, KW)
-#define DWG16(KW) dwgrad_v16_1_##KW
-#else
-#define DWGRADS(KW) DWGRAD(v8, 2, KW) DWGRAD(v8, 1, KW) DWGRAD(v4, 1, KW) DWGRAD(v1, 1, KW)
-#define DWG16(KW) dwgrad_v8_2_##KW
-#endif
-DWGRADS(3)
-DWGRADS(5)
-DWGRADS(0)
-
-#define DWGRAD_ROW(KW, O)                                                                      \
-    do {                                                                                       \
-        long c0 = 0;                                                                           \
-        for (; c0 + 16 <= C; c0 += 16) DWG16(KW)(grow, xrow, O, OW, s, d, kw, C, c0);          \
-        for (; c0 + 8 <= C; c0 += 8) dwgrad_v8_1_##KW(grow, xrow, O, OW, s, d, kw, C, c0);     \
-        for (; c0 + 4 <= C; c0 += 4) dwgrad_v4_1_##KW(grow, xrow, O, OW, s, d, kw, C, c0);     \
-        for (; c0 < C; c0++) dwgrad_v1_1_##KW(grow, xrow, O, OW, s, d, kw, C, c0);             \
-    } while (0)
-
 /* One image's weight-gradient sums of one op into out (kh, kw, C), from its output gradient
  * (padded rows: grow0 is row 0's first column, rows Wg * C apart) and the padded input xp
  * (P zero rows and columns each side, rows Wp * C apart). */
 static void dw_weight_image(const float *grow0, long Wg, const float *xp, long Wp, long P,
                             const long *f, long C, float *out) {
     const long kh = f[0], kw = f[1], s = f[2], p = f[3], d = f[4], OH = f[5], OW = f[6];
+    /* depthwise_weight_grad's row sweeps, on rows that start p columns left of the image:
+     * with no padding left to apply, every output is in their interior */
+    const job_t job = {NULL, NULL, 1, 0, Wp - (P - p), C, OH, OW, kh, kw, s, 0, d};
+    const job_t *t = &job;
     for (long oh = 0; oh < OH; oh++) {
         const float *grow = grow0 + oh * Wg * C;
         for (long i = 0; i < kh; i++) {
-            const float *xrow = xp + ((oh * s + i * d - p + P) * Wp - p + P) * C;
-            float *o = out + i * kw * C;
-            if (kw == 3) DWGRAD_ROW(3, o);
-            else if (kw == 5) DWGRAD_ROW(5, o);
-            else DWGRAD_ROW(0, o);
+            const float *xrow = xp + ((oh * s + i * d - p + P) * Wp + P - p) * C;
+            float *acc = out + i * kw * C;
+            if (kw == 3) ROW(3);
+            else if (kw == 5) ROW(5);
+            else ROW(0);
         }
     }
 }
