@@ -13,7 +13,9 @@ four edges (three terms), a node's sum of 8 mixed-op BatchNorms (each BatchNorm 
 the running sum in turn, against `node_batch_norm`), and the first depthwise convs of relu(state) on four edges (16
 convs: 3x3, 5x5, dilated 3x3 and 5x5 each, stride 1 and 2; the ReLU, each conv, and in the
 backward x's gradient: each transposed conv, autograd's sum and ReLU's backward, against
-`ops.relu_depthwise`). The JSON has each case's median and minimum milliseconds (PyTorch
+`ops.relu_depthwise`), and four FactorizedReduce ops' convolutions on one state (the
+module's relu, shifted copy and 1x1 stride-2 convs, against `ops.factorized_reduce_convs`;
+with the weight gradients, as the weight step, and `_dx` without, as the alpha step). The JSON has each case's median and minimum milliseconds (PyTorch
 or unfused, ours), the ratio of the minima, and the CPU time the host stole meanwhile (see
 common.steal_s).
 """
@@ -29,7 +31,7 @@ import torch.nn.functional as F
 from common import environment, steal_s, write_json
 
 from darts import kernels
-from darts.ops import Conv2d, relu_depthwise
+from darts.ops import Conv2d, FactorizedReduce, factorized_reduce_convs, relu_depthwise
 
 SHAPES = [(64, 16, 32), (64, 32, 16), (64, 64, 8)]
 DEPTHWISE = [(3, 1), (5, 1), (3, 2), (5, 2)]  # (kernel, dilation): sep and dil convs
@@ -181,6 +183,27 @@ def main(argv=None) -> int:
 
             cases.append(case("relu_depthwise", alternate(one_by_one, as_one, rounds), batch=n,
                               channels=c, size=h, stride=s, convs=len(convs)))
+        frs = [FactorizedReduce(c, c, affine=False) for _ in range(4)]
+        params = [p for fr in frs for p in (fr.conv_1.weight, fr.conv_2.weight)]
+        xs = xd.clone().requires_grad_()
+        gs = [torch.randn(n, c, (h + 1) // 2, (h + 1) // 2).contiguous(memory_format=cl)
+              for _ in frs]
+        for name, inputs in (("factorized_reduce", [xs, *params]),
+                             ("factorized_reduce_dx", [xs])):
+
+            def module_convs(xs=xs, frs=frs, gs=gs, inputs=inputs):
+                outs = []
+                for fr in frs:  # FactorizedReduce's forward before its BatchNorm
+                    r = fr.relu(xs)
+                    shifted = F.pad(r[:, :, 1:, 1:], (0, 1, 0, 1))
+                    outs.append(torch.cat([fr.conv_1(r), fr.conv_2(shifted)], dim=1))
+                torch.autograd.grad(outs, inputs, gs)
+
+            def matrix_products(xs=xs, frs=frs, gs=gs, inputs=inputs):
+                torch.autograd.grad(factorized_reduce_convs(frs, xs), inputs, gs)
+
+            cases.append(case(name, alternate(module_convs, matrix_products, rounds), batch=n,
+                              channels=c, size=h, edges=len(frs)))
     after = steal_s()
     result = {"benchmark": "cpu_kernels", "device": "cpu",
               "environment": environment(torch.device("cpu")), "rounds": rounds,

@@ -214,6 +214,138 @@ def relu_depthwise(x: torch.Tensor, convs) -> list[torch.Tensor] | None:
     return list(_ReluDepthwiseFunction.apply(x, tuple(confs), *weights))
 
 
+def _relu_subsample(x: torch.Tensor) -> torch.Tensor:
+    """(N, H', W', 2C): relu(x) at the even pixels (rows and columns) next to relu(x) at the
+    odd ones, zero past the last odd row or column of an odd size; x channels-last, H' and W'
+    the halves rounded up. What FactorizedReduce's two 1x1 stride-2 convs read."""
+    n, c, h, w = x.shape
+    xl = x.permute(0, 2, 3, 1)
+    out = (x.new_zeros if h % 2 or w % 2 else x.new_empty)(n, (h + 1) // 2, (w + 1) // 2, 2 * c)
+    torch.clamp_min(xl[:, ::2, ::2], 0, out=out[..., :c])
+    torch.clamp_min(xl[:, 1::2, 1::2], 0, out=out[:, :h // 2, :w // 2, c:])
+    return out
+
+
+def _block_weight(w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    """(2C, C_out): the two convs' weights (C_out / 2, C, 1, 1) as one matrix on
+    `_relu_subsample`'s channels, conv_1 on the even pixels, conv_2 on the odd ones."""
+    half, c = w1.shape[:2]
+    out = w1.new_zeros(2 * c, 2 * half)
+    out[:c, :half] = w1.view(half, c).t()
+    out[c:, half:] = w2.view(half, c).t()
+    return out
+
+
+def _factorized_reduce_reference(x: torch.Tensor, weights) -> list[torch.Tensor]:
+    """FactorizedReduce's convolutions, as nn.Module's forward computes them (differentiable)."""
+    relu = F.relu(x)
+    shifted = F.pad(relu[:, :, 1:, 1:], (0, 1, 0, 1))
+    return [torch.cat([F.conv2d(relu, w1, None, 2), F.conv2d(shifted, w2, None, 2)], dim=1)
+            for w1, w2 in zip(weights[::2], weights[1::2], strict=True)]
+
+
+class _FactorizedReduceFunction(torch.autograd.Function):
+    """[cat(conv_1(relu(x)), conv_2(shifted relu(x)))] of several FactorizedReduce ops on one
+    input (see `factorized_reduce_convs`)."""
+
+    @staticmethod
+    def forward(ctx, x, *weights):
+        ctx.save_for_backward(x, *weights)
+        # Where each gradient goes; a backward that does not reach it skips it (see
+        # `_CPUConvFunction`: the first-order alpha step forms no weight gradient).
+        ctx.nodes = tuple(t.grad_fn if t.requires_grad else None for t in (x, *weights))
+        ctx.set_materialize_grads(False)
+        n, _, h, w = x.shape
+        sub = _relu_subsample(x)
+        flat = sub.view(-1, sub.shape[-1])
+        outs = []
+        for w1, w2 in zip(weights[::2], weights[1::2], strict=True):
+            y = flat @ _block_weight(w1, w2)
+            outs.append(y.view(*sub.shape[:3], -1).permute(0, 3, 1, 2))
+        return tuple(outs)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        x, *weights = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # Double backward (the exact Hessian): differentiable PyTorch, the forward
+            # recomputed.
+            with torch.enable_grad():
+                inputs = [t for t, node in zip((x, *weights), ctx.nodes, strict=True)
+                          if node is not None]
+                outs = _factorized_reduce_reference(x, weights)
+                pairs = [(o, g) for o, g in zip(outs, grads, strict=True) if g is not None]
+                found = iter(torch.autograd.grad([o for o, _ in pairs], inputs,
+                                                 [g for _, g in pairs], create_graph=True,
+                                                 allow_unused=True))
+            return tuple(None if node is None else next(found) for node in ctx.nodes)
+        need = [node is not None and _will_run(node) for node in ctx.nodes]
+        dx, dws = None, [None] * len(weights)
+        n, c, h, w = x.shape
+        flats = [None if g is None
+                 else g.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+                 .reshape(-1, g.shape[1]) for g in grads]
+        if need[0]:
+            dsub = None
+            for g, w1, w2 in zip(flats, weights[::2], weights[1::2], strict=True):
+                if g is not None:
+                    block = _block_weight(w1, w2).t()
+                    dsub = g @ block if dsub is None else dsub.addmm_(g, block)
+            if dsub is not None:
+                # relu's mask at the pixels read, the rest zero.
+                dsub = dsub.view(n, (h + 1) // 2, (w + 1) // 2, 2 * c)
+                dx = torch.zeros_like(x, memory_format=torch.channels_last)
+                dxl, xl = dx.permute(0, 2, 3, 1), x.permute(0, 2, 3, 1)
+                torch.mul(dsub[..., :c], xl[:, ::2, ::2] > 0, out=dxl[:, ::2, ::2])
+                torch.mul(dsub[:, :h // 2, :w // 2, c:], xl[:, 1::2, 1::2] > 0,
+                          out=dxl[:, 1::2, 1::2])
+        if any(need[1:]):
+            flat = _relu_subsample(x).view(-1, 2 * c)
+            for i, g in enumerate(flats):
+                if g is None:
+                    continue
+                half = g.shape[1] // 2
+                for j, (cols, rows) in enumerate(((slice(None, half), slice(None, c)),
+                                                  (slice(half, None), slice(c, None)))):
+                    if need[1 + 2 * i + j]:
+                        dws[2 * i + j] = (g[:, cols].t() @ flat[:, rows]).view_as(
+                            weights[2 * i + j])
+        return (dx, *dws)
+
+
+def factorized_reduce_convs(ops, x: torch.Tensor) -> list[torch.Tensor] | None:
+    """[cat(conv_1(relu(x)), conv_2(shifted relu(x))) for each FactorizedReduce in ops]: the
+    ops' outputs before their BatchNorms, on the CPU as matrix products.
+
+    FactorizedReduce's 1x1 stride-2 convs read half the pixels of relu(x), the even and the
+    odd ones: those are gathered once, relu applied, for all the ops on x, and each op's two
+    convs are one matrix product on them. The backward writes x's gradient at the pixels
+    read and applies relu's mask there, where autograd would form and mask whole-size
+    gradients of the slice, the padding and relu, and PyTorch's backward of a strided 1x1
+    convolution is slow on the CPU (a state's four edges, forward and backward, 4.3x faster
+    measured at 64x32x32x32, with their BatchNorms). None where not covered (other devices, dtypes and layouts, autocast,
+    hooks): the caller runs the ops themselves.
+    """
+    if not (x.device.type == "cpu" and x.dim() == 4 and x.dtype in (torch.float32, torch.float64)
+            and x.is_contiguous(memory_format=torch.channels_last) and torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu") and ops):
+        return None
+    weights = []
+    for op in ops:
+        if type(op) is not FactorizedReduce or any(
+                m._forward_hooks or m._forward_pre_hooks for m in (op, op.relu, op.conv_1, op.conv_2)):
+            return None
+        for conv in (op.conv_1, op.conv_2):
+            if conv.weight.dtype != x.dtype or conv.weight.shape[1] != x.shape[1]:
+                return None
+            weights.append(conv.weight)
+    # A leaf gets a view, so that the engine can say whether a backward reaches it (see
+    # `Conv2d.forward`).
+    x, *weights = (t.view_as(t) if t.requires_grad and t.grad_fn is None else t
+                   for t in (x, *weights))
+    return list(_FactorizedReduceFunction.apply(x, *weights))
+
+
 class BatchNorm2d(nn.BatchNorm2d):
     """nn.BatchNorm2d (same parameters, buffers and state dict) whose training-mode forward on
     float32 channels-last CPU tensors runs the C kernels (darts/kernels.py: PyTorch's is 1.2-1.7x
@@ -451,6 +583,9 @@ class FactorizedReduce(nn.Module):
         self.bn = BatchNorm2d(C_out, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fast = factorized_reduce_convs([self], x)  # None: not on the CPU
+        if fast is not None:
+            return self.bn(fast[0])
         x = self.relu(x)
         shifted = F.pad(x[:, :, 1:, 1:], (0, 1, 0, 1))
         return self.bn(torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1))

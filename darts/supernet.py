@@ -62,6 +62,7 @@ from darts.ops import (
     PoolBN,
     ReLUConvBN,
     dense_grad,
+    factorized_reduce_convs,
     relu_depthwise,
     run_layers,
     update_running_stats,
@@ -259,6 +260,10 @@ class MixedOp(nn.Module):
             i for i, plan in enumerate(self.plans)
             if plan is not None and plan[0] and plan[1] and type(plan[1][0]) is Conv2d
             and plan[1][0].depthwise_conf() is not None)
+        # FactorizedReduce ops (skip_connect at stride 2): `SearchCell` runs their convs for
+        # all edges leaving a state at once (ops.factorized_reduce_convs).
+        self.reduce_heads = tuple(i for i, op in enumerate(self.ops)
+                                  if type(op) is FactorizedReduce)
         if partial_channels > 1 and stride == 2:
             # PC-DARTS halves the bypassed channels with a 2x2 max pool; ceil_mode matches the
             # ops' output size on odd inputs too (identical to PC-DARTS on even ones).
@@ -307,6 +312,13 @@ class MixedOp(nn.Module):
             if i in skip:
                 continue
             if plan is None:
+                head = heads.get(id(op)) if heads else None
+                if head is not None:  # a FactorizedReduce's convs, with the state's other edges
+                    if defer is not None and _deferrable(op.bn):
+                        defer.append((op.bn, head, w[k]))
+                    else:
+                        out = _scaled_batch_norm(op.bn, head, w[k], acc=out)
+                    continue
                 y, scale = op(x), w[k]
             elif key is not None and shared is not None and plan[2].training:
                 y, scale = _shared_pool_bn(plan[1][0], plan[2], x, shared, key), w[k]
@@ -508,20 +520,23 @@ def _add_shared_terms(w: torch.Tensor, accs: list[torch.Tensor | None],
 
 
 def _relu_heads(ops: list[MixedOp], x: torch.Tensor) -> dict[int, torch.Tensor] | None:
-    """The first depthwise conv of relu(x) of every sep_conv and dil_conv on the edges `ops`
-    (that leave state x), computed as one (ops.relu_depthwise), keyed by the conv's id; None
-    where that does not run (not the CPU kernels, or hooks on the modules)."""
-    convs = []
-    for op in ops:
-        for i in op.relu_heads:
-            relu = op.ops[i][0]
-            if relu._forward_hooks or relu._forward_pre_hooks:
-                return None
-            convs.append(op.plans[i][1][0])
+    """What the edges `ops` (that leave state x) start with, computed for all of them at
+    once, keyed by module id: the first depthwise conv of relu(x) of every sep_conv and
+    dil_conv (ops.relu_depthwise, keyed by the conv), and the convs of every
+    FactorizedReduce (ops.factorized_reduce_convs, keyed by the op). None where neither
+    runs (not the CPU, or hooks on the modules); each part is left out where it does not."""
+    heads = {}
+    relus = [op.ops[i][0] for op in ops for i in op.relu_heads]
+    convs = [] if any(m._forward_hooks or m._forward_pre_hooks for m in relus) \
+        else [op.plans[i][1][0] for op in ops for i in op.relu_heads]
     ys = relu_depthwise(x, convs) if convs else None
-    if ys is None:
-        return None
-    return {id(conv): y for conv, y in zip(convs, ys, strict=True)}
+    if ys is not None:
+        heads.update((id(conv), y) for conv, y in zip(convs, ys, strict=True))
+    reduces = [op.ops[i] for op in ops for i in op.reduce_heads]
+    ys = factorized_reduce_convs(reduces, x) if reduces else None
+    if ys is not None:
+        heads.update((id(op), y) for op, y in zip(reduces, ys, strict=True))
+    return heads or None
 
 
 def _add_term(out: torch.Tensor | None, scale: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

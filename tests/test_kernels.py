@@ -336,6 +336,18 @@ def test_a_float32_channels_last_supernet_step_matches_its_float64_copy(monkeypa
              "heads": count_kernel_runs(monkeypatch, "relu_depthwise_forward"),
              "heads_bwd": count_kernel_runs(monkeypatch, "relu_depthwise_backward"),
              "node": count_kernel_runs(monkeypatch, "node_batch_norm")}
+    from darts import ops, supernet
+    reduces = calls["reduce"] = []
+    real_reduce = ops.factorized_reduce_convs
+
+    def counted_reduce(*args):
+        out = real_reduce(*args)
+        reduces.append(out is not None)
+        return out
+
+    # FactorizedReduce's matrix products: the cells' preprocessing and the stride-2 edges.
+    monkeypatch.setattr(ops, "factorized_reduce_convs", counted_reduce)
+    monkeypatch.setattr(supernet, "factorized_reduce_convs", counted_reduce)
     torch.manual_seed(0)
     net = SearchNetwork(C=4, num_classes=5, layers=3).to(memory_format=torch.channels_last)
     net64 = SearchNetwork(C=4, num_classes=5, layers=3).double()

@@ -242,3 +242,114 @@ def test_max_pool_keeps_pytorchs_indices_on_the_cpu_by_default():
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.dtype) or t, lambda t: t):
         MaxPool2d(3, 1, 1)(x)
     assert torch.int64 in saved
+
+
+def factorized_reduce_by_indexing(x, weights):
+    """FactorizedReduce's convs from the definition, in float64: channels [0, C/2) of op e
+    are W1_e . relu(x) at pixel (2i, 2j), channels [C/2, C) W2_e . relu(x) at (2i+1, 2j+1),
+    zero past x's last row or column (the reference code's shifted, zero-padded input)."""
+    r = F.relu(x.double())
+    n, c, h, w = r.shape
+    odd = torch.zeros(n, c, (h + 1) // 2, (w + 1) // 2, dtype=torch.float64)
+    odd[:, :, :h // 2, :w // 2] = r[:, :, 1::2, 1::2]
+    return [torch.cat([torch.einsum("oc,nchw->nohw", w1.double().flatten(1), r[:, :, ::2, ::2]),
+                       torch.einsum("oc,nchw->nohw", w2.double().flatten(1), odd)], dim=1)
+            for w1, w2 in zip(weights[::2], weights[1::2], strict=True)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("size", [(8, 8), (7, 9)])
+def test_factorized_reduce_convs_match_the_definition(dtype, size):
+    # Several FactorizedReduce ops on one channels-last input, one of them without an output
+    # gradient: outputs and every gradient against the float64 definition; even and odd sizes.
+    from darts.ops import FactorizedReduce, factorized_reduce_convs
+    torch.manual_seed(0)
+    frs = [FactorizedReduce(6, 8, affine=False).to(dtype) for _ in range(3)]
+    weights = [w for fr in frs for w in (fr.conv_1.weight, fr.conv_2.weight)]
+    x = torch.randn(3, 6, *size, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    outs = factorized_reduce_convs(frs, x)
+    refs = factorized_reduce_by_indexing(x, weights)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    for out, ref in zip(outs, refs, strict=True):
+        assert out.dtype == dtype and out.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(out.double(), ref, **tol)
+    gs = [torch.randn(ref.shape, dtype=torch.float64) for ref in refs]
+    gs[1] = None
+    used = [(o, r, g) for o, r, g in zip(outs, refs, gs, strict=True) if g is not None]
+    got = torch.autograd.grad([o for o, _, _ in used], [x, *weights],
+                              [g.to(dtype) for _, _, g in used], allow_unused=True)
+    x64 = x.detach().double().requires_grad_()
+    w64 = [w.detach().double().requires_grad_() for w in weights]
+    refs = factorized_reduce_by_indexing(x64, w64)
+    want = torch.autograd.grad([refs[0], refs[2]], [x64, *w64], [gs[0], gs[2]],
+                               allow_unused=True)
+    assert got[3] is None and got[4] is None  # op 1's weights: no gradient reached them
+    for a, b in zip(got, want, strict=True):
+        if b is not None:
+            torch.testing.assert_close(a.double(), b, **tol)
+    # The module gives the same on both layouts (NCHW: the convs themselves).
+    frs[0].train()
+    torch.testing.assert_close(frs[0](x), frs[0](x.contiguous()))
+
+
+def test_factorized_reduce_convs_second_derivatives_and_skipped_gradients():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from darts.ops import FactorizedReduce, factorized_reduce_convs
+    torch.manual_seed(0)
+    frs = [FactorizedReduce(4, 6, affine=False).double() for _ in range(2)]
+    weights = [w for fr in frs for w in (fr.conv_1.weight, fr.conv_2.weight)]
+    x = torch.randn(2, 4, 7, 6, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    v = torch.randn_like(x)
+
+    def hvp(fn, x, weights):  # d/dw <d loss/dx, v>: the exact Hessian's pattern
+        x = x.clone().requires_grad_()
+        loss = sum((y ** 2).sum() for y in fn(x, weights))
+        (dx,) = torch.autograd.grad(loss, x, create_graph=True)
+        return torch.autograd.grad((dx * v).sum(), weights)
+
+    ours = hvp(lambda x, _: factorized_reduce_convs(frs, x), x, weights)
+    w64 = [w.detach().clone().requires_grad_() for w in weights]
+    for a, b in zip(ours, hvp(factorized_reduce_by_indexing, x, w64), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+    # A backward that reaches only x forms no weight gradient (the first-order alpha step:
+    # no gathering of relu(x) again), and one that reaches only a weight no input gradient.
+    class Ops(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.calls.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    def calls(inputs):
+        xx = x.clone().requires_grad_()
+        loss = sum(y.sum() for y in factorized_reduce_convs(frs, xx))
+        mode = Ops()
+        mode.calls = []
+        with mode:
+            torch.autograd.grad(loss, [xx if t is None else t for t in inputs])
+        return mode.calls
+
+    only_x, only_w = calls([None]), calls([weights[3]])
+    assert "clamp_min" not in only_x and "mul" in only_x
+    assert only_x.count("mm") + only_x.count("addmm_") == 2  # the input gradient of each op
+    assert "clamp_min" in only_w and "mul" not in only_w and "zeros_like" not in only_w
+    assert only_w.count("mm") == 1  # conv_2 of op 1
+
+
+def test_factorized_reduce_convs_leave_to_pytorch_what_they_do_not_cover():
+    from darts.ops import FactorizedReduce, factorized_reduce_convs
+    frs = [FactorizedReduce(4, 4, affine=False)]
+    x = torch.randn(2, 4, 6, 6)
+    assert factorized_reduce_convs(frs, x) is None  # NCHW
+    x = x.contiguous(memory_format=torch.channels_last)
+    assert factorized_reduce_convs(frs, x.double()) is None  # not the weights' dtype
+    assert factorized_reduce_convs([nn.Identity()], x) is None
+    with torch.no_grad():
+        assert factorized_reduce_convs(frs, x) is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert factorized_reduce_convs(frs, x) is None
+    hooked = [FactorizedReduce(4, 4, affine=False)]
+    hooked[0].conv_2.register_forward_hook(lambda *a: None)
+    assert factorized_reduce_convs(hooked, x) is None
+    assert factorized_reduce_convs(frs, x) is not None
