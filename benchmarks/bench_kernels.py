@@ -15,7 +15,9 @@ convs: 3x3, 5x5, dilated 3x3 and 5x5 each, stride 1 and 2; the ReLU, each conv, 
 backward x's gradient: each transposed conv, autograd's sum and ReLU's backward, against
 `ops.relu_depthwise`), and four FactorizedReduce ops' convolutions on one state (the
 module's relu, shifted copy and 1x1 stride-2 convs, against `ops.factorized_reduce_convs`;
-with the weight gradients, as the weight step, and `_dx` without, as the alpha step). The JSON has each case's median and minimum milliseconds (PyTorch
+with the weight gradients, as the weight step, and `_dx` without, as the alpha step), and a
+state's max and average pooling with their BatchNorms (PyTorch's pooling, then our BatchNorm,
+against `kernels.pool_batch_norm`; stride 1 and 2). The JSON has each case's median and minimum milliseconds (PyTorch
 or unfused, ours), the ratio of the minima, and the CPU time the host stole meanwhile (see
 common.steal_s).
 """
@@ -204,6 +206,22 @@ def main(argv=None) -> int:
 
             cases.append(case(name, alternate(module_convs, matrix_products, rounds), batch=n,
                               channels=c, size=h, edges=len(frs)))
+        for s in (1, 2):
+            xs = xd.clone().requires_grad_()
+            gs = [torch.randn_like(F.max_pool2d(xd, 3, s, 1)).contiguous(memory_format=cl)
+                  for _ in range(2)]
+
+            def pool_then_bn(xs=xs, gs=gs, s=s):
+                pooled = (F.max_pool2d(xs, 3, s, 1),
+                          F.avg_pool2d(xs, 3, s, 1, count_include_pad=False))
+                ys = [kernels.batch_norm_train(p, None, None, 1e-5)[0] for p in pooled]
+                torch.autograd.grad(ys, xs, gs)
+
+            def pool_bn(xs=xs, gs=gs, s=s):
+                torch.autograd.grad(kernels.pool_batch_norm(xs, 3, s, 1, 1e-5, 1e-5)[:2], xs, gs)
+
+            cases.append(case("pool_batch_norm", alternate(pool_then_bn, pool_bn, rounds),
+                              batch=n, channels=c, size=h, stride=s))
     after = steal_s()
     result = {"benchmark": "cpu_kernels", "device": "cpu",
               "environment": environment(torch.device("cpu")), "rounds": rounds,

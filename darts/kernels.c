@@ -5,7 +5,8 @@
  *   bn_forward/backward    BatchNorm in training mode;
  *   mix_forward/backward   the terms that all edges leaving a cell state share;
  *   nbn_forward/backward   a cell node's sum of mixed-op BatchNorms;
- *   dw_relu_forward/backward  the depthwise convolutions of relu(state) on all its edges.
+ *   dw_relu_forward/backward  the depthwise convolutions of relu(state) on all its edges;
+ *   pool_bn_forward/backward  a state's max and average pooling, each with its BatchNorm.
  *
  * Threads: OpenMP. PyTorch's Linux builds run their own parallel work on libgomp, and this
  * library, built with -fopenmp, binds to the libgomp already loaded by PyTorch (the same
@@ -985,4 +986,274 @@ int dw_relu_backward(const float *x, float *dx, long N, long H, long W, long C, 
     free(sums);
     free(lay);
     return failed;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * A cell state's two pooling ops, each followed by a non-affine BatchNorm in training mode (the
+ * search supernet's max_pool_3x3 and avg_pool_3x3; the same output on every edge that leaves
+ * the state):
+ *
+ *   ymax = (maxpool(x) - mean) * invstd,   yavg = (avgpool(x) - mean') * invstd'
+ *
+ * k x k windows at stride s with p rows and columns of padding, which max pooling never takes
+ * and average pooling does not count (count_include_pad=False). x (N, H, W, C); outputs
+ * (N, OH, OW, C). The first pass pools and sums (nothing written), the second pools again
+ * and writes both outputs normalised: x is read twice and each output written once, where
+ * pooling then BatchNorm read x twice, wrote the pooled outputs, read them twice and wrote
+ * them again. The backward's first pass sums g and g * y of each output; the second forms
+ * dx image by image (one thread per image, so each owns its writes): every window adds its
+ * average's share to each tap inside the input and its max's gradient to the first tap (in
+ * row-major order, as PyTorch's kernel) that holds the window's maximum, found again from x.
+ * Sums in float32 per output row and in double across rows.
+ */
+typedef struct {
+    long N, H, W, C, OH, OW, k, s, p;
+} pool_t;
+
+/* Max and average of the window of output (oh, ow) of image xn for the 8 channels from c0. */
+static inline void pool8(const float *xn, const pool_t *q, long oh, long ow, long c0, v8f *mx,
+                         v8f *av) {
+    const long h0 = oh * q->s - q->p, w0 = ow * q->s - q->p;
+    const long i0 = h0 < 0 ? -h0 : 0, i1 = h0 + q->k > q->H ? q->H - h0 : q->k;
+    const long j0 = w0 < 0 ? -w0 : 0, j1 = w0 + q->k > q->W ? q->W - w0 : q->k;
+    v8f m = *(const v8f *)(xn + ((h0 + i0) * q->W + w0 + j0) * q->C + c0), a = {0};
+    for (long i = i0; i < i1; i++)
+        for (long j = j0; j < j1; j++) {
+            const v8f v = *(const v8f *)(xn + ((h0 + i) * q->W + w0 + j) * q->C + c0);
+            const v8i gt = v > m;
+            m = (v8f)((gt & (v8i)v) | (~gt & (v8i)m));
+            a += v;
+        }
+    *mx = m;
+    *av = a * (1.0f / (float)((i1 - i0) * (j1 - j0)));
+}
+
+static inline void pool1(const float *xn, const pool_t *q, long oh, long ow, long c, float *mx,
+                         float *av) {
+    const long h0 = oh * q->s - q->p, w0 = ow * q->s - q->p;
+    const long i0 = h0 < 0 ? -h0 : 0, i1 = h0 + q->k > q->H ? q->H - h0 : q->k;
+    const long j0 = w0 < 0 ? -w0 : 0, j1 = w0 + q->k > q->W ? q->W - w0 : q->k;
+    float m = xn[((h0 + i0) * q->W + w0 + j0) * q->C + c], a = 0;
+    for (long i = i0; i < i1; i++)
+        for (long j = j0; j < j1; j++) {
+            const float v = xn[((h0 + i) * q->W + w0 + j) * q->C + c];
+            if (v > m) m = v;
+            a += v;
+        }
+    *mx = m;
+    *av = a * (1.0f / (float)((i1 - i0) * (j1 - j0)));
+}
+
+/* stats: 6C floats, the mean, invstd (1 / sqrt(biased var + eps)) and unbiased variance of
+ * the max output, then the same of the average output. 0 on success, 1 out of memory. */
+int pool_bn_forward(const float *x, float *ymax, float *yavg, long N, long H, long W, long C,
+                    long k, long s, long p, double eps_max, double eps_avg, float *stats,
+                    int threads) {
+    const long OH = (H + 2 * p - k) / s + 1, OW = (W + 2 * p - k) / s + 1;
+    const pool_t q = {N, H, W, C, OH, OW, k, s, p};
+    const long rows = N * OH, M = N * OH * OW;
+    if (threads < 1) threads = 1;
+    if (threads > rows) threads = rows > 0 ? (int)rows : 1;
+    double *sums = (double *)calloc((size_t)(4 * C * threads), sizeof(double));
+    float *kk = (float *)malloc(sizeof(float) * (size_t)(4 * C));
+    if (!sums || !kk) {
+        free(sums); free(kk);
+        return 1;
+    }
+#pragma omp parallel num_threads(threads)
+    {
+        const int t = THREAD_ID, nt = THREADS;
+        const long r0 = rows * t / nt, r1 = rows * (t + 1) / nt;
+        double *sm = sums + 4 * C * t; /* sum max, sum max^2, sum avg, sum avg^2 */
+        for (long r = r0; r < r1; r++) {
+            const long n = r / OH, oh = r % OH;
+            const float *xn = x + n * H * W * C;
+            long c0 = 0;
+            for (; c0 + 8 <= C; c0 += 8) {
+                v8f s1 = {0}, q1 = {0}, s2 = {0}, q2 = {0};
+                for (long ow = 0; ow < OW; ow++) {
+                    v8f m, a;
+                    pool8(xn, &q, oh, ow, c0, &m, &a);
+                    s1 += m; q1 += m * m; s2 += a; q2 += a * a;
+                }
+                for (int c = 0; c < 8; c++) {
+                    sm[c0 + c] += s1[c]; sm[C + c0 + c] += q1[c];
+                    sm[2 * C + c0 + c] += s2[c]; sm[3 * C + c0 + c] += q2[c];
+                }
+            }
+            for (; c0 < C; c0++) {
+                float s1 = 0, q1 = 0, s2 = 0, q2 = 0;
+                for (long ow = 0; ow < OW; ow++) {
+                    float m, a;
+                    pool1(xn, &q, oh, ow, c0, &m, &a);
+                    s1 += m; q1 += m * m; s2 += a; q2 += a * a;
+                }
+                sm[c0] += s1; sm[C + c0] += q1; sm[2 * C + c0] += s2; sm[3 * C + c0] += q2;
+            }
+        }
+#pragma omp barrier
+#pragma omp single
+        {
+            for (int u = 1; u < nt; u++)
+                for (long c = 0; c < 4 * C; c++) sums[c] += sums[4 * C * u + c];
+            for (int o = 0; o < 2; o++) {
+                const double eps = o ? eps_avg : eps_max;
+                for (long c = 0; c < C; c++) {
+                    const double mean = sums[2 * o * C + c] / M;
+                    double var = sums[(2 * o + 1) * C + c] / M - mean * mean;
+                    if (var < 0) var = 0;
+                    const double invstd = 1.0 / sqrt(var + eps);
+                    stats[3 * o * C + c] = (float)mean;
+                    stats[(3 * o + 1) * C + c] = (float)invstd;
+                    stats[(3 * o + 2) * C + c] = M > 1 ? (float)(var * M / (M - 1)) : (float)var;
+                    kk[2 * o * C + c] = (float)invstd;               /* y = k1 * v + k3 */
+                    kk[(2 * o + 1) * C + c] = (float)(-mean * invstd);
+                }
+            }
+        } /* the end of single waits for it */
+        for (long r = r0; r < r1; r++) {
+            const long n = r / OH, oh = r % OH;
+            const float *xn = x + n * H * W * C;
+            float *om = ymax + r * OW * C, *oa = yavg + r * OW * C;
+            long c0 = 0;
+            for (; c0 + 8 <= C; c0 += 8) {
+                const v8f k1m = *(const v8f *)(kk + c0), k3m = *(const v8f *)(kk + C + c0);
+                const v8f k1a = *(const v8f *)(kk + 2 * C + c0);
+                const v8f k3a = *(const v8f *)(kk + 3 * C + c0);
+                for (long ow = 0; ow < OW; ow++) {
+                    v8f m, a;
+                    pool8(xn, &q, oh, ow, c0, &m, &a);
+                    *(v8f *)(om + ow * C + c0) = k1m * m + k3m;
+                    *(v8f *)(oa + ow * C + c0) = k1a * a + k3a;
+                }
+            }
+            for (; c0 < C; c0++)
+                for (long ow = 0; ow < OW; ow++) {
+                    float m, a;
+                    pool1(xn, &q, oh, ow, c0, &m, &a);
+                    om[ow * C + c0] = kk[c0] * m + kk[C + c0];
+                    oa[ow * C + c0] = kk[2 * C + c0] * a + kk[3 * C + c0];
+                }
+        }
+    }
+    free(sums); free(kk);
+    return 0;
+}
+
+/* The max's gradient dm to the first tap holding the maximum m, and the average's da / count
+ * to every tap, of the window of output (oh, ow), for the 8 channels from c0 (dxn: image n's
+ * input gradient). */
+static inline void unpool8(const float *xn, float *dxn, const pool_t *q, long oh, long ow,
+                           long c0, v8f m, v8f dm, v8f da) {
+    const long h0 = oh * q->s - q->p, w0 = ow * q->s - q->p;
+    const long i0 = h0 < 0 ? -h0 : 0, i1 = h0 + q->k > q->H ? q->H - h0 : q->k;
+    const long j0 = w0 < 0 ? -w0 : 0, j1 = w0 + q->k > q->W ? q->W - w0 : q->k;
+    da *= 1.0f / (float)((i1 - i0) * (j1 - j0));
+    v8i found = {0};
+    for (long i = i0; i < i1; i++)
+        for (long j = j0; j < j1; j++) {
+            const long at = ((h0 + i) * q->W + w0 + j) * q->C + c0;
+            const v8i hit = (*(const v8f *)(xn + at) == m) & ~found;
+            found |= hit;
+            *(v8f *)(dxn + at) += da + (v8f)(hit & (v8i)dm);
+        }
+}
+
+static inline void unpool1(const float *xn, float *dxn, const pool_t *q, long oh, long ow,
+                           long c, float m, float dm, float da) {
+    const long h0 = oh * q->s - q->p, w0 = ow * q->s - q->p;
+    const long i0 = h0 < 0 ? -h0 : 0, i1 = h0 + q->k > q->H ? q->H - h0 : q->k;
+    const long j0 = w0 < 0 ? -w0 : 0, j1 = w0 + q->k > q->W ? q->W - w0 : q->k;
+    da *= 1.0f / (float)((i1 - i0) * (j1 - j0));
+    int found = 0;
+    for (long i = i0; i < i1; i++)
+        for (long j = j0; j < j1; j++) {
+            const long at = ((h0 + i) * q->W + w0 + j) * q->C + c;
+            float d = da;
+            if (!found && xn[at] == m) {
+                found = 1;
+                d += dm;
+            }
+            dxn[at] += d;
+        }
+}
+
+/* dx of pool_bn_forward's outputs given their gradients gmax and gavg (either NULL: zero) and
+ * the outputs themselves; stats as pool_bn_forward wrote them. 0 on success, 1 out of memory. */
+int pool_bn_backward(const float *x, const float *gmax, const float *gavg, const float *ymax,
+                     const float *yavg, float *dx, long N, long H, long W, long C, long k, long s,
+                     long p, const float *stats, int threads) {
+    const long OH = (H + 2 * p - k) / s + 1, OW = (W + 2 * p - k) / s + 1;
+    const pool_t q = {N, H, W, C, OH, OW, k, s, p};
+    const long M = N * OH * OW;
+    if (threads < 1) threads = 1;
+    if (threads > N) threads = N > 0 ? (int)N : 1;
+    double *sums = (double *)calloc((size_t)(4 * C * threads), sizeof(double));
+    float *kk = (float *)calloc((size_t)(6 * C), sizeof(float));
+    if (!sums || !kk) {
+        free(sums); free(kk);
+        return 1;
+    }
+#pragma omp parallel num_threads(threads)
+    {
+        const int t = THREAD_ID, nt = THREADS;
+        const long m0 = M * t / nt, m1 = M * (t + 1) / nt;
+        if (gmax) bn_sums(gmax, ymax, m0, m1, C, sums + 4 * C * t, NULL);
+        if (gavg) bn_sums(gavg, yavg, m0, m1, C, sums + 4 * C * t + 2 * C, NULL);
+#pragma omp barrier
+#pragma omp single
+        {
+            for (int u = 1; u < nt; u++)
+                for (long c = 0; c < 4 * C; c++) sums[c] += sums[4 * C * u + c];
+            /* dv = invstd * (g - mean(g) - y * mean(g * y)) = k1 g + k2 y + k3 (y normalised) */
+            for (int o = 0; o < 2; o++) {
+                if (!(o ? gavg : gmax)) continue;
+                for (long c = 0; c < C; c++) {
+                    const double invstd = stats[(3 * o + 1) * C + c];
+                    const double mean_g = sums[2 * o * C + c] / M;
+                    const double mean_gy = sums[(2 * o + 1) * C + c] / M;
+                    kk[3 * o * C + c] = (float)invstd;
+                    kk[(3 * o + 1) * C + c] = (float)(-invstd * mean_gy);
+                    kk[(3 * o + 2) * C + c] = (float)(-invstd * mean_g);
+                }
+            }
+        } /* the end of single waits for it */
+        const float zero8[8] = {0};
+        const v8f zero = *(const v8f *)zero8;
+        for (long n = N * t / nt; n < N * (t + 1) / nt; n++) {
+            const float *xn = x + n * H * W * C;
+            float *dxn = dx + n * H * W * C;
+            memset(dxn, 0, sizeof(float) * (size_t)(H * W * C));
+            for (long oh = 0; oh < OH; oh++)
+                for (long ow = 0; ow < OW; ow++) {
+                    const long at = ((n * OH + oh) * OW + ow) * C;
+                    long c0 = 0;
+                    for (; c0 + 8 <= C; c0 += 8) {
+                        v8f dm = zero, da = zero, m, a;
+                        if (gmax)
+                            dm = *(const v8f *)(kk + c0) * *(const v8f *)(gmax + at + c0)
+                                 + *(const v8f *)(kk + C + c0) * *(const v8f *)(ymax + at + c0)
+                                 + *(const v8f *)(kk + 2 * C + c0);
+                        if (gavg)
+                            da = *(const v8f *)(kk + 3 * C + c0) * *(const v8f *)(gavg + at + c0)
+                                 + *(const v8f *)(kk + 4 * C + c0) * *(const v8f *)(yavg + at + c0)
+                                 + *(const v8f *)(kk + 5 * C + c0);
+                        pool8(xn, &q, oh, ow, c0, &m, &a);
+                        unpool8(xn, dxn, &q, oh, ow, c0, m, dm, da);
+                    }
+                    for (; c0 < C; c0++) {
+                        float dm = 0, da = 0, m, a;
+                        if (gmax)
+                            dm = kk[c0] * gmax[at + c0] + kk[C + c0] * ymax[at + c0] + kk[2 * C + c0];
+                        if (gavg)
+                            da = kk[3 * C + c0] * gavg[at + c0] + kk[4 * C + c0] * yavg[at + c0]
+                                 + kk[5 * C + c0];
+                        pool1(xn, &q, oh, ow, c0, &m, &a);
+                        unpool1(xn, dxn, &q, oh, ow, c0, m, dm, da);
+                    }
+                }
+        }
+    }
+    free(sums); free(kk);
+    return 0;
 }

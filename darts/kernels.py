@@ -25,7 +25,12 @@ channels, channels-last float32), measured on this project's 2-core machine:
   gradients from the same gradients while they are in cache. One by one that was a ReLU, 16
   convolutions, 16 transposed convolutions summed by autograd, ReLU's backward, and 16 weight
   gradients each reading its output gradient again; oneDNN's transposed dilated convolutions
-  at stride 2 were the slowest of them.
+  at stride 2 were the slowest of them;
+- a cell state's max and average pooling with their non-affine BatchNorms (`pool_batch_norm`,
+  used by `supernet.SearchCell` for the pooled outputs that all edges leaving the state share):
+  both pooled, summed and normalised in two passes over the state, where pooling then
+  BatchNorm took eight passes over memory, and one pass back that adds both windows'
+  gradients (the max's to the first tap that holds the maximum, as PyTorch's) per image.
 Each is tested against float64 references (tests/test_kernels.py). Anything they do not cover
 (other devices and dtypes, contiguous NCHW tensors, double backward) is PyTorch's.
 
@@ -146,7 +151,9 @@ def library() -> ctypes.CDLL | None:
                        ("dw_relu_forward", [ptr] + [long_] * 4 + [int_] + [ptr] * 3
                         + [int_, int_]),
                        ("dw_relu_backward", [ptr, ptr] + [long_] * 4 + [int_] + [ptr] * 4
-                        + [int_, int_])):
+                        + [int_, int_]),
+                       ("pool_bn_forward", [ptr] * 3 + [long_] * 7 + [dbl, dbl, ptr, int_]),
+                       ("pool_bn_backward", [ptr] * 6 + [long_] * 7 + [ptr, int_])):
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = ctypes.c_int, args
     _lib = lib
@@ -552,5 +559,90 @@ def node_batch_norm(acc: torch.Tensor | None, xs: list[torch.Tensor],
     tensors = (acc, *xs) if acc is not None else tuple(xs)
     try:
         return _NodeBatchNormFunction.apply(w, tuple(eps), acc is not None, *tensors)
+    except _Fallback:
+        return None
+
+
+class _PoolBatchNormFunction(torch.autograd.Function):
+    """(BN(maxpool(x)), BN(avgpool(x))) with the C kernels (see `pool_batch_norm`), and each
+    one's batch mean and unbiased variance (not differentiable)."""
+
+    @staticmethod
+    def forward(ctx, x, conf, eps_max, eps_avg):
+        k, s, p = conf
+        n, c, h, w = x.shape
+        oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+        ymax, yavg = (torch.empty(n, c, oh, ow, memory_format=torch.channels_last)
+                      for _ in range(2))
+        stats = x.new_empty(6, c)
+        status = _lib.pool_bn_forward(_ptr(x), _ptr(ymax), _ptr(yavg), n, h, w, c, k, s, p,
+                                      eps_max, eps_avg, _ptr(stats), torch.get_num_threads())
+        if status != 0:
+            raise _Fallback
+        ctx.save_for_backward(x, ymax, yavg, stats)
+        ctx.conf, ctx.eps = conf, (eps_max, eps_avg)
+        mean_max, _, var_max, mean_avg, _, var_avg = stats.unbind(0)
+        ctx.mark_non_differentiable(mean_max, var_max, mean_avg, var_avg)
+        ctx.set_materialize_grads(False)
+        return ymax, yavg, mean_max, var_max, mean_avg, var_avg
+
+    @staticmethod
+    def backward(ctx, gmax, gavg, *_stats):
+        x, ymax, yavg, stats = ctx.saved_tensors
+        if (gmax is None and gavg is None) or not ctx.needs_input_grad[0]:
+            return None, None, None, None
+        k, s, p = ctx.conf
+        if torch.is_grad_enabled() or any(g is not None and g.dtype != torch.float32
+                                          for g in (gmax, gavg)):
+            # Double backward (the exact Hessian): differentiable PyTorch, the forward
+            # recomputed.
+            with torch.enable_grad():
+                outs = _pool_batch_norm_reference(x, ctx.conf, *ctx.eps)
+                pairs = [(o, g) for o, g in zip(outs, (gmax, gavg), strict=True) if g is not None]
+                (dx,) = torch.autograd.grad([o for o, _ in pairs], x, [g for _, g in pairs],
+                                            create_graph=True)
+            return dx, None, None, None
+        n, c, h, w = x.shape
+        gmax, gavg = (None if g is None else g.contiguous(memory_format=torch.channels_last)
+                      for g in (gmax, gavg))
+        dx = torch.empty_like(x, memory_format=torch.channels_last)
+        status = _lib.pool_bn_backward(_ptr(x), _ptr(gmax), _ptr(gavg), _ptr(ymax), _ptr(yavg),
+                                       _ptr(dx), n, h, w, c, k, s, p, _ptr(stats),
+                                       torch.get_num_threads())
+        if status != 0:
+            raise RuntimeError("darts: the C pooling backward could not allocate its sums")
+        return dx, None, None, None
+
+
+def _pool_batch_norm_reference(x: torch.Tensor, conf: tuple[int, int, int], eps_max: float,
+                               eps_avg: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """What `pool_batch_norm` computes, in differentiable PyTorch."""
+    k, s, p = conf
+    ymax = F.max_pool2d(x, k, s, p)
+    yavg = F.avg_pool2d(x, k, s, p, count_include_pad=False)
+    return (F.batch_norm(ymax, None, None, None, None, True, 0.0, eps_max),
+            F.batch_norm(yavg, None, None, None, None, True, 0.0, eps_avg))
+
+
+def pool_batch_norm(x: torch.Tensor, kernel_size: int, stride: int, padding: int,
+                    eps_max: float, eps_avg: float) -> tuple[torch.Tensor, ...] | None:
+    """A cell state's two pooling ops with their non-affine BatchNorms in training mode:
+    (BN(max_pool2d(x)), BN(avg_pool2d(x, count_include_pad=False)), mean and unbiased variance
+    of the max pooling's output, the same of the average's), the statistics without a graph,
+    in two passes over x each way; None where not covered: float32 channels-last CPU tensors,
+    padding below the kernel size, more than one output value per channel.
+    """
+    if not (x.device.type == "cpu" and not _compiling() and enabled()
+            and x.dtype == torch.float32 and x.dim() == 4
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and not torch.is_autocast_enabled("cpu")
+            and kernel_size >= 1 and stride >= 1 and 0 <= padding < kernel_size):
+        return None
+    n, _, h, w = x.shape
+    oh, ow = ((size + 2 * padding - kernel_size) // stride + 1 for size in (h, w))
+    if min(oh, ow) < 1 or n * oh * ow < 2 or library() is None:
+        return None
+    try:
+        return _PoolBatchNormFunction.apply(x, (kernel_size, stride, padding), eps_max, eps_avg)
     except _Fallback:
         return None

@@ -206,6 +206,51 @@ def _shared_pool_bn(pool: nn.Module, bn: nn.BatchNorm2d, x: torch.Tensor, shared
     return out
 
 
+def _pool_conf(pool: nn.Module) -> tuple[str, int, int, int] | None:
+    """(kind, kernel size, stride, padding) of a square max or average pooling that
+    kernels.pool_batch_norm computes (average: count_include_pad=False), else None."""
+    pair = torch.nn.modules.utils._pair
+    if type(pool) in (nn.MaxPool2d, MaxPool2d):
+        if pool.return_indices or pair(pool.dilation) != (1, 1):
+            return None
+        kind = "max"
+    elif type(pool) is nn.AvgPool2d:
+        if pool.count_include_pad or pool.divisor_override is not None:
+            return None
+        kind = "avg"
+    else:
+        return None
+    k, s, p = (pair(v) for v in (pool.kernel_size, pool.stride, pool.padding))
+    if pool.ceil_mode or k[0] != k[1] or s[0] != s[1] or p[0] != p[1]:
+        return None
+    return kind, k[0], s[0], p[0]
+
+
+def _pool_pair(op: MixedOp, skip: tuple[int, ...], x: torch.Tensor, shared: dict) -> None:
+    """A max and an average pooling among the shared terms `skip` of op (with the same window,
+    stride and padding), each with its non-affine training-mode BatchNorm: both outputs and
+    their statistics in one C kernel (kernels.pool_batch_norm, on the CPU), put in `shared`
+    for `_shared_pool_bn` to find. Nothing where that does not run."""
+    found = {}
+    for i in skip:
+        key = op.shared_keys[i]
+        if key is None or key in shared:
+            continue
+        pool, bn = op.plans[i][1][0], op.plans[i][2]
+        conf = _pool_conf(pool)
+        if conf is not None and not (pool._forward_hooks or pool._forward_pre_hooks):
+            found.setdefault(conf[0], (conf[1:], key, bn))
+    if len(found) != 2 or found["max"][0] != found["avg"][0]:
+        return
+    (k, s, p), key_max, bn_max = found["max"]
+    _, key_avg, bn_avg = found["avg"]
+    out = kernels.pool_batch_norm(x, k, s, p, bn_max.eps, bn_avg.eps)
+    if out is not None:
+        ymax, yavg, mean_max, var_max, mean_avg, var_avg = out
+        shared[key_max] = (ymax, (var_max, mean_max))
+        shared[key_avg] = (yavg, (var_avg, mean_avg))
+
+
 class MixedOp(nn.Module):
     """All ops of the space on one edge, mixed by one row of softmax(alpha).
 
@@ -449,6 +494,7 @@ class SearchCell(nn.Module):
             ops = [self.edges[e] for e, _ in out_edges]
             skip = ops[0].shared_terms()
             if skip and all(op.shared_terms() == skip for op in ops[1:]):
+                _pool_pair(ops[0], skip, x, shared)
                 ys = [ops[0].shared_output(i, x, shared) for i in skip]
                 for op in ops[1:]:  # their BatchNorms' running statistics
                     for i in skip:

@@ -56,12 +56,12 @@ def test_kernel_benchmark_times_ours_against_pytorchs(tmp_path):
                    check=True, capture_output=True, timeout=300)
     result = json.loads(out.read_text())
     names = [c["name"] for c in result["cases"]]
-    # 4 depthwise kernels x 2 strides, then BatchNorm's three, the fusions' six and
-    # FactorizedReduce's two, at the first-stage shape
+    # 4 depthwise kernels x 2 strides, then BatchNorm's three, the fusions' six,
+    # FactorizedReduce's two and the pooling's two, at the first-stage shape
     assert names == ["depthwise_weight_grad"] * 8 + [
         "batch_norm_forward", "batch_norm_backward", "batch_statistics", "batch_norm_add",
         "batch_norm_relu", "shared_terms", "node_batch_norm", "relu_depthwise", "relu_depthwise",
-        "factorized_reduce", "factorized_reduce_dx"]
+        "factorized_reduce", "factorized_reduce_dx", "pool_batch_norm", "pool_batch_norm"]
     for c in result["cases"]:
         assert 0 < c["torch_min_ms"] <= c["torch_ms"] and 0 < c["ours_min_ms"] <= c["ours_ms"]
         assert c["speedup"] == pytest.approx(c["torch_min_ms"] / c["ours_min_ms"])

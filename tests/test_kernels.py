@@ -335,7 +335,8 @@ def test_a_float32_channels_last_supernet_step_matches_its_float64_copy(monkeypa
              "mix": count_kernel_runs(monkeypatch, "add_shared_terms"),
              "heads": count_kernel_runs(monkeypatch, "relu_depthwise_forward"),
              "heads_bwd": count_kernel_runs(monkeypatch, "relu_depthwise_backward"),
-             "node": count_kernel_runs(monkeypatch, "node_batch_norm")}
+             "node": count_kernel_runs(monkeypatch, "node_batch_norm"),
+             "pools": count_kernel_runs(monkeypatch, "pool_batch_norm")}
     from darts import ops, supernet
     reduces = calls["reduce"] = []
     real_reduce = ops.factorized_reduce_convs
@@ -594,3 +595,69 @@ def test_node_batch_norm_second_derivatives_and_what_it_does_not_cover():
     assert kernels.node_batch_norm(None, [x, x[:2]], w[:2], [1e-5] * 2) is None  # shapes
     assert kernels.node_batch_norm(x.contiguous(), [x], w[:1], [1e-5]) is None  # acc NCHW
     assert kernels.node_batch_norm(None, [x], w[:1], [1e-5]) is not None
+
+
+def pooled_reference(x, stride, eps=1e-5):
+    """max_pool_3x3 and avg_pool_3x3 (count_include_pad=False) of the DARTS space, each through
+    a non-affine training-mode BatchNorm, in float64; and the pooled outputs themselves."""
+    x = x.double()
+    pooled = (F.max_pool2d(x, 3, stride, 1), F.avg_pool2d(x, 3, stride, 1, count_include_pad=False))
+    return [(p - p.mean((0, 2, 3), keepdim=True))
+            / (p.var((0, 2, 3), unbiased=False, keepdim=True) + eps).sqrt() for p in pooled], pooled
+
+
+@needs_kernels
+@pytest.mark.parametrize("stride,size", [(1, (7, 9)), (2, (8, 7)), (2, (9, 9)), (1, (16, 16))])
+@pytest.mark.parametrize("channels", [19, 16])
+@pytest.mark.parametrize("ties", [False, True])
+def test_pool_batch_norm_matches_a_float64_reference(stride, size, channels, ties):
+    # Inputs with mean 5 and scale 3; with ties (whole numbers) the max's gradient must go to
+    # the first tap holding the maximum, as PyTorch's does. Outputs, statistics, and x's
+    # gradient with both outputs' gradients and with either alone.
+    torch.manual_seed(0)
+    x = torch.randn(3, channels, *size) * 3 + 5
+    if ties:
+        x = x.round()
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    ymax, yavg, mean_max, var_max, mean_avg, var_avg = kernels.pool_batch_norm(
+        x, 3, stride, 1, 1e-5, 1e-5)
+    x64 = x.detach().double().requires_grad_()
+    refs, pooled = pooled_reference(x64, stride)
+    for out, ref in zip((ymax, yavg), refs, strict=True):
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=2e-5)
+    for (mean, var), p in zip(((mean_max, var_max), (mean_avg, var_avg)), pooled, strict=True):
+        torch.testing.assert_close(mean.double(), p.mean((0, 2, 3)), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(var.double(), p.var((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    gs = [torch.randn(r.shape, dtype=torch.float64) for r in refs]
+    for use in ((0, 1), (0,), (1,)):
+        (dx,) = torch.autograd.grad([(ymax, yavg)[i] for i in use], x,
+                                    [gs[i].float() for i in use], retain_graph=True)
+        (want,) = torch.autograd.grad([refs[i] for i in use], x64, [gs[i] for i in use],
+                                      retain_graph=True)
+        torch.testing.assert_close(dx.double(), want, rtol=1e-4, atol=1e-4)
+
+
+@needs_kernels
+def test_pool_batch_norm_second_derivatives_and_what_it_does_not_cover():
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 6, 7).contiguous(memory_format=torch.channels_last)
+    v = torch.randn(2, 5, 6, 7, dtype=torch.float64)
+
+    def second(xx, fused):  # d/dx of <d loss/dx, v>: the exact Hessian's pattern
+        xx = xx.clone().requires_grad_()
+        outs = kernels.pool_batch_norm(xx, 3, 1, 1, 1e-5, 1e-5)[:2] if fused \
+            else pooled_reference(xx, 1)[0]
+        loss = sum((o ** 3).sum() for o in outs)
+        (dx,) = torch.autograd.grad(loss, xx, create_graph=True)
+        return torch.autograd.grad((dx * v.to(dx.dtype)).sum(), xx)[0]
+
+    torch.testing.assert_close(second(x, True).double(), second(x.double(), False),
+                               rtol=1e-3, atol=1e-3)
+    assert kernels.pool_batch_norm(x.contiguous(), 3, 1, 1, 1e-5, 1e-5) is None  # NCHW
+    assert kernels.pool_batch_norm(x.double(), 3, 1, 1, 1e-5, 1e-5) is None
+    assert kernels.pool_batch_norm(x, 3, 1, 3, 1e-5, 1e-5) is None  # padding >= kernel
+    assert kernels.pool_batch_norm(x[:1, :, :1, :1], 3, 1, 1, 1e-5, 1e-5) is None  # 1 value
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert kernels.pool_batch_norm(x, 3, 1, 1, 1e-5, 1e-5) is None
+    assert kernels.pool_batch_norm(x, 3, 1, 1, 1e-5, 1e-5) is not None
