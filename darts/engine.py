@@ -69,6 +69,13 @@ def pick_device(spec: str) -> torch.device:
     return device
 
 
+def channels_last_on(flag: bool | None, device: torch.device) -> bool:
+    """`--channels_last`: given, as given; left unset (None), on on the CPU, where darts's C
+    kernels run only on channels-last tensors (a search or retraining step about 2x faster
+    there), and off on other devices (where `--channels_last` is worth adding: see the README)."""
+    return (device.type == "cpu") if flag is None else bool(flag)
+
+
 def split_output(out) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Networks return logits or (logits, auxiliary logits)."""
     if isinstance(out, tuple):

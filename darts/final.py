@@ -50,6 +50,7 @@ from darts.distributed import Dist
 from darts.engine import (
     AMP_DTYPES,
     Precision,
+    channels_last_on,
     compile_model,
     evaluate,
     pick_device,
@@ -118,7 +119,8 @@ class FinalConfig:
     amp: str = field(default="off", metadata=_f(
         "mixed precision: off (float32, the paper), bf16, fp16 (with loss scaling)",
         choices=tuple(AMP_DTYPES)))
-    channels_last: bool = field(default=False, metadata=_f("channels-last memory format"))
+    channels_last: bool | None = field(default=None, metadata=_f(
+        "channels-last (NHWC) memory format; default: on on the CPU (where the C kernels need it), off elsewhere; --no-channels_last to turn it off"))
     compile: bool = field(default=False, metadata=_f("torch.compile the network (eager where it cannot)"))
     cuda_graphs: str = field(default="auto", metadata=_f(
         "capture each whole training step in a CUDA graph and replay it: the same kernels, one "
@@ -183,6 +185,7 @@ def run(cfg: FinalConfig, *, resume: str | None = None,
     try:
         seed_everything(cfg.seed)
         cfg = cfg.resolved(network_family(cfg.dataset, cfg.image_size))
+        cfg = dataclasses.replace(cfg, channels_last=channels_last_on(cfg.channels_last, device))
         validate(cfg)
         # Checked before the run directory is made: a flag that cannot work leaves nothing.
         graphs = cuda_graphs_enabled(cfg.cuda_graphs, device, distributed=d.enabled,

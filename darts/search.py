@@ -15,6 +15,7 @@ decay 1e-3; second order with the finite-difference Hessian-vector product (eq. 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shlex
 import time
@@ -54,6 +55,7 @@ from darts.engine import (
     MetricSum,
     Precision,
     SideStep,
+    channels_last_on,
     compile_model,
     evaluate,
     pick_device,
@@ -116,7 +118,8 @@ class SearchConfig:
     amp: str = field(default="off", metadata=_f(
         "mixed precision of the forward passes: off (float32, the paper), bf16, fp16 (with loss "
         "scaling); the Hessian-vector product stays float32", choices=tuple(AMP_DTYPES)))
-    channels_last: bool = field(default=False, metadata=_f("channels-last memory format"))
+    channels_last: bool | None = field(default=None, metadata=_f(
+        "channels-last (NHWC) memory format; default: on on the CPU (where the C kernels need it), off elsewhere; --no-channels_last to turn it off"))
     compile: bool = field(default=False, metadata=_f("torch.compile the supernet (eager where it cannot)"))
     partial_channels: int = field(default=1, metadata=_f(
         "PC-DARTS: 1/K of the channels pass through each mixed op, with edge normalization; 1 = DARTS"))
@@ -210,6 +213,8 @@ def run(cfg: SearchConfig, *, resume: str | None = None,
     validate(cfg)
     d, device = distributed.setup(pick_device(cfg.device))
     try:
+        # The run's memory format, recorded resolved (config.json, the checkpoint).
+        cfg = dataclasses.replace(cfg, channels_last=channels_last_on(cfg.channels_last, device))
         if cfg.order == 2 and cfg.hessian == "exact" and d.enabled:
             raise UserError("--hessian exact runs on one process; use --hessian fd with torchrun")
         # Checked before the run directory is made: a flag that cannot work leaves nothing.

@@ -48,7 +48,9 @@ def test_cli_search_writes_the_run_directory_and_its_genotype_retrains(tmp_path)
     assert "epoch 1/2" in log and "epoch 2/2" in log and "eta" in log
     # The run's summary line (the speed options at their defaults on the CPU), well formed.
     assert "SearchNetwork on synthetic (10 classes, 16px): 3 cells of 4 channels" in log
-    assert "order 2 (fd Hessian); device cpu; DataLoader loader, amp off\n" in log
+    # channels_last unset: on on the CPU (the C kernels need it), recorded resolved
+    assert "order 2 (fd Hessian); device cpu; DataLoader loader, amp off, channels_last\n" in log
+    assert config["channels_last"] is True
     assert "Logging error" not in result.stderr
     genotype = load_genotype(run_dir / "genotype.json")
     assert genotype == load_genotype(run_dir / "genotypes/epoch_002.json")
@@ -241,3 +243,15 @@ def test_search_on_an_image_folder(tmp_path):
                        epochs=1, order=1, tensorboard=False)
     assert run(cfg)["complete"]
     assert "--data" in retrain_command(tmp_path / "folder", cfg)
+
+
+def test_channels_last_defaults_to_on_on_the_cpu_only_and_obeys_the_flag():
+    from darts.cli import parse_args
+    from darts.config import from_arguments
+    from darts.engine import channels_last_on
+    for argv, want in (([], None), (["--channels_last"], True), (["--no-channels_last"], False)):
+        cfg = from_arguments(SearchConfig, parse_args(SearchConfig, "", "search", argv))
+        assert cfg.channels_last is want
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert channels_last_on(None, cpu) is True and channels_last_on(None, gpu) is False
+    assert channels_last_on(False, cpu) is False and channels_last_on(True, gpu) is True
