@@ -323,12 +323,12 @@ def factorized_reduce_convs(ops, x: torch.Tensor) -> list[torch.Tensor] | None:
     read and applies relu's mask there, where autograd would form and mask whole-size
     gradients of the slice, the padding and relu, and PyTorch's backward of a strided 1x1
     convolution is slow on the CPU (a state's four edges, forward and backward, 4.3x faster
-    measured at 64x32x32x32, with their BatchNorms). None where not covered (other devices, dtypes and layouts, autocast,
-    hooks): the caller runs the ops themselves.
+    measured at 64x32x32x32, with their BatchNorms). None where not covered (other devices,
+    dtypes and layouts, autocast, torch.compile, hooks): the caller runs the ops themselves.
     """
     if not (x.device.type == "cpu" and x.dim() == 4 and x.dtype in (torch.float32, torch.float64)
             and x.is_contiguous(memory_format=torch.channels_last) and torch.is_grad_enabled()
-            and not torch.is_autocast_enabled("cpu") and ops):
+            and not torch.is_autocast_enabled("cpu") and not kernels._compiling() and ops):
         return None
     weights = []
     for op in ops:
