@@ -1010,38 +1010,47 @@ typedef struct {
     long N, H, W, C, OH, OW, k, s, p;
 } pool_t;
 
+/* The window of output (oh, ow): its corner (h0, w0) in the input and the rows [i0, i1) and
+ * columns [j0, j1) of it inside the input. */
+typedef struct {
+    long h0, w0, i0, i1, j0, j1;
+} win_t;
+
+static inline win_t pool_window(const pool_t *q, long oh, long ow) {
+    const long h0 = oh * q->s - q->p, w0 = ow * q->s - q->p;
+    const win_t b = {h0, w0, h0 < 0 ? -h0 : 0, h0 + q->k > q->H ? q->H - h0 : q->k,
+                     w0 < 0 ? -w0 : 0, w0 + q->k > q->W ? q->W - w0 : q->k};
+    return b;
+}
+
 /* Max and average of the window of output (oh, ow) of image xn for the 8 channels from c0. */
 static inline void pool8(const float *xn, const pool_t *q, long oh, long ow, long c0, v8f *mx,
                          v8f *av) {
-    const long h0 = oh * q->s - q->p, w0 = ow * q->s - q->p;
-    const long i0 = h0 < 0 ? -h0 : 0, i1 = h0 + q->k > q->H ? q->H - h0 : q->k;
-    const long j0 = w0 < 0 ? -w0 : 0, j1 = w0 + q->k > q->W ? q->W - w0 : q->k;
-    v8f m = *(const v8f *)(xn + ((h0 + i0) * q->W + w0 + j0) * q->C + c0), a = {0};
-    for (long i = i0; i < i1; i++)
-        for (long j = j0; j < j1; j++) {
-            const v8f v = *(const v8f *)(xn + ((h0 + i) * q->W + w0 + j) * q->C + c0);
+    const win_t b = pool_window(q, oh, ow);
+    v8f m = *(const v8f *)(xn + ((b.h0 + b.i0) * q->W + b.w0 + b.j0) * q->C + c0), a = {0};
+    for (long i = b.i0; i < b.i1; i++)
+        for (long j = b.j0; j < b.j1; j++) {
+            const v8f v = *(const v8f *)(xn + ((b.h0 + i) * q->W + b.w0 + j) * q->C + c0);
             const v8i gt = v > m;
             m = (v8f)((gt & (v8i)v) | (~gt & (v8i)m));
             a += v;
         }
     *mx = m;
-    *av = a * (1.0f / (float)((i1 - i0) * (j1 - j0)));
+    *av = a * (1.0f / (float)((b.i1 - b.i0) * (b.j1 - b.j0)));
 }
 
 static inline void pool1(const float *xn, const pool_t *q, long oh, long ow, long c, float *mx,
                          float *av) {
-    const long h0 = oh * q->s - q->p, w0 = ow * q->s - q->p;
-    const long i0 = h0 < 0 ? -h0 : 0, i1 = h0 + q->k > q->H ? q->H - h0 : q->k;
-    const long j0 = w0 < 0 ? -w0 : 0, j1 = w0 + q->k > q->W ? q->W - w0 : q->k;
-    float m = xn[((h0 + i0) * q->W + w0 + j0) * q->C + c], a = 0;
-    for (long i = i0; i < i1; i++)
-        for (long j = j0; j < j1; j++) {
-            const float v = xn[((h0 + i) * q->W + w0 + j) * q->C + c];
+    const win_t b = pool_window(q, oh, ow);
+    float m = xn[((b.h0 + b.i0) * q->W + b.w0 + b.j0) * q->C + c], a = 0;
+    for (long i = b.i0; i < b.i1; i++)
+        for (long j = b.j0; j < b.j1; j++) {
+            const float v = xn[((b.h0 + i) * q->W + b.w0 + j) * q->C + c];
             if (v > m) m = v;
             a += v;
         }
     *mx = m;
-    *av = a * (1.0f / (float)((i1 - i0) * (j1 - j0)));
+    *av = a * (1.0f / (float)((b.i1 - b.i0) * (b.j1 - b.j0)));
 }
 
 /* stats: 6C floats, the mean, invstd (1 / sqrt(biased var + eps)) and unbiased variance of
@@ -1145,14 +1154,12 @@ int pool_bn_forward(const float *x, float *ymax, float *yavg, long N, long H, lo
  * input gradient). */
 static inline void unpool8(const float *xn, float *dxn, const pool_t *q, long oh, long ow,
                            long c0, v8f m, v8f dm, v8f da) {
-    const long h0 = oh * q->s - q->p, w0 = ow * q->s - q->p;
-    const long i0 = h0 < 0 ? -h0 : 0, i1 = h0 + q->k > q->H ? q->H - h0 : q->k;
-    const long j0 = w0 < 0 ? -w0 : 0, j1 = w0 + q->k > q->W ? q->W - w0 : q->k;
-    da *= 1.0f / (float)((i1 - i0) * (j1 - j0));
+    const win_t b = pool_window(q, oh, ow);
+    da *= 1.0f / (float)((b.i1 - b.i0) * (b.j1 - b.j0));
     v8i found = {0};
-    for (long i = i0; i < i1; i++)
-        for (long j = j0; j < j1; j++) {
-            const long at = ((h0 + i) * q->W + w0 + j) * q->C + c0;
+    for (long i = b.i0; i < b.i1; i++)
+        for (long j = b.j0; j < b.j1; j++) {
+            const long at = ((b.h0 + i) * q->W + b.w0 + j) * q->C + c0;
             const v8i hit = (*(const v8f *)(xn + at) == m) & ~found;
             found |= hit;
             *(v8f *)(dxn + at) += da + (v8f)(hit & (v8i)dm);
@@ -1161,14 +1168,12 @@ static inline void unpool8(const float *xn, float *dxn, const pool_t *q, long oh
 
 static inline void unpool1(const float *xn, float *dxn, const pool_t *q, long oh, long ow,
                            long c, float m, float dm, float da) {
-    const long h0 = oh * q->s - q->p, w0 = ow * q->s - q->p;
-    const long i0 = h0 < 0 ? -h0 : 0, i1 = h0 + q->k > q->H ? q->H - h0 : q->k;
-    const long j0 = w0 < 0 ? -w0 : 0, j1 = w0 + q->k > q->W ? q->W - w0 : q->k;
-    da *= 1.0f / (float)((i1 - i0) * (j1 - j0));
+    const win_t b = pool_window(q, oh, ow);
+    da *= 1.0f / (float)((b.i1 - b.i0) * (b.j1 - b.j0));
     int found = 0;
-    for (long i = i0; i < i1; i++)
-        for (long j = j0; j < j1; j++) {
-            const long at = ((h0 + i) * q->W + w0 + j) * q->C + c;
+    for (long i = b.i0; i < b.i1; i++)
+        for (long j = b.j0; j < b.j1; j++) {
+            const long at = ((b.h0 + i) * q->W + b.w0 + j) * q->C + c;
             float d = da;
             if (!found && xn[at] == m) {
                 found = 1;

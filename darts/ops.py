@@ -333,7 +333,8 @@ def factorized_reduce_convs(ops, x: torch.Tensor) -> list[torch.Tensor] | None:
     weights = []
     for op in ops:
         if type(op) is not FactorizedReduce or any(
-                m._forward_hooks or m._forward_pre_hooks for m in (op, op.relu, op.conv_1, op.conv_2)):
+                m._forward_hooks or m._forward_pre_hooks
+                for m in (op, op.relu, op.conv_1, op.conv_2, op.bn)):
             return None
         for conv in (op.conv_1, op.conv_2):
             if conv.weight.dtype != x.dtype or conv.weight.shape[1] != x.shape[1]:
