@@ -255,7 +255,6 @@ class _FactorizedReduceFunction(torch.autograd.Function):
         # `_CPUConvFunction`: the first-order alpha step forms no weight gradient).
         ctx.nodes = tuple(t.grad_fn if t.requires_grad else None for t in (x, *weights))
         ctx.set_materialize_grads(False)
-        n, _, h, w = x.shape
         sub = _relu_subsample(x)
         flat = sub.view(-1, sub.shape[-1])
         outs = []
