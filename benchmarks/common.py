@@ -200,9 +200,26 @@ def add_arguments(p) -> None:
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the torch loader")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--no_flops", action="store_true", help="skip counting FLOPs")
+    add_malloc_argument(p)
     p.add_argument("--cudnn_benchmark", action="store_true",
                    help="torch.backends.cudnn.benchmark for both paths (the DARTS reference code "
                         "sets it; the training scripts do not)")
+
+
+def add_malloc_argument(p) -> None:
+    p.add_argument("--tune_malloc", action=argparse.BooleanOptionalAction, default=True,
+                   help="on the CPU, both paths: glibc's malloc keeps freed memory in the process "
+                        "(darts.engine.tune_malloc, what the training scripts do); "
+                        "--no-tune_malloc for glibc's defaults")
+
+
+def apply_malloc(args, device: torch.device) -> str:
+    """Sets the process's malloc as --tune_malloc asks (on the CPU): what the JSON records."""
+    from darts.engine import tune_malloc
+
+    if device.type != "cpu":
+        return "system"
+    return "tuned" if args.tune_malloc and tune_malloc() else "system"
 
 
 def run(p, argv, header: Callable[[argparse.Namespace, torch.device], dict],
@@ -219,6 +236,7 @@ def run(p, argv, header: Callable[[argparse.Namespace, torch.device], dict],
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    malloc = apply_malloc(args, device)
     channels_last = True if args.channels_last is None else args.channels_last
     fast = {"name": "fast", "loader": args.loader, "amp": args.amp,
             "channels_last": channels_last, "compile": args.compile,
@@ -229,7 +247,7 @@ def run(p, argv, header: Callable[[argparse.Namespace, torch.device], dict],
              "name": "plain", "loader": "torch", "amp": "off", "channels_last": False,
              "compile": False, "cuda_graphs": "off", "cpu_kernels": False}
     result = {**header(args, device), "device": str(device), "environment": environment(device),
-              "cudnn_benchmark": args.cudnn_benchmark}
+              "cudnn_benchmark": args.cudnn_benchmark, "malloc": malloc}
     if args.compare:
         with cpu_kernels(False):
             slow = with_steal(measure, args, plain, device)

@@ -18,7 +18,7 @@ import sys
 import torch
 import torch.nn as nn
 from bench_search import PRESETS, add_step_arguments
-from common import environment, write_json
+from common import add_malloc_argument, apply_malloc, environment, write_json
 from torch.profiler import ProfilerActivity, profile
 
 from darts.architect import Architect
@@ -30,6 +30,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_step_arguments(p)
+    add_malloc_argument(p)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off")
     p.add_argument("--channels_last", action="store_true")
@@ -40,6 +41,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write the result here")
     args = p.parse_args(argv)
     device = pick_device(args.device)
+    malloc = apply_malloc(args, device)
     preset = PRESETS[args.preset]
     cfg = SearchConfig(dataset="synthetic", order=args.order, hessian=args.hessian,
                        device=str(device), amp=args.amp, channels_last=args.channels_last,
@@ -96,7 +98,7 @@ def main(argv=None) -> int:
     result = {"benchmark": "search_step_profile", "preset": args.preset, **preset,
               "order": args.order, "hessian": args.hessian if args.order == 2 else None,
               "amp": args.amp, "channels_last": args.channels_last,
-              "batch_edges": args.batch_edges, "device": str(device),
+              "batch_edges": args.batch_edges, "malloc": malloc, "device": str(device),
               "environment": environment(device), "what": what, "total_s_per_step": total,
               "calls_per_step": sum(e.count for e in kernels) / args.steps, "top": entries}
     write_json(result, args.json)

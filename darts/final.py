@@ -55,6 +55,7 @@ from darts.engine import (
     evaluate,
     pick_device,
     train_one_epoch,
+    tune_malloc,
 )
 from darts.errors import UserError
 from darts.files import save_json
@@ -121,6 +122,8 @@ class FinalConfig:
         choices=tuple(AMP_DTYPES)))
     channels_last: bool | None = field(default=None, metadata=_f(
         "channels-last (NHWC) memory format; default: on on the CPU (where the C kernels need it), off elsewhere; --no-channels_last to turn it off"))
+    tune_malloc: bool = field(default=True, metadata=_f(
+        "on the CPU with glibc: keep freed tensor memory in the process (one malloc arena, no trimming) instead of faulting fresh pages in for every tensor; --no-tune_malloc for glibc's defaults"))
     compile: bool = field(default=False, metadata=_f("torch.compile the network (eager where it cannot)"))
     cuda_graphs: str = field(default="auto", metadata=_f(
         "capture each whole training step in a CUDA graph and replay it: the same kernels, one "
@@ -186,6 +189,8 @@ def run(cfg: FinalConfig, *, resume: str | None = None,
         seed_everything(cfg.seed)
         cfg = cfg.resolved(network_family(cfg.dataset, cfg.image_size))
         cfg = dataclasses.replace(cfg, channels_last=channels_last_on(cfg.channels_last, device))
+        if cfg.tune_malloc and device.type == "cpu":
+            tune_malloc()
         validate(cfg)
         # Checked before the run directory is made: a flag that cannot work leaves nothing.
         graphs = cuda_graphs_enabled(cfg.cuda_graphs, device, distributed=d.enabled,

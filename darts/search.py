@@ -60,6 +60,7 @@ from darts.engine import (
     evaluate,
     pick_device,
     train_one_epoch,
+    tune_malloc,
 )
 from darts.errors import UserError
 from darts.files import save_json
@@ -120,6 +121,8 @@ class SearchConfig:
         "scaling); the Hessian-vector product stays float32", choices=tuple(AMP_DTYPES)))
     channels_last: bool | None = field(default=None, metadata=_f(
         "channels-last (NHWC) memory format; default: on on the CPU (where the C kernels need it), off elsewhere; --no-channels_last to turn it off"))
+    tune_malloc: bool = field(default=True, metadata=_f(
+        "on the CPU with glibc: keep freed tensor memory in the process (one malloc arena, no trimming) instead of faulting fresh pages in for every tensor; --no-tune_malloc for glibc's defaults"))
     compile: bool = field(default=False, metadata=_f("torch.compile the supernet (eager where it cannot)"))
     partial_channels: int = field(default=1, metadata=_f(
         "PC-DARTS: 1/K of the channels pass through each mixed op, with edge normalization; 1 = DARTS"))
@@ -215,6 +218,8 @@ def run(cfg: SearchConfig, *, resume: str | None = None,
     try:
         # The run's memory format, recorded resolved (config.json, the checkpoint).
         cfg = dataclasses.replace(cfg, channels_last=channels_last_on(cfg.channels_last, device))
+        if cfg.tune_malloc and device.type == "cpu":
+            tune_malloc()
         if cfg.order == 2 and cfg.hessian == "exact" and d.enabled:
             raise UserError("--hessian exact runs on one process; use --hessian fd with torchrun")
         # Checked before the run directory is made: a flag that cannot work leaves nothing.

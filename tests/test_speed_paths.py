@@ -193,3 +193,58 @@ def test_final_run_on_the_device_loader_with_amp(tmp_path):
                       channels_last=True)
     metrics = run_final(cfg)
     assert metrics["complete"] and 0 <= metrics["final"]["top1"] <= 100
+
+
+_CHURN = r"""
+import resource, sys, threading
+import torch
+from darts.engine import tune_malloc
+tuned = sys.argv[1] == "tuned" and tune_malloc()
+
+def churn():
+    # What a training step does: the forward keeps tensors of a few MiB one after another, the
+    # backward frees them in reverse order.
+    kept = []
+    for _ in range(40):
+        kept.append(torch.empty(1 << 20).fill_(1.0))
+    while kept:
+        kept.pop()
+
+def faults(where):
+    if where == "thread":  # a thread's own arena (OpenMP's, the C kernels' threads)
+        t = threading.Thread(target=churn)
+        t.start()
+        t.join()
+    else:
+        churn()
+
+faults(sys.argv[2])  # warm: the first tensors fault in whatever memory they get
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+faults(sys.argv[2])
+print(int(tuned), resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux")
+                    or __import__("platform").libc_ver()[0] != "glibc",
+                    reason="tune_malloc sets glibc's malloc")
+@pytest.mark.parametrize("where", ["main", "thread"])
+def test_tune_malloc_keeps_freed_tensor_memory_in_the_process(where):
+    """Forty 4 MiB tensors made, then freed in reverse order, as a step's activations are:
+    with glibc's defaults the heap is trimmed as they go and the next round faults every
+    4 KiB page in again (40,960 pages); tuned, the second round reuses the first's memory."""
+    import subprocess
+    import sys
+
+    def run(mode):
+        out = subprocess.run([sys.executable, "-c", _CHURN, mode, where], capture_output=True,
+                             text=True, check=True, timeout=120)
+        tuned, faults = map(int, out.stdout.split())
+        return bool(tuned), faults
+
+    tuned_flag, tuned = run("tuned")
+    untuned_flag, untuned = run("system")
+    assert tuned_flag and not untuned_flag
+    pages = 40 * (4 << 20) // 4096
+    assert untuned > pages // 2, (untuned, pages)
+    assert tuned < pages // 10, (tuned, pages)
