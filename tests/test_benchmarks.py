@@ -1,6 +1,7 @@
 """The benchmarks' command-line contract: the flags other tools pass and the JSON keys they read."""
 
 import json
+import platform
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ from conftest import ROOT
 
 @pytest.mark.parametrize("script,flags", [
     ("bench_search.py", ["--order", "1"]),
-    ("bench_final.py", ["--compare"]),
+    ("bench_final.py", ["--compare", "--no-tune_malloc"]),
 ])
 def test_benchmark_writes_the_contract_json(tmp_path, script, flags):
     out = tmp_path / "result.json"
@@ -23,6 +24,8 @@ def test_benchmark_writes_the_contract_json(tmp_path, script, flags):
     for key in ("median_step_s", "images_per_s", "peak_mem_mib", "achieved_gflop_s"):
         assert result[key] > 0, key
     assert result["images_per_s"] == pytest.approx(result["batch_size"] / result["median_step_s"])
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert result["malloc"] == ("tuned" if glibc and "--no-tune_malloc" not in flags else "system")
     if "--compare" in flags:
         assert result["plain"]["path"]["loader"] == "torch" and result["fast"]["path"]["loader"] == "device"
         # the plain path is PyTorch's kernels; the fast one ours where they can be built

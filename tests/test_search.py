@@ -249,9 +249,13 @@ def test_channels_last_defaults_to_on_on_the_cpu_only_and_obeys_the_flag():
     from darts.cli import parse_args
     from darts.config import from_arguments
     from darts.engine import channels_last_on
+    from darts.final import FinalConfig
     for argv, want in (([], None), (["--channels_last"], True), (["--no-channels_last"], False)):
         cfg = from_arguments(SearchConfig, parse_args(SearchConfig, "", "search", argv))
         assert cfg.channels_last is want
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert channels_last_on(None, cpu) is True and channels_last_on(None, gpu) is False
     assert channels_last_on(False, cpu) is False and channels_last_on(True, gpu) is True
+    for cls in (SearchConfig, FinalConfig):  # --tune_malloc: on unless turned off
+        for argv, want in (([], True), (["--no-tune_malloc"], False)):
+            assert from_arguments(cls, parse_args(cls, "", "x", argv)).tune_malloc is want
