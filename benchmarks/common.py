@@ -217,9 +217,7 @@ def apply_malloc(args, device: torch.device) -> str:
     """Sets the process's malloc as --tune_malloc asks (on the CPU): what the JSON records."""
     from darts.engine import tune_malloc
 
-    if device.type != "cpu":
-        return "system"
-    return "tuned" if args.tune_malloc and tune_malloc() else "system"
+    return "tuned" if args.tune_malloc and tune_malloc(device) else "system"
 
 
 def run(p, argv, header: Callable[[argparse.Namespace, torch.device], dict],

@@ -84,21 +84,24 @@ _MMAP_THRESHOLD_MAX = 32 << 20  # glibc's ceiling for M_MMAP_THRESHOLD on 64-bit
 _malloc_tuned = False
 
 
-def tune_malloc() -> bool:
-    """Keep freed tensor memory in the process (glibc's malloc only); True where it is set.
+def tune_malloc(device: torch.device) -> bool:
+    """On the CPU, keep freed tensor memory in the process (glibc's malloc only); True where
+    it is set. Another device's tensors are not glibc's: nothing is set (False).
 
     A search step on the CPU allocates and frees thousands of tensors of 0.25-16 MiB. With
     glibc's defaults most of them are fresh mmap'd pages (above the mmap threshold, or in the
     per-thread arenas of the OpenMP threads, whose heaps shrink as soon as memory is freed),
-    and the kernel faults in and zeroes every 4 KiB page again: about 300,000 page faults and
-    1.1 s of system time per standard first-order search step. One arena, the mmap threshold
-    at its ceiling (32 MiB) and no trimming of the heap keep that memory in the process for
-    the next tensor (about 20,000 faults and 0.1 s). Process-wide and for the process's life;
+    and the kernel faults in and zeroes every 4 KiB page again: 240,000-350,000 page faults and
+    0.9-1.5 s of system time per standard first-order search step. One arena, the mmap
+    threshold at its ceiling (32 MiB) and no trimming of the heap keep that memory in the
+    process for the next tensor (35,000-41,000 faults and 0.2 s). Process-wide and for the process's life;
     set before the first parallel work it covers every thread (a thread keeps the arena it
     already has). Elsewhere (not glibc, or under another allocator's LD_PRELOAD, whose
     mallopt ignores these) it changes nothing. `--no-tune_malloc` leaves glibc's defaults.
     """
     global _malloc_tuned
+    if device.type != "cpu":
+        return False
     if _malloc_tuned:
         return True
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":

@@ -189,8 +189,8 @@ def run(cfg: FinalConfig, *, resume: str | None = None,
         seed_everything(cfg.seed)
         cfg = cfg.resolved(network_family(cfg.dataset, cfg.image_size))
         cfg = dataclasses.replace(cfg, channels_last=channels_last_on(cfg.channels_last, device))
-        if cfg.tune_malloc and device.type == "cpu":
-            tune_malloc()
+        if cfg.tune_malloc:
+            tune_malloc(device)
         validate(cfg)
         # Checked before the run directory is made: a flag that cannot work leaves nothing.
         graphs = cuda_graphs_enabled(cfg.cuda_graphs, device, distributed=d.enabled,

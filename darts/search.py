@@ -218,8 +218,8 @@ def run(cfg: SearchConfig, *, resume: str | None = None,
     try:
         # The run's memory format, recorded resolved (config.json, the checkpoint).
         cfg = dataclasses.replace(cfg, channels_last=channels_last_on(cfg.channels_last, device))
-        if cfg.tune_malloc and device.type == "cpu":
-            tune_malloc()
+        if cfg.tune_malloc:
+            tune_malloc(device)
         if cfg.order == 2 and cfg.hessian == "exact" and d.enabled:
             raise UserError("--hessian exact runs on one process; use --hessian fd with torchrun")
         # Checked before the run directory is made: a flag that cannot work leaves nothing.
