@@ -35,6 +35,7 @@ def main(argv=None) -> int:
     p.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off")
     p.add_argument("--channels_last", action="store_true")
     p.add_argument("--batch_edges", choices=("auto", "on", "off"), default="auto")
+    p.add_argument("--partial_channels", type=int, default=1, help="PC-DARTS's K")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--rows", type=int, default=25, help="entries in the table and the JSON")
@@ -45,7 +46,8 @@ def main(argv=None) -> int:
     preset = PRESETS[args.preset]
     cfg = SearchConfig(dataset="synthetic", order=args.order, hessian=args.hessian,
                        device=str(device), amp=args.amp, channels_last=args.channels_last,
-                       batch_edges=args.batch_edges, progress=False, **preset)
+                       batch_edges=args.batch_edges, partial_channels=args.partial_channels,
+                       progress=False, **preset)
     torch.manual_seed(0)
     model = build_supernet(cfg, 10, device)
     criterion = nn.CrossEntropyLoss()
@@ -98,7 +100,8 @@ def main(argv=None) -> int:
     result = {"benchmark": "search_step_profile", "preset": args.preset, **preset,
               "order": args.order, "hessian": args.hessian if args.order == 2 else None,
               "amp": args.amp, "channels_last": args.channels_last,
-              "batch_edges": args.batch_edges, "malloc": malloc, "device": str(device),
+              "batch_edges": args.batch_edges,
+              "partial_channels": args.partial_channels, "malloc": malloc, "device": str(device),
               "environment": environment(device), "what": what, "total_s_per_step": total,
               "calls_per_step": sum(e.count for e in kernels) / args.steps, "top": entries}
     write_json(result, args.json)

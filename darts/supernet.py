@@ -76,9 +76,68 @@ MixingWeights = tuple[torch.Tensor, ...]
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """ShuffleNet's channel shuffle: channel g * (C / groups) + c moves to c * groups + g."""
+    """ShuffleNet's channel shuffle: channel g * (C / groups) + c moves to c * groups + g.
+    The result keeps x's memory format (channels-last stays channels-last)."""
     n, c, h, w = x.shape
-    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+    out = torch.empty_like(x)
+    out.view(n, c // groups, groups, h, w).copy_(
+        x.reshape(n, groups, c // groups, h, w).transpose(1, 2))
+    return out
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    return (torch.channels_last if x.dim() == 4 and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
+
+
+def _grouped_copy(parts: list[torch.Tensor], out: torch.Tensor, groups: int,
+                  inverse: bool) -> None:
+    """The permutation of channel_shuffle(cat(parts)): group 0 = parts[0] (C / groups
+    channels), groups 1.. = parts[1]; `inverse`: from out into parts instead."""
+    n, c, h, w = parts[0].shape
+    grouped = out.view(n, c, groups, h, w)
+    pairs = ((parts[0], grouped[:, :, 0]),
+             (parts[1].view(n, groups - 1, c, h, w).transpose(1, 2), grouped[:, :, 1:]))
+    for part, slot in pairs:
+        if inverse:
+            part.copy_(slot)
+        else:
+            slot.copy_(part)
+
+
+class _ShuffledCat(torch.autograd.Function):
+    """channel_shuffle(cat([mixed, bypass], 1), groups) in one pass each way, the result and
+    both gradients in mixed's memory format (autograd's copies into slices gave contiguous
+    gradients to channels-last states, and every op upstream then mixed the two layouts)."""
+
+    @staticmethod
+    def forward(ctx, mixed, bypass, groups):
+        fmt = _memory_format(mixed)
+        ctx.groups, ctx.fmt = groups, fmt
+        out = mixed.new_empty((mixed.size(0), mixed.size(1) * groups) + mixed.shape[2:])
+        out = out.contiguous(memory_format=fmt)
+        _grouped_copy([mixed, bypass.contiguous(memory_format=fmt)], out, groups, False)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        n, cg, h, w = grad.shape
+        c = cg // ctx.groups
+        grad = grad.contiguous(memory_format=ctx.fmt)
+        if torch.is_grad_enabled():  # double backward: the same permutation, differentiable
+            grouped = grad.view(n, c, ctx.groups, h, w)
+            return (grouped[:, :, 0], grouped[:, :, 1:].transpose(1, 2).reshape(n, cg - c, h, w),
+                    None)
+        parts = [grad.new_empty(shape).contiguous(memory_format=ctx.fmt)
+                 for shape in ((n, c, h, w), (n, cg - c, h, w))]
+        _grouped_copy(parts, grad, ctx.groups, True)
+        return parts[0], parts[1], None
+
+
+def _shuffled_cat(mixed: torch.Tensor, bypass: torch.Tensor, groups: int) -> torch.Tensor:
+    """channel_shuffle(cat([mixed, bypass], 1), groups): mixed (C / groups channels) is
+    group 0, bypass the other groups; one pass, in mixed's memory format."""
+    return _ShuffledCat.apply(mixed, bypass, groups)
 
 
 def normalized_edge_weights(betas: torch.Tensor, steps: int) -> torch.Tensor:
@@ -432,9 +491,10 @@ class SearchCell(nn.Module):
         # Edge batching (darts/edge_batch.py): groups of states whose outgoing edges run
         # together, the edges ordered by state: the two cell inputs (ready together, the
         # same number of edges and the same stride), then each node but the last.
-        # PC-DARTS edges run one by one.
+        # PC-DARTS cells are not edge-batched.
         self.batch_edges = batch_edges and partial_channels == 1
         edges = space.edges()
+        self.edge_list = tuple(edges)  # (target node, source state) of each edge
         groups = [(0, 1)] + [(src,) for src in range(2, self.steps + 1)]
         self.groups = tuple(
             (states,
@@ -455,42 +515,42 @@ class SearchCell(nn.Module):
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         if self.batch_edges and edge_weights is None:
             return self._forward_batched(states, weights.unbind(0))
-        if edge_weights is None and self.edges[0].partial_channels == 1:
-            return self._forward_by_state(states, weights)
-        rows = weights.unbind(0)
-        # What the edges leaving a state compute alike, once per state (MixedOp.mix).
-        shared = [{} for _ in range(2 + self.steps)]
-        e = 0
-        for _ in range(self.steps):
-            if edge_weights is None:
-                node = self.edges[e](states[0], rows[e], shared[0])
-                for j in range(1, len(states)):
-                    node = node + self.edges[e + j](states[j], rows[e + j], shared[j])
-            else:  # PC-DARTS edge normalisation
-                node = edge_weights[e] * self.edges[e](states[0], rows[e], shared[0])
-                for j in range(1, len(states)):
-                    node = node + edge_weights[e + j] * self.edges[e + j](
-                        states[j], rows[e + j], shared[j])
-            e += len(states)
-            states.append(dense_grad(node))
-        return torch.cat(states[-self.multiplier:], dim=1)
+        return self._forward_by_state(states, weights, edge_weights)
 
-    def _forward_by_state(self, states: list[torch.Tensor],
-                          weights: torch.Tensor) -> torch.Tensor:
-        """The same cell, state by state: once a state is complete, every edge leaving it adds
-        its terms to its target node's running sum (each node still sums its edges in edge
-        order). The terms that all those edges share (`MixedOp.shared_terms`: the state
-        through skip_connect, its pooled outputs) are added for all of them at once
-        (`_add_shared_terms`), the others edge by edge, each op that ends in BatchNorm adding
-        its output in the BatchNorm's own pass (`MixedOp.mix`)."""
+    def _forward_by_state(self, states: list[torch.Tensor], weights: torch.Tensor,
+                          edge_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """node_j = sum over the edges e = (i -> j) of sum_o w[e, o] * o(s_i), state by state:
+        once a state is complete, every edge leaving it adds its terms to its target node's
+        running sum (each node still sums its edges in edge order). The terms that all those
+        edges share (`MixedOp.shared_terms`: the state through skip_connect, its pooled
+        outputs) are added for all of them at once (`_add_shared_terms`), the others edge by
+        edge, each op that ends in BatchNorm adding its output in the BatchNorm's own pass
+        (`MixedOp.mix`), and the BatchNorm terms of a node all at once when it is complete
+        (`_node_sum`).
+
+        PC-DARTS (`edge_weights`, partial channels K) runs the same way: an edge's output
+        beta_e * shuffle(cat(mix_e(s_i[:, :C/K]), bypass_e(s_i[:, C/K:]))) is linear in both
+        parts and the shuffle, so node_j = shuffle(cat(sum_e mix_e with the weights
+        beta_e * w[e], sum_e beta_e * bypass_e)): the ops of every edge leaving a state see
+        one dense copy of its first C/K channels, and each node is shuffled once, not once
+        per edge."""
+        k = self.edges[0].partial_channels
+        if edge_weights is not None:  # beta_e * sum_o w[e, o] o(x) = sum_o (beta_e w[e, o]) o(x)
+            weights = weights * edge_weights.unsqueeze(1)
         rows = weights.unbind(0)
+        inputs, tails = states, []
+        if k > 1:  # what the ops see of each state (its first C/K channels), and the rest
+            inputs = []
+            for s in states:
+                _split_state(s, k, inputs, tails)
         nodes: list[torch.Tensor | None] = [None] * self.steps
         # Each node's BatchNorm terms, added when the node is complete (`_node_sum`).
         pending: list[list] = [[] for _ in range(self.steps)]
         for state, out_edges in enumerate(self.out_edges[:-1]):
             if state >= 2:  # node state - 2 has all its edges now
-                states.append(dense_grad(_node_sum(nodes[state - 2], pending[state - 2])))
-            x, shared = states[state], {}
+                self._complete_node(state - 2, states, inputs, tails, nodes, pending,
+                                    edge_weights)
+            x, shared = inputs[state], {}
             ops = [self.edges[e] for e, _ in out_edges]
             skip = ops[0].shared_terms()
             if skip and all(op.shared_terms() == skip for op in ops[1:]):
@@ -510,10 +570,36 @@ class SearchCell(nn.Module):
             if heads is not None:
                 shared["heads"] = heads
             for (e, j), op in zip(out_edges, ops, strict=True):
-                nodes[j] = op(x, rows[e], shared, acc=nodes[j], skip=skip,
-                              defer=pending[j])
-        states.append(dense_grad(_node_sum(nodes[-1], pending[-1])))
+                nodes[j] = op.mix(x, rows[e], shared, acc=nodes[j], skip=skip,
+                                  defer=pending[j])
+        self._complete_node(self.steps - 1, states, inputs, tails, nodes, pending, edge_weights)
         return torch.cat(states[-self.multiplier:], dim=1)
+
+    def _complete_node(self, j: int, states: list[torch.Tensor], inputs: list[torch.Tensor],
+                       tails: list[list[torch.Tensor]], nodes: list, pending: list,
+                       edge_weights: torch.Tensor | None) -> None:
+        """Appends node j (all its edges' terms added) to `states`; with partial channels,
+        first its bypassed channels (each edge's, weighted by its beta) and the shuffle, and
+        after it what the ops see of it to `inputs` and what bypasses them to `tails`."""
+        node = _node_sum(nodes[j], pending[j])
+        k = self.edges[0].partial_channels
+        if k > 1:
+            bypass = None
+            for e, (target, i) in enumerate(self.edge_list):
+                if target != j:
+                    continue
+                pool = getattr(self.edges[e], "bypass_pool", None)
+                if pool is not None and len(tails[i]) == 1:  # every stride-2 edge pools alike
+                    tails[i].append(pool(tails[i][0]))
+                y = tails[i][-1] if pool is not None else tails[i][0]
+                if edge_weights is None:
+                    bypass = y if bypass is None else bypass + y
+                else:
+                    bypass = _add_term(bypass, edge_weights[e], y)
+            node = _shuffled_cat(node, bypass, k)
+        states.append(dense_grad(node))
+        if k > 1:
+            _split_state(states[-1], k, inputs, tails)
 
     def _shared_index(self, state: int, skip: tuple[int, ...],
                       device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -583,6 +669,20 @@ def _relu_heads(ops: list[MixedOp], x: torch.Tensor) -> dict[int, torch.Tensor] 
     if ys is not None:
         heads.update((id(op), y) for op, y in zip(reduces, ys, strict=True))
     return heads or None
+
+
+def _split_state(x: torch.Tensor, k: int, inputs: list[torch.Tensor],
+                 tails: list[list[torch.Tensor]]) -> None:
+    """PC-DARTS: appends x's first C/k channels, dense in x's memory format, to `inputs` (what
+    every op of every edge leaving the state reads; a channel slice of a channels-last tensor
+    is strided) and [the other channels] to `tails`. One split: its backward is one
+    concatenation of the two gradients, where a slice per use would add zero-filled
+    full-size gradients."""
+    fmt = _memory_format(x)
+    c = x.size(1) // k
+    head, tail = x.split([c, x.size(1) - c], dim=1)
+    inputs.append(head.contiguous(memory_format=fmt))
+    tails.append([tail])
 
 
 def _add_term(out: torch.Tensor | None, scale: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

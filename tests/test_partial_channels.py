@@ -50,6 +50,33 @@ def test_channel_shuffle_interleaves_the_groups():
         0, 3, 1, 4, 2, 5]
 
 
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_shuffled_cat_is_the_shuffle_of_the_concatenation_in_one_layout(fmt):
+    # What a PC-DARTS node is made of: channel_shuffle(cat([mixed, bypass])) by its
+    # definition (index arithmetic), the result and both gradients in mixed's memory format;
+    # first and second derivatives against finite differences.
+    from darts.supernet import _shuffled_cat
+    torch.manual_seed(0)
+    k, c = 4, 3
+    mixed = torch.randn(2, c, 5, 5, dtype=torch.float64).contiguous(memory_format=fmt)
+    bypass = torch.randn(2, (k - 1) * c, 5, 5, dtype=torch.float64).contiguous(memory_format=fmt)
+    mixed.requires_grad_()
+    bypass.requires_grad_()
+    out = _shuffled_cat(mixed, bypass, k)
+    cat = torch.cat([mixed, bypass], 1)
+    for ch in range(k * c):  # output channel c' * k + g is input channel g * c + c'
+        torch.testing.assert_close(out[:, ch], cat[:, (ch % k) * c + ch // k], rtol=0, atol=0)
+    torch.testing.assert_close(out, channel_shuffle(cat, k), rtol=0, atol=0)
+    assert out.is_contiguous(memory_format=fmt)
+    assert channel_shuffle(cat.contiguous(memory_format=fmt), k).is_contiguous(memory_format=fmt)
+    g = torch.randn_like(out)
+    gm, gb = torch.autograd.grad(out, (mixed, bypass), g)
+    assert gm.is_contiguous(memory_format=fmt) and gb.is_contiguous(memory_format=fmt)
+    torch.testing.assert_close(torch.cat([gm, gb], 1), channel_shuffle(g, c), rtol=0, atol=0)
+    assert torch.autograd.gradcheck(lambda a, b: _shuffled_cat(a, b, k), (mixed, bypass))
+    assert torch.autograd.gradgradcheck(lambda a, b: _shuffled_cat(a, b, k) ** 2, (mixed, bypass))
+
+
 def test_edge_weights_are_a_softmax_over_each_nodes_incoming_edges():
     betas = torch.randn(14)
     w = normalized_edge_weights(betas, 4)
@@ -124,6 +151,57 @@ def test_only_the_first_quarter_of_the_channels_reaches_the_ops(stride):
     out2 = mixed(x2, w)
     assert all(torch.equal(s, x[:, :2]) for s in seen)
     torch.testing.assert_close(out2[:, [0, 4]], out[:, [0, 4]])
+
+
+@pytest.mark.parametrize("reduction", [False, True])
+@pytest.mark.parametrize("k", [2, 4])
+def test_a_partial_channel_cell_is_the_beta_weighted_sum_of_its_edges(reduction, k):
+    # The cell runs PC-DARTS state by state (each node shuffled once; the ops of the edges
+    # leaving a state share one dense copy of its first C/K channels): against PC-DARTS's
+    # definition, edge by edge with every op called whole, in float64:
+    # node_j = sum_e beta_e * shuffle(cat(sum_o w[e, o] * o(s_i[:, :C/K]), bypass(s_i[:, C/K:])))
+    # with bypass a 2x2 max pool on a stride-2 edge. Outputs, gradients (inputs, alphas,
+    # betas, op weights) and every running statistic, in training and in eval mode.
+    from darts.space import SearchSpace
+    from darts.supernet import SearchCell
+    torch.manual_seed(0)
+    space = SearchSpace(steps=3, multiplier=3)
+    ours = SearchCell(space, 6, 6, 8, reduction, reduction_prev=False,
+                      partial_channels=k).double()
+    ref = copy.deepcopy(ours)
+    c = 8 // k
+    for training in (True, True, False):
+        ours.train(training)
+        ref.train(training)
+        s0, s1 = (torch.randn(3, 6, 8, 8, dtype=torch.float64, requires_grad=True)
+                  for _ in range(2))
+        w = torch.softmax(torch.randn(space.num_edges, space.num_ops, dtype=torch.float64),
+                          -1).requires_grad_()
+        beta = normalized_edge_weights(torch.randn(space.num_edges, dtype=torch.float64),
+                                       space.steps).detach().requires_grad_()
+        got = ours(s0, s1, w, beta)
+        states = [ref.preprocess0(s0), ref.preprocess1(s1)]
+        for j in range(space.steps):
+            node = 0
+            for e, (target, i) in enumerate(space.edges()):
+                if target != j:
+                    continue
+                edge, x = ref.edges[e], states[i]
+                mixed = sum(w[e, o] * op(x[:, :c])
+                            for o, op in zip(edge.columns, edge.ops, strict=True))
+                stride2 = reduction and i < 2
+                bypass = F.max_pool2d(x[:, c:], 2, 2) if stride2 else x[:, c:]
+                node = node + beta[e] * channel_shuffle(torch.cat([mixed, bypass], 1), k)
+            states.append(node)
+        want = torch.cat(states[-space.multiplier:], dim=1)
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+        g = torch.randn_like(got)
+        for a, b in zip(torch.autograd.grad(got, (s0, s1, w, beta, *ours.parameters()), g),
+                        torch.autograd.grad(want, (s0, s1, w, beta, *ref.parameters()), g),
+                        strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+        for (name, a), b in zip(ours.state_dict().items(), ref.state_dict().values(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
 
 
 # ------------------------------------------------------------------------------------------
