@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from darts.ops import FactorizedReduce, Identity
+from darts.ops import FactorizedReduce, Identity, memory_format_of
 
 # A value flowing through the batched layers: (tensor, sources). sources = 0: "stacked",
 # (B, E*C, H, W), edge e in channel block e. sources = S >= 1: "shared", (B, S*C, H, W), the
@@ -57,11 +57,9 @@ def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
 def _spread(x: torch.Tensor, sources: int, edges: int) -> torch.Tensor:
     """A shared value as a stacked one: each state's channels once per edge that reads it,
     in x's memory format."""
-    channels_last = (x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
     n, _, h, w = x.shape
     out = x.unflatten(1, (sources, 1, -1)).expand(n, sources, edges // sources, -1, h, w)
-    out = out.reshape(n, -1, h, w)
-    return out.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    return out.reshape(n, -1, h, w).contiguous(memory_format=memory_format_of(x))
 
 
 def _once(cache: dict | None, key: tuple, x: torch.Tensor, make) -> torch.Tensor:

@@ -408,19 +408,24 @@ def update_running_stats(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tens
         bn.running_var.lerp_(var.to(bn.running_var.dtype), momentum)
 
 
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    """channels_last where x is a dense channels-last 4-d tensor (and not also contiguous),
+    else contiguous_format: the layout to give a tensor made from x."""
+    return (torch.channels_last if x.dim() == 4 and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
+
+
 class _DenseGrad(torch.autograd.Function):
     """Identity whose backward hands on a dense gradient (see `dense_grad`)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        ctx.channels_last = x.dim() == 4 and not x.is_contiguous() \
-            and x.is_contiguous(memory_format=torch.channels_last)
+        ctx.fmt = memory_format_of(x)
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        fmt = torch.channels_last if ctx.channels_last else torch.contiguous_format
-        return grad.contiguous(memory_format=fmt)
+        return grad.contiguous(memory_format=ctx.fmt)
 
 
 def dense_grad(x: torch.Tensor) -> torch.Tensor:

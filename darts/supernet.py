@@ -63,6 +63,7 @@ from darts.ops import (
     ReLUConvBN,
     dense_grad,
     factorized_reduce_convs,
+    memory_format_of,
     relu_depthwise,
     run_layers,
     update_running_stats,
@@ -83,11 +84,6 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     out.view(n, c // groups, groups, h, w).copy_(
         x.reshape(n, groups, c // groups, h, w).transpose(1, 2))
     return out
-
-
-def _memory_format(x: torch.Tensor) -> torch.memory_format:
-    return (torch.channels_last if x.dim() == 4 and not x.is_contiguous()
-            and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
 
 
 def _grouped_copy(parts: list[torch.Tensor], out: torch.Tensor, groups: int,
@@ -112,7 +108,7 @@ class _ShuffledCat(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, mixed, bypass, groups):
-        fmt = _memory_format(mixed)
+        fmt = memory_format_of(mixed)
         ctx.groups, ctx.fmt = groups, fmt
         out = mixed.new_empty((mixed.size(0), mixed.size(1) * groups) + mixed.shape[2:])
         out = out.contiguous(memory_format=fmt)
@@ -678,7 +674,7 @@ def _split_state(x: torch.Tensor, k: int, inputs: list[torch.Tensor],
     is strided) and [the other channels] to `tails`. One split: its backward is one
     concatenation of the two gradients, where a slice per use would add zero-filled
     full-size gradients."""
-    fmt = _memory_format(x)
+    fmt = memory_format_of(x)
     c = x.size(1) // k
     head, tail = x.split([c, x.size(1) - c], dim=1)
     inputs.append(head.contiguous(memory_format=fmt))
