@@ -2,7 +2,8 @@
  * PyTorch does slowly on a CPU at the DARTS supernet's sizes (darts/kernels.py says which and
  * by how much):
  *   depthwise_weight_grad  the weight gradient of a depthwise convolution;
- *   bn_forward/backward    BatchNorm in training mode;
+ *   bn_forward/backward    BatchNorm in training mode (bn_relu_apply: a forward's ReLU output
+ *                          again, for a backward that did not keep it);
  *   mix_forward/backward   the terms that all edges leaving a cell state share;
  *   nbn_forward/backward   a cell node's sum of mixed-op BatchNorms;
  *   dw_relu_forward/backward  the depthwise convolutions of relu(state) on all its edges;
@@ -354,6 +355,21 @@ int bn_forward(const float *x, float *y, long M, long C, const float *weight, co
     bn_state_t st = {weight, bias, eps, mean, invstd, var, NULL, NULL, relu ? k : NULL};
     bn_out_t o = {acc, relu, NULL};
     return bn_two_passes(x, NULL, y, M, C, 0, bn_forward_finish, &st, &o, threads);
+}
+
+/* y = max(0, k[c] * x + k[C + c]) over the rows of x (M, C): the output of a bn_forward with
+ * relu again, from the k it wrote, by the same arithmetic (bn_apply), so the same values.
+ * 0 on success. */
+int bn_relu_apply(const float *x, float *y, long M, long C, const float *k, int threads) {
+    if (threads < 1) threads = 1;
+    if (threads > M) threads = M > 0 ? (int)M : 1;
+    const bn_out_t o = {NULL, 1, NULL};
+#pragma omp parallel num_threads(threads)
+    {
+        const int t = THREAD_ID, nt = THREADS;
+        bn_apply(x, NULL, y, M * t / nt, M * (t + 1) / nt, C, k, NULL, k + C, &o);
+    }
+    return 0;
 }
 
 static void bn_backward_finish(const double *s, long M, long C, void *arg, float *k1, float *k2,

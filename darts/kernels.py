@@ -10,7 +10,9 @@ channels, channels-last float32), measured on this project's 2-core machine:
   supernet's mixed ops): two passes each way, 1.2-1.7x faster than PyTorch's, and the batch
   statistics come with it, where torch.var_mean on a channels-last tensor took 11 ms (the
   shared pooling outputs' statistics); fused with the running sum of a mixed op, or with the
-  ReLU after it, it saves two passes over memory more;
+  ReLU after it, it saves two passes over memory more; with the ReLU and a depthwise conv
+  after it (`ops.BatchNorm2d.forward_relu_conv`), relu(BN(x)) is not kept for the backward
+  but computed again there (`bn_relu_apply`, from the forward's constants);
 - the terms that all edges leaving a cell state share (`add_shared_terms`, used by
   `supernet.SearchCell`): one pass each way for all edges, where an addcmul per term and edge
   and its backward took 3-9 passes each;
@@ -143,6 +145,7 @@ def library() -> ctypes.CDLL | None:
                        ("bn_forward", [ptr, ptr, long_, long_, ptr, ptr, dbl] + [ptr] * 4
                         + [int_, ptr, int_]),
                        ("bn_backward", [ptr] * 3 + [long_, long_] + [ptr] * 6 + [int_]),
+                       ("bn_relu_apply", [ptr, ptr, long_, long_, ptr, int_]),
                        ("mix_forward", [ptr, long_, ptr, ptr, ptr, long_, long_, int_]),
                        ("mix_backward", [ptr, long_, ptr, long_] + [ptr] * 3 + [long_, int_]),
                        ("nbn_forward", [ptr, int_, ptr, ptr, long_, long_] + [ptr] * 5
@@ -203,7 +206,7 @@ def _compiling() -> bool:
     return compiler is not None and compiler.is_compiling()
 
 
-def _covers_batch_norm(x: torch.Tensor, *params: torch.Tensor | None) -> bool:
+def covers_batch_norm(x: torch.Tensor, *params: torch.Tensor | None) -> bool:
     # More than one value per channel: PyTorch's raises its error otherwise.
     return (x.device.type == "cpu" and not _compiling() and enabled()
             and x.dtype == torch.float32 and x.dim() == 4
@@ -221,15 +224,7 @@ class _BatchNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps, acc, relu):
-        n, c, h, w = x.shape
-        y = torch.empty_like(x, memory_format=torch.channels_last)
-        mean, invstd, var = (x.new_empty(c) for _ in range(3))
-        k = x.new_empty(2 * c) if relu else None
-        status = _lib.bn_forward(_ptr(x), _ptr(y), n * h * w, c, _ptr(weight), _ptr(bias), eps,
-                                 _ptr(mean), _ptr(invstd), _ptr(var), _ptr(acc), int(relu),
-                                 _ptr(k), torch.get_num_threads())
-        if status != 0:
-            raise _Fallback
+        y, mean, invstd, var, k = bn_forward_raw(x, weight, bias, eps, acc, relu)
         ctx.save_for_backward(x, weight, bias, mean, invstd, k)
         ctx.eps, ctx.relu = eps, relu
         ctx.mark_non_differentiable(mean, var)
@@ -256,21 +251,51 @@ class _BatchNormFunction(torch.autograd.Function):
                     d_acc, None)
         if not (need_x or need_w or need_b):
             return None, None, None, None, d_acc, None
-        n, c, h, w = x.shape
-        dy = dy.contiguous(memory_format=torch.channels_last)
-        dx = torch.empty_like(x, memory_format=torch.channels_last)
-        gw = x.new_empty(c) if need_w else None
-        gb = x.new_empty(c) if need_b else None
-        status = _lib.bn_backward(_ptr(dy), _ptr(x), _ptr(dx), n * h * w, c, _ptr(weight),
-                                  _ptr(mean), _ptr(invstd), _ptr(gw), _ptr(gb), _ptr(k),
-                                  torch.get_num_threads())
-        if status != 0:
-            raise RuntimeError("darts: the C BatchNorm backward could not start its threads")
+        dx, gw, gb = bn_backward_raw(dy, x, weight, mean, invstd, k, need_w, need_b)
         return dx if need_x else None, gw, gb, None, d_acc, None
 
 
-class _Fallback(Exception):
+class Fallback(Exception):
     """The C kernel could not run (no memory or threads): PyTorch's instead."""
+
+
+def bn_forward_raw(x, weight, bias, eps, acc, relu):
+    """The C BatchNorm forward (no graph): y, mean, invstd, unbiased var, and with `relu`
+    the k that its backward and `bn_relu_apply` take. Raises Fallback where it cannot run."""
+    n, c, h, w = x.shape
+    y = torch.empty_like(x, memory_format=torch.channels_last)
+    mean, invstd, var = (x.new_empty(c) for _ in range(3))
+    k = x.new_empty(2 * c) if relu else None
+    status = _lib.bn_forward(_ptr(x), _ptr(y), n * h * w, c, _ptr(weight), _ptr(bias), eps,
+                             _ptr(mean), _ptr(invstd), _ptr(var), _ptr(acc), int(relu),
+                             _ptr(k), torch.get_num_threads())
+    if status != 0:
+        raise Fallback
+    return y, mean, invstd, var, k
+
+
+def bn_backward_raw(dy, x, weight, mean, invstd, k, need_w, need_b):
+    """The C BatchNorm backward (no graph): dx, and the weight's and bias's gradients where
+    wanted (else None); `k` from a forward with relu, else None."""
+    n, c, h, w = x.shape
+    dy = dy.contiguous(memory_format=torch.channels_last)
+    dx = torch.empty_like(x, memory_format=torch.channels_last)
+    gw = x.new_empty(c) if need_w else None
+    gb = x.new_empty(c) if need_b else None
+    status = _lib.bn_backward(_ptr(dy), _ptr(x), _ptr(dx), n * h * w, c, _ptr(weight),
+                              _ptr(mean), _ptr(invstd), _ptr(gw), _ptr(gb), _ptr(k),
+                              torch.get_num_threads())
+    if status != 0:
+        raise RuntimeError("darts: the C BatchNorm backward could not start its threads")
+    return dx, gw, gb
+
+
+def bn_relu_apply(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """relu(BN(x)) again from the k of the forward that computed it (`bn_forward_raw`)."""
+    n, c, h, w = x.shape
+    y = torch.empty_like(x, memory_format=torch.channels_last)
+    _lib.bn_relu_apply(_ptr(x), _ptr(y), n * h * w, c, _ptr(k), torch.get_num_threads())
+    return y
 
 
 def batch_norm_train(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
@@ -287,7 +312,7 @@ def batch_norm_train(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.T
     PyTorch's CPU BatchNorm on channels-last tensors is 1.2-1.7x slower in each direction, and
     torch.var_mean there is 5-20x slower than a pass over the tensor.
     """
-    if not _covers_batch_norm(x, weight, bias):
+    if not covers_batch_norm(x, weight, bias):
         return None
     if relu and acc is not None:
         raise ValueError("batch_norm_train: acc and relu do not go together")
@@ -296,7 +321,7 @@ def batch_norm_train(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.T
     try:
         y, mean, var = _BatchNormFunction.apply(x, weight, bias, eps,
                                                 acc if fused_acc else None, relu)
-    except _Fallback:
+    except Fallback:
         return None
     if acc is not None and not fused_acc:
         y = acc + y
@@ -325,7 +350,7 @@ class _SharedTermsFunction(torch.autograd.Function):
                                   _pointers(outs), len(outs), ys[0].numel(),
                                   torch.get_num_threads())
         if status != 0:
-            raise _Fallback
+            raise Fallback
         # The terms are needed only for w's gradient (not in the weight step): kept only then.
         ctx.save_for_backward(w, *(ys if ctx.needs_input_grad[0] else ()))
         ctx.has_acc, ctx.n_y = has_acc, len(ys)
@@ -391,7 +416,7 @@ def add_shared_terms(w: torch.Tensor, accs: list[torch.Tensor | None],
     try:
         return list(_SharedTermsFunction.apply(
             w, has_acc, *(a for a in accs if a is not None), *ys))
-    except _Fallback:
+    except Fallback:
         return None
 
 
@@ -492,7 +517,7 @@ class _NodeBatchNormFunction(torch.autograd.Function):
                                   w32.data_ptr(), eps_arr, mean.data_ptr(), invstd.data_ptr(),
                                   var.data_ptr(), torch.get_num_threads())
         if status != 0:
-            raise _Fallback
+            raise Fallback
         ctx.save_for_backward(w, mean, invstd, *xs)
         ctx.eps, ctx.has_acc = eps, has_acc
         ctx.mark_non_differentiable(mean, var)
@@ -543,7 +568,7 @@ def node_batch_norm(acc: torch.Tensor | None, xs: list[torch.Tensor],
     one, scaled by its mixing weight). Their backward shares the node's gradient, so one pass
     each way serves them all (kernels.c, nbn_forward / nbn_backward)."""
     first = xs[0] if xs else None
-    if first is None or not _covers_batch_norm(first):
+    if first is None or not covers_batch_norm(first):
         return None
     if isinstance(w, (list, tuple)):
         if not all(s.dim() == 0 for s in w):
@@ -559,7 +584,7 @@ def node_batch_norm(acc: torch.Tensor | None, xs: list[torch.Tensor],
     tensors = (acc, *xs) if acc is not None else tuple(xs)
     try:
         return _NodeBatchNormFunction.apply(w, tuple(eps), acc is not None, *tensors)
-    except _Fallback:
+    except Fallback:
         return None
 
 
@@ -578,7 +603,7 @@ class _PoolBatchNormFunction(torch.autograd.Function):
         status = _lib.pool_bn_forward(_ptr(x), _ptr(ymax), _ptr(yavg), n, h, w, c, k, s, p,
                                       eps_max, eps_avg, _ptr(stats), torch.get_num_threads())
         if status != 0:
-            raise _Fallback
+            raise Fallback
         ctx.save_for_backward(x, ymax, yavg, stats)
         ctx.conf, ctx.eps = conf, (eps_max, eps_avg)
         mean_max, _, var_max, mean_avg, _, var_avg = stats.unbind(0)
@@ -644,5 +669,5 @@ def pool_batch_norm(x: torch.Tensor, kernel_size: int, stride: int, padding: int
         return None
     try:
         return _PoolBatchNormFunction.apply(x, (kernel_size, stride, padding), eps_max, eps_avg)
-    except _Fallback:
+    except Fallback:
         return None

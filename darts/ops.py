@@ -72,28 +72,32 @@ class _CPUConvFunction(torch.autograd.Function):
                 x2 = x.permute(0, 2, 3, 1).reshape(-1, c_in_g)
                 dw = (g2.t() @ x2).view_as(weight)
         else:
-            # Depthwise: the input gradient is the transposed convolution of the output
-            # gradient, computed as one (undilated strided kernels) or as the stride-1
-            # convolution of the (zero-inserted, for stride 2) output gradient with the
-            # flipped kernel.
-            if need_x and stride != 1 and dilation == 1:
-                # A transposed convolution: oneDNN's is 4-5x faster than the zero insertion
-                # below for undilated kernels (and 5-20x slower for dilated ones).
-                out_pad = [x.shape[i] - ((grad.shape[i] - 1) * stride - 2 * padding + kh)
-                           for i in (2, 3)]
-                dx = F.conv_transpose2d(grad, weight, None, stride, padding, out_pad, groups)
-            elif need_x:
-                if stride != 1:
-                    # The strided outputs are every stride-th output of the stride-1 conv.
-                    span = dilation * (kh - 1) - 2 * padding
-                    full = grad.new_zeros(grad.shape[:2] + (x.shape[2] - span, x.shape[3] - span))
-                    full[:, :, ::stride, ::stride] = grad
-                    grad = full
-                pad = dilation * (kh - 1) - padding
-                dx = F.conv2d(grad, weight.flip(-2, -1), None, 1, pad, dilation, groups)
+            if need_x:
+                dx = _depthwise_input_grad(grad, x.shape, weight, stride, padding, dilation)
             if need_w:
                 dw = _depthwise_weight_grad(ctx_grad, x, weight, stride, padding, dilation)
         return dx, dw, None, None, None, None
+
+
+def _depthwise_input_grad(grad: torch.Tensor, x_shape: torch.Size, weight: torch.Tensor,
+                          stride: int, padding: int, dilation: int) -> torch.Tensor:
+    """The input gradient of a depthwise conv: the transposed convolution of the output
+    gradient, computed as one (undilated strided kernels) or as the stride-1 convolution of
+    the (zero-inserted, for stride 2) output gradient with the flipped kernel."""
+    k, groups = weight.shape[-1], weight.shape[0]
+    if stride != 1 and dilation == 1:
+        # A transposed convolution: oneDNN's is 4-5x faster than the zero insertion below
+        # for undilated kernels (and 5-20x slower for dilated ones).
+        out_pad = [x_shape[i] - ((grad.shape[i] - 1) * stride - 2 * padding + k) for i in (2, 3)]
+        return F.conv_transpose2d(grad, weight, None, stride, padding, out_pad, groups)
+    if stride != 1:
+        # The strided outputs are every stride-th output of the stride-1 conv.
+        span = dilation * (k - 1) - 2 * padding
+        full = grad.new_zeros(grad.shape[:2] + (x_shape[2] - span, x_shape[3] - span))
+        full[:, :, ::stride, ::stride] = grad
+        grad = full
+    pad = dilation * (k - 1) - padding
+    return F.conv2d(grad, weight.flip(-2, -1), None, 1, pad, dilation, groups)
 
 
 def _depthwise_weight_grad(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
@@ -358,6 +362,28 @@ class BatchNorm2d(nn.BatchNorm2d):
         """relu(self(x)), in one pass of the C kernel where it runs (see `run_layers`)."""
         return self._forward(x, relu=True)
 
+    def forward_relu_conv(self, x: torch.Tensor, conv: Conv2d) -> torch.Tensor:
+        """conv(relu(self(x))) for a depthwise `conv` (the middle of a sep_conv). Where the C
+        kernels run, in training with a graph, one op keeps only x for the backward and
+        computes relu(self(x)) again there where the conv's weight gradient needs it (one
+        pass), instead of keeping it from the forward: one activation of each sep_conv less
+        held between the forward and the backward (`_BNReLUDepthwiseFunction`)."""
+        conf = conv.depthwise_conf()
+        w = conv.weight
+        if not (self.training and torch.is_grad_enabled() and conf is not None
+                and x.numel() >= Conv2d.MIN_ELEMENTS and w.dtype == torch.float32
+                and kernels.covers_batch_norm(x, self.weight, self.bias)):
+            return conv(self.forward_relu(x))
+        # Leaves get views, inner nodes (see `Conv2d.forward`).
+        x, bw, bb, w = (t.view_as(t) if t is not None and t.requires_grad and t.grad_fn is None
+                        else t for t in (x, self.weight, self.bias, w))
+        try:
+            out, mean, var = _BNReLUDepthwiseFunction.apply(x, bw, bb, self.eps, w, conf)
+        except kernels.Fallback:
+            return conv(self.forward_relu(x))
+        self._update_running_stats(mean, var)
+        return out
+
     def _forward(self, x: torch.Tensor, relu: bool) -> torch.Tensor:
         fast = (kernels.batch_norm_train(x, self.weight, self.bias, self.eps, relu=relu)
                 if self.training else None)
@@ -365,26 +391,91 @@ class BatchNorm2d(nn.BatchNorm2d):
             y = super().forward(x)
             return F.relu(y) if relu else y
         y, mean, var = fast
+        self._update_running_stats(mean, var)
+        return y
+
+    def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor) -> None:
         if self.track_running_stats and self.running_mean is not None:
             self.num_batches_tracked.add_(1)
             momentum = (1.0 / float(self.num_batches_tracked) if self.momentum is None
                         else self.momentum)
             update_running_stats(self, mean, var, momentum)
-        return y
+
+
+class _BNReLUDepthwiseFunction(torch.autograd.Function):
+    """conv(relu(BN(x))) for a training-mode BatchNorm and a depthwise conv, with the C
+    BatchNorm kernels, keeping x but not the conv's input relu(BN(x)): the backward forms
+    the conv's input gradient from the weights alone and computes relu(BN(x)) again (from the
+    forward's constants, the same values) only where the conv's weight gradient is wanted.
+    Outputs: the conv's output, and the batch's mean and unbiased variance (not
+    differentiable)."""
+
+    @staticmethod
+    def forward(ctx, x, bn_weight, bn_bias, eps, weight, conf):
+        y, mean, invstd, var, k = kernels.bn_forward_raw(x, bn_weight, bn_bias, eps, None, True)
+        _, stride, padding, dilation = conf
+        out = F.conv2d(y, weight, None, stride, padding, dilation, weight.shape[0])
+        ctx.save_for_backward(x, bn_weight, bn_bias, mean, invstd, k, weight)
+        ctx.conf, ctx.eps = conf, eps
+        # Where each gradient goes; a backward that does not reach it skips it (see
+        # `_CPUConvFunction`).
+        ctx.nodes = tuple(t.grad_fn if t is not None and t.requires_grad else None
+                          for t in (x, bn_weight, bn_bias, weight))
+        ctx.mark_non_differentiable(mean, var)
+        ctx.set_materialize_grads(False)
+        return out, mean, var
+
+    @staticmethod
+    def backward(ctx, grad, _mean, _var):
+        x, bn_weight, bn_bias, mean, invstd, k, weight = ctx.saved_tensors
+        _, stride, padding, dilation = ctx.conf
+        if grad is None:
+            return (None,) * 6
+        if torch.is_grad_enabled():
+            # Double backward (the exact Hessian): differentiable PyTorch, the forward
+            # recomputed.
+            with torch.enable_grad():
+                inputs = [t for t, node in zip((x, bn_weight, bn_bias, weight), ctx.nodes,
+                                               strict=True) if node is not None]
+                y = F.relu(F.batch_norm(x, None, None, bn_weight, bn_bias, True, 0.0, ctx.eps))
+                out = F.conv2d(y, weight, None, stride, padding, dilation, weight.shape[0])
+                found = iter(torch.autograd.grad(out, inputs, grad, create_graph=True,
+                                                 allow_unused=True))
+            dx, dbw, dbb, dw = (None if node is None else next(found) for node in ctx.nodes)
+            return dx, dbw, dbb, None, dw, None
+        need_x, need_bw, need_bb, need_w = (node is not None and _will_run(node)
+                                            for node in ctx.nodes)
+        dx = dbw = dbb = dw = None
+        if need_w:
+            y = kernels.bn_relu_apply(x, k)
+            dw = _depthwise_weight_grad(grad, y, weight, stride, padding, dilation)
+            del y
+        if need_x or need_bw or need_bb:
+            dy = _depthwise_input_grad(grad, x.shape, weight, stride, padding, dilation)
+            dx, dbw, dbb = kernels.bn_backward_raw(dy, x, bn_weight, mean, invstd, k,
+                                                   need_bw, need_bb)
+        return dx if need_x else None, dbw, dbb, None, dw, None
 
 
 def run_layers(layers, x: torch.Tensor) -> torch.Tensor:
     """The layers one after another, as nn.Sequential runs them, but a `BatchNorm2d` followed
     by an nn.ReLU runs as one (`BatchNorm2d.forward_relu`): on the CPU the C kernel writes
     relu(BN(x)) in one pass and its backward takes ReLU's mask from BN's input, which saves
-    two passes over memory each way. A pair where either module has forward hooks runs as two
-    (the hooks see what they expect)."""
+    two passes over memory each way; followed by a depthwise `Conv2d` too, the three run as
+    one that does not keep relu(BN(x)) for the backward (`BatchNorm2d.forward_relu_conv`).
+    Layers with forward hooks run alone (the hooks see what they expect)."""
     i, n = 0, len(layers)
     while i < n:
         layer = layers[i]
         if type(layer) is BatchNorm2d and i + 1 < n and type(layers[i + 1]) is nn.ReLU \
                 and not any(m._forward_hooks or m._forward_pre_hooks
                             for m in (layer, layers[i + 1])):
+            conv = layers[i + 2] if i + 2 < n else None
+            if type(conv) is Conv2d and conv.depthwise_conf() is not None \
+                    and not (conv._forward_hooks or conv._forward_pre_hooks):
+                x = layer.forward_relu_conv(x, conv)
+                i += 3
+                continue
             x = layer.forward_relu(x)
             i += 2
         else:

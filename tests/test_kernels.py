@@ -227,25 +227,40 @@ def test_fused_batch_norm_accumulates_onto_any_layout_and_twice_differentiable()
 
 
 @needs_kernels
-def test_sep_conv_runs_its_inner_batch_norm_and_relu_as_one(monkeypatch):
+def _graph_names(t: torch.Tensor) -> set[str]:
+    """The names of the autograd nodes that t's graph reaches."""
+    names, todo, seen = set(), [t.grad_fn], set()
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        todo.extend(n for n, _ in node.next_functions)
+    return names
+
+
+def test_sep_conv_runs_its_inner_batch_norm_relu_and_conv_as_one(monkeypatch):
     # The module's output and gradients are those of its layers run one by one in float64
-    # (nn.Sequential's forward), and the fused kernel ran for the inner pair.
+    # (nn.Sequential's forward), and the fused op ran for the inner BatchNorm, ReLU and
+    # depthwise conv.
     from darts.ops import SepConv
     monkeypatch.setattr(Conv2d, "MIN_ELEMENTS", 0)
     torch.manual_seed(0)
     op = SepConv(8, 8, 3, 1, 1, affine=True)
     ref = copy.deepcopy(op).double()
     relus = []
-    real = kernels.batch_norm_train
+    real = kernels.bn_forward_raw
 
-    def spy(*args, **kwargs):
-        relus.append(kwargs.get("relu", False))
-        return real(*args, **kwargs)
+    def spy(*args):
+        relus.append(args[-1])
+        return real(*args)
 
-    monkeypatch.setattr(kernels, "batch_norm_train", spy)
+    monkeypatch.setattr(kernels, "bn_forward_raw", spy)
     x = torch.randn(4, 8, 6, 6).contiguous(memory_format=torch.channels_last).requires_grad_()
     y = op(x)
     assert relus == [True, False]
+    assert "_BNReLUDepthwiseFunctionBackward" in _graph_names(y)
     x64 = x.detach().double().requires_grad_()
     y64 = torch.nn.Sequential.forward(ref, x64)
     torch.testing.assert_close(y.double(), y64, rtol=1e-5, atol=1e-5)
@@ -260,9 +275,113 @@ def test_sep_conv_runs_its_inner_batch_norm_and_relu_as_one(monkeypatch):
     seen = []
     op[4].register_forward_hook(lambda m, inp, out: seen.append((inp[0], out)))
     relus.clear()
-    op(x)
+    y = op(x)
     assert relus == [False, False] and len(seen) == 1
+    assert "_BNReLUDepthwiseFunctionBackward" not in _graph_names(y)
     torch.testing.assert_close(seen[0][1], torch.relu(seen[0][0]))
+
+
+# (kernel, stride, padding, dilation): sep_conv 3x3 / 5x5, dil_conv 3x3 / 5x5, at stride 1
+# and 2 (a sep_conv's inner conv has stride 1; the others are covered all the same).
+_DW_CONFS = [(3, 1, 1, 1), (5, 1, 2, 1), (3, 2, 1, 1), (3, 1, 2, 2), (5, 2, 4, 2)]
+
+
+def _bn_relu_dw_pair(channels, conf, affine):
+    from darts.ops import BatchNorm2d
+    k, s, p, d = conf
+    bn = BatchNorm2d(channels, affine=affine)
+    if affine:
+        with torch.no_grad():
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.5, 0.5)
+    conv = Conv2d(channels, channels, k, s, p, d, groups=channels, bias=False)
+    return bn, conv
+
+
+@needs_kernels
+@pytest.mark.parametrize("conf", _DW_CONFS)
+@pytest.mark.parametrize("affine", [False, True])
+def test_batch_norm_relu_depthwise_matches_a_float64_reference(monkeypatch, conf, affine):
+    # conv(relu(BN(x))) as one op (`BatchNorm2d.forward_relu_conv`) against PyTorch's three
+    # ops in float64: output, the gradients of x, the conv's weight and BN's affine
+    # parameters, and the running statistics; 19 channels (not a multiple of a vector) and
+    # inputs with mean 3.
+    monkeypatch.setattr(Conv2d, "MIN_ELEMENTS", 0)
+    torch.manual_seed(0)
+    bn, conv = _bn_relu_dw_pair(19, conf, affine)
+    bn64, conv64 = copy.deepcopy(bn).double(), copy.deepcopy(conv).double()
+    x = (torch.randn(5, 19, 9, 11) * 2 + 3).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    out = bn.forward_relu_conv(x, conv)
+    assert "_BNReLUDepthwiseFunctionBackward" in _graph_names(out)
+    x64 = x.detach().double().requires_grad_()
+    k, s, p, d = conf
+    want = F.conv2d(torch.relu(bn64(x64)), conv64.weight, None, s, p, d, 19)
+    torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(want)
+    params, params64 = [conv.weight, *bn.parameters()], [conv64.weight, *bn64.parameters()]
+    got = torch.autograd.grad(out, [x, *params], g.float())
+    ref = torch.autograd.grad(want, [x64, *params64], g)
+    for a, b in zip(got, ref, strict=True):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4)
+    for (name, a), b in zip(bn.state_dict().items(), bn64.state_dict().values(), strict=True):
+        torch.testing.assert_close(a.to(b.dtype), b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@needs_kernels
+def test_batch_norm_relu_depthwise_keeps_less_and_recomputes_only_for_the_weights(monkeypatch):
+    # What the fused op saves for the backward: x, not relu(BN(x)) as well (exactly that
+    # tensor's bytes less than the two ops, counted with saved_activation_bytes); relu(BN(x))
+    # computed again in the backward is the forward's, bit for bit; and a backward that
+    # reaches x only (the first-order alpha step) forms no weight gradient and computes
+    # nothing again.
+    from darts.supernet import saved_activation_bytes
+    monkeypatch.setattr(Conv2d, "MIN_ELEMENTS", 0)
+    torch.manual_seed(0)
+    bn, conv = _bn_relu_dw_pair(16, (5, 1, 2, 1), False)
+    leaf = torch.randn(4, 16, 8, 8).contiguous(memory_format=torch.channels_last)
+    x = leaf.requires_grad_() * 1.0  # an activation, not a leaf (leaves are not counted)
+    fused = saved_activation_bytes(lambda: bn.forward_relu_conv(x, conv).sum())
+    apart = saved_activation_bytes(lambda: conv(bn.forward_relu(x)).sum())
+    assert apart - fused == x.numel() * 4
+
+    y, _, _, _, k = kernels.bn_forward_raw(x.detach(), None, None, 1e-5, None, True)
+    assert torch.equal(kernels.bn_relu_apply(x.detach(), k), y)
+
+    recomputed = count_kernel_runs(monkeypatch, "bn_relu_apply")
+    weight_grads = count_kernel_runs(monkeypatch, "depthwise_weight_grad")
+    out = bn.forward_relu_conv(x, conv)
+    torch.autograd.grad(out.sum(), leaf)
+    assert recomputed == [] and weight_grads == []
+    out = bn.forward_relu_conv(x, conv)
+    torch.autograd.grad(out.sum(), conv.weight)
+    assert len(recomputed) == 1 and weight_grads == [True]
+
+
+@needs_kernels
+def test_batch_norm_relu_depthwise_second_derivatives_and_what_it_does_not_cover(monkeypatch):
+    # Double backward (the exact Hessian) goes through differentiable PyTorch: the gradient
+    # of x's gradient with respect to the weights equals the three ops' in float32. Eval mode,
+    # float64 and contiguous inputs run the ops one by one.
+    monkeypatch.setattr(Conv2d, "MIN_ELEMENTS", 0)
+    torch.manual_seed(0)
+    bn, conv = _bn_relu_dw_pair(8, (3, 1, 2, 2), True)
+    x = torch.randn(4, 8, 7, 7).contiguous(memory_format=torch.channels_last).requires_grad_()
+    v = torch.randn(4, 8, 7, 7)
+    second = []
+    for fused in (True, False):
+        out = bn.forward_relu_conv(x, conv) if fused else conv(torch.relu(F.batch_norm(
+            x, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)))
+        gx = torch.autograd.grad((out ** 2).sum(), x, create_graph=True)[0]
+        second.append(torch.autograd.grad((gx * v).sum(), [conv.weight, bn.weight, bn.bias]))
+    for a, b in zip(*second, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    for inp, training in ((x, False), (x.double(), True), (x.contiguous(), True)):
+        bn.train(training)
+        b, c = (bn.double(), conv.double()) if inp.dtype == torch.float64 else (bn, conv)
+        assert "_BNReLUDepthwiseFunctionBackward" not in _graph_names(b.forward_relu_conv(inp, c))
+        bn.float()
+        conv.float()
 
 
 @needs_kernels
