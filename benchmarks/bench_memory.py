@@ -8,7 +8,8 @@ storage once; parameters left out), so it needs no GPU: the count is the same on
 device for the same dtypes, but for max pooling, which saves PyTorch's int64 indices on the
 CPU (faster there) and its input elsewhere; `--pool_saves_input` counts the CPU as a GPU. It is the part of the peak that bf16 can halve; weights,
 gradients, optimizer states and allocator workspaces come on top (`bench_search.py`
-measures the peak itself).
+measures the peak itself). On the CPU it also counts the CPU's fast path (channels-last,
+float32, edge by edge), where darts's C kernels keep less than PyTorch's ops.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from common import environment, write_json
 
+from darts import kernels
 from darts.engine import pick_device
 from darts.ops import MaxPool2d
 from darts.space import SearchSpace
@@ -32,13 +34,15 @@ PRESETS = {
 
 
 def saved_mib(preset: dict, device: torch.device, amp: bool, batch_edges: bool,
-              partial_channels: int) -> float:
+              partial_channels: int, channels_last: bool = False) -> float:
     torch.manual_seed(0)
     space = SearchSpace(steps=preset["nodes"], multiplier=preset["nodes"])
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = SearchNetwork(preset["init_channels"], 10, preset["layers"], space,
-                          batch_edges=batch_edges, partial_channels=partial_channels).to(device)
+                          batch_edges=batch_edges, partial_channels=partial_channels
+                          ).to(device, memory_format=fmt)
     size, n = preset["image_size"], preset["batch_size"]
-    x = torch.randn(n, 3, size, size, device=device)
+    x = torch.randn(n, 3, size, size, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (n,), device=device)
 
     def forward():
@@ -70,6 +74,13 @@ def main(argv=None) -> int:
         bf16 = saved_mib(preset, device, True, batched, args.partial_channels)
         result[name] = {"float32_mib": fp32, "bf16_mib": bf16, "ratio": fp32 / bf16}
         print(f"{name}: float32 {fp32:.0f} MiB, bf16 {bf16:.0f} MiB ({fp32 / bf16:.2f}x lower)",
+              file=sys.stderr)
+    if device.type == "cpu":
+        # The CPU's fast path: channels-last float32, where darts's C kernels run (they keep
+        # less: e.g. a sep_conv's relu(BN(x)) is computed again in the backward).
+        fast = saved_mib(preset, device, False, False, args.partial_channels, channels_last=True)
+        result["cpu_fast"] = {"float32_mib": fast, "cpu_kernels": kernels.library() is not None}
+        print(f"cpu fast path (channels-last, C kernels): float32 {fast:.0f} MiB",
               file=sys.stderr)
     write_json(result, args.json)
     return 0

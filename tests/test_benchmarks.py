@@ -47,6 +47,10 @@ def test_memory_benchmark_finds_bf16_halving_the_saved_activations(tmp_path):
         assert r["ratio"] == pytest.approx(r["float32_mib"] / r["bf16_mib"])
         # Every saved activation is bf16 under autocast (a few float32 statistics aside).
         assert 1.95 < r["ratio"] <= 2.0, r
+    # The CPU's fast path keeps less where the C kernels run.
+    fast = result["cpu_fast"]
+    if fast["cpu_kernels"]:
+        assert fast["float32_mib"] < 0.95 * result["per_edge"]["float32_mib"], result
 
 
 def test_kernel_benchmark_times_ours_against_pytorchs(tmp_path):
