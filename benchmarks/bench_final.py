@@ -28,7 +28,7 @@ from common import (
     summary,
 )
 
-from darts.cuda_graph import cuda_graphs_enabled
+from darts.accel.cuda_graph import cuda_graphs_enabled
 from darts.data import build_datasets
 from darts.distributed import Dist
 from darts.engine import Precision, train_one_epoch

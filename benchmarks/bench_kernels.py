@@ -1,4 +1,4 @@
-"""The CPU kernels of darts/kernels.py against PyTorch's, side by side, at the supernet's sizes.
+"""The CPU kernels of darts/accel/kernels.py against PyTorch's, side by side, at the supernet's sizes.
 
     python benchmarks/bench_kernels.py --json benchmarks/results/kernels_cpu.json
 
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from common import environment, steal_s, write_json
 
-from darts import kernels
+from darts.accel import kernels
 from darts.ops import Conv2d, FactorizedReduce, factorized_reduce_convs, relu_depthwise
 
 SHAPES = [(64, 16, 32), (64, 32, 16), (64, 64, 8)]

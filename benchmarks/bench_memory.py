@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from common import environment, write_json
 
-from darts import kernels
+from darts.accel import kernels
 from darts.engine import pick_device
 from darts.ops import MaxPool2d
 from darts.space import SearchSpace

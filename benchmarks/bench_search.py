@@ -31,7 +31,7 @@ from common import (
 )
 
 from darts.architect import Architect
-from darts.cuda_graph import cuda_graphs_enabled
+from darts.accel.cuda_graph import cuda_graphs_enabled
 from darts.data import build_datasets, search_split
 from darts.distributed import Dist
 from darts.engine import MetricSum, Precision, train_one_epoch

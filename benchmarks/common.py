@@ -29,7 +29,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from darts import kernels  # noqa: E402
+from darts.accel import kernels  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -239,7 +239,7 @@ def run(p, argv, header: Callable[[argparse.Namespace, torch.device], dict],
     fast = {"name": "fast", "loader": args.loader, "amp": args.amp,
             "channels_last": channels_last, "compile": args.compile,
             "cuda_graphs": args.cuda_graphs, **extra_fast(args)}
-    # The C kernels (darts/kernels.py) where they run: CPU, built, not DARTS_CPU_KERNELS=0.
+    # The C kernels (darts/accel/kernels.py) where they run: CPU, built, not DARTS_CPU_KERNELS=0.
     fast["cpu_kernels"] = device.type == "cpu" and kernels.enabled() and kernels.library() is not None
     plain = {**{k: v for k, v in fast.items() if k not in extra_fast(args)},
              "name": "plain", "loader": "torch", "amp": "off", "channels_last": False,

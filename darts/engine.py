@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from darts.cuda_graph import StepGraph
+from darts.accel.cuda_graph import StepGraph
 from darts.errors import UserError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -229,7 +229,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Batch], optimizer: torch.
     `after_backward()` runs between backward and clipping (the search's gradient all-reduce
     on many GPUs; `reduce(meter)` sums the ranks' metrics). `precision` runs the forward under autocast (and scales fp16 losses).
     `cuda_graph`: the whole step (side step included) is captured once and replayed
-    (`darts.cuda_graph`; `log` hears why if the capture fails, and the epoch runs eagerly).
+    (`darts.accel.cuda_graph`; `log` hears why if the capture fails, and the epoch runs eagerly).
     The reported loss is the main classification loss, comparable with the validation loss.
     """
     model.train()

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from darts import kernels
+from darts.accel import kernels
 
 
 def _will_run(node: torch.autograd.graph.Node) -> bool:
@@ -102,7 +102,7 @@ def _depthwise_input_grad(grad: torch.Tensor, x_shape: torch.Size, weight: torch
 
 def _depthwise_weight_grad(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                            stride: int, padding: int, dilation: int) -> torch.Tensor:
-    """The gradient of a depthwise conv's square weight: ours (darts/kernels.py) where it can
+    """The gradient of a depthwise conv's square weight: ours (darts/accel/kernels.py) where it can
     be built and is the faster one, else oneDNN's."""
     k = weight.shape[-1]
     dw = (kernels.depthwise_weight_grad(grad, x, k, stride, padding, dilation)
@@ -199,7 +199,7 @@ class _ReluDepthwiseFunction(torch.autograd.Function):
 def relu_depthwise(x: torch.Tensor, convs) -> list[torch.Tensor] | None:
     """[conv(relu(x)) for each depthwise `Conv2d` in convs], as one op on the CPU: the C
     kernels read x once for all the convolutions, and in the backward sum all their
-    transposed convolutions and ReLU's mask into x's gradient in one pass (darts/kernels.py).
+    transposed convolutions and ReLU's mask into x's gradient in one pass (darts/accel/kernels.py).
     None where not covered (other devices, dtypes and layouts; convs with hooks or other
     than square depthwise ones): the caller runs them one by one."""
     confs = []
@@ -352,7 +352,7 @@ def factorized_reduce_convs(ops, x: torch.Tensor) -> list[torch.Tensor] | None:
 
 class BatchNorm2d(nn.BatchNorm2d):
     """nn.BatchNorm2d (same parameters, buffers and state dict) whose training-mode forward on
-    float32 channels-last CPU tensors runs the C kernels (darts/kernels.py: PyTorch's is 1.2-1.7x
+    float32 channels-last CPU tensors runs the C kernels (darts/accel/kernels.py: PyTorch's is 1.2-1.7x
     slower there in each direction); elsewhere exactly nn.BatchNorm2d."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

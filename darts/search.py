@@ -40,9 +40,9 @@ from darts.checkpoint import (
     set_rng_state,
 )
 from darts.config import config_from_dict, to_dict
-from darts.cuda_graph import CUDA_GRAPH_FLAGS, cuda_graphs_enabled
+from darts.accel.cuda_graph import CUDA_GRAPH_FLAGS, cuda_graphs_enabled
 from darts.data import SplitLoader, build_datasets, make_loader, search_split
-from darts.device_data import (
+from darts.accel.device_data import (
     LOADERS,
     DeviceEvalLoader,
     DeviceImages,

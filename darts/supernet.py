@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint
 
-from darts import edge_batch, kernels
+from darts.accel import edge_batch, kernels
 from darts.genotype import Genotype
 from darts.ops import (
     BatchNorm2d,
@@ -484,7 +484,7 @@ class SearchCell(nn.Module):
         self.edges = nn.ModuleList(
             MixedOp(C, 2 if reduction and j < 2 else 1, space.primitives, partial_channels)
             for _, j in space.edges())
-        # Edge batching (darts/edge_batch.py): groups of states whose outgoing edges run
+        # Edge batching (darts/accel/edge_batch.py): groups of states whose outgoing edges run
         # together, the edges ordered by state: the two cell inputs (ready together, the
         # same number of edges and the same stride), then each node but the last.
         # PC-DARTS cells are not edge-batched.

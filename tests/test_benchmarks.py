@@ -29,7 +29,7 @@ def test_benchmark_writes_the_contract_json(tmp_path, script, flags):
     if "--compare" in flags:
         assert result["plain"]["path"]["loader"] == "torch" and result["fast"]["path"]["loader"] == "device"
         # the plain path is PyTorch's kernels; the fast one ours where they can be built
-        from darts import kernels
+        from darts.accel import kernels
         assert result["plain"]["path"]["cpu_kernels"] is False
         assert result["fast"]["path"]["cpu_kernels"] is (kernels.library() is not None)
         assert result["speedup"] == pytest.approx(
@@ -54,7 +54,7 @@ def test_memory_benchmark_finds_bf16_halving_the_saved_activations(tmp_path):
 
 
 def test_kernel_benchmark_times_ours_against_pytorchs(tmp_path):
-    from darts import kernels
+    from darts.accel import kernels
     if kernels.library() is None:
         pytest.skip("no C compiler: the C kernels cannot be built")
     out = tmp_path / "kernels.json"

@@ -1,4 +1,4 @@
-"""Whole-step CUDA graphs (darts/cuda_graph.py): when they are used, and that a replayed step
+"""Whole-step CUDA graphs (darts/accel/cuda_graph.py): when they are used, and that a replayed step
 computes what the eager step computes. The replay tests need a GPU and skip without one."""
 
 import contextlib
@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from darts.architect import Architect
-from darts.cuda_graph import StepGraph, cuda_graphs_enabled
+from darts.accel.cuda_graph import StepGraph, cuda_graphs_enabled
 from darts.engine import MetricSum, Precision, SideStep, evaluate, train_one_epoch
 from darts.errors import UserError
 from darts.genotype import resolve_genotype

@@ -22,7 +22,7 @@ from darts.data import (
     make_loader,
     search_split,
 )
-from darts.device_data import (
+from darts.accel.device_data import (
     DeviceEvalLoader,
     DeviceImages,
     DeviceSplitLoader,

@@ -1,4 +1,4 @@
-"""Edge batching (darts/edge_batch.py): the edges leaving a state computed together must be
+"""Edge batching (darts/accel/edge_batch.py): the edges leaving a state computed together must be
 the per-edge supernet exactly: same outputs, gradients, second derivatives and BatchNorm
 statistics, in float64, in training and eval mode, under functional_call, checkpointing
 and channels_last, and for ops the batcher does not know (computed edge by edge).
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from darts import edge_batch
+from darts.accel import edge_batch
 from darts.ops import FactorizedReduce, SepConv
 from darts.primitives import OPS, PRIMITIVES, register_op
 from darts.search import batch_edges

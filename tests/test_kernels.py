@@ -1,4 +1,4 @@
-"""The C kernels (darts/kernels.py, darts/kernels.c): values, the build, the fallback."""
+"""The C kernels (darts/accel/kernels.py, darts/accel/kernels.c): values, the build, the fallback."""
 
 import copy
 import logging
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from darts import kernels
+from darts.accel import kernels
 from darts.ops import Conv2d
 
 needs_kernels = pytest.mark.skipif(kernels.library() is None,

@@ -96,7 +96,7 @@ def test_channels_last_search_steps_equal_contiguous():
     # by 3e-6 there), so which side two float32 paths fall on decides the product.
     ref_losses, ref_alphas = _search_losses("off", hessian="exact")
     losses, alphas = _search_losses("off", channels_last=True, hessian="exact")
-    # float32 both; on the CPU the channels-last path runs the C kernels (darts/kernels.py),
+    # float32 both; on the CPU the channels-last path runs the C kernels (darts/accel/kernels.py),
     # which sum in another order: alphas of up to 3e-2 after the steps agree to about 2e-7.
     torch.testing.assert_close(torch.tensor(losses), torch.tensor(ref_losses), rtol=1e-4, atol=1e-5)
     for a, b in zip(alphas, ref_alphas, strict=True):
