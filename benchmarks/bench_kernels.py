@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from common import environment, steal_s, write_json
 
 from darts.accel import kernels
-from darts.ops import Conv2d, FactorizedReduce, factorized_reduce_convs, relu_depthwise
+from darts.accel.fused import Conv2d, factorized_reduce_convs, relu_depthwise
+from darts.ops import FactorizedReduce
 
 SHAPES = [(64, 16, 32), (64, 32, 16), (64, 64, 8)]
 DEPTHWISE = [(3, 1), (5, 1), (3, 2), (5, 2)]  # (kernel, dilation): sep and dil convs

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from common import environment, write_json
 
-from darts.accel import kernels
+from darts.accel import accelerate, kernels
+from darts.accel.fused import MaxPool2d
 from darts.engine import pick_device
-from darts.ops import MaxPool2d
 from darts.space import SearchSpace
 from darts.supernet import SearchNetwork, saved_activation_bytes
 
@@ -39,8 +39,8 @@ def saved_mib(preset: dict, device: torch.device, amp: bool, batch_edges: bool,
     space = SearchSpace(steps=preset["nodes"], multiplier=preset["nodes"])
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = SearchNetwork(preset["init_channels"], 10, preset["layers"], space,
-                          batch_edges=batch_edges, partial_channels=partial_channels
-                          ).to(device, memory_format=fmt)
+                          partial_channels=partial_channels)
+    model = accelerate(model, batch_edges=batch_edges).to(device, memory_format=fmt)
     size, n = preset["image_size"], preset["batch_size"]
     x = torch.randn(n, 3, size, size, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (n,), device=device)

@@ -37,6 +37,7 @@ from darts.checkpoint import (
     set_rng_state,
 )
 from darts.config import config_from_dict, to_dict
+from darts.accel import accelerate
 from darts.accel.cuda_graph import CUDA_GRAPH_FLAGS, cuda_graphs_enabled
 from darts.data import DATASETS, SplitLoader, build_datasets, make_loader, network_family
 from darts.accel.device_data import (
@@ -164,7 +165,7 @@ def validate(cfg: FinalConfig) -> None:
 
 def build_network(genotype: Genotype, cfg: FinalConfig, num_classes: int, network: str) -> nn.Module:
     cls = NetworkCIFAR if network == "cifar" else NetworkImageNet
-    return cls(cfg.init_channels, num_classes, cfg.layers, cfg.auxiliary, genotype)
+    return accelerate(cls(cfg.init_channels, num_classes, cfg.layers, cfg.auxiliary, genotype))
 
 
 def run(cfg: FinalConfig, *, resume: str | None = None,

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from darts.genotype import Genotype
-from darts.ops import BatchNorm2d, FactorizedReduce, Identity, ReLUConvBN, dense_grad, drop_path
+from darts.ops import FactorizedReduce, Identity, ReLUConvBN, drop_path
 from darts.primitives import build_op
 
 
@@ -39,16 +39,27 @@ class Cell(nn.Module):
             build_op(name, C, 2 if reduction and index < 2 else 1, True) for name, index in edges)
         self.drop_mask = [not isinstance(op, Identity) for op in self.ops]
 
+        # A faster way to run this cell, installed by darts.accel.accelerate (None: none).
+        self.executor = None
+
+    def node(self, i: int, states: list[torch.Tensor], drop_prob: float) -> torch.Tensor:
+        """Node i: the sum of its two ops on their input states (drop path while training)."""
+        node = None
+        for k in (2 * i, 2 * i + 1):
+            h = self.ops[k](states[self.indices[k]])
+            if self.training and drop_prob > 0.0 and self.drop_mask[k]:
+                h = drop_path(h, drop_prob)
+            node = h if node is None else node + h
+        return node
+
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float = 0.0) -> torch.Tensor:
+        if self.executor is not None:
+            out = self.executor(s0, s1, drop_prob)
+            if out is not None:
+                return out
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         for i in range(self.steps):
-            node = None
-            for k in (2 * i, 2 * i + 1):
-                h = self.ops[k](states[self.indices[k]])
-                if self.training and drop_prob > 0.0 and self.drop_mask[k]:
-                    h = drop_path(h, drop_prob)
-                node = h if node is None else node + h
-            states.append(dense_grad(node))
+            states.append(self.node(i, states, drop_prob))
         return torch.cat([states[i] for i in self.concat], dim=1)
 
 
@@ -60,10 +71,10 @@ class AuxiliaryHeadCIFAR(nn.Module):
         self.pool = nn.AvgPool2d(5, stride=3, padding=0, count_include_pad=False)  # 8x8 -> 2x2
         self.features = nn.Sequential(
             nn.Conv2d(C, 128, 1, bias=False),
-            BatchNorm2d(128),
+            nn.BatchNorm2d(128),
             nn.ReLU(inplace=True),
             nn.Conv2d(128, 768, 2, bias=False),
-            BatchNorm2d(768),
+            nn.BatchNorm2d(768),
             nn.ReLU(inplace=True),
         )
         self.classifier = nn.Linear(768, num_classes)
@@ -88,7 +99,7 @@ class AuxiliaryHeadImageNet(nn.Module):
         self.pool = nn.AvgPool2d(5, stride=2, padding=0, count_include_pad=False)
         self.features = nn.Sequential(
             nn.Conv2d(C, 128, 1, bias=False),
-            BatchNorm2d(128),
+            nn.BatchNorm2d(128),
             nn.ReLU(inplace=True),
             nn.Conv2d(128, 768, 2, bias=False),
             nn.ReLU(inplace=True),
@@ -156,7 +167,7 @@ class NetworkCIFAR(_Network):
         C_stem = stem_multiplier * C
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, C_stem, 3, padding=1, bias=False),
-            BatchNorm2d(C_stem),
+            nn.BatchNorm2d(C_stem),
         )
         self._build_cells(genotype, C, C_stem, C_stem, layers, False, num_classes, auxiliary)
 
@@ -174,15 +185,15 @@ class NetworkImageNet(_Network):
         # Three stride-2 convs: 224 -> 28 before the first cell (the "mobile" setting).
         self.stem0 = nn.Sequential(
             nn.Conv2d(in_channels, C // 2, 3, stride=2, padding=1, bias=False),
-            BatchNorm2d(C // 2),
+            nn.BatchNorm2d(C // 2),
             nn.ReLU(inplace=True),
             nn.Conv2d(C // 2, C, 3, stride=2, padding=1, bias=False),
-            BatchNorm2d(C),
+            nn.BatchNorm2d(C),
         )
         self.stem1 = nn.Sequential(
             nn.ReLU(inplace=False),
             nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False),
-            BatchNorm2d(C),
+            nn.BatchNorm2d(C),
         )
         # stem0 and stem1 differ in resolution, as after a reduction cell.
         self._build_cells(genotype, C, C, C, layers, True, num_classes, auxiliary)

@@ -18,7 +18,6 @@ from darts.ops import (
     DilConv,
     FactorizedReduce,
     Identity,
-    MaxPool2d,
     SepConv,
     Zero,
 )
@@ -60,7 +59,7 @@ def _skip_connect(C: int, stride: int, affine: bool) -> nn.Module:
 
 
 register_op("none", lambda C, stride, affine: Zero(stride))
-register_op("max_pool_3x3", lambda C, stride, affine: MaxPool2d(3, stride=stride, padding=1))
+register_op("max_pool_3x3", lambda C, stride, affine: nn.MaxPool2d(3, stride=stride, padding=1))
 register_op("avg_pool_3x3", lambda C, stride, affine: nn.AvgPool2d(
     3, stride=stride, padding=1, count_include_pad=False))
 register_op("skip_connect", _skip_connect)

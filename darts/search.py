@@ -40,6 +40,7 @@ from darts.checkpoint import (
     set_rng_state,
 )
 from darts.config import config_from_dict, to_dict
+from darts.accel import accelerate, edges_batched
 from darts.accel.cuda_graph import CUDA_GRAPH_FLAGS, cuda_graphs_enabled
 from darts.data import SplitLoader, build_datasets, make_loader, search_split
 from darts.accel.device_data import (
@@ -254,8 +255,8 @@ def build_supernet(cfg: SearchConfig, num_classes: int, device: torch.device) ->
     space = SearchSpace(steps=cfg.nodes, multiplier=cfg.nodes)
     model = SearchNetwork(cfg.init_channels, num_classes, cfg.layers, space,
                           partial_channels=cfg.partial_channels,
-                          checkpoint_cells=cfg.checkpoint_cells,
-                          batch_edges=batch_edges(cfg.batch_edges, device)).to(device)
+                          checkpoint_cells=cfg.checkpoint_cells)
+    model = accelerate(model, batch_edges=batch_edges(cfg.batch_edges, device)).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
@@ -308,7 +309,7 @@ def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d
         ("channels_last", cfg.channels_last), ("compiled", cfg.compile),
         (f"partial channels 1/{cfg.partial_channels}", cfg.partial_channels > 1),
         ("cell checkpointing", cfg.checkpoint_cells), ("CUDA graphs", graphs),
-        ("edges batched", any(c.batch_edges for c in model.cells))) if on]
+        ("edges batched", edges_batched(model))) if on]
     logger.info("SearchNetwork on %s (%d classes, %dpx): %d cells of %d channels, %d nodes, "
                 "%d ops; %.3fM weights; %d/%d images train the weights/alphas; order %d%s; "
                 "device %s%s; %s", cfg.dataset, info.num_classes, info.image_size, cfg.layers,

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from darts.accel import accelerate
 from darts.architect import Architect
 from darts.primitives import register_op
 from darts.space import SearchSpace
@@ -45,7 +46,7 @@ def _smooth(module: nn.Module) -> nn.Module:
 @pytest.fixture
 def setup():
     torch.manual_seed(0)
-    model = _smooth(SearchNetwork(4, 5, 3, space=SMOOTH_SPACE)).double()
+    model = accelerate(_smooth(SearchNetwork(4, 5, 3, space=SMOOTH_SPACE)).double())
     with torch.no_grad():  # alphas well away from uniform, so every op matters
         for a in model.arch_parameters():
             a.normal_(0, 0.5)
@@ -195,7 +196,7 @@ def test_finite_difference_is_divided_by_two_eps():
 
 def test_step_updates_only_alphas_with_adam_and_never_the_weights():
     torch.manual_seed(0)
-    model = SearchNetwork(4, 5, 3)
+    model = accelerate(SearchNetwork(4, 5, 3))
     optimizer = torch.optim.SGD(model.network_parameters(), 0.025, momentum=0.9)
     architect = Architect(model, nn.CrossEntropyLoss(), optimizer, order=2)
     batch = (torch.randn(4, 3, 8, 8), torch.randint(0, 5, (4,)))
@@ -237,7 +238,7 @@ def _count_passes(model):
 ])
 def test_forward_and_backward_passes_per_search_step(order, hessian, forward, backward):
     torch.manual_seed(0)
-    model = SearchNetwork(4, 5, 3)
+    model = accelerate(SearchNetwork(4, 5, 3))
     optimizer = torch.optim.SGD(model.network_parameters(), 0.025, momentum=0.9)
     architect = Architect(model, nn.CrossEntropyLoss(), optimizer, order=order, hessian=hessian)
     counts = _count_passes(model)
@@ -255,7 +256,7 @@ def test_forward_and_backward_passes_per_search_step(order, hessian, forward, ba
 
 def test_virtual_step_is_the_sgd_step_the_optimizer_would_take():
     torch.manual_seed(0)
-    model = SearchNetwork(4, 5, 3).double()
+    model = accelerate(SearchNetwork(4, 5, 3).double())
     optimizer = torch.optim.SGD(model.network_parameters(), 0.05, momentum=0.9, weight_decay=3e-4)
     train = (torch.randn(4, 3, 8, 8, dtype=torch.float64), torch.randint(0, 5, (4,)))
     for _ in range(2):  # build up a momentum buffer, then compare the third step
@@ -292,7 +293,7 @@ def test_first_order_alpha_step_forms_no_weight_gradient(batch_edges):
     """The first-order alpha gradient backpropagates to the alphas only: no convolution
     backward computes a weight gradient, and no weight's .grad is touched."""
     torch.manual_seed(0)
-    model = SearchNetwork(4, 5, 3, batch_edges=batch_edges)
+    model = accelerate(SearchNetwork(4, 5, 3), batch_edges=batch_edges)
     optimizer = torch.optim.SGD(model.network_parameters(), 0.025, momentum=0.9)
     architect = Architect(model, nn.CrossEntropyLoss(), optimizer, order=1)
     val = (torch.randn(4, 3, 8, 8), torch.randint(0, 5, (4,)))
@@ -311,7 +312,9 @@ def test_first_order_alpha_step_forms_no_weight_gradient(batch_edges):
 def test_supernet_ties_no_parameters(kw):
     """The architect's functional_call skips the search for tied parameters; that is only
     right while no parameter is reachable under two names."""
-    model = SearchNetwork(8, 10, 5, **kw)
+    kw = dict(kw)
+    batched = kw.pop("batch_edges", False)
+    model = accelerate(SearchNetwork(8, 10, 5, **kw), batch_edges=batched)
     assert len(list(model.named_parameters(remove_duplicate=False))) == len(list(model.named_parameters()))
 
 
@@ -323,12 +326,12 @@ def test_alpha_gradient_is_the_same_through_the_cpu_conv_backward(order, hessian
     # reach; under every pass of the architect (functional_call, the fd perturbations,
     # double backward, checkpointed cells recomputed in the backward) the alpha gradient and
     # the weight step's gradients equal those of PyTorch's native convolution backward.
-    from darts.ops import Conv2d
+    from darts.accel.fused import Conv2d
 
     def run(min_elements):
         monkeypatch.setattr(Conv2d, "MIN_ELEMENTS", min_elements)
         torch.manual_seed(0)
-        model = SearchNetwork(4, 5, 3, checkpoint_cells=checkpoint_cells).double()
+        model = accelerate(SearchNetwork(4, 5, 3, checkpoint_cells=checkpoint_cells).double())
         with torch.no_grad():
             for a in model.arch_parameters():
                 a.normal_(0, 0.5)

@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from darts.architect import Architect
+from darts.accel import accelerate
 from darts.accel.cuda_graph import StepGraph, cuda_graphs_enabled
+from darts.architect import Architect
 from darts.engine import MetricSum, Precision, SideStep, evaluate, train_one_epoch
 from darts.errors import UserError
 from darts.genotype import resolve_genotype
@@ -105,7 +106,8 @@ def _search(graphs: bool, order: int, checkpoint_cells: bool = False, steps: int
             batch_edges: bool = True):
     torch.manual_seed(0)
     model = SearchNetwork(8, 5, 5, SearchSpace(steps=3, multiplier=3),
-                          checkpoint_cells=checkpoint_cells, batch_edges=batch_edges).to(GPU)
+                          checkpoint_cells=checkpoint_cells)
+    model = accelerate(model, batch_edges=batch_edges).to(GPU)
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(model.network_parameters(), 0.05, momentum=0.9, weight_decay=3e-4)
     # Capturable Adam in both runs (its bias correction is computed on the device, rounded
@@ -153,7 +155,7 @@ def test_graphed_evaluation_and_final_training_equal_eager():
     with exact_kernels():
         for graphs in (False, True):
             torch.manual_seed(0)
-            net = NetworkCIFAR(8, 5, 5, True, genotype).to(GPU)
+            net = accelerate(NetworkCIFAR(8, 5, 5, True, genotype)).to(GPU)
             net.drop_path_prob = 0.0
             optimizer = torch.optim.SGD(net.parameters(), 0.05, momentum=0.9, weight_decay=3e-4)
             g = torch.Generator(device=GPU).manual_seed(1)
@@ -175,7 +177,7 @@ def test_graphed_evaluation_and_final_training_equal_eager():
 @needs_gpu
 def test_capturable_architect_resumes_from_a_state_saved_without_graphs():
     torch.manual_seed(0)
-    model = SearchNetwork(8, 5, 4, SearchSpace(steps=2, multiplier=2)).to(GPU)
+    model = accelerate(SearchNetwork(8, 5, 4, SearchSpace(steps=2, multiplier=2))).to(GPU)
     optimizer = torch.optim.SGD(model.network_parameters(), 0.05, momentum=0.9)
     plain = Architect(model, nn.CrossEntropyLoss(), optimizer, order=1)
     x, y = torch.randn(8, 3, 16, 16, device=GPU), torch.randint(0, 5, (8,), device=GPU)

@@ -3,7 +3,7 @@ the per-edge supernet exactly: same outputs, gradients, second derivatives and B
 statistics, in float64, in training and eval mode, under functional_call, checkpointing
 and channels_last, and for ops the batcher does not know (computed edge by edge).
 
-The reference is the per-edge loop (`batch_edges=False`), which is the DARTS reference
+The reference is the per-edge loop (`accelerate(model, batch_edges=False)`), which is the DARTS reference
 code's MixedOp sum; both networks hold the same parameters and buffers.
 """
 
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from darts.accel import edge_batch
+from darts.accel import accelerate, edge_batch
 from darts.ops import FactorizedReduce, SepConv
 from darts.primitives import OPS, PRIMITIVES, register_op
 from darts.search import batch_edges
@@ -30,13 +30,13 @@ def _pair(C=4, layers=5, space=None, **kw):
     """Per-edge and batched supernets with identical float64 state and non-uniform alphas."""
     torch.manual_seed(0)
     kwargs = {"space": space} if space is not None else {}
-    reference = SearchNetwork(C, 5, layers, batch_edges=False, **kwargs, **kw).double()
+    reference = accelerate(SearchNetwork(C, 5, layers, **kwargs, **kw).double())
     with torch.no_grad():
         for a in reference.arch_parameters():
             a.normal_(0, 0.7)
     batched = copy.deepcopy(reference)
     for cell in batched.cells:
-        cell.batch_edges = True
+        cell.executor.batch_edges = True
     return reference, batched
 
 
@@ -53,8 +53,8 @@ def _assert_same_state(a, b):
 
 def test_batched_cells_are_the_per_edge_supernet_in_training_and_eval():
     reference, batched = _pair()
-    assert all(c.batch_edges for c in batched.cells)
-    assert not any(c.batch_edges for c in reference.cells)
+    assert all(c.executor.batch_edges for c in batched.cells)
+    assert not any(c.executor.batch_edges for c in reference.cells)
     x, y = _batch()
     for _ in range(2):  # twice: the second forward starts from updated running statistics
         losses = []
@@ -216,10 +216,10 @@ def test_apply_handles_stacked_inputs_of_known_ops():
 
 def test_bf16_autocast_stays_close_to_the_per_edge_path():
     torch.manual_seed(0)
-    reference = SearchNetwork(4, 5, 3)
+    reference = accelerate(SearchNetwork(4, 5, 3))
     batched = copy.deepcopy(reference)
     for cell in batched.cells:
-        cell.batch_edges = True
+        cell.executor.batch_edges = True
     x = torch.randn(4, 3, 8, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         a, b = reference(x), batched(x)
@@ -234,8 +234,8 @@ def test_the_flag_resolves_per_device():
 
 
 def test_partial_channels_cells_run_edge_by_edge():
-    model = SearchNetwork(8, 10, 3, partial_channels=4, batch_edges=True)
-    assert not any(c.batch_edges for c in model.cells)
+    model = accelerate(SearchNetwork(8, 10, 3, partial_channels=4), batch_edges=True)
+    assert not any(c.executor.batch_edges for c in model.cells)
 
 
 def test_batched_cells_keep_little_more_than_the_per_edge_ones(monkeypatch):

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from darts.accel import kernels
-from darts.ops import Conv2d
+from darts.accel.fused import Conv2d
 
 needs_kernels = pytest.mark.skipif(kernels.library() is None,
                                    reason="no C compiler: the C kernels cannot be built")
@@ -244,10 +244,11 @@ def test_sep_conv_runs_its_inner_batch_norm_relu_and_conv_as_one(monkeypatch):
     # The module's output and gradients are those of its layers run one by one in float64
     # (nn.Sequential's forward), and the fused op ran for the inner BatchNorm, ReLU and
     # depthwise conv.
+    from darts.accel import accelerate
     from darts.ops import SepConv
     monkeypatch.setattr(Conv2d, "MIN_ELEMENTS", 0)
     torch.manual_seed(0)
-    op = SepConv(8, 8, 3, 1, 1, affine=True)
+    op = accelerate(SepConv(8, 8, 3, 1, 1, affine=True))
     ref = copy.deepcopy(op).double()
     relus = []
     real = kernels.bn_forward_raw
@@ -287,7 +288,7 @@ _DW_CONFS = [(3, 1, 1, 1), (5, 1, 2, 1), (3, 2, 1, 1), (3, 1, 2, 2), (5, 2, 4, 2
 
 
 def _bn_relu_dw_pair(channels, conf, affine):
-    from darts.ops import BatchNorm2d
+    from darts.accel.fused import BatchNorm2d
     k, s, p, d = conf
     bn = BatchNorm2d(channels, affine=affine)
     if affine:
@@ -418,7 +419,7 @@ def test_batch_norm_second_derivatives_are_pytorchs():
 @needs_kernels
 @pytest.mark.parametrize("momentum", [0.1, None])
 def test_batchnorm2d_module_keeps_nn_batchnorm2d_semantics(momentum, monkeypatch):
-    from darts.ops import BatchNorm2d
+    from darts.accel.fused import BatchNorm2d
     torch.manual_seed(0)
     ours = BatchNorm2d(6, momentum=momentum)
     ref = torch.nn.BatchNorm2d(6, momentum=momentum).double()
@@ -459,9 +460,9 @@ def test_a_float32_channels_last_supernet_step_matches_its_float64_copy(monkeypa
              "heads_bwd": count_kernel_runs(monkeypatch, "relu_depthwise_backward"),
              "node": count_kernel_runs(monkeypatch, "node_batch_norm"),
              "pools": count_kernel_runs(monkeypatch, "pool_batch_norm")}
-    from darts import ops, supernet
+    from darts.accel import accelerate, cell, fused
     reduces = calls["reduce"] = []
-    real_reduce = ops.factorized_reduce_convs
+    real_reduce = fused.factorized_reduce_convs
 
     def counted_reduce(*args):
         out = real_reduce(*args)
@@ -469,12 +470,12 @@ def test_a_float32_channels_last_supernet_step_matches_its_float64_copy(monkeypa
         return out
 
     # FactorizedReduce's matrix products: the cells' preprocessing and the stride-2 edges.
-    monkeypatch.setattr(ops, "factorized_reduce_convs", counted_reduce)
-    monkeypatch.setattr(supernet, "factorized_reduce_convs", counted_reduce)
+    monkeypatch.setattr(fused, "factorized_reduce_convs", counted_reduce)
+    monkeypatch.setattr(cell, "factorized_reduce_convs", counted_reduce)
     torch.manual_seed(0)
     c = 4 * partial_channels
-    net = SearchNetwork(C=c, num_classes=5, layers=3, partial_channels=partial_channels
-                        ).to(memory_format=torch.channels_last)
+    net = accelerate(SearchNetwork(C=c, num_classes=5, layers=3, partial_channels=partial_channels
+                                   )).to(memory_format=torch.channels_last)
     net64 = SearchNetwork(C=c, num_classes=5, layers=3, partial_channels=partial_channels
                           ).double()
     net64.load_state_dict(net.state_dict())
@@ -567,7 +568,7 @@ def head_convs(channels, confs):
 def test_relu_depthwise_matches_a_float64_reference(confs, channels):
     # 29 = 16 + 8 + 4 + 1 channels: every vector width; 16: whole blocks only. Widths 11 and
     # 13: register blocks of 8 outputs and a remainder. Gradients from all outputs but one.
-    from darts.ops import relu_depthwise
+    from darts.accel.fused import relu_depthwise
     torch.manual_seed(0)
     convs = head_convs(channels, confs)
     x = torch.randn(3, channels, 11, 13).contiguous(memory_format=torch.channels_last)
@@ -601,7 +602,7 @@ def test_relu_depthwise_matches_a_float64_reference(confs, channels):
 
 @needs_kernels
 def test_relu_depthwise_second_derivatives_and_skipped_gradients(monkeypatch):
-    from darts import ops
+    from darts.accel.fused import relu_depthwise
     torch.manual_seed(0)
     confs = [(3, 1, 1, 1), (5, 1, 4, 2), (3, 2, 2, 2)]
     convs = head_convs(5, confs)
@@ -612,7 +613,7 @@ def test_relu_depthwise_second_derivatives_and_skipped_gradients(monkeypatch):
     def second(xx, weights, fused):
         xx = xx.clone().requires_grad_(True)
         if fused:
-            ys = ops.relu_depthwise(xx, convs)
+            ys = relu_depthwise(xx, convs)
         else:
             ys = [F.conv2d(F.relu(xx), w, None, s, p, d, 5)
                   for w, (_, s, p, d) in zip(weights, confs, strict=True)]
@@ -637,14 +638,14 @@ def test_relu_depthwise_second_derivatives_and_skipped_gradients(monkeypatch):
 
     monkeypatch.setattr(kernels, "relu_depthwise_backward", recorded)
     xx = x.clone().requires_grad_(True)
-    torch.autograd.grad(sum(y.sum() for y in ops.relu_depthwise(xx, convs)), xx)
-    torch.autograd.grad(sum(y.sum() for y in ops.relu_depthwise(xx, convs)), convs[1].weight)
+    torch.autograd.grad(sum(y.sum() for y in relu_depthwise(xx, convs)), xx)
+    torch.autograd.grad(sum(y.sum() for y in relu_depthwise(xx, convs)), convs[1].weight)
     assert formed == [(True, [False] * 3), (False, [False, True, False])]
 
 
 @needs_kernels
 def test_relu_depthwise_leaves_to_pytorch_what_it_does_not_cover():
-    from darts.ops import relu_depthwise
+    from darts.accel.fused import relu_depthwise
     convs = head_convs(4, [(3, 1, 1, 1)])
     x = torch.randn(2, 4, 6, 6)
     assert relu_depthwise(x, convs) is None  # NCHW

@@ -5,16 +5,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from darts.ops import (
-    Conv2d,
-    FactorizedReduce,
-    Identity,
-    MaxPool2d,
-    SepConv,
-    Zero,
-    dense_grad,
-    drop_path,
-)
+from darts.accel.fused import Conv2d, MaxPool2d, dense_grad
+from darts.ops import FactorizedReduce, Identity, SepConv, Zero, drop_path
 from darts.primitives import OPS, PRIMITIVES, build_op, register_op
 
 
@@ -262,7 +254,7 @@ def factorized_reduce_by_indexing(x, weights):
 def test_factorized_reduce_convs_match_the_definition(dtype, size):
     # Several FactorizedReduce ops on one channels-last input, one of them without an output
     # gradient: outputs and every gradient against the float64 definition; even and odd sizes.
-    from darts.ops import FactorizedReduce, factorized_reduce_convs
+    from darts.accel.fused import factorized_reduce_convs
     torch.manual_seed(0)
     frs = [FactorizedReduce(6, 8, affine=False).to(dtype) for _ in range(3)]
     weights = [w for fr in frs for w in (fr.conv_1.weight, fr.conv_2.weight)]
@@ -296,7 +288,7 @@ def test_factorized_reduce_convs_match_the_definition(dtype, size):
 def test_factorized_reduce_convs_second_derivatives_and_skipped_gradients():
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from darts.ops import FactorizedReduce, factorized_reduce_convs
+    from darts.accel.fused import factorized_reduce_convs
     torch.manual_seed(0)
     frs = [FactorizedReduce(4, 6, affine=False).double() for _ in range(2)]
     weights = [w for fr in frs for w in (fr.conv_1.weight, fr.conv_2.weight)]
@@ -338,7 +330,7 @@ def test_factorized_reduce_convs_second_derivatives_and_skipped_gradients():
 
 
 def test_factorized_reduce_convs_leave_to_pytorch_what_they_do_not_cover():
-    from darts.ops import FactorizedReduce, factorized_reduce_convs
+    from darts.accel.fused import factorized_reduce_convs
     frs = [FactorizedReduce(4, 4, affine=False)]
     x = torch.randn(2, 4, 6, 6)
     assert factorized_reduce_convs(frs, x) is None  # NCHW

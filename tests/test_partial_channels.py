@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from darts.accel import accelerate
 from darts.architect import Architect
 from darts.genotype import decode_genotype, genotype_from_dict
 from darts.primitives import PRIMITIVES
@@ -55,7 +56,7 @@ def test_shuffled_cat_is_the_shuffle_of_the_concatenation_in_one_layout(fmt):
     # What a PC-DARTS node is made of: channel_shuffle(cat([mixed, bypass])) by its
     # definition (index arithmetic), the result and both gradients in mixed's memory format;
     # first and second derivatives against finite differences.
-    from darts.supernet import _shuffled_cat
+    from darts.accel.cell import _shuffled_cat
     torch.manual_seed(0)
     k, c = 4, 3
     mixed = torch.randn(2, c, 5, 5, dtype=torch.float64).contiguous(memory_format=fmt)
@@ -143,7 +144,8 @@ def test_only_the_first_quarter_of_the_channels_reaches_the_ops(stride):
     # shuffled positions 1, 2, 3, 5, 6, 7; the ops' output at 0 and 4.
     bypass = x[:, 2:] if stride == 1 else F.max_pool2d(x[:, 2:], 2, 2)
     torch.testing.assert_close(out[:, [1, 2, 3, 5, 6, 7]], bypass[:, [0, 2, 4, 1, 3, 5]])
-    torch.testing.assert_close(out[:, [0, 4]], mixed.mix(x[:, :2], w))
+    torch.testing.assert_close(out[:, [0, 4]], sum(w[k] * op(x[:, :2]) for k, op in
+                                                   zip(mixed.columns, mixed.ops, strict=True)))
     # Perturbing a bypassed channel changes nothing the ops see.
     seen.clear()
     x2 = x.clone()
@@ -169,6 +171,7 @@ def test_a_partial_channel_cell_is_the_beta_weighted_sum_of_its_edges(reduction,
     ours = SearchCell(space, 6, 6, 8, reduction, reduction_prev=False,
                       partial_channels=k).double()
     ref = copy.deepcopy(ours)
+    accelerate(ours)
     c = 8 // k
     for training in (True, True, False):
         ours.train(training)
@@ -287,10 +290,10 @@ def _saved_bytes(model, x, y):
 def test_partial_channels_and_checkpointing_save_fewer_activations():
     torch.manual_seed(0)
     x, y = _batch(8, 16)
-    model = SearchNetwork(8, 10, 5)
+    model = accelerate(SearchNetwork(8, 10, 5))
     full = _saved_bytes(model, x, y)
-    partial = _saved_bytes(SearchNetwork(8, 10, 5, partial_channels=4), x, y)
-    checkpointed = _saved_bytes(SearchNetwork(8, 10, 5, checkpoint_cells=True), x, y)
+    partial = _saved_bytes(accelerate(SearchNetwork(8, 10, 5, partial_channels=4)), x, y)
+    checkpointed = _saved_bytes(accelerate(SearchNetwork(8, 10, 5, checkpoint_cells=True)), x, y)
     assert partial < 0.6 * full
     assert checkpointed < 0.1 * full
     with torch.no_grad():  # nothing is saved without grad
@@ -314,7 +317,7 @@ def test_saved_activation_bytes_counts_each_storage_once_and_skips_parameters():
 
 def _pair(K=1, **kw):
     torch.manual_seed(0)
-    plain = SearchNetwork(4, 5, 3, partial_channels=K, **kw).double()
+    plain = accelerate(SearchNetwork(4, 5, 3, partial_channels=K, **kw).double())
     with torch.no_grad():  # alphas away from uniform, so every op matters
         for a in plain.arch_parameters():
             a.normal_(0, 0.5)

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from darts.accel import accelerate
 from darts.architect import Architect
 from darts.engine import (
     MetricSum,
@@ -37,7 +38,7 @@ def _batches(n, size=8, classes=3, batch=8, seed=1):
 def _search_losses(amp, channels_last=False, steps=3, hessian="fd"):
     """Weight-step losses and final alphas of `steps` second-order search steps."""
     torch.manual_seed(0)
-    model = SearchNetwork(8, 3, 3, SearchSpace(steps=2, multiplier=2))
+    model = accelerate(SearchNetwork(8, 3, 3, SearchSpace(steps=2, multiplier=2)))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     precision = Precision.from_flag(amp, CPU)
@@ -78,7 +79,7 @@ def test_amp_alpha_gradient_points_where_the_float32_one_does(amp):
     grads = {}
     for mode in ("off", amp):
         torch.manual_seed(0)
-        model = SearchNetwork(8, 3, 3, SearchSpace(steps=2, multiplier=2))
+        model = accelerate(SearchNetwork(8, 3, 3, SearchSpace(steps=2, multiplier=2)))
         optimizer = torch.optim.SGD(model.network_parameters(), 0.05, momentum=0.9)
         architect = Architect(model, nn.CrossEntropyLoss(), optimizer, order=2,
                               precision=Precision.from_flag(mode, CPU))
@@ -107,8 +108,8 @@ def test_channels_last_search_steps_equal_contiguous():
 def test_bf16_autocast_keeps_the_supernets_activations_in_bf16(batch_edges, partial_channels):
     # The float32 mixing weights must not promote the mixed sums (and so every node state,
     # and every activation saved downstream) to float32: that halves what bf16 saves.
-    model = SearchNetwork(8, 3, 4, SearchSpace(steps=3, multiplier=3), batch_edges=batch_edges,
-                          partial_channels=partial_channels)
+    model = accelerate(SearchNetwork(8, 3, 4, SearchSpace(steps=3, multiplier=3),
+                                     partial_channels=partial_channels), batch_edges=batch_edges)
     x = torch.randn(4, 3, 16, 16)
     saved = []
 
@@ -126,7 +127,7 @@ def test_bf16_autocast_keeps_the_supernets_activations_in_bf16(batch_edges, part
 
 def test_hessian_vector_product_stays_float32_under_amp():
     torch.manual_seed(0)
-    model = SearchNetwork(8, 3, 3, SearchSpace(steps=2, multiplier=2))
+    model = accelerate(SearchNetwork(8, 3, 3, SearchSpace(steps=2, multiplier=2)))
     optimizer = torch.optim.SGD(model.network_parameters(), 0.05, momentum=0.9)
     batch = _batches(1)[0]
     v = [torch.randn_like(w) for w in model.network_parameters()]

@@ -6,6 +6,8 @@ import pytest
 import torch
 import torch.nn as nn
 
+from darts.accel import accelerate
+from darts.accel.cell import FastEdge
 from darts.genotype import decode_genotype, genotype_from_edges, load_genotype
 from darts.network import NetworkCIFAR
 from darts.ops import PoolBN
@@ -243,15 +245,16 @@ def test_mixed_op_shared_relu_and_scaled_batchnorm_are_the_plain_weighted_sum(st
     # outputs, gradients (input and mixing weights) and running statistics, train and eval.
     import copy
     torch.manual_seed(0)
-    ours = MixedOp(4, stride, PRIMITIVES).double()
-    for m in ours.modules():
+    edge = MixedOp(4, stride, PRIMITIVES).double()
+    for m in edge.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.momentum = momentum
-    ref = copy.deepcopy(ours)
+    ref = copy.deepcopy(edge)
+    ours = FastEdge(accelerate(edge))
     assert sum(plan is not None and plan[0] for plan in ours.plans) == 4  # the four conv ops
     assert sum(plan is not None and plan[2] is not None for plan in ours.plans) == 6
     for training in (True, True, False):
-        ours.train(training)
+        edge.train(training)
         ref.train(training)
         x = torch.randn(3, 4, 8, 8, dtype=torch.float64, requires_grad=True)
         w = torch.softmax(torch.randn(len(PRIMITIVES), dtype=torch.float64), 0).requires_grad_()
@@ -262,7 +265,7 @@ def test_mixed_op_shared_relu_and_scaled_batchnorm_are_the_plain_weighted_sum(st
         for a, b in zip(torch.autograd.grad(got, (x, w), g), torch.autograd.grad(want, (x, w), g),
                         strict=True):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-        for (name, a), b in zip(ours.state_dict().items(), ref.state_dict().values(), strict=True):
+        for (name, a), b in zip(edge.state_dict().items(), ref.state_dict().values(), strict=True):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
 
 
@@ -276,6 +279,7 @@ def test_edges_leaving_one_state_share_relu_and_pooling_and_keep_their_own_stati
     torch.manual_seed(0)
     ours = nn.ModuleList(MixedOp(4, stride, PRIMITIVES) for _ in range(3)).double()
     ref = copy.deepcopy(ours)
+    fast = [FastEdge(edge) for edge in accelerate(ours)]
     pools = [op[0] for edge in ours for op in edge.ops if isinstance(op, PoolBN)]
     calls = []
     for pool in pools:
@@ -288,7 +292,7 @@ def test_edges_leaving_one_state_share_relu_and_pooling_and_keep_their_own_stati
         ws = [torch.softmax(torch.randn(len(PRIMITIVES), dtype=torch.float64), 0).requires_grad_()
               for _ in ours]
         shared = {}
-        got = torch.stack([edge(x, w, shared) for edge, w in zip(ours, ws, strict=True)])
+        got = torch.stack([edge(x, w, shared) for edge, w in zip(fast, ws, strict=True)])
         want = torch.stack([sum(w[k] * op(x) for k, op in zip(edge.columns, edge.ops, strict=True))
                             for edge, w in zip(ref, ws, strict=True)])
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
@@ -314,6 +318,7 @@ def test_a_cell_is_the_sum_of_its_edges_mixed_ops(reduction):
     space = SearchSpace(steps=3, multiplier=3)
     ours = SearchCell(space, 6, 6, 4, reduction, reduction_prev=False).double()
     ref = copy.deepcopy(ours)
+    accelerate(ours)
     for training in (True, True, False):
         ours.train(training)
         ref.train(training)
@@ -347,10 +352,11 @@ def test_partial_channel_edges_share_their_first_channels_work():
     torch.manual_seed(0)
     ours = nn.ModuleList(MixedOp(8, 2, PRIMITIVES, partial_channels=2) for _ in range(3)).double()
     ref = copy.deepcopy(ours)
+    fast = [FastEdge(edge) for edge in accelerate(ours)]
     x = torch.randn(3, 8, 8, 8, dtype=torch.float64, requires_grad=True)
     ws = [torch.softmax(torch.randn(len(PRIMITIVES), dtype=torch.float64), 0) for _ in ours]
     shared = {}
-    got = torch.stack([edge(x, w, shared) for edge, w in zip(ours, ws, strict=True)])
+    got = torch.stack([edge(x, w, shared) for edge, w in zip(fast, ws, strict=True)])
     want = torch.stack([edge(x, w) for edge, w in zip(ref, ws, strict=True)])
     assert "relu" in shared
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
@@ -362,7 +368,7 @@ def test_partial_channel_edges_share_their_first_channels_work():
 
 
 def test_scaled_batch_norm_with_affine_parameters():
-    from darts.supernet import _scaled_batch_norm
+    from darts.accel.cell import _scaled_batch_norm
     torch.manual_seed(0)
     bn = nn.BatchNorm2d(3).double()
     nn.init.normal_(bn.weight)

@@ -20,10 +20,10 @@ state's edges reading its own channels), then those of each node:
   BatchNorm in training mode on the shared input (the pooling ops') gives the same output
   on every edge and runs once; each edge's running statistics are still updated. An op
   that ends in BatchNorm has its mixing weights folded into that BatchNorm's affine
-  parameters (as the per-edge MixedOp does), so no product with the weights saves its output.
+  parameters (as the per-edge `cell.FastEdge` does), so no product with the weights saves its output.
 
 The result is the same function with the same parameters, state dict and BatchNorm
-statistics as the per-edge loop (`SearchCell(..., batch_edges=False)`, the reference that
+statistics as the per-edge loop (`accelerate(model, batch_edges=False)`, the reference that
 the tests compare against, in float64); only the order of floating-point sums differs. It
 works under `torch.func.functional_call` (parameters are read when called), activation
 checkpointing and double backpropagation. Ops that this module does not know run edge by
@@ -38,7 +38,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from darts.ops import FactorizedReduce, Identity, memory_format_of
+from darts.accel.fused import memory_format_of
+from darts.ops import FactorizedReduce, Identity
 
 # A value flowing through the batched layers: (tensor, sources). sources = 0: "stacked",
 # (B, E*C, H, W), edge e in channel block e. sources = S >= 1: "shared", (B, S*C, H, W), the
@@ -111,7 +112,7 @@ def batch_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _batch_norm(mods: list[nn.BatchNorm2d], x: torch.Tensor, sources: int,
                 cache: dict | None = None, scale: torch.Tensor | None = None) -> Value:
     """The edges' BatchNorms. `scale` (E,): each edge's output multiplied by its entry, folded
-    into the affine weight and bias of a stacked output (as `supernet._scaled_batch_norm`),
+    into the affine weight and bias of a stacked output (as `cell._scaled_batch_norm`),
     so that no product with the mixing weights has to save the output; a shared output is
     returned unscaled."""
     m, E = mods[0], len(mods)
@@ -239,5 +240,5 @@ def mix(op_lists: Sequence[Sequence[nn.Module]], columns: tuple[int, ...], x: to
             w = w_all[..., k]
             total = w * out if total is None else torch.addcmul(total, w, out)
     # The weights (float32 under autocast) promote the sum: back to the input's dtype, so
-    # that the ops downstream save activations in autocast's dtype (as MixedOp.mix).
+    # that the ops downstream save activations in autocast's dtype (as cell.FastEdge.mix).
     return total.to(x.dtype).flatten(1, 2)
