@@ -13,8 +13,8 @@ four edges (three terms), a node's sum of 8 mixed-op BatchNorms (each BatchNorm 
 the running sum in turn, against `node_batch_norm`), and the first depthwise convs of relu(state) on four edges (16
 convs: 3x3, 5x5, dilated 3x3 and 5x5 each, stride 1 and 2; the ReLU, each conv, and in the
 backward x's gradient: each transposed conv, autograd's sum and ReLU's backward, against
-`ops.relu_depthwise`), and four FactorizedReduce ops' convolutions on one state (the
-module's relu, shifted copy and 1x1 stride-2 convs, against `ops.factorized_reduce_convs`;
+`fused.relu_depthwise`), and four FactorizedReduce ops' convolutions on one state (the
+module's relu, shifted copy and 1x1 stride-2 convs, against `fused.factorized_reduce_convs`;
 with the weight gradients, as the weight step, and `_dx` without, as the alpha step), and a
 state's max and average pooling with their BatchNorms (PyTorch's pooling, then our BatchNorm,
 against `kernels.pool_batch_norm`; stride 1 and 2). The JSON has each case's median and minimum milliseconds (PyTorch

@@ -75,7 +75,6 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     return out
 
 
-
 def normalized_edge_weights(betas: torch.Tensor, steps: int) -> torch.Tensor:
     """PC-DARTS edge normalisation: the softmax of the betas over each node's incoming edges
     (node i has i + 2 of them), concatenated in edge order."""

@@ -322,7 +322,7 @@ def test_supernet_ties_no_parameters(kw):
     (1, "fd", False), (1, "fd", True), (2, "fd", False), (2, "fd", True), (2, "exact", False)])
 def test_alpha_gradient_is_the_same_through_the_cpu_conv_backward(order, hessian,
                                                                  checkpoint_cells, monkeypatch):
-    # The CPU convolution backward (darts/ops.py) skips the gradients a backward does not
+    # The CPU convolution backward (darts/accel/fused.py) skips the gradients a backward does not
     # reach; under every pass of the architect (functional_call, the fd perturbations,
     # double backward, checkpointed cells recomputed in the backward) the alpha gradient and
     # the weight step's gradients equal those of PyTorch's native convolution backward.

@@ -144,9 +144,9 @@ def test_hessian_vector_product_stays_float32_under_amp():
 def _final_losses(compile_it, steps=3):
     # A cell's ops and a classifier: a graph small enough to compile in seconds on 2 cores.
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), SepConv(8, 8, 3, 1, 1),
-                          DilConv(8, 8, 3, 2, 2, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                          nn.Linear(8, 3))
+    model = accelerate(nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False), SepConv(8, 8, 3, 1, 1),
+        DilConv(8, 8, 3, 2, 2, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)))
     compile_model(model, compile_it, lambda msg: None)
     optimizer = torch.optim.SGD(model.parameters(), 0.05, momentum=0.9)
     criterion = nn.CrossEntropyLoss()

@@ -240,7 +240,7 @@ def test_entropy_starts_near_log_num_ops():
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("momentum", [0.1, None])
 def test_mixed_op_shared_relu_and_scaled_batchnorm_are_the_plain_weighted_sum(stride, momentum):
-    # MixedOp.mix shares relu(x) between the conv ops and folds each op's weight into its
+    # FastEdge.mix shares relu(x) between the conv ops and folds each op's weight into its
     # last BatchNorm; against sum_k w_k * op_k(x) with every op called whole, in float64:
     # outputs, gradients (input and mixing weights) and running statistics, train and eval.
     import copy

@@ -3,25 +3,25 @@
 They replace what PyTorch does slowly on a CPU at the DARTS supernet's sizes (batch 64, 16-64
 channels, channels-last float32), measured on this project's 2-core machine:
 - the weight gradient of a depthwise convolution (`depthwise_weight_grad`, used by
-  `ops.Conv2d`): oneDNN is fast only for undilated 3x3 kernels at stride 1; the 5x5, dilated
+  `fused.Conv2d`): oneDNN is fast only for undilated 3x3 kernels at stride 1; the 5x5, dilated
   and strided kernels of the search space took 3-20 ms each, about 3 s of every first-order
   search step, against 0.5-2 ms here;
-- BatchNorm in training mode (`batch_norm_train`, used by `ops.BatchNorm2d` and the
+- BatchNorm in training mode (`batch_norm_train`, used by `fused.BatchNorm2d` and the
   supernet's mixed ops): two passes each way, 1.2-1.7x faster than PyTorch's, and the batch
   statistics come with it, where torch.var_mean on a channels-last tensor took 11 ms (the
   shared pooling outputs' statistics); fused with the running sum of a mixed op, or with the
   ReLU after it, it saves two passes over memory more; with the ReLU and a depthwise conv
-  after it (`ops.BatchNorm2d.forward_relu_conv`), relu(BN(x)) is not kept for the backward
+  after it (`fused.BatchNorm2d.forward_relu_conv`), relu(BN(x)) is not kept for the backward
   but computed again there (`bn_relu_apply`, from the forward's constants);
 - the terms that all edges leaving a cell state share (`add_shared_terms`, used by
-  `supernet.SearchCell`): one pass each way for all edges, where an addcmul per term and edge
+  `cell.CellExecutor`): one pass each way for all edges, where an addcmul per term and edge
   and its backward took 3-9 passes each;
-- a cell node's mixed-op BatchNorms (`node_batch_norm`, used by `supernet.SearchCell`): every
+- a cell node's mixed-op BatchNorms (`node_batch_norm`, used by `cell.CellExecutor`): every
   sep_conv and dil_conv on every edge into the node ends in a non-affine BatchNorm scaled by
   its mixing weight; their sum is written once, and their backward, whose output gradients are
   all the node's gradient, reads it once per pass instead of twice per BatchNorm;
 - the first depthwise convolution of relu(state) of every sep_conv and dil_conv on the edges
-  leaving a state (`relu_depthwise_forward` / `_backward`, used by `ops.relu_depthwise`): 16 of
+  leaving a state (`relu_depthwise_forward` / `_backward`, used by `fused.relu_depthwise`): 16 of
   them for a state with four edges, the state read once; the backward forms the input
   gradient (every transposed convolution and ReLU's mask) in one pass, and the weight
   gradients from the same gradients while they are in cache. One by one that was a ReLU, 16
@@ -29,7 +29,7 @@ channels, channels-last float32), measured on this project's 2-core machine:
   gradients each reading its output gradient again; oneDNN's transposed dilated convolutions
   at stride 2 were the slowest of them;
 - a cell state's max and average pooling with their non-affine BatchNorms (`pool_batch_norm`,
-  used by `supernet.SearchCell` for the pooled outputs that all edges leaving the state share):
+  used by `cell.CellExecutor` for the pooled outputs that all edges leaving the state share):
   both pooled, summed and normalised in two passes over the state, where pooling then
   BatchNorm took eight passes over memory, and one pass back that adds both windows'
   gradients (the max's to the first tap that holds the maximum, as PyTorch's) per image.
