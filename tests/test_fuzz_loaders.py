@@ -55,16 +55,22 @@ def write(directory: Path, content: bytes | str | object, name: str = "g.json") 
 
 def builds_and_runs(genotype: Genotype) -> None:
     """A loaded genotype must make a network that runs (forward, training mode with the
-    auxiliary head, and evaluation mode): train_final must never fail on it later."""
-    net = NetworkCIFAR(2, 2, 3, True, genotype)
-    net.drop_path_prob = 0.1
-    x = torch.randn(2, 3, 8, 8)
-    logits, aux = net(x)
-    assert logits.shape == (2, 2) and aux is not None and aux.shape == (2, 2)
-    net.eval()
-    with torch.no_grad():
-        logits, _ = net(x)
-    assert torch.isfinite(logits).all()
+    auxiliary head, and evaluation mode): train_final must never fail on it later. One
+    thread: for these tiny tensors a second one only waits for a shared core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        net = NetworkCIFAR(2, 2, 3, True, genotype)
+        net.drop_path_prob = 0.1
+        x = torch.randn(2, 3, 8, 8)
+        logits, aux = net(x)
+        assert logits.shape == (2, 2) and aux is not None and aux.shape == (2, 2)
+        net.eval()
+        with torch.no_grad():
+            logits, _ = net(x)
+        assert torch.isfinite(logits).all()
+    finally:
+        torch.set_num_threads(threads)
 
 
 def load_or_genotype_error(path: Path) -> Genotype | None:
@@ -179,14 +185,14 @@ def test_arbitrary_json_values_load_or_raise_a_genotype_error(value):
         load_or_genotype_error(write(d, value))
 
 
-@fuzz(15)
+@fuzz(30)
 @given(value=valid_genotype_dicts())
 def test_every_well_formed_genotype_loads_builds_and_runs(value):
     with scratch() as d:
         assert load_or_genotype_error(write(d, value)) is not None
 
 
-@fuzz(60)
+@fuzz(80)
 @given(value=mutated_genotype_dicts())
 @example(value={**DARTS_V2, "reduce_concat": [0, 2, 3, 4, 5]})  # the reported crash
 @example(value={**DARTS_V2, "normal_concat": [1, 2, 3, 4, 5]})
