@@ -202,7 +202,8 @@ def run(cfg: FinalConfig, *, resume: str | None = None,
 
         if ckpt is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
-            gname = Path(cfg.genotype).stem if cfg.genotype.endswith(".json") else cfg.genotype
+            # The file's name without its folders: a path never nests the run directory.
+            gname = Path(cfg.genotype).name.removesuffix(".json")
             name = cfg.name or f"final-{cfg.dataset}-{gname}-{stamp}"
             run_dir = distributed.on_main(d, lambda: new_run_dir(cfg.save, name))
         logger = RunLogger(run_dir, enabled=d.is_main, tensorboard=cfg.tensorboard, name="final")

@@ -180,6 +180,7 @@ def test_arbitrary_bytes_load_or_raise_a_genotype_error(content):
 @example(value={**DARTS_V2, "normal": [["sep_conv_3x3", 0]] * 8})
 @example(value={**DARTS_V2, "normal_concat": [2.0, 3, 4, 5]})
 @example(value={**DARTS_V2, "reduce": [[["sep_conv_3x3"], 0]] * 8})
+@example(value={**DARTS_V2, "reduce_concat": [1, 2, 3, 4, 5]})
 def test_arbitrary_json_values_load_or_raise_a_genotype_error(value):
     with scratch() as d:
         load_or_genotype_error(write(d, value))
@@ -362,3 +363,16 @@ def test_train_final_rejects_a_malformed_genotype_in_one_line_leaving_nothing(co
         assert code == 2, message
         assert message.startswith(f"error: {path}") and message.count("\n") == 1, message
         assert not save.exists() or not any(save.iterdir())
+
+
+def test_train_final_names_the_run_after_the_genotype_file_not_its_path(tmp_path):
+    import train_final
+
+    (tmp_path / "cells").mkdir()
+    path = write(tmp_path / "cells", DARTS_V2, name="mine")  # a path without .json
+    save = tmp_path / "runs"
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        code = train_final.main(["--genotype", str(path), "--save", str(save), *TINY_FLAGS])
+    assert code == 0
+    (run,) = save.iterdir()
+    assert run.name.startswith("final-synthetic-mine-") and (run / "metrics.json").exists()
