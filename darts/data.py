@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 from torchvision import datasets, transforms
 
@@ -346,11 +346,33 @@ _FOLDER_LAYOUT = (
 )
 
 
+def read_image(path: str) -> Image.Image:
+    """An image file as RGB (torchvision's PIL loader); a file that is not a readable image is
+    the user's mistake: a UserError naming it, raised where the image is read (a DataLoader
+    worker too, whose error the main process re-raises as a UserError). Images are only
+    read when used: a large folder starts at once, and a bad file is reported when reached."""
+    try:
+        with open(path, "rb") as f:
+            image = Image.open(f)
+            return image.convert("RGB")
+    except Exception as e:  # noqa: BLE001 - any decoder's failure on the bytes of a user's file
+        if isinstance(e, UnidentifiedImageError):
+            empty = os.path.isfile(path) and os.path.getsize(path) == 0
+            reason = "the file is empty" if empty else "not an image format Pillow can read"
+        elif isinstance(e, OSError) and e.strerror:
+            reason = e.strerror
+        else:
+            reason = " ".join(str(e).split()) or type(e).__name__
+        raise UserError(
+            f"{path}: cannot read this image ({reason}); remove or replace the file"
+        ) from None
+
+
 def _image_folder(path: str, what: str, transform: Transform) -> datasets.ImageFolder:
     if not os.path.isdir(path):
         raise UserError(f"{what}: directory {path} not found. {_FOLDER_LAYOUT}")
     try:
-        return datasets.ImageFolder(path, transform=transform)
+        return datasets.ImageFolder(path, transform=transform, loader=read_image)
     except (FileNotFoundError, ValueError) as e:  # no class folders, or no images in them
         raise UserError(
             f"{what}: {path} is not a usable image folder ({e}). {_FOLDER_LAYOUT}"

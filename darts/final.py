@@ -233,10 +233,14 @@ def run(cfg: FinalConfig, *, resume: str | None = None,
 
 def _genotype_label(spec: str, genotype: Genotype) -> str:
     """A short name of the trained cell for the run directory: a published cell's name, else
-    the genotype's own name (a search writes its run's), else the file's stem."""
+    the file's name without its folders; a search's `genotype.json` by the genotype's own
+    name (its search run's) or its folder's."""
     if not spec.endswith(".json") and os.sep not in spec:
         return spec
-    label = genotype.name or Path(spec).stem
+    path = Path(spec)
+    label = path.name.removesuffix(".json")
+    if label == "genotype":
+        label = genotype.name or path.resolve().parent.name or label
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)[:60]
 
 
