@@ -24,7 +24,6 @@ import torch
 from darts.errors import UserError
 from darts.files import atomic_open
 
-
 T = TypeVar("T")
 
 

@@ -13,17 +13,16 @@ Rendering needs the graphviz `dot` program; building the graph (`cell_graph`) do
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import graphviz
 import numpy as np
 from PIL import Image
 
+from darts.cli import Parser, report
 from darts.errors import UserError
 from darts.files import atomic_open
 from darts.genotype import Genotype, resolve_genotype
@@ -160,9 +159,8 @@ def _default_out_dir(spec: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m darts.visualize",
-        description="Draw a genotype's normal and reduction cells with graphviz.")
+    parser = Parser(prog="python -m darts.visualize",
+                    description="Draw a genotype's normal and reduction cells with graphviz.")
     parser.add_argument("genotype", metavar="GENOTYPE",
                         help="a genotype JSON file, or a published name such as darts_v2")
     parser.add_argument("-o", "--out-dir", type=Path, default=None,
@@ -177,8 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         out_dir = args.out_dir if args.out_dir is not None else _default_out_dir(args.genotype)
         paths = render_genotype(genotype, out_dir, format=args.format)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report(e)
     for path in paths.values():
         print(path)
     return 0
