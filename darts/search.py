@@ -120,7 +120,7 @@ class SearchConfig:
         "CPU threads of the training process; 0: the CPUs it may use (its affinity mask and "
         "CPU quota), or OMP_NUM_THREADS where set"))
     # Speed and memory (none changes the search's mathematics except --amp and
-    # --partial_channels; see the README's "Speed, memory and scale").
+    # --partial_channels; see docs/options.md and docs/performance.md).
     loader: str = field(default="auto", metadata=_f(
         "auto: the device-resident pipeline on a GPU for in-memory data sets (CIFAR, synthetic), "
         "else the DataLoader; device; torch (DataLoader)", choices=LOADERS))
