@@ -22,6 +22,7 @@ message that names the directory and the fix; never a bare traceback.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -324,12 +325,15 @@ def _load_cifar(
         else f"{folder} does not exist"
     )
     if download:
+        made_root = not os.path.exists(root)
         try:
             with _socket_timeout(DOWNLOAD_TIMEOUT):
                 cls(root, train=True, download=True)
             return load()
         except Exception as e:  # offline, DNS, timeout, truncated archive: all the same fix
             problem += f"; the download from {cls.url} failed ({type(e).__name__}: {e})"
+            if made_root:  # leave no empty or half-downloaded folder behind
+                shutil.rmtree(root, ignore_errors=True)
     else:
         problem += "; download is disabled"
     raise UserError(
@@ -468,6 +472,9 @@ def build_datasets(
         return train, test, info
 
     # name == "folder": the user's own images, resized to image_size.
+    if not os.path.isdir(root):
+        raise UserError(f"--data {root}: the folder does not exist; give the folder that holds "
+                        f"train/ and test/ (or val/). {_FOLDER_LAYOUT}")
     size = image_size or 32
     network = network_family(name, size)
     if network == "cifar":

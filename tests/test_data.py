@@ -188,6 +188,25 @@ def test_missing_cifar_offline_download_fails_cleanly(tmp_path, monkeypatch):
     assert "--dataset synthetic" in message and "download" in message
 
 
+def test_a_failed_download_leaves_no_data_folder_it_made(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError(socket.gaierror(-3, "Temporary failure in name resolution"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(UserError):
+        build_datasets("cifar10", str(tmp_path / "data"), download=True)
+    assert not (tmp_path / "data").exists()
+    (tmp_path / "mine").mkdir()  # a folder the user made stays
+    with pytest.raises(UserError):
+        build_datasets("cifar10", str(tmp_path / "mine"), download=True)
+    assert (tmp_path / "mine").is_dir()
+
+
+def test_a_missing_image_folder_says_it_does_not_exist(tmp_path):
+    with pytest.raises(UserError, match="the folder does not exist"):
+        build_datasets("folder", str(tmp_path / "nonexistent"))
+
+
 def test_corrupted_cifar_is_a_user_error(tmp_path, monkeypatch):
     tiny_cifar10(tmp_path, monkeypatch)
     (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(b"truncated")
