@@ -1,6 +1,6 @@
 """The CPU kernels of darts/accel/kernels.py against PyTorch's, side by side, at the supernet's sizes.
 
-    python benchmarks/bench_kernels.py --json benchmarks/results/kernels_cpu.json
+    python benchmarks/bench_kernels.py --json benchmarks/results/cpu-amd-epyc/kernels.json
 
 For every layer shape of the standard search configuration (batch 64; 16 channels at 32x32,
 32 at 16x16, 64 at 8x8) it times, alternating the two implementations within each round:

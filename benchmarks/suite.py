@@ -1,4 +1,4 @@
-"""Every measurement of the README's speed and memory tables, in one command.
+"""Every measurement of docs/performance.md's speed and memory tables, in one command.
 
     python benchmarks/suite.py --device cuda --out results-h100
     python benchmarks/suite.py --device cpu --out results-cpu --only search_order1_fast memory
@@ -8,7 +8,7 @@ Each entry runs one benchmark script (bench_search.py, bench_final.py, bench_mem
 bench_kernels.py, profile_search.py) in a process of its own, so that each peak memory is its
 own, and writes OUT/<entry>.json. A failing or timed-out entry is recorded and the suite goes on. At the end
 OUT/summary.json holds, per entry, its command, status, wall time and headline figures, plus
-the ratios that the speed issue's targets are stated in (the bf16 peak against float32's, the
+the derived ratios (the bf16 peak against float32's, the
 fast path against the plain one); the same is printed as a Markdown table.
 """
 

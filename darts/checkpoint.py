@@ -8,10 +8,15 @@ file can never execute code.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pickle
 import random
+import shutil
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -19,22 +24,76 @@ import torch
 from darts.errors import UserError
 from darts.files import atomic_open
 
+T = TypeVar("T")
+
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
-    with atomic_open(path) as f:
-        torch.save(state, f)
+    try:
+        with atomic_open(path) as f:
+            torch.save(state, f)
+    except UserError as e:  # the disk refused it: the previous checkpoint is still whole
+        raise UserError(f"{e}; then continue with --resume {Path(path).parent}") from None
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike, kind: str | None = None, keys: tuple[str, ...] = (),
+                    map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The checkpoint of a `kind` run ("search", "final"; None: either) at `path` (a run
+    directory or its checkpoint.pt), holding at least `keys`; anything else is one UserError.
+
+    It is read with `weights_only=True`: a file holding anything but tensors and plain values
+    is refused without running any of it.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint.pt"
     if not path.is_file():
         raise UserError(f"--resume: no checkpoint at {path} (give a run directory or its checkpoint.pt)")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # a truncated or foreign file: say which, not a pickle traceback
-        raise UserError(f"--resume: {path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(f"--resume: {path} is not a checkpoint of this project and was not loaded "
+                        "(it holds objects other than tensors and plain values)") from None
+    except Exception as e:  # truncated, corrupt, not a torch file at all
+        reason = " ".join(str(e).split())[:120] or type(e).__name__
+        raise UserError(f"--resume: {path} is not a readable checkpoint: it is truncated or "
+                        f"corrupt ({reason})") from None
+    script = {"search": "train_search.py", "final": "train_final.py"}.get(kind, "darts")
+    if not isinstance(state, dict) or state.get("kind") not in ((kind,) if kind else ("search", "final")):
+        raise UserError(f"--resume: {path} is not a {script} checkpoint")
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise UserError(f"--resume: {path} is an incomplete {script} checkpoint (no "
+                        f"{', '.join(missing)})")
+    return state
+
+
+def restore(path: str | os.PathLike, load: Callable[[], T]) -> T:
+    """Runs `load` (loading a checkpoint's parts into a run's objects); a checkpoint whose parts
+    do not fit them (other shapes, other types, other keys) is one UserError naming `path`."""
+    try:
+        return load()
+    except UserError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+        reason = " ".join(str(e).split())[:160] or type(e).__name__
+        raise UserError(f"--resume: {path} does not fit this run's network or optimizer "
+                        f"({type(e).__name__}: {reason})") from None
+
+
+@contextlib.contextmanager
+def discarded_if_unfinished(run_dir: Path, new: bool) -> Iterator[None]:
+    """A `new` run's directory is removed again if the run stops before its first checkpoint:
+    a run that failed on the user's mistake leaves nothing behind (there is nothing to resume).
+    A directory that existed before, or that holds a checkpoint, is never touched."""
+    existed = run_dir.exists()
+    try:
+        yield
+    except BaseException:
+        if new and not existed and not (run_dir / "checkpoint.pt").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def run_dir_of(resume: str | os.PathLike) -> Path:

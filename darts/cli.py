@@ -1,21 +1,46 @@
 """The shared command line of train_search.py and train_final.py: flags from a config
-dataclass, `--resume RUN_DIR`, and one clear message (exit 2) for a user's mistake."""
+dataclass, `--resume RUN_DIR`, and one clear message (exit 2) for a user's mistake.
+
+`Parser` is argparse with whole flag names only (`--epoch` is not taken for `--epochs`) and
+a one-line error; `main` is the one place where a run's `UserError` becomes `error: ...` on
+standard error and exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from darts.config import add_arguments, from_arguments, given_flags
-from darts.errors import UserError
+from darts.errors import UserError, one_line
+
+EXIT_USER_ERROR = 2
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse without flag abbreviations, whose errors are one line and exit 2."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"error: {' '.join(message.split())} "
+                                   f"(`{self.prog} --help` lists the flags)\n")
+
+
+def report(error: UserError) -> int:
+    """Prints a user's mistake as one line on standard error; returns the exit status."""
+    print(f"error: {one_line(error)}", file=sys.stderr)
+    return EXIT_USER_ERROR
 
 
 def parse_args(cls: type, description: str, what: str,
                argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = Parser(description=description)
     add_arguments(parser, cls)
     parser.add_argument("--resume", metavar="RUN_DIR",
                         help=f"continue the {what} in RUN_DIR (or from its checkpoint.pt) with the "
@@ -34,10 +59,9 @@ def main(cls: type, run: Callable[..., Any], description: str, what: str,
     try:
         run(from_arguments(cls, args), resume=args.resume)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report(e)
     except KeyboardInterrupt:
-        print("interrupted: the last finished epoch is in checkpoint.pt (resume with --resume RUN_DIR)",
-              file=sys.stderr)
+        print("interrupted: --resume RUN_DIR continues from the last finished epoch's "
+              "checkpoint.pt (a run stopped in its first epoch leaves nothing)", file=sys.stderr)
         return 130
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from typing import Any
@@ -24,6 +25,17 @@ def _base_type(tp: Any) -> Any:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return args[0] if len(args) == 1 else str
     return tp
+
+
+def finite_float(text: str) -> float:
+    """argparse type of every float flag: a finite number (`inf` and `nan` are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
@@ -42,7 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             continue
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
-        parser.add_argument(f"--{f.name}", type=tp, default=argparse.SUPPRESS,
+        parser.add_argument(f"--{f.name}", type=finite_float if tp is float else tp,
+                            default=argparse.SUPPRESS,
                             metavar=f.metadata.get("metavar"), **kwargs)
 
 
@@ -62,9 +75,49 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def config_from_dict(cls: type, data: dict[str, Any], where: str):
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+def _allowed(tp: Any) -> tuple[tuple[type, ...], bool]:
+    """(the JSON types a field of type `tp` takes, whether None is allowed)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        kinds: tuple[type, ...] = ()
+        for a in args:
+            if a is not type(None):
+                kinds += _allowed(a)[0]
+        return kinds, type(None) in args
+    if tp is float:
+        return (float, int), False
+    if origin in (list, tuple):  # a JSON list, whichever of the two the field holds
+        return (list, tuple), False
+    return (origin or tp,), False
+
+
+def _check_value(f: dataclasses.Field, tp: Any, value: Any, where: str) -> None:
+    kinds, optional = _allowed(tp)
+    if value is None and optional:
+        return
+    ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+    if not ok:
+        names = " or ".join(k.__name__ for k in kinds) + (" or null" if optional else "")
+        raise UserError(f"{where}: config key {f.name!r} must be {names}, not {value!r:.60}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{where}: config key {f.name!r} must be a finite number, not {value}")
+    choices = f.metadata.get("choices")
+    if choices is not None and value not in choices:
+        raise UserError(f"{where}: config key {f.name!r} is {value!r:.60}; choose one of "
+                        f"{', '.join(map(str, choices))}")
+
+
+def config_from_dict(cls: type, data: Any, where: str):
+    """The config `cls` of a JSON-like dict (a checkpoint's or a config.json's); every key
+    known and every value of its field's type, else one UserError naming `where`."""
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: the config is not a JSON object of settings")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(map(str, set(data) - set(fields)))
     if unknown:
-        raise UserError(f"{where}: unknown config key(s) {', '.join(unknown)}")
+        raise UserError(f"{where}: unknown config key(s) {', '.join(unknown)[:200]}")
+    hints = typing.get_type_hints(cls)
+    for name, value in data.items():
+        _check_value(fields[name], hints[name], value, where)
     return cls(**data)

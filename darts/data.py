@@ -22,6 +22,7 @@ message that names the directory and the fix; never a bare traceback.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,8 +31,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, get_worker_info
 from torchvision import datasets, transforms
 
 from darts.errors import UserError
@@ -83,8 +84,8 @@ class Cutout:
     is clipped where it crosses a border, and the transform runs after normalization (the
     square becomes the data set mean). One difference: the reference cuts
     `2 * (length // 2)` pixels, one short of `length` when it is odd; this cuts `length`.
-    The draw uses torch's RNG, so `torch.manual_seed` (and DataLoader worker seeding) makes it
-    reproducible.
+    The draw uses torch's global RNG, so `torch.manual_seed` (or `SeededSamples`, per sample)
+    makes it reproducible.
     """
 
     def __init__(self, length: int):
@@ -324,12 +325,15 @@ def _load_cifar(
         else f"{folder} does not exist"
     )
     if download:
+        made_root = not os.path.exists(root)
         try:
             with _socket_timeout(DOWNLOAD_TIMEOUT):
                 cls(root, train=True, download=True)
             return load()
         except Exception as e:  # offline, DNS, timeout, truncated archive: all the same fix
             problem += f"; the download from {cls.url} failed ({type(e).__name__}: {e})"
+            if made_root:  # leave no empty or half-downloaded folder behind
+                shutil.rmtree(root, ignore_errors=True)
     else:
         problem += "; download is disabled"
     raise UserError(
@@ -346,11 +350,33 @@ _FOLDER_LAYOUT = (
 )
 
 
+def read_image(path: str) -> Image.Image:
+    """An image file as RGB (torchvision's PIL loader); a file that is not a readable image is
+    the user's mistake: a UserError naming it, raised where the image is read (a DataLoader
+    worker too, whose error the main process re-raises as a UserError). Images are only
+    read when used: a large folder starts at once, and a bad file is reported when reached."""
+    try:
+        with open(path, "rb") as f:
+            image = Image.open(f)
+            return image.convert("RGB")
+    except Exception as e:  # noqa: BLE001 - any decoder's failure on the bytes of a user's file
+        if isinstance(e, UnidentifiedImageError):
+            empty = os.path.isfile(path) and os.path.getsize(path) == 0
+            reason = "the file is empty" if empty else "not an image format Pillow can read"
+        elif isinstance(e, OSError) and e.strerror:
+            reason = e.strerror
+        else:
+            reason = " ".join(str(e).split()) or type(e).__name__
+        raise UserError(
+            f"{path}: cannot read this image ({reason}); remove or replace the file"
+        ) from None
+
+
 def _image_folder(path: str, what: str, transform: Transform) -> datasets.ImageFolder:
     if not os.path.isdir(path):
         raise UserError(f"{what}: directory {path} not found. {_FOLDER_LAYOUT}")
     try:
-        return datasets.ImageFolder(path, transform=transform)
+        return datasets.ImageFolder(path, transform=transform, loader=read_image)
     except (FileNotFoundError, ValueError) as e:  # no class folders, or no images in them
         raise UserError(
             f"{what}: {path} is not a usable image folder ({e}). {_FOLDER_LAYOUT}"
@@ -446,6 +472,9 @@ def build_datasets(
         return train, test, info
 
     # name == "folder": the user's own images, resized to image_size.
+    if not os.path.isdir(root):
+        raise UserError(f"--data {root}: the folder does not exist; give the folder that holds "
+                        f"train/ and test/ (or val/). {_FOLDER_LAYOUT}")
     size = image_size or 32
     network = network_family(name, size)
     if network == "cifar":
@@ -567,13 +596,33 @@ def pass_order(indices: torch.Tensor, seed: int, stream: int, pass_index: int) -
     return indices[torch.randperm(len(indices), generator=g)]
 
 
-class ShuffledSubset(Sampler[int]):
-    """The given indices in a fresh random order each pass.
+# Offset of the stream word of the per-sample augmentation seeds (`sample_seeds`), so that
+# they never share a seed with a pass order (`pass_order`: stream + 0) or with the
+# device-resident loader's batch seeds (`darts.device_data`: stream + 2000).
+SAMPLE_SEED_STREAM_OFFSET = 1000
 
-    Pass p's order depends on (seed, stream, p) alone, so a resumed run draws the same
-    orders without any saved generator state; `start` skips the first samples of a pass
-    (resuming in the middle of one). With `world_size` > 1 it yields rank `rank`'s shard
-    of each pass (`shard`).
+
+def sample_seeds(seed: int, stream: int, pass_index: int, length: int) -> torch.Tensor:
+    """The augmentation seeds of positions 0..`length`-1 of pass `pass_index` (int64, >= 0).
+
+    A function of (seed, stream, pass, position) alone: drawn from a generator seeded with
+    `pass_seed(seed, stream + SAMPLE_SEED_STREAM_OFFSET, pass_index)`.
+    """
+    g = torch.Generator().manual_seed(
+        pass_seed(seed, stream + SAMPLE_SEED_STREAM_OFFSET, pass_index))
+    return torch.randint(0, 2**63 - 1, (length,), generator=g, dtype=torch.long)
+
+
+class ShuffledSubset(Sampler[tuple[int, int]]):
+    """The given indices in a fresh random order each pass, each with its augmentation seed.
+
+    It yields `(index, sample seed)` pairs for a `SeededSamples` data set. Pass p's order
+    depends on (seed, stream, p) alone, and the sample seed of the sample at position k of
+    the pass on (seed, stream, p, k) alone (`sample_seeds`), so a resumed run draws the same
+    orders and the same augmentations without any saved generator state; `start` skips the
+    first samples of a pass (resuming in the middle of one). With `world_size` > 1 it yields
+    rank `rank`'s shard of each pass (`shard`); the seeds are sharded with the positions, so
+    a sample that two ranks take (the wrap-around padding) is augmented differently by each.
     """
 
     def __init__(self, indices: torch.Tensor, seed: int, stream: int = 0, *,
@@ -591,12 +640,53 @@ class ShuffledSubset(Sampler[int]):
         order = pass_order(self.indices, self.seed, self.stream, pass_index)
         return shard(order, self.rank, self.world_size)
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.order(self.pass_index)[self.start:].tolist())
+    def seeds(self, pass_index: int) -> torch.Tensor:
+        """The sample seeds of this rank's positions of pass `pass_index` (as `order`)."""
+        total = -(-len(self.indices) // self.world_size) * self.world_size
+        seeds = sample_seeds(self.seed, self.stream, pass_index, total)
+        return seeds[self.rank::self.world_size]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = self.order(self.pass_index)[self.start:].tolist()
+        seeds = self.seeds(self.pass_index)[self.start:].tolist()
+        return zip(order, seeds, strict=True)
 
     def __len__(self) -> int:
         per_rank = -(-len(self.indices) // self.world_size)
         return max(per_rank - self.start, 0)
+
+
+class SeededSamples(Dataset):
+    """`dataset` indexed by `(index, sample seed)`: the item `dataset[index]`, its transform's
+    random draws made from torch's global generator seeded with the sample seed.
+
+    So an item is a function of (index, seed) alone: the same in any DataLoader worker and in
+    the main process, whenever and by whichever iterator it is produced. torchvision's
+    transforms and `Cutout` draw from torch's global (CPU) generator; draws from python's
+    `random` or numpy's global generator are not seeded here (no transform of `darts.data`
+    makes any). In the main process (`workers=0`) the generator's state is restored after
+    the item, so the caller's own random stream (drop path, initialisation) is untouched;
+    a worker process has no other use for it. The cost is a few microseconds per sample.
+    """
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, item: tuple[int, int]) -> Any:
+        index, seed = item
+        generator = torch.default_generator
+        if get_worker_info() is not None:
+            generator.manual_seed(seed)
+            return self.dataset[index]
+        state = generator.get_state()
+        generator.manual_seed(seed)
+        try:
+            return self.dataset[index]
+        finally:
+            generator.set_state(state)
 
 
 class SplitLoader:
@@ -607,6 +697,12 @@ class SplitLoader:
     the architect's validation batches, one per search step (Algorithm 1), from a persistent
     iterator. `state_dict()` is (pass, batches taken in the pass); a loaded stream resumes
     at the next batch.
+
+    Every sample is augmented under its own seed, a function of (seed, stream, pass, position
+    in the pass) alone (`ShuffledSubset`, `SeededSamples`), so the batches are identical with
+    any number of workers, and a stream loaded in the middle of a pass continues bit for bit
+    as the uninterrupted one. Drawing batches leaves the main process's random state as it
+    was.
     """
 
     def __init__(self, dataset: Dataset, indices: torch.Tensor, batch_size: int, *, seed: int,
@@ -614,11 +710,12 @@ class SplitLoader:
                  world_size: int = 1):
         self.batch_size = batch_size
         self.sampler = ShuffledSubset(indices, seed, stream, rank=rank, world_size=world_size)
-        # The loader draws its workers' seeds from this generator: seeded per pass as well.
-        self.generator = torch.Generator()
-        self.loader = make_loader(dataset, batch_size, shuffle=False, workers=workers,
-                                  generator=self.generator, sampler=self.sampler,
-                                  pin_memory=pin_memory)
+        # Starting an iterator draws its workers' base seed from this generator rather than
+        # from torch's global one; the items do not depend on it.
+        self.generator = torch.Generator().manual_seed(0)
+        self.loader = make_loader(SeededSamples(dataset), batch_size, shuffle=False,
+                                  workers=workers, generator=self.generator,
+                                  sampler=self.sampler, pin_memory=pin_memory)
         self.pass_index, self.taken = 0, 0
         self._iterator: Iterator | None = None
 
@@ -633,8 +730,6 @@ class SplitLoader:
 
     def _prepare(self, pass_index: int, taken: int) -> None:
         self.sampler.set_pass(pass_index, taken * self.batch_size)
-        self.generator.manual_seed(pass_seed(self.sampler.seed, self.sampler.stream + 1000,
-                                             pass_index))
 
     def __iter__(self) -> SplitLoader:
         return self

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
+import os
 import platform
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -63,12 +66,75 @@ class MetricSum:
 
 
 def pick_device(spec: str) -> torch.device:
+    """The device of `--device spec`: auto (a GPU where there is one), cpu, cuda or cuda:N."""
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {spec}: not a device this project runs on; use auto, cpu, cuda "
+                        "or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {spec}: CUDA is not available on this machine (use --device cpu)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device {spec}: this machine has {torch.cuda.device_count()} GPU(s), "
+                        f"numbered from 0")
     return device
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask, capped by a cgroup CPU quota
+    (a container's or a batch system's `--cpus`)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, math.floor(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return n
+
+
+def _other_running_processes(samples: int = 5, interval_s: float = 0.02) -> int:
+    """Runnable tasks on the machine besides this one (the least of a few samples of
+    /proc/loadavg's instantaneous count, so a passing command is not counted); 0 where
+    unknown."""
+    least = None
+    for i in range(samples):
+        try:
+            running = int(open("/proc/loadavg").read().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return 0
+        least = running if least is None else min(least, running)
+        if i + 1 < samples:
+            time.sleep(interval_s)
+    return max((least or 1) - 1, 0)
+
+
+def configure_cpu_threads(threads: int = 0, log: Callable[[str], None] | None = None) -> int:
+    """Sets torch's intra-op threads: `threads`, or (0) the CPUs this process may use, unless
+    OMP_NUM_THREADS says otherwise; returns the number. torch's own default counts every
+    core of the machine, also those a container or `taskset` does not give the process, and
+    more threads than free cores stall each parallel region on a thread that is not running.
+    Logs one warning when other running processes leave fewer free CPUs than threads (see
+    docs/performance.md: CPU threads on a shared machine)."""
+    cpus = available_cpus()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    elif "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(min(torch.get_num_threads(), cpus))
+    n = torch.get_num_threads()
+    others = _other_running_processes()
+    if log is not None and n > 1 and others + n > cpus:
+        log(f"{others} other process(es) are running on this machine's {cpus} CPUs beside this "
+            f"run's {n} threads, which can slow it many times over; if it is slow, give it fewer "
+            f"threads with --threads (docs/performance.md: CPU threads on a shared machine)")
+    return n
 
 
 def channels_last_on(flag: bool | None, device: torch.device) -> bool:

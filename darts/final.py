@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,8 +29,10 @@ from torch.utils.data import Subset
 
 from darts import distributed
 from darts.checkpoint import (
+    discarded_if_unfinished,
     load_checkpoint,
     new_run_dir,
+    restore,
     rng_state,
     run_dir_of,
     save_checkpoint,
@@ -53,6 +56,7 @@ from darts.engine import (
     Precision,
     channels_last_on,
     compile_model,
+    configure_cpu_threads,
     evaluate,
     pick_device,
     train_one_epoch,
@@ -77,6 +81,8 @@ IMAGENET_RECIPE: dict[str, Any] = dict(
     lr_gamma=0.97,
 )
 RECIPES = {"cifar": CIFAR_RECIPE, "imagenet": IMAGENET_RECIPE}
+CHECKPOINT_KEYS = ("epoch", "config", "genotype", "model", "optimizer", "scheduler", "history",
+                   "best", "rng")
 
 
 def _f(help: str, **meta: Any) -> dict[str, Any]:
@@ -115,6 +121,9 @@ class FinalConfig:
     num_classes: int | None = field(default=None, metadata=_f("classes of the synthetic dataset (10)"))
     synthetic_size: int = field(default=5000, metadata=_f("training images of the synthetic dataset"))
     workers: int = field(default=2, metadata=_f("data-loading worker processes"))
+    threads: int = field(default=0, metadata=_f(
+        "CPU threads of the training process; 0: the CPUs it may use (its affinity mask and "
+        "CPU quota), or OMP_NUM_THREADS where set"))
     loader: str = field(default="auto", metadata=_f(
         "auto: the device-resident pipeline on a GPU for in-memory data sets (CIFAR, synthetic), "
         "else the DataLoader; device; torch (DataLoader)", choices=LOADERS))
@@ -153,9 +162,16 @@ def validate(cfg: FinalConfig) -> None:
         ("init_channels", cfg.init_channels is not None and cfg.init_channels >= 2 and cfg.init_channels % 2 == 0,
          "an even number >= 2"),
         ("learning_rate", cfg.learning_rate is not None and cfg.learning_rate > 0, "positive"),
+        ("momentum", cfg.momentum is not None and 0 <= cfg.momentum < 1, "in [0, 1)"),
+        ("weight_decay", cfg.weight_decay is not None and cfg.weight_decay >= 0, "0 or more"),
+        ("grad_clip", cfg.grad_clip is not None and cfg.grad_clip >= 0, "0 (off) or more"),
+        ("lr_gamma", cfg.lr_gamma is not None and 0 < cfg.lr_gamma <= 1, "in (0, 1]"),
+        ("auxiliary_weight", cfg.auxiliary_weight is not None and cfg.auxiliary_weight >= 0, "0 or more"),
+        ("cutout_length", cfg.cutout_length is not None and cfg.cutout_length >= 0, "0 or more"),
         ("drop_path_prob", cfg.drop_path_prob is not None and 0 <= cfg.drop_path_prob < 1, "in [0, 1)"),
         ("label_smooth", cfg.label_smooth is not None and 0 <= cfg.label_smooth < 1, "in [0, 1)"),
         ("workers", cfg.workers >= 0, "0 or more"),
+        ("threads", cfg.threads >= 0, "0 (automatic) or more"),
         ("synthetic_size", cfg.synthetic_size >= 1, "at least 1"),
     ]
     for flag, ok, need in checks:
@@ -178,7 +194,7 @@ def run(cfg: FinalConfig, *, resume: str | None = None,
     """
     ckpt = None
     if resume is not None:
-        ckpt = load_checkpoint(resume)
+        ckpt = load_checkpoint(resume, "final", CHECKPOINT_KEYS)
         cfg = config_from_dict(FinalConfig, ckpt["config"], where=str(resume))
         genotype = genotype_from_dict(ckpt["genotype"], where=f"{resume} (genotype)")
         run_dir = run_dir_of(resume)
@@ -203,17 +219,30 @@ def run(cfg: FinalConfig, *, resume: str | None = None,
 
         if ckpt is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
-            gname = Path(cfg.genotype).stem if cfg.genotype.endswith(".json") else cfg.genotype
-            name = cfg.name or f"final-{cfg.dataset}-{gname}-{stamp}"
+            name = cfg.name or f"final-{cfg.dataset}-{_genotype_label(cfg.genotype, genotype)}-{stamp}"
             run_dir = distributed.on_main(d, lambda: new_run_dir(cfg.save, name))
-        logger = RunLogger(run_dir, enabled=d.is_main, tensorboard=cfg.tensorboard, name="final")
-        try:
-            return _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger, ckpt,
-                          on_epoch_end, d, graphs)
-        finally:
-            logger.close()
+        with discarded_if_unfinished(run_dir, new=ckpt is None and d.is_main):
+            logger = RunLogger(run_dir, enabled=d.is_main, tensorboard=cfg.tensorboard, name="final")
+            try:
+                return _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger,
+                              ckpt, on_epoch_end, d, graphs)
+            finally:
+                logger.close()
     finally:
         distributed.teardown(d)
+
+
+def _genotype_label(spec: str, genotype: Genotype) -> str:
+    """A short name of the trained cell for the run directory: a published cell's name, else
+    the file's name without its folders; a search's `genotype.json` by the genotype's own
+    name (its search run's) or its folder's."""
+    if not spec.endswith(".json") and os.sep not in spec:
+        return spec
+    path = Path(spec)
+    label = path.name.removesuffix(".json")
+    if label == "genotype":
+        label = genotype.name or path.resolve().parent.name or label
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)[:60]
 
 
 def _loaders(cfg, info, train_set, test_set, device, d: Dist):
@@ -240,6 +269,7 @@ def _loaders(cfg, info, train_set, test_set, device, d: Dist):
 
 def _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger, ckpt, on_epoch_end,
            d: Dist, graphs: bool):
+    configure_cpu_threads(cfg.threads, logger.warning if device.type == "cpu" else None)
     model = build_network(genotype, cfg, info.num_classes, info.network).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -259,11 +289,14 @@ def _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger, ck
 
     start_epoch, history, best = 0, [], {"top1": -1.0, "epoch": -1}
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        start_epoch, history, best = ckpt["epoch"], ckpt["history"], ckpt["best"]
-        set_rng_state(ckpt["rng"])
+        def load() -> tuple[int, list, dict]:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            set_rng_state(ckpt["rng"])
+            return int(ckpt["epoch"]), list(ckpt["history"]), dict(ckpt["best"])
+
+        start_epoch, history, best = restore(run_dir, load)
         logger.info("resumed %s at epoch %d/%d", run_dir, start_epoch, cfg.epochs)
     elif d.is_main:
         save_json(to_dict(cfg), run_dir / "config.json")

@@ -4,9 +4,14 @@ A genotype is the reference code's flat layout (Liu et al. 2019, Section 2.4): f
 with N intermediate nodes, `normal` and `reduce` each hold 2N `(op, input)` pairs, two per
 node in node order. Input 0 is the output of the cell before the previous one (c_{k-2}),
 input 1 the previous cell (c_{k-1}), input j >= 2 the intermediate node j - 2. `*_concat`
-lists the states whose channel-wise concatenation is the cell's output.
+lists the intermediate nodes (states 2 .. N + 1, each at most once) whose channel-wise
+concatenation is the cell's output.
 
 Genotypes are data: they are read from and written to JSON, and validated; never eval'd.
+Validation is complete: every genotype that `genotype_from_dict` (and so `load_genotype`,
+`resolve_genotype`) accepts builds a network that runs, and every way a file can be wrong
+(unreadable, not UTF-8, too large, not JSON, nested too deeply, a wrong type or index) is a
+`GenotypeError` whose one-line message names the file.
 """
 
 from __future__ import annotations
@@ -28,6 +33,27 @@ Edge = tuple[str, int]
 GENOTYPE_DIR = Path(__file__).resolve().parent.parent / "genotypes"
 
 _KEYS = ("normal", "normal_concat", "reduce", "reduce_concat")
+
+# A genotype file is a few hundred bytes; a larger file is the wrong file (read no further).
+MAX_GENOTYPE_BYTES = 1 << 20
+# Indices are small: a longer integer literal is a mistake (and Python refuses to parse
+# integers of more than 4300 digits anyway).
+_MAX_INT_DIGITS = 20
+_SHAPE = f"a genotype file is a JSON object with keys {', '.join(_KEYS)}"
+
+
+def _show(value: Any, limit: int = 60, *, quote: bool = False) -> str:
+    """A short one-line rendering of a (possibly huge or deeply nested) value for a message:
+    as JSON, or a string as Python quotes it (`quote`)."""
+    try:
+        text = repr(value) if quote and isinstance(value, str) else json.dumps(value)
+    except (TypeError, ValueError, RecursionError):
+        text = f"a {type(value).__name__}"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -82,36 +108,41 @@ def _check_cell(where: str, kind: str, edges: Any, concat: Any) -> None:
     for k, edge in enumerate(edges):
         node = k // 2
         if (not isinstance(edge, (list, tuple)) or len(edge) != 2
-                or not isinstance(edge[0], str) or isinstance(edge[1], bool)
-                or not isinstance(edge[1], int)):
+                or not isinstance(edge[0], str) or not _is_int(edge[1])):
             raise GenotypeError(
-                f"{where}: {kind}[{k}] is {json.dumps(edge)}; each edge must be [op_name, input_index], "
+                f"{where}: {kind}[{k}] is {_show(edge)}; each edge must be [op_name, input_index], "
                 f'e.g. ["sep_conv_3x3", 0]')
         op, index = edge
         if op not in OPS:
             raise GenotypeError(
-                f"{where}: {kind}[{k}] uses unknown op {op!r}; known ops: {', '.join(sorted(OPS))}")
+                f"{where}: {kind}[{k}] uses unknown op {_show(op, quote=True)}; known ops: {', '.join(sorted(OPS))}")
         if op == "none":
             raise GenotypeError(
                 f"{where}: {kind}[{k}] uses op 'none'; a genotype keeps only real edges "
                 f"(drop the edge or pick another op)")
         if not 0 <= index < node + 2:
             raise GenotypeError(
-                f"{where}: {kind}[{k}] (node {node + 2}) takes input {index}, which "
+                f"{where}: {kind}[{k}] (node {node + 2}) takes input {_show(index)}, which "
                 + ("points forward or to itself" if index >= node + 2 else "is negative")
                 + f"; node {node + 2} may only take inputs 0..{node + 1} "
                   "(0 = c_{k-2}, 1 = c_{k-1}, j >= 2 = earlier intermediate nodes)")
+    # The output concatenates intermediate nodes only: in a reduction cell the inputs have
+    # twice the output's resolution, and the paper's cells (NASNet's and AmoebaNet's too)
+    # never list them.
     n_states = len(edges) // 2 + 2
-    if (not isinstance(concat, list) or not concat
-            or not all(isinstance(i, int) and not isinstance(i, bool) for i in concat)):
-        raise GenotypeError(f"{where}: '{kind}_concat' must be a non-empty list of state indices")
+    if not isinstance(concat, list) or not concat or not all(_is_int(i) for i in concat):
+        raise GenotypeError(
+            f"{where}: '{kind}_concat' is {_show(concat)}; it must be a non-empty list of node "
+            f"indices, e.g. {list(range(2, n_states))}")
     for i in concat:
-        if not 0 <= i < n_states:
+        if not 2 <= i < n_states:
             raise GenotypeError(
-                f"{where}: '{kind}_concat' contains {i}, out of range: the {kind} cell has "
-                f"states 0..{n_states - 1}")
+                f"{where}: '{kind}_concat' contains {_show(i)}, out of range: it lists the {kind} "
+                f"cell's intermediate nodes 2..{n_states - 1} (0 and 1 are the cell's inputs), "
+                f"each at most once")
     if len(set(concat)) != len(concat):
-        raise GenotypeError(f"{where}: '{kind}_concat' lists a state twice: {concat}")
+        raise GenotypeError(
+            f"{where}: '{kind}_concat' lists a node twice: {_show(concat)}; list each at most once")
 
 
 def genotype_from_dict(d: Any, where: str = "genotype") -> Genotype:
@@ -135,21 +166,53 @@ def genotype_from_dict(d: Any, where: str = "genotype") -> Genotype:
                     name=d.get("name"), source=d.get("source"))
 
 
+class _BadLiteral(ValueError):
+    """A JSON literal that no genotype holds (NaN, Infinity, a huge integer)."""
+
+
+def _parse_constant(name: str) -> Any:
+    raise _BadLiteral(f"{name} is not valid JSON (and no genotype holds it)")
+
+
+def _parse_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > _MAX_INT_DIGITS:
+        raise _BadLiteral(f"an integer of {len(digits.lstrip('-'))} digits is not an index")
+    return int(digits)
+
+
 def load_genotype(path: str | os.PathLike) -> Genotype:
+    """Reads and validates a genotype JSON file; any problem is a GenotypeError naming it."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            data = f.read(MAX_GENOTYPE_BYTES + 1)
     except FileNotFoundError:
         raise GenotypeError(f"{path}: no such genotype file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise GenotypeError(f"{path}: cannot read genotype file ({e})") from None
+    except IsADirectoryError:
+        raise GenotypeError(f"{path}: is a directory, not a genotype file; {_SHAPE}") from None
+    except (OSError, ValueError) as e:  # permissions, a name too long, a NUL in the name, ...
+        reason = getattr(e, "strerror", None) or e
+        raise GenotypeError(f"{path}: cannot read genotype file ({reason})") from None
+    if len(data) > MAX_GENOTYPE_BYTES:
+        raise GenotypeError(
+            f"{path}: larger than {MAX_GENOTYPE_BYTES >> 20} MiB, too large for a genotype file "
+            f"(is it the right file?); {_SHAPE}")
     try:
-        data = json.loads(text)
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise GenotypeError(
+            f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
+            f"{_SHAPE}") from None
+    try:
+        obj = json.loads(text, parse_constant=_parse_constant, parse_int=_parse_int)
     except json.JSONDecodeError as e:
         raise GenotypeError(
-            f"{path}:{e.lineno}:{e.colno}: malformed JSON ({e.msg}); a genotype file is a JSON "
-            f"object with keys {', '.join(_KEYS)}") from None
-    return genotype_from_dict(data, where=str(path))
+            f"{path}:{e.lineno}:{e.colno}: malformed JSON ({e.msg}); {_SHAPE}") from None
+    except _BadLiteral as e:
+        raise GenotypeError(f"{path}: {e}; {_SHAPE}") from None
+    except RecursionError:
+        raise GenotypeError(f"{path}: JSON nested too deeply; {_SHAPE}") from None
+    return genotype_from_dict(obj, where=str(path))
 
 
 def save_genotype(genotype: Genotype, path: str | os.PathLike) -> None:
@@ -169,14 +232,18 @@ def resolve_genotype(spec: str | os.PathLike, directory: Path = GENOTYPE_DIR) ->
     """A genotype from a JSON path or a published name (`darts_v2`, case-insensitive)."""
     spec = str(spec)
     path = Path(spec)
-    if path.suffix == ".json" or path.exists() or os.sep in spec:
+    try:
+        is_path = path.suffix == ".json" or os.sep in spec or path.exists()
+    except (OSError, ValueError):  # a name too long, a NUL, ...: load_genotype says which
+        is_path = True
+    if is_path:
         return load_genotype(path)
     wanted = _normalise(spec)
     for name in available_genotypes(directory):
         if _normalise(name) == wanted:
             return load_genotype(directory / f"{name}.json")
     raise GenotypeError(
-        f"genotype {spec!r} is neither a file nor a published name; published: "
+        f"genotype {_show(spec, quote=True)} is neither a file nor a published name; published: "
         f"{', '.join(available_genotypes(directory)) or '(none found in ' + str(directory) + ')'}")
 
 

@@ -31,8 +31,10 @@ from torch.utils.data import Subset
 from darts import distributed
 from darts.architect import Architect
 from darts.checkpoint import (
+    discarded_if_unfinished,
     load_checkpoint,
     new_run_dir,
+    restore,
     rng_state,
     run_dir_of,
     save_checkpoint,
@@ -58,6 +60,7 @@ from darts.engine import (
     SideStep,
     channels_last_on,
     compile_model,
+    configure_cpu_threads,
     evaluate,
     pick_device,
     train_one_epoch,
@@ -71,6 +74,8 @@ from darts.supernet import SearchNetwork
 from darts.tb import EpochTimer, RunLogger, alpha_heatmap, draw_cells, format_duration
 
 SEARCH_DATASETS = ("cifar10", "cifar100", "folder", "synthetic")
+CHECKPOINT_KEYS = ("epoch", "config", "model", "optimizer", "arch_optimizer", "scheduler", "split",
+                   "alpha_stream", "history", "rng")
 
 
 def _f(help: str, **meta: Any) -> dict[str, Any]:
@@ -112,8 +117,11 @@ class SearchConfig:
     num_classes: int | None = field(default=None, metadata=_f("classes of the synthetic dataset (10)"))
     synthetic_size: int = field(default=5000, metadata=_f("training images of the synthetic dataset"))
     workers: int = field(default=2, metadata=_f("data-loading worker processes"))
+    threads: int = field(default=0, metadata=_f(
+        "CPU threads of the training process; 0: the CPUs it may use (its affinity mask and "
+        "CPU quota), or OMP_NUM_THREADS where set"))
     # Speed and memory (none changes the search's mathematics except --amp and
-    # --partial_channels; see the README's "Speed, memory and scale").
+    # --partial_channels; see docs/options.md and docs/performance.md).
     loader: str = field(default="auto", metadata=_f(
         "auto: the device-resident pipeline on a GPU for in-memory data sets (CIFAR, synthetic), "
         "else the DataLoader; device; torch (DataLoader)", choices=LOADERS))
@@ -158,10 +166,16 @@ def validate(cfg: SearchConfig) -> None:
         ("init_channels", cfg.init_channels >= 2 and cfg.init_channels % 2 == 0, "an even number >= 2"),
         ("learning_rate", cfg.learning_rate > 0, "positive"),
         ("learning_rate_min", 0 <= cfg.learning_rate_min <= cfg.learning_rate, "in [0, --learning_rate]"),
+        ("momentum", 0 <= cfg.momentum < 1, "in [0, 1)"),
+        ("weight_decay", cfg.weight_decay >= 0, "0 or more"),
+        ("grad_clip", cfg.grad_clip >= 0, "0 (off) or more"),
         ("arch_learning_rate", cfg.arch_learning_rate > 0, "positive"),
+        ("arch_weight_decay", cfg.arch_weight_decay >= 0, "0 or more"),
+        ("cutout_length", cfg.cutout_length >= 0, "0 or more"),
         ("train_portion", 0 < cfg.train_portion < 1, "strictly between 0 and 1"),
         ("fd_epsilon", cfg.fd_epsilon > 0, "positive"),
         ("workers", cfg.workers >= 0, "0 or more"),
+        ("threads", cfg.threads >= 0, "0 (automatic) or more"),
         ("synthetic_size", cfg.synthetic_size >= 2, "at least 2"),
         ("partial_channels", cfg.partial_channels >= 1 and cfg.init_channels % cfg.partial_channels == 0,
          f"at least 1 and divide --init_channels {cfg.init_channels}"),
@@ -209,9 +223,7 @@ def run(cfg: SearchConfig, *, resume: str | None = None,
     """
     ckpt = None
     if resume is not None:
-        ckpt = load_checkpoint(resume)
-        if ckpt.get("kind") != "search":
-            raise UserError(f"--resume {resume}: not a train_search.py checkpoint")
+        ckpt = load_checkpoint(resume, "search", CHECKPOINT_KEYS)
         cfg = config_from_dict(SearchConfig, ckpt["config"], where=str(resume))
         run_dir = run_dir_of(resume)
     validate(cfg)
@@ -235,12 +247,14 @@ def run(cfg: SearchConfig, *, resume: str | None = None,
             stamp = time.strftime("%Y%m%d-%H%M%S")
             name = cfg.name or f"search-{cfg.dataset}-{stamp}"
             run_dir = distributed.on_main(d, lambda: new_run_dir(cfg.save, name))
-        logger = RunLogger(run_dir, enabled=d.is_main, tensorboard=cfg.tensorboard, name="search")
-        try:
-            return _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d,
-                           graphs)
-        finally:
-            logger.close()
+        with discarded_if_unfinished(run_dir, new=ckpt is None and d.is_main):
+            logger = RunLogger(run_dir, enabled=d.is_main, tensorboard=cfg.tensorboard,
+                               name="search")
+            try:
+                return _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end,
+                               d, graphs)
+            finally:
+                logger.close()
     finally:
         distributed.teardown(d)
 
@@ -264,6 +278,7 @@ def build_supernet(cfg: SearchConfig, num_classes: int, device: torch.device) ->
 
 def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d: Dist,
             graphs: bool):
+    configure_cpu_threads(cfg.threads, logger.warning if device.type == "cpu" else None)
     model = build_supernet(cfg, info.num_classes, device)
     space = model.space
     criterion = nn.CrossEntropyLoss().to(device)
@@ -278,7 +293,7 @@ def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d
                           capturable=graphs)
 
     if ckpt is not None:
-        weight_idx, alpha_idx = ckpt["split"]["weights"], ckpt["split"]["alphas"]
+        weight_idx, alpha_idx = restore(run_dir, lambda: _split_of(ckpt["split"]))
         if int(max(weight_idx.max(), alpha_idx.max())) >= len(train_set):
             raise UserError(f"{run_dir}: the checkpoint's data split indexes {len(weight_idx) + len(alpha_idx)} "
                             f"images but the training set has {len(train_set)}; resume on the same data")
@@ -289,13 +304,16 @@ def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d
 
     start_epoch, history = 0, []
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        architect.load_state_dict(ckpt["arch_optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        alpha_stream.load_state_dict(ckpt["alpha_stream"])
-        start_epoch, history = ckpt["epoch"], ckpt["history"]
-        set_rng_state(ckpt["rng"])
+        def load() -> tuple[int, list]:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            architect.load_state_dict(ckpt["arch_optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            alpha_stream.load_state_dict(ckpt["alpha_stream"])
+            set_rng_state(ckpt["rng"])
+            return int(ckpt["epoch"]), list(ckpt["history"])
+
+        start_epoch, history = restore(run_dir, load)
         logger.info("resumed %s at epoch %d/%d", run_dir, start_epoch, cfg.epochs)
     elif d.is_main:
         save_json(to_dict(cfg), run_dir / "config.json")
@@ -390,6 +408,17 @@ def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, metrics)
     return _finish(cfg, run_dir, logger, history, d)
+
+
+def _split_of(split: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """A checkpoint's (weight indices, alpha indices), checked: two non-empty, disjoint sets
+    of sample indices."""
+    weights, alphas = split["weights"], split["alphas"]
+    for part in (weights, alphas):
+        if not (isinstance(part, torch.Tensor) and part.dtype == torch.long and part.dim() == 1
+                and part.numel() > 0 and int(part.min()) >= 0):
+            raise ValueError("the data split is not two lists of sample indices")
+    return weights, alphas
 
 
 def _loaders(cfg, info, train_set, weight_idx, alpha_idx, device, d: Dist):

@@ -2,8 +2,8 @@
 
 A cell is drawn left to right (Liu et al. 2019, Figures 4 and 5): the two input states c_{k-2}
 and c_{k-1}, the intermediate nodes 0, 1, ..., each with one arrow per `(op, input)` edge of
-the genotype labelled with the op, and the output c_{k} fed by every state in the cell's
-`*_concat` list (an input state, or any subset of the nodes).
+the genotype labelled with the op, and the output c_{k} fed by every node in the cell's
+`*_concat` list (all of the nodes, or a subset of them).
 
     python -m darts.visualize darts_v2                     # ./normal.png, ./reduce.png
     python -m darts.visualize runs/x/genotype.json --format pdf -o figures
@@ -13,17 +13,16 @@ Rendering needs the graphviz `dot` program; building the graph (`cell_graph`) do
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import graphviz
 import numpy as np
 from PIL import Image
 
+from darts.cli import Parser, report
 from darts.errors import UserError
 from darts.files import atomic_open
 from darts.genotype import Genotype, resolve_genotype
@@ -123,10 +122,24 @@ def render_cell(genotype: Genotype, reduction: bool, path_stem: str | os.PathLik
 
 def render_genotype(genotype: Genotype, out_dir: str | os.PathLike, format: str = "png",
                     prefix: str = "") -> dict[str, Path]:
-    """Writes both cells as `out_dir/<prefix>normal.<format>` and `<prefix>reduce.<format>`."""
+    """Writes both cells as `out_dir/<prefix>normal.<format>` and `<prefix>reduce.<format>`.
+
+    Both pictures are rendered before either is written: if `dot` fails on one, neither
+    file is touched.
+    """
     out_dir = Path(out_dir)
-    return {kind: render_cell(genotype, kind == "reduce", out_dir / f"{prefix}{kind}", format)
+    data = {kind: _pipe(cell_graph(genotype, kind == "reduce", format=format), format)
             for kind in ("normal", "reduce")}
+    paths = {}
+    for kind, picture in data.items():
+        path = out_dir / f"{prefix}{kind}.{format}"
+        try:
+            with atomic_open(path) as f:
+                f.write(picture)
+        except OSError as e:
+            raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+        paths[kind] = path
+    return paths
 
 
 def cell_image_array(genotype: Genotype, reduction: bool) -> np.ndarray:
@@ -136,10 +149,18 @@ def cell_image_array(genotype: Genotype, reduction: bool) -> np.ndarray:
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
+def _default_out_dir(spec: str) -> Path:
+    """The genotype file's directory, or the current directory for a published name."""
+    path = Path(spec)
+    try:
+        return path.parent if path.is_file() else Path.cwd()
+    except OSError as e:  # the current directory was removed, ...
+        raise UserError(f"cannot pick an output directory ({e.strerror or e}); pass -o DIR") from None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m darts.visualize",
-        description="Draw a genotype's normal and reduction cells with graphviz.")
+    parser = Parser(prog="python -m darts.visualize",
+                    description="Draw a genotype's normal and reduction cells with graphviz.")
     parser.add_argument("genotype", metavar="GENOTYPE",
                         help="a genotype JSON file, or a published name such as darts_v2")
     parser.add_argument("-o", "--out-dir", type=Path, default=None,
@@ -151,14 +172,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         genotype = resolve_genotype(args.genotype)
-        out_dir = args.out_dir
-        if out_dir is None:
-            spec = Path(args.genotype)
-            out_dir = spec.parent if spec.is_file() else Path.cwd()
+        out_dir = args.out_dir if args.out_dir is not None else _default_out_dir(args.genotype)
         paths = render_genotype(genotype, out_dir, format=args.format)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report(e)
     for path in paths.values():
         print(path)
     return 0

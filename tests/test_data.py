@@ -26,6 +26,7 @@ from darts.data import (
     IMAGENET_STD,
     Cutout,
     DatasetInfo,
+    SplitLoader,
     SyntheticImages,
     build_datasets,
     make_loader,
@@ -186,6 +187,25 @@ def test_missing_cifar_offline_download_fails_cleanly(tmp_path, monkeypatch):
     assert socket.getdefaulttimeout() == before  # and put the global back
     assert str(tmp_path) in message and "cifar-10-batches-py" in message
     assert "--dataset synthetic" in message and "download" in message
+
+
+def test_a_failed_download_leaves_no_data_folder_it_made(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError(socket.gaierror(-3, "Temporary failure in name resolution"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(UserError):
+        build_datasets("cifar10", str(tmp_path / "data"), download=True)
+    assert not (tmp_path / "data").exists()
+    (tmp_path / "mine").mkdir()  # a folder the user made stays
+    with pytest.raises(UserError):
+        build_datasets("cifar10", str(tmp_path / "mine"), download=True)
+    assert (tmp_path / "mine").is_dir()
+
+
+def test_a_missing_image_folder_says_it_does_not_exist(tmp_path):
+    with pytest.raises(UserError, match="the folder does not exist"):
+        build_datasets("folder", str(tmp_path / "nonexistent"))
 
 
 def test_corrupted_cifar_is_a_user_error(tmp_path, monkeypatch):
@@ -424,3 +444,62 @@ def test_loader_keeps_a_given_sampler():
     data = TensorDataset(torch.arange(10))
     loader = make_loader(data, 4, shuffle=True, sampler=[9, 8, 7])
     assert torch.cat([b for (b,) in loader]).tolist() == [9, 8, 7]
+
+
+# ---------------------------------------------------------------------------------------------
+# SplitLoader: every sample augmented under its own seed
+
+
+def _augmented_set():
+    # Pad-and-crop, flip and Cutout: every item of the training set is random.
+    train, _, _ = build_datasets("synthetic", "unused", synthetic_size=30, image_size=8,
+                                 cutout_length=4)
+    return train
+
+
+def _split_batches(train, workers, rank, world_size):
+    """A weight epoch, 10 batches of the endless stream and 6 of the stream loaded in the
+    middle of pass 0."""
+    indices = torch.arange(3, 30)  # 27 images, batches of 4 (the last one partial)
+    shards = dict(workers=workers, rank=rank, world_size=world_size)
+    epoch = list(SplitLoader(train, indices, 4, seed=5, stream=0, **shards).epoch(1))
+    stream = SplitLoader(train, indices, 4, seed=5, stream=1, **shards)
+    endless = [next(stream) for _ in range(10)]
+    loaded = SplitLoader(train, indices, 4, seed=5, stream=1, **shards)
+    loaded.load_state_dict({"pass": 0, "taken": 2})
+    resumed = [next(loaded) for _ in range(6)]
+    return epoch, endless, resumed, stream.state_dict()
+
+
+def _assert_same_batches(got, want):
+    assert len(got) == len(want)
+    for (x, y), (x_ref, y_ref) in zip(got, want, strict=True):
+        assert torch.equal(y, y_ref) and torch.equal(x, x_ref)
+
+
+@pytest.mark.parametrize("rank, world_size", [(0, 1), (1, 2)])
+def test_split_loader_batches_do_not_depend_on_the_workers(rank, world_size):
+    train = _augmented_set()
+    in_main = _split_batches(train, 0, rank, world_size)
+    in_workers = _split_batches(train, 2, rank, world_size)
+    for got, want in zip(in_workers[:3], in_main[:3], strict=True):
+        _assert_same_batches(got, want)
+    # 7 batches per pass on one process, 4 per rank on two: 10 batches cross a pass boundary.
+    assert in_main[3] == in_workers[3] == ({"pass": 1, "taken": 3} if world_size == 1
+                                           else {"pass": 2, "taken": 2})
+    # A stream loaded mid-pass continues as the uninterrupted one, across the pass boundary.
+    _assert_same_batches(in_main[2], in_main[1][2:8])
+    _assert_same_batches(in_workers[2], in_main[1][2:8])
+    # The augmentation is really random: one image, drawn in two passes, differs.
+    one = SplitLoader(train, torch.tensor([7]), 1, seed=5, stream=0, workers=0)
+    assert not torch.equal(next(one)[0], next(one)[0])
+
+
+def test_drawing_batches_in_the_main_process_leaves_its_random_state_alone():
+    train = _augmented_set()
+    loader = SplitLoader(train, torch.arange(30), 4, seed=0, stream=0, workers=0)
+    torch.manual_seed(1)
+    before = torch.get_rng_state()
+    batches = list(loader.epoch(0)) + [next(loader) for _ in range(9)]
+    assert len(batches) == 17
+    assert torch.equal(torch.get_rng_state(), before)

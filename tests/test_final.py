@@ -115,6 +115,31 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):
     assert run(FinalConfig(), resume=str(tmp_path / "split")) == resumed
 
 
+def test_resume_with_workers_is_bit_identical(tmp_path):
+    from test_search import assert_same_tensors
+
+    # Two worker processes, Cutout (the CIFAR recipe's) and drop path, which draws from the
+    # main process's generator: the workers' draws must not touch it, nor depend on them.
+    tiny = {**TINY, "workers": 2, "cutout_length": 8, "synthetic_size": 60, "batch_size": 16}
+    full = run(FinalConfig(**tiny, save=str(tmp_path), name="full", tensorboard=False))
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_first_epoch(epoch, metrics):
+        if epoch == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run(FinalConfig(**tiny, save=str(tmp_path), name="split", tensorboard=False),
+            on_epoch_end=kill_after_first_epoch)
+    resumed = run(FinalConfig(), resume=str(tmp_path / "split"))
+    a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "split")
+    assert a["epoch"] == b["epoch"] == 2
+    assert_same_tensors(a, b)
+    assert resumed["final"] == full["final"]
+
+
 def test_existing_run_directory_is_not_overwritten(tmp_path):
     run(FinalConfig(**{**TINY, "epochs": 1}, save=str(tmp_path), name="x", tensorboard=False))
     before = (tmp_path / "x" / "checkpoint.pt").read_bytes()

@@ -120,3 +120,41 @@ def test_cli_reports_a_bad_genotype_in_one_line_without_traceback(tmp_path, scri
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: ") and "conv_9x9" in proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_concat_lists_intermediate_nodes_only_each_once(tmp_path):
+    # An input state in a reduction cell's concat has twice the resolution of the nodes: the
+    # network could not be built (it was accepted, then train_final crashed).
+    with pytest.raises(GenotypeError, match=r"'reduce_concat' contains 0, out of range.*2\.\.3"):
+        load_genotype(write(tmp_path, {**GOOD, "reduce_concat": [0, 2, 3]}))
+    with pytest.raises(GenotypeError, match="'normal_concat' contains 1"):
+        genotype_from_dict({**GOOD, "normal_concat": [1, 2]})
+    with pytest.raises(GenotypeError, match="lists a node twice"):
+        genotype_from_dict({**GOOD, "normal_concat": [2, 2]})
+    with pytest.raises(GenotypeError, match="non-empty list"):
+        genotype_from_dict({**GOOD, "normal_concat": [2, True]})
+    assert genotype_from_dict({**GOOD, "reduce_concat": [3]}).reduce_concat == (3,)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"[" * 50_000 + b"]" * 50_000, "nested too deeply"),
+    (b'{"normal": ' + b"9" * 5000 + b"}", "5000 digits"),
+    (b"\xff\xfe{}", "not UTF-8"),
+    (b'{"normal": NaN}', "NaN is not valid JSON"),
+    (b" " * (2 << 20), "too large"),
+], ids=["deep", "long-int", "not-utf8", "nan", "huge"])
+def test_any_malformed_file_is_a_genotype_error_naming_it(tmp_path, content, message):
+    path = tmp_path / "g.json"
+    path.write_bytes(content)
+    with pytest.raises(GenotypeError, match=message) as e:
+        resolve_genotype(str(path))
+    assert str(e.value).startswith(str(path)) and "\n" not in str(e.value)
+
+
+def test_a_directory_or_unusable_name_is_a_genotype_error(tmp_path):
+    with pytest.raises(GenotypeError, match="is a directory"):
+        resolve_genotype(str(tmp_path))
+    with pytest.raises(GenotypeError, match="cannot read"):
+        resolve_genotype("x" * 5000)
+    with pytest.raises(GenotypeError, match="cannot read"):
+        resolve_genotype("bad\0name.json")

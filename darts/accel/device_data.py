@@ -34,7 +34,7 @@ five words `[seed, stream + AUGMENT_STREAM_OFFSET, rank, p, b]`. It depends on n
 so a loader resumed mid-pass (`load_state_dict`) reproduces the following batches bit for bit
 on the same kind of device (CPU and CUDA generators give different numbers for one seed).
 The key has five words where `pass_seed`'s has three and its stream word is offset by 2000
-(`SplitLoader` uses `stream + 1000` for its workers), so it collides with no other seed of a
+(`SplitLoader`'s per-sample seeds use `stream + 1000`), so it collides with no other seed of a
 run. Each `augment` call draws a fixed sequence (crop rows, crop columns, flips, cutout rows,
 cutout columns; B numbers each, whether or not flips and cutout are on).
 """
@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from darts.data import pass_order, shard
 from darts.errors import UserError
 
-# Offset of the augmentation seeds' stream word (SplitLoader's worker seeds use stream + 1000).
+# Offset of the augmentation seeds' stream word (SplitLoader's per-sample seeds use stream + 1000).
 AUGMENT_STREAM_OFFSET = 2000
 
 Stats = Sequence[float] | torch.Tensor
