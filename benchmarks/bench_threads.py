@@ -3,10 +3,12 @@
     python benchmarks/bench_threads.py --json threads.json
 
 Each configuration runs in a fresh process (OpenMP reads its settings when torch loads):
-`threads` intra-op threads, OpenMP's wait policy (libgomp's default, which spins before it
-sleeps, or `OMP_WAIT_POLICY=PASSIVE`), and darts's own choice (`auto`: what the scripts
-do by default). The workload is a few first-order and second-order (finite-difference) search
-steps of a small supernet on random data, timed after one warm-up step. "Loaded" runs the
+`threads` intra-op threads (a number; `auto`: what the scripts do by default, the CPUs the
+process may use; `adapt`: `--adapt_threads`, the CPUs other processes leave free) and
+OpenMP's wait policy (`spin`: libgomp's default, which spins before it sleeps; `passive`:
+`OMP_WAIT_POLICY=PASSIVE`; `spincount=N`: `GOMP_SPINCOUNT=N`, a shorter spin). The workload
+is a few first-order and second-order (finite-difference) search steps of a small supernet on
+random data, timed after one warm-up step. "Loaded" runs the
 same beside a competing process that keeps `--load_threads` threads busy with matrix
 products, as another training job on the same workstation does. Both cases of one
 configuration are measured in this one invocation, so the ratios compare like with like.
@@ -29,9 +31,12 @@ import json, os, sys, time
 sys.path.insert(0, {root!r})
 import torch
 import torch.nn as nn
-from darts.engine import configure_cpu_threads
+from darts.engine import configure_cpu_threads, watch_threads
 if {threads!r} == "auto":
     configure_cpu_threads()
+elif {threads!r} == "adapt":
+    configure_cpu_threads(0, warn=lambda m: None, note=lambda m: print(m, file=sys.stderr),
+                          adapt=True)
 else:
     torch.set_num_threads(int({threads!r}))
 from darts.architect import Architect
@@ -50,6 +55,7 @@ for order in (1, 2):
     times = []
     for i in range({steps} + 1):
         t = time.perf_counter()
+        watch_threads()
         train, val = batch(), batch()
         arch.step(train, val, xi=0.025)
         loss = crit(model(train[0]), train[1])
@@ -59,6 +65,7 @@ for order in (1, 2):
         if i:
             times.append(time.perf_counter() - t)
     out[f"order{{order}}_step_s"] = sorted(times)[len(times) // 2]
+    out[f"order{{order}}_threads"] = torch.get_num_threads()
 print(json.dumps(out))
 """
 
@@ -72,9 +79,15 @@ while time.time() < end:
 """
 
 
-def measure(threads: str, passive: bool, loaded: bool, args) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
-    env["OMP_WAIT_POLICY"] = "PASSIVE" if passive else "ACTIVE_DEFAULT"  # unknown: libgomp's default
+def measure(threads: str, policy: str, loaded: bool, args) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "GOMP_SPINCOUNT")}
+    if policy == "passive":
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    elif policy.startswith("spincount="):
+        env["GOMP_SPINCOUNT"] = policy.split("=", 1)[1]
+    elif policy != "spin":
+        raise SystemExit(f"unknown wait policy {policy!r}: spin, passive or spincount=N")
     load = None
     if loaded:
         load = subprocess.Popen([sys.executable, "-c", LOAD.format(threads=args.load_threads,
@@ -98,7 +111,7 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--load_threads", type=int, default=2)
     p.add_argument("--timeout", type=float, default=900.0)
-    p.add_argument("--configs", default="2:spin,2:passive,1:spin,auto:passive")
+    p.add_argument("--configs", default="auto:spin,auto:passive,auto:spincount=10000,1:spin,adapt:spin")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     cpus = len(os.sched_getaffinity(0))
@@ -107,7 +120,7 @@ def main(argv=None) -> None:
         threads, policy = config.split(":")
         row = {"threads": threads, "wait_policy": policy}
         for loaded in (False, True):
-            r = measure(threads, policy == "passive", loaded, args)
+            r = measure(threads, policy, loaded, args)
             row["loaded" if loaded else "alone"] = r
             print(config, "loaded" if loaded else "alone", r, flush=True)
         for key in ("order1_step_s", "order2_step_s"):

@@ -100,40 +100,116 @@ def available_cpus() -> int:
     return n
 
 
+def _own_running_threads() -> int:
+    """Threads of this process that are running or runnable now (at least this one)."""
+    n = 0
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return 1
+    for tid in tasks:
+        try:
+            stat = open(f"/proc/self/task/{tid}/stat").read()
+        except OSError:
+            continue
+        n += stat[stat.rfind(")") + 2:stat.rfind(")") + 3] == "R"
+    return max(n, 1)
+
+
 def _other_running_processes(samples: int = 5, interval_s: float = 0.02) -> int:
-    """Runnable tasks on the machine besides this one (the least of a few samples of
-    /proc/loadavg's instantaneous count, so a passing command is not counted); 0 where
-    unknown."""
+    """Runnable tasks on the machine besides this process's own threads: the least of a few
+    samples of /proc/loadavg's instantaneous count less this process's running threads, so a
+    passing command is not counted; 0 where unknown."""
     least = None
     for i in range(samples):
         try:
             running = int(open("/proc/loadavg").read().split()[3].split("/")[0])
         except (OSError, ValueError, IndexError):
             return 0
-        least = running if least is None else min(least, running)
+        others = max(running - _own_running_threads(), 0)
+        least = others if least is None else min(least, others)
         if i + 1 < samples:
             time.sleep(interval_s)
-    return max((least or 1) - 1, 0)
+    return least or 0
 
 
-def configure_cpu_threads(threads: int = 0, log: Callable[[str], None] | None = None) -> int:
+class ThreadWatch:
+    """Looks at the machine's load every `interval_s` seconds, between steps.
+
+    `adapt` (--adapt_threads): torch's intra-op threads become the CPUs the other running
+    processes leave free (at least 1, at most `threads`), and each change is logged (`note`).
+    An OpenMP team with more threads than free CPUs waits at every parallel region for a
+    thread that is not running: beside a process that keeps both of a 2-CPU machine's cores
+    busy, a search step took 13x as long with 2 threads as alone, and 1.4-1.9x with 1
+    (docs/performance.md). The thread count decides how the CPU kernels split their sums, so
+    an adapting run is not bit-reproducible.
+    Otherwise the count stays fixed and `warn` hears once that the machine is oversubscribed.
+    `others` and `clock` are for tests."""
+
+    def __init__(self, threads: int, cpus: int, *, adapt: bool = False,
+                 warn: Callable[[str], None] | None = None,
+                 note: Callable[[str], None] | None = None, interval_s: float = 10.0,
+                 others: Callable[[], int] = _other_running_processes,
+                 clock: Callable[[], float] = time.monotonic):
+        self.threads, self.cpus, self.adapt = threads, cpus, adapt
+        self.warn, self.note, self.interval_s = warn, note, interval_s
+        self.others, self.clock = others, clock
+        self.warned = False
+        self.next_check = -math.inf
+
+    def __call__(self) -> None:
+        now = self.clock()
+        if now < self.next_check:
+            return
+        self.next_check = now + self.interval_s
+        others = self.others()
+        current = torch.get_num_threads()
+        if self.adapt:
+            target = max(1, min(self.threads, self.cpus - others))
+            if target != current:
+                torch.set_num_threads(target)
+                if self.note is not None:
+                    self.note(f"CPU threads {current} -> {target}: {others} other process(es) "
+                              f"running on {self.cpus} CPUs")
+        elif not self.warned and current > 1 and others + current > self.cpus:
+            self.warned = True
+            if self.warn is not None:
+                self.warn(f"{others} other process(es) are running on this machine's {self.cpus} "
+                          f"CPUs beside this run's {current} threads, which can slow it many "
+                          f"times over; --adapt_threads follows the load, --threads 1 is robust "
+                          f"(docs/performance.md: CPU threads on a shared machine)")
+
+
+_thread_watch: ThreadWatch | None = None
+
+
+def watch_threads() -> None:
+    """Between steps: the ThreadWatch that configure_cpu_threads set up, if any, looks at the
+    machine's load when its interval has passed (a clock read otherwise)."""
+    if _thread_watch is not None:
+        _thread_watch()
+
+
+def configure_cpu_threads(threads: int = 0, warn: Callable[[str], None] | None = None,
+                          note: Callable[[str], None] | None = None, adapt: bool = False) -> int:
     """Sets torch's intra-op threads: `threads`, or (0) the CPUs this process may use, unless
     OMP_NUM_THREADS says otherwise; returns the number. torch's own default counts every
     core of the machine, also those a container or `taskset` does not give the process, and
     more threads than free cores stall each parallel region on a thread that is not running.
-    Logs one warning when other running processes leave fewer free CPUs than threads (see
-    docs/performance.md: CPU threads on a shared machine)."""
+    With `warn` (a run on the CPU) a ThreadWatch follows the load between steps: `adapt`
+    changes the thread count with it, otherwise one warning says when the machine is
+    oversubscribed (docs/performance.md: CPU threads on a shared machine)."""
+    global _thread_watch
     cpus = available_cpus()
     if threads > 0:
         torch.set_num_threads(threads)
     elif "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(min(torch.get_num_threads(), cpus))
     n = torch.get_num_threads()
-    others = _other_running_processes()
-    if log is not None and n > 1 and others + n > cpus:
-        log(f"{others} other process(es) are running on this machine's {cpus} CPUs beside this "
-            f"run's {n} threads, which can slow it many times over; if it is slow, give it fewer "
-            f"threads with --threads (docs/performance.md: CPU threads on a shared machine)")
+    _thread_watch = None
+    if warn is not None:
+        _thread_watch = ThreadWatch(n, cpus, adapt=adapt, warn=warn, note=note)
+        _thread_watch()
     return n
 
 
@@ -327,6 +403,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Batch], optimizer: torch.
 
     graphed = StepGraph(step, enabled=cuda_graph, on_failure=log)
     for index, (x, y) in enumerate(bar):
+        watch_threads()
         x, y = to_device(x, y, device, channels_last)
         x_side = y_side = None
         if side_step is not None:
@@ -362,6 +439,7 @@ def evaluate(model: nn.Module, loader: Iterable[Batch], criterion: nn.Module,
 
     graphed = StepGraph(step, enabled=cuda_graph, on_failure=log)
     for x, y in _progress(loader, desc, progress, total):
+        watch_threads()
         x, y = to_device(x, y, device, channels_last)
         loss, logits = graphed(x, y)
         meter.update(loss, logits, y)

@@ -124,6 +124,10 @@ class FinalConfig:
     threads: int = field(default=0, metadata=_f(
         "CPU threads of the training process; 0: the CPUs it may use (its affinity mask and "
         "CPU quota), or OMP_NUM_THREADS where set"))
+    adapt_threads: bool = field(default=False, metadata=_f(
+        "on the CPU, follow the machine's load: every 10 s the threads become the CPUs other "
+        "processes leave free (at least 1, at most --threads). Robust on a shared machine, but "
+        "the thread count changes how sums are split, so the run is not bit-reproducible"))
     loader: str = field(default="auto", metadata=_f(
         "auto: the device-resident pipeline on a GPU for in-memory data sets (CIFAR, synthetic), "
         "else the DataLoader; device; torch (DataLoader)", choices=LOADERS))
@@ -269,7 +273,8 @@ def _loaders(cfg, info, train_set, test_set, device, d: Dist):
 
 def _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger, ckpt, on_epoch_end,
            d: Dist, graphs: bool):
-    configure_cpu_threads(cfg.threads, logger.warning if device.type == "cpu" else None)
+    configure_cpu_threads(cfg.threads, logger.warning if device.type == "cpu" else None,
+                          logger.info, adapt=cfg.adapt_threads)
     model = build_network(genotype, cfg, info.num_classes, info.network).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)

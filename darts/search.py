@@ -120,6 +120,10 @@ class SearchConfig:
     threads: int = field(default=0, metadata=_f(
         "CPU threads of the training process; 0: the CPUs it may use (its affinity mask and "
         "CPU quota), or OMP_NUM_THREADS where set"))
+    adapt_threads: bool = field(default=False, metadata=_f(
+        "on the CPU, follow the machine's load: every 10 s the threads become the CPUs other "
+        "processes leave free (at least 1, at most --threads). Robust on a shared machine, but "
+        "the thread count changes how sums are split, so the run is not bit-reproducible"))
     # Speed and memory (none changes the search's mathematics except --amp and
     # --partial_channels; see docs/options.md and docs/performance.md).
     loader: str = field(default="auto", metadata=_f(
@@ -278,7 +282,8 @@ def build_supernet(cfg: SearchConfig, num_classes: int, device: torch.device) ->
 
 def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d: Dist,
             graphs: bool):
-    configure_cpu_threads(cfg.threads, logger.warning if device.type == "cpu" else None)
+    configure_cpu_threads(cfg.threads, logger.warning if device.type == "cpu" else None,
+                          logger.info, adapt=cfg.adapt_threads)
     model = build_supernet(cfg, info.num_classes, device)
     space = model.space
     criterion = nn.CrossEntropyLoss().to(device)
