@@ -39,12 +39,13 @@ elif {threads!r} == "adapt":
                           adapt=True)
 else:
     torch.set_num_threads(int({threads!r}))
+from darts.accel import accelerate
 from darts.architect import Architect
 from darts.space import SearchSpace
 from darts.supernet import SearchNetwork
 
 torch.manual_seed(0)
-model = SearchNetwork(8, 10, 5, SearchSpace()).to(memory_format=torch.channels_last)
+model = accelerate(SearchNetwork(8, 10, 5, SearchSpace())).to(memory_format=torch.channels_last)
 crit = nn.CrossEntropyLoss()
 opt = torch.optim.SGD(model.network_parameters(), 0.025, momentum=0.9)
 batch = lambda: (torch.randn(32, 3, 16, 16).contiguous(memory_format=torch.channels_last),
