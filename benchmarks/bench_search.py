@@ -30,8 +30,8 @@ from common import (
     summary,
 )
 
-from darts.architect import Architect
 from darts.accel.cuda_graph import cuda_graphs_enabled
+from darts.architect import Architect
 from darts.data import build_datasets, search_split
 from darts.distributed import Dist
 from darts.engine import MetricSum, Precision, train_one_epoch

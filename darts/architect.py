@@ -39,13 +39,30 @@ Tensors = list[torch.Tensor]
 
 ARCH_BETAS = (0.5, 0.999)
 
+# A term added to what the alphas minimise: a function of the supernet (its alphas, through
+# `arch_parameters()` or `mixing_weights()`) returning a scalar.
+ArchLoss = Callable[[nn.Module], torch.Tensor]
+
+ARCH_LOSSES: dict[str, ArchLoss | None] = {"none": None}
+
+
+def register_arch_loss(name: str, loss: ArchLoss, *, overwrite: bool = False) -> None:
+    """Adds an architecture loss, chosen by name (`--arch_loss name`). The alpha step then
+    minimises L_val + loss(model): its alpha gradient is added to the first- or second-order
+    gradient of L_val (a term of the alphas alone has no second-order part). It runs at every
+    alpha step, inside the step's CUDA graph where one is captured."""
+    if name in ARCH_LOSSES and not overwrite:
+        raise ValueError(f"architecture loss {name!r} is already registered")
+    ARCH_LOSSES[name] = loss
+
 
 class Architect:
     """Owns the alpha optimizer and computes the alpha gradient of one search step.
 
     `model` exposes `named_network_parameters()` and `arch_parameters()` (a SearchNetwork);
     `weight_optimizer` is the SGD optimizer of the network weights, read for the virtual
-    step's learning rate, momentum buffers and weight decay.
+    step's learning rate, momentum buffers and weight decay. `arch_loss(model)`, if given, is
+    added to what the alphas minimise (see `register_arch_loss`).
     """
 
     def __init__(self, model: nn.Module, criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -53,13 +70,14 @@ class Architect:
                  lr: float = 3e-4, weight_decay: float = 1e-3,
                  betas: tuple[float, float] = ARCH_BETAS, fd_epsilon: float = 0.01,
                  precision: Precision = FLOAT32, dist: Dist | None = None,
-                 capturable: bool = False):
+                 capturable: bool = False, arch_loss: ArchLoss | None = None):
         if order not in (1, 2):
             raise ValueError(f"order must be 1 or 2, got {order}")
         if hessian not in ("fd", "exact"):
             raise ValueError(f"hessian must be 'fd' or 'exact', got {hessian!r}")
         self.model = model
         self.criterion = criterion
+        self.arch_loss = arch_loss
         self.weight_optimizer = weight_optimizer
         self.order = order
         self.hessian = hessian
@@ -123,10 +141,7 @@ class Architect:
         rank takes the same step. A step whose gradient is not finite (an fp16 overflow) is
         skipped, as the GradScaler skips such weight steps.
         """
-        if self.order == 1:
-            grads, val_loss = self.first_order_gradient(val_batch)
-        else:
-            grads, val_loss = self.unrolled_gradient(train_batch, val_batch, xi)
+        grads, val_loss = self.gradient(train_batch, val_batch, xi)
         average_(grads, self.dist)
         if self.precision.scaler is not None and not all(torch.isfinite(g).all() for g in grads):
             return val_loss
@@ -136,6 +151,20 @@ class Architect:
         for alpha in self.alphas:
             alpha.grad = None
         return val_loss
+
+    def gradient(self, train_batch: Batch, val_batch: Batch, xi: float) -> tuple[Tensors, torch.Tensor]:
+        """This rank's alpha gradient of the step (first or second order, plus the gradient of
+        the architecture loss where there is one) and the validation loss."""
+        if self.order == 1:
+            grads, val_loss = self.first_order_gradient(val_batch)
+        else:
+            grads, val_loss = self.unrolled_gradient(train_batch, val_batch, xi)
+        if self.arch_loss is not None:
+            extra = torch.autograd.grad(self.arch_loss(self.model), self.alphas,
+                                        allow_unused=True)
+            grads = [g if e is None else g + e.to(g.dtype)
+                     for g, e in zip(grads, extra, strict=True)]
+        return grads, val_loss
 
     def first_order_gradient(self, val_batch: Batch) -> tuple[Tensors, torch.Tensor]:
         """grad_alpha L_val(w, alpha): eq. 6 with xi = 0. Only alpha gradients are computed:

@@ -27,7 +27,16 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Subset
 
-from darts import distributed
+from darts import distributed, plugins
+from darts.accel import accelerate
+from darts.accel.cuda_graph import CUDA_GRAPH_FLAGS, cuda_graphs_enabled
+from darts.accel.device_data import (
+    LOADERS,
+    DeviceEvalLoader,
+    DeviceImages,
+    DeviceSplitLoader,
+    use_device_loader,
+)
 from darts.checkpoint import (
     discarded_if_unfinished,
     load_checkpoint,
@@ -40,16 +49,7 @@ from darts.checkpoint import (
     set_rng_state,
 )
 from darts.config import config_from_dict, to_dict
-from darts.accel import accelerate
-from darts.accel.cuda_graph import CUDA_GRAPH_FLAGS, cuda_graphs_enabled
 from darts.data import DATASETS, SplitLoader, build_datasets, make_loader, network_family
-from darts.accel.device_data import (
-    LOADERS,
-    DeviceEvalLoader,
-    DeviceImages,
-    DeviceSplitLoader,
-    use_device_loader,
-)
 from darts.distributed import Dist
 from darts.engine import (
     AMP_DTYPES,
@@ -143,6 +143,9 @@ class FinalConfig:
         "capture each whole training step in a CUDA graph and replay it: the same kernels, one "
         "launch; auto: on a GPU, one process, amp off or bf16, no --compile",
         choices=CUDA_GRAPH_FLAGS))
+    plugins: str = field(default="", metadata=_f(
+        "comma-separated Python files (or module names) imported first: ops the genotype uses "
+        "that register_op calls there add; recorded, so --resume imports them again"))
     # Run options.
     seed: int = field(default=0, metadata=_f("random seed"))
     save: str = field(default="runs", metadata=_f("parent folder of the run directory"))
@@ -200,6 +203,10 @@ def run(cfg: FinalConfig, *, resume: str | None = None,
     if resume is not None:
         ckpt = load_checkpoint(resume, "final", CHECKPOINT_KEYS)
         cfg = config_from_dict(FinalConfig, ckpt["config"], where=str(resume))
+    # The plugins first: the genotype may use the ops they register.
+    cfg = dataclasses.replace(cfg, plugins=plugins.absolute(cfg.plugins))
+    plugins.load(cfg.plugins)
+    if ckpt is not None:
         genotype = genotype_from_dict(ckpt["genotype"], where=f"{resume} (genotype)")
         run_dir = run_dir_of(resume)
     else:

@@ -115,7 +115,9 @@ def _check_cell(where: str, kind: str, edges: Any, concat: Any) -> None:
         op, index = edge
         if op not in OPS:
             raise GenotypeError(
-                f"{where}: {kind}[{k}] uses unknown op {_show(op, quote=True)}; known ops: {', '.join(sorted(OPS))}")
+                f"{where}: {kind}[{k}] uses unknown op {_show(op, quote=True)}; known ops: "
+                f"{', '.join(sorted(OPS))} (an op of your own: give the file that registers "
+                f"it to --plugins)")
         if op == "none":
             raise GenotypeError(
                 f"{where}: {kind}[{k}] uses op 'none'; a genotype keeps only real edges "

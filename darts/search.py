@@ -28,8 +28,17 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Subset
 
-from darts import distributed
-from darts.architect import Architect
+from darts import distributed, plugins
+from darts.accel import accelerate, edges_batched
+from darts.accel.cuda_graph import CUDA_GRAPH_FLAGS, cuda_graphs_enabled
+from darts.accel.device_data import (
+    LOADERS,
+    DeviceEvalLoader,
+    DeviceImages,
+    DeviceSplitLoader,
+    use_device_loader,
+)
+from darts.architect import ARCH_LOSSES, Architect
 from darts.checkpoint import (
     discarded_if_unfinished,
     load_checkpoint,
@@ -42,16 +51,7 @@ from darts.checkpoint import (
     set_rng_state,
 )
 from darts.config import config_from_dict, to_dict
-from darts.accel import accelerate, edges_batched
-from darts.accel.cuda_graph import CUDA_GRAPH_FLAGS, cuda_graphs_enabled
 from darts.data import SplitLoader, build_datasets, make_loader, search_split
-from darts.accel.device_data import (
-    LOADERS,
-    DeviceEvalLoader,
-    DeviceImages,
-    DeviceSplitLoader,
-    use_device_loader,
-)
 from darts.distributed import Dist
 from darts.engine import (
     AMP_DTYPES,
@@ -69,8 +69,9 @@ from darts.engine import (
 from darts.errors import UserError
 from darts.files import save_json
 from darts.genotype import Genotype, genotype_from_dict, save_genotype
+from darts.primitives import OPS, PRIMITIVES
 from darts.space import SearchSpace
-from darts.supernet import SearchNetwork
+from darts.supernet import MIXING_RULES, SearchNetwork
 from darts.tb import EpochTimer, RunLogger, alpha_heatmap, draw_cells, format_duration
 
 SEARCH_DATASETS = ("cifar10", "cifar100", "folder", "synthetic")
@@ -98,6 +99,19 @@ class SearchConfig:
     init_channels: int = field(default=16, metadata=_f("channels of the first cell"))
     layers: int = field(default=8, metadata=_f("number of cells of the supernet"))
     nodes: int = field(default=4, metadata=_f("intermediate nodes per cell"))
+    ops: str = field(default=",".join(PRIMITIVES), metadata=_f(
+        "comma-separated ops of every edge (the DARTS 8 by default); an op of your own: "
+        "register_op in a --plugins file"))
+    mixing: str = field(default="softmax", metadata=_f(
+        "how an edge's alphas become its ops' weights: softmax (eq. 2), or a rule registered "
+        "with register_mixing in a --plugins file"))
+    arch_loss: str = field(default="none", metadata=_f(
+        "a term added to the loss the alphas minimise: none, or one registered with "
+        "register_arch_loss in a --plugins file"))
+    plugins: str = field(default="", metadata=_f(
+        "comma-separated Python files (or module names) imported first, whose register_op, "
+        "register_mixing and register_arch_loss calls --ops, --mixing and --arch_loss can "
+        "name; recorded, so --resume and the printed retrain command import them again"))
     train_portion: float = field(default=0.5, metadata=_f(
         "fraction of the training set that trains the weights; the rest trains the alphas"))
     arch_learning_rate: float = field(default=3e-4, metadata=_f("Adam learning rate of the alphas"))
@@ -189,6 +203,32 @@ def validate(cfg: SearchConfig) -> None:
             raise UserError(f"--{flag} {getattr(cfg, flag)}: must be {need}")
     if cfg.amp not in AMP_DTYPES:
         raise UserError(f"--amp {cfg.amp}: choose one of {', '.join(AMP_DTYPES)}")
+    ops = op_list(cfg.ops)
+    unknown = [op for op in ops if op not in OPS]
+    if unknown:
+        raise UserError(f"--ops: unknown op {unknown[0]!r}; known ops: {', '.join(sorted(OPS))} "
+                        f"(an op of your own: register_op in a file given to --plugins)")
+    if len(set(ops)) != len(ops):
+        raise UserError(f"--ops {cfg.ops}: an op is listed twice")
+    if not [op for op in ops if op != "none"]:
+        raise UserError(f"--ops {cfg.ops}: give at least one op other than none")
+    if cfg.mixing not in MIXING_RULES:
+        raise UserError(f"--mixing {cfg.mixing}: known rules: {', '.join(MIXING_RULES)} "
+                        f"(a rule of your own: register_mixing in a file given to --plugins)")
+    if cfg.arch_loss not in ARCH_LOSSES:
+        raise UserError(f"--arch_loss {cfg.arch_loss}: known losses: {', '.join(ARCH_LOSSES)} "
+                        f"(a loss of your own: register_arch_loss in a file given to --plugins)")
+
+
+def op_list(ops: str) -> tuple[str, ...]:
+    """The op names of `--ops`, in order."""
+    return tuple(op.strip() for op in ops.split(",") if op.strip())
+
+
+def search_space(cfg: SearchConfig) -> SearchSpace:
+    """The cell space of `cfg`: its ops on every edge, `nodes` intermediate nodes, all
+    concatenated at the output."""
+    return SearchSpace(op_list(cfg.ops), steps=cfg.nodes, multiplier=cfg.nodes)
 
 
 def arch_statistics(model: SearchNetwork, genotype: Genotype) -> dict[str, float]:
@@ -198,14 +238,25 @@ def arch_statistics(model: SearchNetwork, genotype: Genotype) -> dict[str, float
     stats["arch/skip_connect_normal"] = sum(op == "skip_connect" for op, _ in genotype.normal)
     with torch.no_grad():
         for kind, w in zip(("normal", "reduce"), model.mixing_weights()[:2], strict=True):
+            w = w / w.sum(-1, keepdim=True)  # a rule other than softmax: its rows normalised
             entropy = -(w * w.clamp_min(1e-30).log()).sum(-1).mean()
             stats[f"arch/entropy_{kind}"] = entropy.item()
     stats["arch/entropy"] = (stats["arch/entropy_normal"] + stats["arch/entropy_reduce"]) / 2
     return stats
 
 
-def retrain_command(run_dir: Path, cfg: SearchConfig) -> str:
-    """The train_final.py command that retrains this search's genotype on the same data."""
+def paper_scale(cfg: SearchConfig) -> bool:
+    """Whether the search is at least the paper's (a real data set, 8 cells of 16 channels,
+    50 epochs): its cell is then worth the paper's 600-epoch retraining."""
+    return (cfg.dataset != "synthetic" and cfg.layers >= 8 and cfg.init_channels >= 16
+            and cfg.epochs >= 50)
+
+
+def retrain_command(run_dir: Path, cfg: SearchConfig) -> tuple[str, str]:
+    """The train_final.py command that retrains this search's genotype on the same data, and
+    what it runs. After a search of the paper's size, the paper's recipe (600 epochs, 20
+    cells of 36 channels); after a smaller one, a network of the search's size for as many
+    epochs as the search had, which finishes in minutes where the search did."""
     args = ["python", "train_final.py", "--genotype", str(run_dir / "genotype.json"),
             "--dataset", cfg.dataset]
     if cfg.dataset != "synthetic" and cfg.data != "data":
@@ -215,7 +266,18 @@ def retrain_command(run_dir: Path, cfg: SearchConfig) -> str:
             args += [f"--{flag}", str(getattr(cfg, flag))]
     if cfg.dataset == "synthetic" and cfg.synthetic_size != 5000:
         args += ["--synthetic_size", str(cfg.synthetic_size)]
-    return shlex.join(args)
+    if cfg.plugins:
+        args += ["--plugins", cfg.plugins]
+    if paper_scale(cfg):
+        return shlex.join(args), ("the paper's recipe (600 epochs, 20 cells of 36 channels; "
+                                  "about 1.5 GPU-days on CIFAR-10)")
+    args += ["--layers", str(cfg.layers), "--init_channels", str(cfg.init_channels),
+             "--epochs", str(cfg.epochs)]
+    return shlex.join(args), (
+        f"this search is smaller than the paper's, so a network of its size ({cfg.layers} "
+        f"cells of {cfg.init_channels} channels) for {cfg.epochs} epochs; the paper's recipe "
+        f"(600 epochs, 20 cells of 36 channels) is the same command without --layers, "
+        f"--init_channels and --epochs")
 
 
 def run(cfg: SearchConfig, *, resume: str | None = None,
@@ -230,6 +292,9 @@ def run(cfg: SearchConfig, *, resume: str | None = None,
         ckpt = load_checkpoint(resume, "search", CHECKPOINT_KEYS)
         cfg = config_from_dict(SearchConfig, ckpt["config"], where=str(resume))
         run_dir = run_dir_of(resume)
+    # The plugins first: --ops, --mixing and --arch_loss may name what they register.
+    cfg = dataclasses.replace(cfg, plugins=plugins.absolute(cfg.plugins))
+    plugins.load(cfg.plugins)
     validate(cfg)
     d, device = distributed.setup(pick_device(cfg.device))
     try:
@@ -270,10 +335,9 @@ def batch_edges(flag: str, device: torch.device) -> bool:
 
 def build_supernet(cfg: SearchConfig, num_classes: int, device: torch.device) -> SearchNetwork:
     """The supernet of `cfg` on `device`, in its memory format (not yet compiled)."""
-    space = SearchSpace(steps=cfg.nodes, multiplier=cfg.nodes)
-    model = SearchNetwork(cfg.init_channels, num_classes, cfg.layers, space,
+    model = SearchNetwork(cfg.init_channels, num_classes, cfg.layers, search_space(cfg),
                           partial_channels=cfg.partial_channels,
-                          checkpoint_cells=cfg.checkpoint_cells)
+                          checkpoint_cells=cfg.checkpoint_cells, mixing=cfg.mixing)
     model = accelerate(model, batch_edges=batch_edges(cfg.batch_edges, device)).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -295,7 +359,7 @@ def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d
     architect = Architect(model, criterion, optimizer, order=cfg.order, hessian=cfg.hessian,
                           lr=cfg.arch_learning_rate, weight_decay=cfg.arch_weight_decay,
                           fd_epsilon=cfg.fd_epsilon, precision=precision, dist=d,
-                          capturable=graphs)
+                          capturable=graphs, arch_loss=ARCH_LOSSES[cfg.arch_loss])
 
     if ckpt is not None:
         weight_idx, alpha_idx = restore(run_dir, lambda: _split_of(ckpt["split"]))
@@ -492,5 +556,6 @@ def _finish(cfg, run_dir, logger, history, d: Dist) -> dict[str, Any]:
         draw_cells(genotype, logger, len(history), run_dir)
     metrics = _metrics(cfg, history, complete=len(history) >= cfg.epochs)
     logger.info("done: genotype %s written to %s", genotype, run_dir / "genotype.json")
-    logger.info("retrain it with:\n  %s", retrain_command(run_dir, cfg))
+    command, what = retrain_command(run_dir, cfg)
+    logger.info("retrain it with %s:\n  %s", what, command)
     return metrics

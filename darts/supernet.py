@@ -64,6 +64,29 @@ from darts.space import DARTS_SPACE, SearchSpace
 # edges reduce): softmax(alpha) rows and the normalised edge weights.
 MixingWeights = tuple[torch.Tensor, ...]
 
+# How an (edges, ops) alpha matrix becomes the weights that mix each edge's ops: a function
+# of the alphas, differentiable where the alphas are to learn through it.
+MixingRule = Callable[[torch.Tensor], torch.Tensor]
+
+
+def softmax_rows(alphas: torch.Tensor) -> torch.Tensor:
+    """DARTS's relaxation (eq. 2): softmax over the ops of each edge."""
+    return F.softmax(alphas, dim=-1)
+
+
+MIXING_RULES: dict[str, MixingRule] = {"softmax": softmax_rows}
+
+
+def register_mixing(name: str, rule: MixingRule, *, overwrite: bool = False) -> None:
+    """Adds a mixing rule, chosen by name (`SearchNetwork(mixing=name)`, `--mixing name`).
+    `rule(alphas)` maps the (edges, ops) alphas to mixing weights of the same shape; the
+    supernet multiplies each op's output by its weight and sums (eq. 2), and the decoder
+    ranks ops and edges by the same weights. Every fast path runs any rule: they take the
+    weights, not the rule."""
+    if name in MIXING_RULES and not overwrite:
+        raise ValueError(f"mixing rule {name!r} is already registered")
+    MIXING_RULES[name] = rule
+
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     """ShuffleNet's channel shuffle: channel g * (C / groups) + c moves to c * groups + g.
@@ -238,8 +261,11 @@ class SearchNetwork(nn.Module):
     def __init__(self, C: int = 16, num_classes: int = 10, layers: int = 8,
                  space: SearchSpace = DARTS_SPACE, stem_multiplier: int = 3,
                  in_channels: int = 3, partial_channels: int = 1,
-                 checkpoint_cells: bool = False):
+                 checkpoint_cells: bool = False, mixing: str = "softmax"):
         super().__init__()
+        if mixing not in MIXING_RULES:
+            raise ValueError(f"unknown mixing rule {mixing!r}; known: {', '.join(MIXING_RULES)}")
+        self.mixing = mixing
         if partial_channels < 1 or C % partial_channels:
             raise ValueError(f"partial_channels={partial_channels} must be a positive divisor "
                              f"of the {C} initial channels (each edge's ops get C / "
@@ -291,10 +317,12 @@ class SearchNetwork(nn.Module):
 
     # -- the relaxation ----------------------------------------------------------------------
     def mixing_weights(self, detach: bool = False) -> MixingWeights:
-        """softmax(alpha) over the ops of each edge, for the normal and the reduction cells;
-        with K > 1 followed by both cells' edge weights (`normalized_edge_weights`)."""
+        """The mixing rule of the alphas (softmax over the ops of each edge in DARTS), for the
+        normal and the reduction cells; with K > 1 followed by both cells' edge weights
+        (`normalized_edge_weights`)."""
         arch = [p.detach() if detach else p for p in self.arch_parameters()]
-        ops = (F.softmax(arch[0], dim=-1), F.softmax(arch[1], dim=-1))
+        rule = MIXING_RULES[self.mixing]
+        ops = (rule(arch[0]), rule(arch[1]))
         if self.partial_channels == 1:
             return ops
         steps = self.space.steps

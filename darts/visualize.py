@@ -22,6 +22,7 @@ import graphviz
 import numpy as np
 from PIL import Image
 
+from darts import plugins
 from darts.cli import Parser, report
 from darts.errors import UserError
 from darts.files import atomic_open
@@ -168,9 +169,13 @@ def main(argv: list[str] | None = None) -> int:
                              "genotype file's directory, or the current directory for a name)")
     parser.add_argument("--format", choices=CLI_FORMATS, default="png",
                         help="picture format (default: png)")
+    parser.add_argument("--plugins", default="",
+                        help="comma-separated Python files (or module names) imported first: "
+                             "the ops of your own that the genotype uses")
     args = parser.parse_args(argv)
 
     try:
+        plugins.load(args.plugins)
         genotype = resolve_genotype(args.genotype)
         out_dir = args.out_dir if args.out_dir is not None else _default_out_dir(args.genotype)
         paths = render_genotype(genotype, out_dir, format=args.format)

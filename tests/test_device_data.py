@@ -12,6 +12,15 @@ from test_data import tiny_cifar10
 from torch.utils.data import DistributedSampler
 from torchvision import datasets, transforms
 
+from darts.accel.device_data import (
+    DeviceEvalLoader,
+    DeviceImages,
+    DeviceSplitLoader,
+    augment,
+    batch_seed,
+    has_device_images,
+    normalize,
+)
 from darts.data import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -21,15 +30,6 @@ from darts.data import (
     build_datasets,
     make_loader,
     search_split,
-)
-from darts.accel.device_data import (
-    DeviceEvalLoader,
-    DeviceImages,
-    DeviceSplitLoader,
-    augment,
-    batch_seed,
-    has_device_images,
-    normalize,
 )
 
 CPU = torch.device("cpu")

@@ -285,7 +285,7 @@ def test_search_on_an_image_folder(tmp_path):
     cfg = _tiny_config(tmp_path, dataset="folder", data=str(tmp_path / "imgs"), name="folder",
                        epochs=1, order=1, tensorboard=False)
     assert run(cfg)["complete"]
-    assert "--data" in retrain_command(tmp_path / "folder", cfg)
+    assert "--data" in retrain_command(tmp_path / "folder", cfg)[0]
 
 
 def test_channels_last_defaults_to_on_on_the_cpu_only_and_obeys_the_flag():

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from darts.accel import kernels
 from darts.ops import FactorizedReduce
 
+
 def _will_run(node: torch.autograd.graph.Node) -> bool:
     """Whether the running backward pass reaches `node` (not a leaf's accumulator).
 
@@ -610,7 +611,7 @@ def _has_bn_relu(seq: nn.Sequential) -> bool:
     """Whether a BatchNorm is followed by a ReLU that does not work in place."""
     layers = list(seq)
     return any(isinstance(a, nn.BatchNorm2d) and type(b) is nn.ReLU and not b.inplace
-               for a, b in zip(layers, layers[1:]))
+               for a, b in zip(layers, layers[1:], strict=False))
 
 
 def swap_modules(model: nn.Module) -> None:

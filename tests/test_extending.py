@@ -1,0 +1,211 @@
+"""Extending without editing the library: the README's "Extending" section run as written
+(at a smaller size), and the extension points it uses, each against an independent reference."""
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.nn as nn
+from conftest import ROOT
+
+from darts import plugins, visualize
+from darts.architect import ARCH_LOSSES, Architect, register_arch_loss
+from darts.checkpoint import load_checkpoint
+from darts.errors import UserError
+from darts.space import SearchSpace
+from darts.supernet import MIXING_RULES, SearchNetwork, register_mixing
+
+# What the README's commands become here: the same flags at a size that runs in seconds.
+SMALLER = {"--epochs": "3", "--layers": "3", "--init_channels": "4", "--image_size": "8",
+           "--synthetic_size": "64", "--batch_size": "16"}
+
+
+def readme_section(title: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index(f"## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end]
+
+
+def code_blocks(section: str, language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", section, flags=re.S)
+
+
+def smaller(argv: list[str]) -> list[str]:
+    out = list(argv)
+    for i, arg in enumerate(out[:-1]):
+        if arg in SMALLER:
+            out[i + 1] = SMALLER[arg]
+    return out
+
+
+def as_run_here(line: str) -> list[str]:
+    """A README command line as argv: the scripts from the checkout, sizes made smaller."""
+    argv = shlex.split(line.split("#")[0])
+    assert argv[0] == "python"
+    argv[0] = sys.executable
+    if argv[1].endswith(".py"):
+        argv[1] = str(ROOT / argv[1])
+    return smaller(argv)
+
+
+def run(argv, cwd, **kw):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+                          **kw)
+
+
+def test_the_readme_extending_section_runs_as_written(tmp_path):
+    section = readme_section("Extending")
+    (plugin,) = code_blocks(section, "python")
+    (commands,) = code_blocks(section, "bash")
+    search, resume, draw = [line for line in commands.splitlines() if line.strip()]
+    (tmp_path / "my_ops.py").write_text(plugin)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    # The search, killed (SIGKILL) as soon as its first epoch's checkpoint is written.
+    run_dir = tmp_path / "runs" / "my-search"
+    proc = subprocess.Popen(as_run_here(search) + ["--workers", "0"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (run_dir / "checkpoint.pt").exists():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ckpt = load_checkpoint(run_dir / "checkpoint.pt")
+    assert ckpt["epoch"] < 3, "the search finished before it was killed"
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["ops"] == "none,skip_connect,max_pool_3x3,sep_conv_3x3,conv_3x3"
+    assert config["plugins"] == str(tmp_path / "my_ops.py")
+    assert config["arch_loss"] == "beta_decay"
+    assert ckpt["model"]["alphas_normal"].shape == (14, 5)
+
+    # --resume, in a fresh process: it imports my_ops.py again from the recorded path.
+    done = run(as_run_here(resume), tmp_path)
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["complete"] and len(metrics["history"]) == 3
+    genotype = json.loads((run_dir / "genotype.json").read_text())
+    used = {op for op, _ in genotype["normal"] + genotype["reduce"]}
+    assert used <= {"skip_connect", "max_pool_3x3", "sep_conv_3x3", "conv_3x3"}
+
+    # The retrain command the search printed, as printed: a network of the search's size.
+    log = (run_dir / "log.txt").read_text()
+    printed = re.search(r"retrain it with (.*?):\n\s+(python train_final\.py .*)", log)
+    assert printed and "smaller than the paper's" in printed.group(1)
+    retrain = run(as_run_here(printed.group(2)), tmp_path)
+    assert retrain.returncode == 0, retrain.stderr
+    (final_dir,) = (tmp_path / "runs").glob("final-*")
+    final = json.loads((final_dir / "metrics.json").read_text())
+    assert final["complete"] and final["epochs_done"] == 3
+    final_config = json.loads((final_dir / "config.json").read_text())
+    assert (final_config["layers"], final_config["init_channels"]) == (3, 4)
+
+    # The visualizer draws it with the plugin; without it, one line that names --plugins.
+    if visualize.dot_available():
+        drawn = run(as_run_here(draw), tmp_path)
+        assert drawn.returncode == 0, drawn.stderr
+        assert (run_dir / "normal.png").exists()
+    argv = as_run_here(draw)
+    refused = run(argv[:argv.index("--plugins")], tmp_path)
+    if "conv_3x3" in json.dumps(genotype):
+        assert refused.returncode == 2
+        assert refused.stderr.count("\n") == 1 and "--plugins" in refused.stderr
+
+
+def test_an_op_of_ones_own_without_its_plugin_is_one_line(tmp_path):
+    argv = [sys.executable, str(ROOT / "train_search.py"), "--dataset", "synthetic",
+            "--ops", "none,conv_3x3", "--save", str(tmp_path)]
+    result = run(argv, tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "--ops: unknown op 'conv_3x3'" in result.stderr and "--plugins" in result.stderr
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("content, expected", [
+    (None, "no such file"),
+    ("x = 1\nraise RuntimeError('bad setting')\n", "RuntimeError at line 2: bad setting"),
+    ("import not_a_module_anywhere\n", "No module named 'not_a_module_anywhere'"),
+])
+def test_a_plugin_that_cannot_load_is_one_user_error(tmp_path, content, expected):
+    path = tmp_path / "plugin.py"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(UserError, match=re.escape(expected)) as info:
+        plugins.load(str(path))
+    assert "--plugins" in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(UserError, match="no module of that name"):
+        plugins.load("not_a_module_anywhere_either")
+
+
+def test_a_plugin_is_imported_once_and_recorded_by_its_absolute_path(tmp_path, monkeypatch):
+    path = tmp_path / "counting.py"
+    path.write_text("import builtins\nbuiltins.plugin_imports = getattr(builtins, 'plugin_imports', 0) + 1\n")
+    import builtins
+    try:
+        first = plugins.load(str(path))
+        second = plugins.load(f" {path} ,")
+        assert first == second and builtins.plugin_imports == 1
+        monkeypatch.chdir(tmp_path)
+        assert plugins.absolute("counting.py, json") == f"{path.resolve()},json"
+    finally:
+        del builtins.plugin_imports
+
+
+def test_a_mixing_rule_of_ones_own_is_used_by_forward_and_decoding():
+    register_mixing("test_sigmoid", torch.sigmoid)
+    try:
+        torch.manual_seed(0)
+        model = SearchNetwork(4, 3, 3, SearchSpace(), mixing="test_sigmoid").double()
+        with torch.no_grad():
+            for a in model.arch_parameters():
+                a.normal_()
+        x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+        a_n, a_r = model.alphas_normal, model.alphas_reduce
+        # the reference: the plain forward at explicitly given sigmoid weights
+        expected = model(x, (torch.sigmoid(a_n), torch.sigmoid(a_r)))
+        torch.testing.assert_close(model(x), expected)
+        w = model.mixing_weights()
+        torch.testing.assert_close(w[0], 1 / (1 + torch.exp(-a_n)))
+        genotype = model.genotype()
+        want = model.space.decode(torch.sigmoid(a_n).detach(), torch.sigmoid(a_r).detach())
+        assert genotype.normal == want.normal and genotype.reduce == want.reduce
+        with pytest.raises(ValueError, match="unknown mixing rule"):
+            SearchNetwork(4, 3, 3, SearchSpace(), mixing="not_registered")
+    finally:
+        del MIXING_RULES["test_sigmoid"]
+
+
+def test_an_arch_loss_adds_its_own_gradient_to_the_alpha_gradient():
+    torch.manual_seed(0)
+    model = SearchNetwork(4, 3, 3, SearchSpace()).double()
+    crit = nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.network_parameters(), 0.1, momentum=0.9)
+    batch = (torch.randn(4, 3, 8, 8, dtype=torch.float64), torch.randint(0, 3, (4,)))
+    c = 0.3
+
+    def square(m):
+        return c * sum((a ** 2).sum() for a in m.arch_parameters())
+
+    register_arch_loss("test_square", square)
+    try:
+        for order in (1, 2):
+            plain = Architect(model, crit, opt, order=order).gradient(batch, batch, 0.1)[0]
+            with_loss = Architect(model, crit, opt, order=order,
+                                  arch_loss=ARCH_LOSSES["test_square"]).gradient(batch, batch, 0.1)[0]
+            for a, g0, g1 in zip(model.arch_parameters(), plain, with_loss, strict=True):
+                torch.testing.assert_close(g1 - g0, 2 * c * a.detach())  # d/da c a^2 = 2 c a
+        with pytest.raises(ValueError, match="already registered"):
+            register_arch_loss("test_square", square)
+    finally:
+        del ARCH_LOSSES["test_square"]
