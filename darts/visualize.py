@@ -30,6 +30,8 @@ from darts.genotype import Genotype, resolve_genotype
 
 INPUT_NAMES = ("c_{k-2}", "c_{k-1}")
 OUTPUT_NAME = "c_{k}"
+# What the pictures show for them: graphviz HTML labels with subscripts, as in the paper.
+LABELS = {"c_{k-2}": "<c<sub>k-2</sub>>", "c_{k-1}": "<c<sub>k-1</sub>>", "c_{k}": "<c<sub>k</sub>>"}
 
 # The look of the paper's figures: filled boxes, one colour per kind of state.
 INPUT_COLOR = "darkseagreen2"
@@ -74,12 +76,20 @@ def cell_graph(genotype: Genotype, reduction: bool, *, title: str | None = None,
     if title:
         g.attr(label=title, labelloc="t", fontsize="24", fontname="times")
 
-    for name in INPUT_NAMES:
-        g.node(name, fillcolor=INPUT_COLOR)
+    # The two inputs in one column, c_{k-2} above c_{k-1}; the names stay the node ids and
+    # are shown with subscripts.
+    with g.subgraph(name="inputs") as inputs:
+        inputs.attr(rank="same")
+        for name in INPUT_NAMES:
+            inputs.node(name, label=LABELS[name], fillcolor=INPUT_COLOR)
+        inputs.edge(*INPUT_NAMES, style="invis")
     steps = len(edges) // 2
     for node in range(steps):
         g.node(str(node), fillcolor=NODE_COLOR)
-    g.node(OUTPUT_NAME, fillcolor=OUTPUT_COLOR)
+    g.node(OUTPUT_NAME, label=LABELS[OUTPUT_NAME], fillcolor=OUTPUT_COLOR)
+    # The intermediate nodes left to right in their order (invisible edges rank them).
+    for node in range(steps - 1):
+        g.edge(str(node), str(node + 1), style="invis")
 
     # Genotype layout: edges 2i and 2i+1 feed intermediate node i (state i + 2).
     for k, (op, index) in enumerate(edges):

@@ -60,7 +60,7 @@ def edges_of(graph: graphviz.Digraph) -> list[tuple[str, str, str | None]]:
     out = []
     for line in graph.source.splitlines():
         m = _EDGE.match(line)
-        if m:
+        if m and "style=invis" not in line:  # the invisible edges only order the nodes
             label = _LABEL.search(m.group(3) or "")
             out.append((_unquote(m.group(1)), _unquote(m.group(2)),
                         _unquote(label.group(1)) if label else None))
@@ -160,8 +160,20 @@ def test_svg_shows_every_op_and_state_name(tmp_path):
         texts = [t.text for t in svg.iter("{http://www.w3.org/2000/svg}text")]
         edges, _ = DARTS_V2.cell(reduction)
         assert sorted(op for op, _ in edges) == sorted(t for t in texts if "_" in t and "{" not in t)
-        for name in ("c_{k-2}", "c_{k-1}", "c_{k}", "0", "1", "2", "3"):
+        for name in ("0", "1", "2", "3"):
             assert name in texts
+        # c with subscripts k-2, k-1 and k, as the paper writes them (not "c_{k-2}")
+        for sub in ("k-2", "k-1", "k"):
+            assert any(a == "c" and b == sub for a, b in zip(texts, texts[1:]))
+        assert not any("{" in t for t in texts)
+
+
+def test_nodes_are_ranked_in_their_order_and_the_inputs_stacked():
+    g = vis.cell_graph(NASNET, reduction=False)
+    hidden = [line for line in g.source.splitlines() if "style=invis" in line]
+    order = [tuple(_unquote(x) for x in _EDGE.match(line).groups()[:2]) for line in hidden]
+    assert order == [("c_{k-2}", "c_{k-1}"), ("0", "1"), ("1", "2"), ("2", "3"), ("3", "4")]
+    assert "rank=same" in g.source
 
 
 @needs_dot
