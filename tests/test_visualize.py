@@ -164,7 +164,7 @@ def test_svg_shows_every_op_and_state_name(tmp_path):
             assert name in texts
         # c with subscripts k-2, k-1 and k, as the paper writes them (not "c_{k-2}")
         for sub in ("k-2", "k-1", "k"):
-            assert any(a == "c" and b == sub for a, b in zip(texts, texts[1:]))
+            assert any(a == "c" and b == sub for a, b in zip(texts, texts[1:], strict=False))
         assert not any("{" in t for t in texts)
 
 
