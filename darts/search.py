@@ -269,14 +269,15 @@ def retrain_command(run_dir: Path, cfg: SearchConfig) -> tuple[str, str]:
     if cfg.plugins:
         args += ["--plugins", cfg.plugins]
     if paper_scale(cfg):
-        return shlex.join(args), ("the paper's recipe (600 epochs, 20 cells of 36 channels; "
-                                  "about 1.5 GPU-days on CIFAR-10)")
+        return shlex.join(args), ("this search has the paper's size: the command below "
+                                  "retrains its cell with the paper's recipe (600 epochs, 20 "
+                                  "cells of 36 channels; about 1.5 GPU-days on CIFAR-10)")
     args += ["--layers", str(cfg.layers), "--init_channels", str(cfg.init_channels),
              "--epochs", str(cfg.epochs)]
     return shlex.join(args), (
-        f"this search is smaller than the paper's, so a network of its size ({cfg.layers} "
-        f"cells of {cfg.init_channels} channels) for {cfg.epochs} epochs; the paper's recipe "
-        f"(600 epochs, 20 cells of 36 channels) is the same command without --layers, "
+        f"this search is smaller than the paper's: the command below trains a network of its "
+        f"size ({cfg.layers} cells of {cfg.init_channels} channels) for {cfg.epochs} epochs; "
+        f"for the paper's recipe (600 epochs, 20 cells of 36 channels) leave out --layers, "
         f"--init_channels and --epochs")
 
 
@@ -557,5 +558,5 @@ def _finish(cfg, run_dir, logger, history, d: Dist) -> dict[str, Any]:
     metrics = _metrics(cfg, history, complete=len(history) >= cfg.epochs)
     logger.info("done: genotype %s written to %s", genotype, run_dir / "genotype.json")
     command, what = retrain_command(run_dir, cfg)
-    logger.info("retrain it with %s:\n  %s", what, command)
+    logger.info("%s; retrain it with:\n  %s", what, command)
     return metrics

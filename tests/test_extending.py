@@ -100,7 +100,7 @@ def test_the_readme_extending_section_runs_as_written(tmp_path):
 
     # The retrain command the search printed, as printed: a network of the search's size.
     log = (run_dir / "log.txt").read_text()
-    printed = re.search(r"retrain it with (.*?):\n\s+(python train_final\.py .*)", log)
+    printed = re.search(r"(.*); retrain it with:\n\s+(python train_final\.py .*)", log)
     assert printed and "smaller than the paper's" in printed.group(1)
     retrain = run(as_run_here(printed.group(2)), tmp_path)
     assert retrain.returncode == 0, retrain.stderr

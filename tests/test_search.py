@@ -1,5 +1,6 @@
 """train_search.py end to end on synthetic data: outputs, TensorBoard, resume, retraining."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from darts.checkpoint import load_checkpoint
 from darts.data import SplitLoader, search_split
 from darts.errors import UserError
 from darts.genotype import genotype_from_dict, load_genotype
-from darts.search import SearchConfig, retrain_command, run
+from darts.search import SearchConfig, paper_scale, retrain_command, run
 
 TINY = ["--dataset", "synthetic", "--layers", "3", "--init_channels", "4", "--image_size", "16",
         "--synthetic_size", "32", "--batch_size", "16", "--workers", "0", "--no-progress"]
@@ -302,3 +303,16 @@ def test_channels_last_defaults_to_on_on_the_cpu_only_and_obeys_the_flag():
     for cls in (SearchConfig, FinalConfig):  # --tune_malloc: on unless turned off
         for argv, want in (([], True), (["--no-tune_malloc"], False)):
             assert from_arguments(cls, parse_args(cls, "", "x", argv)).tune_malloc is want
+
+
+def test_the_retrain_command_matches_the_search_size(tmp_path):
+    paper = SearchConfig()  # CIFAR-10, 8 cells of 16 channels, 50 epochs: the paper's search
+    command, what = retrain_command(tmp_path, paper)
+    assert "--layers" not in command and "--epochs" not in command
+    assert "paper's recipe" in what and "600 epochs" in what
+    small = SearchConfig(dataset="synthetic", layers=5, init_channels=8, epochs=4, image_size=16)
+    command, what = retrain_command(tmp_path, small)
+    assert command.endswith("--layers 5 --init_channels 8 --epochs 4")
+    assert "smaller than the paper's" in what and "leave out --layers" in what
+    assert not paper_scale(dataclasses.replace(paper, epochs=10))
+    assert not paper_scale(dataclasses.replace(paper, dataset="synthetic"))
