@@ -273,12 +273,16 @@ def retrain_command(run_dir: Path, cfg: SearchConfig) -> tuple[str, str]:
                                   "retrains its cell with the paper's recipe (600 epochs, 20 "
                                   "cells of 36 channels; about 1.5 GPU-days on CIFAR-10)")
     args += ["--layers", str(cfg.layers), "--init_channels", str(cfg.init_channels),
-             "--epochs", str(cfg.epochs)]
+             "--epochs", str(cfg.epochs), "--batch_size", str(cfg.batch_size)]
+    small_images = cfg.image_size is not None and cfg.image_size < 32
+    if small_images:  # the paper's 16-pixel cutout would blank images this small
+        args += ["--cutout_length", str(cfg.image_size // 2)]
     return shlex.join(args), (
         f"this search is smaller than the paper's: the command below trains a network of its "
-        f"size ({cfg.layers} cells of {cfg.init_channels} channels) for {cfg.epochs} epochs; "
+        f"size ({cfg.layers} cells of {cfg.init_channels} channels, batch {cfg.batch_size}"
+        f"{', cutout half the image' if small_images else ''}) for {cfg.epochs} epochs; "
         f"for the paper's recipe (600 epochs, 20 cells of 36 channels) leave out --layers, "
-        f"--init_channels and --epochs")
+        f"--init_channels, --epochs, --batch_size{' and --cutout_length' if small_images else ''}")
 
 
 def run(cfg: SearchConfig, *, resume: str | None = None,

@@ -109,6 +109,7 @@ def test_the_readme_extending_section_runs_as_written(tmp_path):
     assert final["complete"] and final["epochs_done"] == 3
     final_config = json.loads((final_dir / "config.json").read_text())
     assert (final_config["layers"], final_config["init_channels"]) == (3, 4)
+    assert (final_config["batch_size"], final_config["cutout_length"]) == (16, 4)
 
     # The visualizer draws it with the plugin; without it, one line that names --plugins.
     if visualize.dot_available():

@@ -310,9 +310,11 @@ def test_the_retrain_command_matches_the_search_size(tmp_path):
     command, what = retrain_command(tmp_path, paper)
     assert "--layers" not in command and "--epochs" not in command
     assert "paper's recipe" in what and "600 epochs" in what
-    small = SearchConfig(dataset="synthetic", layers=5, init_channels=8, epochs=4, image_size=16)
+    small = SearchConfig(dataset="synthetic", layers=5, init_channels=8, epochs=4, image_size=16,
+                         batch_size=32)
     command, what = retrain_command(tmp_path, small)
-    assert command.endswith("--layers 5 --init_channels 8 --epochs 4")
+    assert command.endswith("--layers 5 --init_channels 8 --epochs 4 --batch_size 32 "
+                            "--cutout_length 8")
     assert "smaller than the paper's" in what and "leave out --layers" in what
     assert not paper_scale(dataclasses.replace(paper, epochs=10))
     assert not paper_scale(dataclasses.replace(paper, dataset="synthetic"))
