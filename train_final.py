@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import sys
 
-from darts import cli
 from darts.final import FinalConfig, run
+from darts.train import cli
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import sys
 
-from darts import cli
 from darts.search import SearchConfig, run
+from darts.train import cli
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,11 +29,11 @@ from common import (
 )
 
 from darts.accel.cuda_graph import cuda_graphs_enabled
-from darts.data import build_datasets
-from darts.distributed import Dist
-from darts.engine import Precision, train_one_epoch
 from darts.final import FinalConfig, _loaders, build_network
 from darts.genotype import resolve_genotype
+from darts.train.data import build_datasets
+from darts.train.distributed import Dist
+from darts.train.engine import Precision, train_one_epoch
 
 PRESETS = {
     "standard": {"init_channels": 36, "layers": 20, "batch_size": 96, "image_size": 32},

@@ -23,9 +23,9 @@ from common import environment, write_json
 
 from darts.accel import accelerate, kernels
 from darts.accel.fused import MaxPool2d
-from darts.engine import pick_device
 from darts.space import SearchSpace
 from darts.supernet import SearchNetwork, saved_activation_bytes
+from darts.train.engine import pick_device
 
 PRESETS = {
     "standard": {"init_channels": 16, "layers": 8, "nodes": 4, "batch_size": 64, "image_size": 32},

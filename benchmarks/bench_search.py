@@ -32,10 +32,10 @@ from common import (
 
 from darts.accel.cuda_graph import cuda_graphs_enabled
 from darts.architect import Architect
-from darts.data import build_datasets, search_split
-from darts.distributed import Dist
-from darts.engine import MetricSum, Precision, train_one_epoch
 from darts.search import SearchConfig, _loaders, architect_side_step, build_supernet
+from darts.train.data import build_datasets, search_split
+from darts.train.distributed import Dist
+from darts.train.engine import MetricSum, Precision, train_one_epoch
 
 PRESETS = {
     "standard": {"init_channels": 16, "layers": 8, "nodes": 4, "batch_size": 64, "image_size": 32},

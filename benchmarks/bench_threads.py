@@ -31,7 +31,7 @@ import json, os, sys, time
 sys.path.insert(0, {root!r})
 import torch
 import torch.nn as nn
-from darts.engine import configure_cpu_threads, watch_threads
+from darts.train.engine import configure_cpu_threads, watch_threads
 if {threads!r} == "auto":
     configure_cpu_threads()
 elif {threads!r} == "adapt":

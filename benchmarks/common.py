@@ -209,13 +209,13 @@ def add_arguments(p) -> None:
 def add_malloc_argument(p) -> None:
     p.add_argument("--tune_malloc", action=argparse.BooleanOptionalAction, default=True,
                    help="on the CPU, both paths: glibc's malloc keeps freed memory in the process "
-                        "(darts.engine.tune_malloc, what the training scripts do); "
+                        "(darts.train.engine.tune_malloc, what the training scripts do); "
                         "--no-tune_malloc for glibc's defaults")
 
 
 def apply_malloc(args, device: torch.device) -> str:
     """Sets the process's malloc as --tune_malloc asks (on the CPU): what the JSON records."""
-    from darts.engine import tune_malloc
+    from darts.train.engine import tune_malloc
 
     return "tuned" if args.tune_malloc and tune_malloc(device) else "system"
 
@@ -225,7 +225,7 @@ def run(p, argv, header: Callable[[argparse.Namespace, torch.device], dict],
         extra_fast: Callable[[argparse.Namespace], dict] = lambda args: {}) -> int:
     """Parses the flags, measures the fast path (and with --compare the plain path first),
     writes the JSON. A path is a dict of the run's speed flags, passed to `measure`."""
-    from darts.engine import pick_device
+    from darts.train.engine import pick_device
 
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:

@@ -22,8 +22,8 @@ from common import add_malloc_argument, apply_malloc, environment, write_json
 from torch.profiler import ProfilerActivity, profile
 
 from darts.architect import Architect
-from darts.engine import Precision, pick_device
 from darts.search import SearchConfig, build_supernet
+from darts.train.engine import Precision, pick_device
 
 
 def main(argv=None) -> int:

@@ -31,8 +31,8 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
-from darts.distributed import Dist, average_
-from darts.engine import FLOAT32, Precision, split_output
+from darts.train.distributed import Dist, average_
+from darts.train.engine import FLOAT32, Precision, split_output
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 Tensors = list[torch.Tensor]

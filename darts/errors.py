@@ -2,7 +2,7 @@
 
 Every mistake in a user's input (a flag, a file, a data set, a full disk) is raised as a
 `UserError` whose message is one line naming the flag or file and the fix. The command-line
-entry points (`darts.cli.main`, `python -m darts.visualize`) catch it, print
+entry points (`darts.train.cli.main`, `python -m darts.visualize`) catch it, print
 `error: <message>` and exit with status 2; nothing else turns into a bare traceback.
 """
 

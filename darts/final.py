@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Subset
 
-from darts import distributed, plugins
+from darts import plugins
 from darts.accel import accelerate
 from darts.accel.cuda_graph import CUDA_GRAPH_FLAGS, cuda_graphs_enabled
 from darts.accel.device_data import (
@@ -37,7 +37,11 @@ from darts.accel.device_data import (
     DeviceSplitLoader,
     use_device_loader,
 )
-from darts.checkpoint import (
+from darts.errors import UserError
+from darts.genotype import Genotype, genotype_from_dict, resolve_genotype, save_genotype
+from darts.network import NetworkCIFAR, NetworkImageNet, count_multiply_adds, count_parameters
+from darts.train import distributed
+from darts.train.checkpoint import (
     discarded_if_unfinished,
     load_checkpoint,
     new_run_dir,
@@ -48,10 +52,10 @@ from darts.checkpoint import (
     seed_everything,
     set_rng_state,
 )
-from darts.config import config_from_dict, to_dict
-from darts.data import DATASETS, SplitLoader, build_datasets, make_loader, network_family
-from darts.distributed import Dist
-from darts.engine import (
+from darts.train.config import config_from_dict, to_dict
+from darts.train.data import DATASETS, SplitLoader, build_datasets, make_loader, network_family
+from darts.train.distributed import Dist
+from darts.train.engine import (
     AMP_DTYPES,
     Precision,
     channels_last_on,
@@ -62,11 +66,8 @@ from darts.engine import (
     train_one_epoch,
     tune_malloc,
 )
-from darts.errors import UserError
-from darts.files import save_json
-from darts.genotype import Genotype, genotype_from_dict, resolve_genotype, save_genotype
-from darts.network import NetworkCIFAR, NetworkImageNet, count_multiply_adds, count_parameters
-from darts.tb import EpochTimer, RunLogger, draw_cells, format_duration
+from darts.train.files import save_json
+from darts.train.tb import EpochTimer, RunLogger, draw_cells, format_duration
 
 CIFAR_RECIPE: dict[str, Any] = dict(
     init_channels=36, layers=20, batch_size=96, learning_rate=0.025, lr_schedule="cosine",

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from darts.errors import GenotypeError
-from darts.files import save_json
 from darts.primitives import OPS
+from darts.train.files import save_json
 
 Edge = tuple[str, int]
 

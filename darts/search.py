@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Subset
 
-from darts import distributed, plugins
+from darts import plugins
 from darts.accel import accelerate, edges_batched
 from darts.accel.cuda_graph import CUDA_GRAPH_FLAGS, cuda_graphs_enabled
 from darts.accel.device_data import (
@@ -39,7 +39,13 @@ from darts.accel.device_data import (
     use_device_loader,
 )
 from darts.architect import ARCH_LOSSES, Architect
-from darts.checkpoint import (
+from darts.errors import UserError
+from darts.genotype import Genotype, genotype_from_dict, save_genotype
+from darts.primitives import OPS, PRIMITIVES
+from darts.space import SearchSpace
+from darts.supernet import MIXING_RULES, SearchNetwork
+from darts.train import distributed
+from darts.train.checkpoint import (
     discarded_if_unfinished,
     load_checkpoint,
     new_run_dir,
@@ -50,10 +56,10 @@ from darts.checkpoint import (
     seed_everything,
     set_rng_state,
 )
-from darts.config import config_from_dict, to_dict
-from darts.data import SplitLoader, build_datasets, make_loader, search_split
-from darts.distributed import Dist
-from darts.engine import (
+from darts.train.config import config_from_dict, to_dict
+from darts.train.data import SplitLoader, build_datasets, make_loader, search_split
+from darts.train.distributed import Dist
+from darts.train.engine import (
     AMP_DTYPES,
     MetricSum,
     Precision,
@@ -66,13 +72,8 @@ from darts.engine import (
     train_one_epoch,
     tune_malloc,
 )
-from darts.errors import UserError
-from darts.files import save_json
-from darts.genotype import Genotype, genotype_from_dict, save_genotype
-from darts.primitives import OPS, PRIMITIVES
-from darts.space import SearchSpace
-from darts.supernet import MIXING_RULES, SearchNetwork
-from darts.tb import EpochTimer, RunLogger, alpha_heatmap, draw_cells, format_duration
+from darts.train.files import save_json
+from darts.train.tb import EpochTimer, RunLogger, alpha_heatmap, draw_cells, format_duration
 
 SEARCH_DATASETS = ("cifar10", "cifar100", "folder", "synthetic")
 CHECKPOINT_KEYS = ("epoch", "config", "model", "optimizer", "arch_optimizer", "scheduler", "split",

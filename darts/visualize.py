@@ -23,10 +23,10 @@ import numpy as np
 from PIL import Image
 
 from darts import plugins
-from darts.cli import Parser, report
 from darts.errors import UserError
-from darts.files import atomic_open
 from darts.genotype import Genotype, resolve_genotype
+from darts.train.cli import Parser, report
+from darts.train.files import atomic_open
 
 INPUT_NAMES = ("c_{k-2}", "c_{k-1}")
 OUTPUT_NAME = "c_{k}"

@@ -10,13 +10,13 @@ import torch.nn as nn
 from darts.accel import accelerate
 from darts.accel.cuda_graph import StepGraph, cuda_graphs_enabled
 from darts.architect import Architect
-from darts.engine import MetricSum, Precision, SideStep, evaluate, train_one_epoch
 from darts.errors import UserError
 from darts.genotype import resolve_genotype
 from darts.network import NetworkCIFAR
 from darts.ops import drop_path
 from darts.space import SearchSpace
 from darts.supernet import SearchNetwork
+from darts.train.engine import MetricSum, Precision, SideStep, evaluate, train_one_epoch
 
 CPU, GPU = torch.device("cpu"), torch.device("cuda")
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

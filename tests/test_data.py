@@ -16,7 +16,8 @@ from PIL import Image
 from torch.utils.data import TensorDataset
 from torchvision import datasets, transforms
 
-from darts.data import (
+from darts.errors import UserError
+from darts.train.data import (
     CIFAR10_MEAN,
     CIFAR10_STD,
     CIFAR100_MEAN,
@@ -31,7 +32,6 @@ from darts.data import (
     build_datasets,
     make_loader,
 )
-from darts.errors import UserError
 
 # ---------------------------------------------------------------------------------------------
 # CIFAR in its real on-disk format, a few images per file

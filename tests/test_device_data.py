@@ -21,7 +21,7 @@ from darts.accel.device_data import (
     has_device_images,
     normalize,
 )
-from darts.data import (
+from darts.train.data import (
     CIFAR10_MEAN,
     CIFAR10_STD,
     Cutout,

@@ -8,12 +8,12 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn as nn
 
-from darts import distributed
 from darts.architect import Architect
-from darts.checkpoint import load_checkpoint
 from darts.search import SearchConfig, run
 from darts.space import SearchSpace
 from darts.supernet import SearchNetwork
+from darts.train import distributed
+from darts.train.checkpoint import load_checkpoint
 
 WORLD = 2
 STEPS = 3

@@ -17,10 +17,10 @@ from conftest import ROOT
 
 from darts import plugins, visualize
 from darts.architect import ARCH_LOSSES, Architect, register_arch_loss
-from darts.checkpoint import load_checkpoint
 from darts.errors import UserError
 from darts.space import SearchSpace
 from darts.supernet import MIXING_RULES, SearchNetwork, register_mixing
+from darts.train.checkpoint import load_checkpoint
 
 # What the README's commands become here: the same flags at a size that runs in seconds.
 SMALLER = {"--epochs": "3", "--layers": "3", "--init_channels": "4", "--image_size": "8",

@@ -9,9 +9,9 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from darts.checkpoint import load_checkpoint
 from darts.errors import UserError
 from darts.final import FinalConfig, run
+from darts.train.checkpoint import load_checkpoint
 from tests.conftest import ROOT
 
 TINY = dict(dataset="synthetic", genotype="darts_v2", epochs=2, layers=3, init_channels=4,

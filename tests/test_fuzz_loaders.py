@@ -19,11 +19,11 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import darts.visualize as vis
-from darts.data import build_datasets, make_loader
 from darts.errors import GenotypeError, UserError
 from darts.genotype import GENOTYPE_DIR, Genotype, load_genotype, resolve_genotype
 from darts.network import NetworkCIFAR
 from darts.primitives import OPS
+from darts.train.data import build_datasets, make_loader
 
 
 def fuzz(n: int) -> settings:

@@ -12,11 +12,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import train_search
 from darts import visualize
-from darts.checkpoint import load_checkpoint
-from darts.data import SplitLoader, search_split
 from darts.errors import UserError
 from darts.genotype import genotype_from_dict, load_genotype
 from darts.search import SearchConfig, paper_scale, retrain_command, run
+from darts.train.checkpoint import load_checkpoint
+from darts.train.data import SplitLoader, search_split
 
 TINY = ["--dataset", "synthetic", "--layers", "3", "--init_channels", "4", "--image_size", "16",
         "--synthetic_size", "32", "--batch_size", "16", "--workers", "0", "--no-progress"]
@@ -290,10 +290,10 @@ def test_search_on_an_image_folder(tmp_path):
 
 
 def test_channels_last_defaults_to_on_on_the_cpu_only_and_obeys_the_flag():
-    from darts.cli import parse_args
-    from darts.config import from_arguments
-    from darts.engine import channels_last_on
     from darts.final import FinalConfig
+    from darts.train.cli import parse_args
+    from darts.train.config import from_arguments
+    from darts.train.engine import channels_last_on
     for argv, want in (([], None), (["--channels_last"], True), (["--no-channels_last"], False)):
         cfg = from_arguments(SearchConfig, parse_args(SearchConfig, "", "search", argv))
         assert cfg.channels_last is want

@@ -9,14 +9,6 @@ import torch.nn as nn
 
 from darts.accel import accelerate
 from darts.architect import Architect
-from darts.engine import (
-    MetricSum,
-    Precision,
-    SideStep,
-    compile_model,
-    split_output,
-    train_one_epoch,
-)
 from darts.final import FinalConfig
 from darts.final import run as run_final
 from darts.genotype import load_genotype
@@ -25,6 +17,14 @@ from darts.search import SearchConfig
 from darts.search import run as run_search
 from darts.space import SearchSpace
 from darts.supernet import SearchNetwork
+from darts.train.engine import (
+    MetricSum,
+    Precision,
+    SideStep,
+    compile_model,
+    split_output,
+    train_one_epoch,
+)
 
 CPU = torch.device("cpu")
 
@@ -199,7 +199,7 @@ def test_final_run_on_the_device_loader_with_amp(tmp_path):
 _CHURN = r"""
 import resource, sys, threading
 import torch
-from darts.engine import tune_malloc
+from darts.train.engine import tune_malloc
 tuned = sys.argv[1] == "tuned" and tune_malloc(torch.device("cpu"))
 
 def churn():

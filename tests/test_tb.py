@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from darts.tb import RunLogger, alpha_heatmap
+from darts.train.tb import RunLogger, alpha_heatmap
 
 OPS = ["none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
        "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"]

@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from darts import engine
-from darts.cli import parse_args
-from darts.config import from_arguments
-from darts.engine import ThreadWatch, train_one_epoch
 from darts.final import FinalConfig
 from darts.search import SearchConfig
+from darts.train import engine
+from darts.train.cli import parse_args
+from darts.train.config import from_arguments
+from darts.train.engine import ThreadWatch, train_one_epoch
 
 
 @pytest.fixture

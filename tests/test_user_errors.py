@@ -15,13 +15,13 @@ from torch.utils.data import DataLoader, Dataset
 
 import train_final
 import train_search
-from darts import checkpoint as checkpoint_module
-from darts import files
-from darts.checkpoint import load_checkpoint
-from darts.config import config_from_dict, to_dict
 from darts.errors import UserError, one_line
 from darts.final import FinalConfig
 from darts.search import SearchConfig
+from darts.train import checkpoint as checkpoint_module
+from darts.train import files
+from darts.train.checkpoint import load_checkpoint
+from darts.train.config import config_from_dict, to_dict
 
 TINY = ["--dataset", "synthetic", "--layers", "3", "--nodes", "2", "--init_channels", "4",
         "--image_size", "16", "--synthetic_size", "32", "--batch_size", "8", "--workers", "0",

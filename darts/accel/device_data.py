@@ -2,20 +2,20 @@
 training set lives on the GPU and the paper's augmentation runs there, one batch at a time.
 
 Why: a DARTS search or final training at 32x32 does little arithmetic per image, so on a fast
-GPU the DataLoader path (`darts.data`: PIL images, per-image transforms in CPU worker
+GPU the DataLoader path (`darts.train.data`: PIL images, per-image transforms in CPU worker
 processes) cannot keep up and the GPU waits. CIFAR's 50,000 training images are 150 MB as
 uint8; copied to the device once, a batch is an index into them, and the augmentation is a
 handful of batched tensor operations, with no Python loop over samples and no worker.
 
-Semantics are the DataLoader path's, exactly in distribution (`darts.data._cifar_transforms`):
+Semantics are the DataLoader path's, exactly in distribution (`darts.train.data._cifar_transforms`):
 
 - training: RandomCrop(size, padding=size // 8) of the zero-padded image (black, before
   normalization), RandomHorizontalFlip(0.5), ToTensor (/255), Normalize(mean, std), then
-  Cutout(length) (`darts.data.Cutout`: centre uniform over all pixels, the `length` x `length`
+  Cutout(length) (`darts.train.data.Cutout`: centre uniform over all pixels, the `length` x `length`
   square clipped at the borders, set to 0 after normalization);
 - test: ToTensor and Normalize only (bit-identical to torchvision's on the same device).
 
-Order. `DeviceSplitLoader` replaces `darts.data.SplitLoader`: pass p visits `indices` in
+Order. `DeviceSplitLoader` replaces `darts.train.data.SplitLoader`: pass p visits `indices` in
 `ShuffledSubset`'s order, a CPU `randperm` seeded by `pass_seed(seed, stream, p)`, in batches
 of `batch_size`, the last one partial. With one process it yields the same images in the same
 batches as `SplitLoader`; only the augmentation's random numbers differ.
@@ -48,8 +48,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from darts.data import pass_order, shard
 from darts.errors import UserError
+from darts.train.data import pass_order, shard
 
 # Offset of the augmentation seeds' stream word (SplitLoader's per-sample seeds use stream + 1000).
 AUGMENT_STREAM_OFFSET = 2000
@@ -131,7 +131,7 @@ class DeviceImages:
             raise TypeError(
                 f"{type(dataset).__name__} does not hold its images in memory as `.data` (uint8 "
                 "N x H x W x 3, square) with `.targets`, as torchvision's CIFAR10/CIFAR100 and "
-                "darts.data.SyntheticImages do; use the DataLoader path (darts.data) for it")
+                "darts.train.data.SyntheticImages do; use the DataLoader path (darts.train.data) for it")
         return cls(dataset.data, dataset.targets, mean=mean, std=std, device=device)
 
     def __len__(self) -> int:
@@ -227,7 +227,7 @@ class _Pass:
 
 
 class DeviceSplitLoader:
-    """Drop-in replacement for darts.data.SplitLoader (same interface and same semantics), data
+    """Drop-in replacement for darts.train.data.SplitLoader (same interface and same semantics), data
     already on the device.
 
     `epoch(p)` iterates pass p; iterating the loader itself is an endless stream of batches
@@ -255,7 +255,7 @@ class DeviceSplitLoader:
         self.batch_size, self.seed, self.stream = batch_size, seed, stream
         self.augment, self.cutout_length = augment, cutout_length
         self.rank, self.world_size, self.channels_last = rank, world_size, channels_last
-        self.pad = images.size // 8  # the paper's 4 pixels at 32x32, as darts.data
+        self.pad = images.size // 8  # the paper's 4 pixels at 32x32, as darts.train.data
         self.per_rank = -(-len(self.indices) // world_size)
         self.generator = torch.Generator(device=images.device)
         self.pass_index, self.taken = 0, 0

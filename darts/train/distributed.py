@@ -7,7 +7,7 @@ torchrun it returns a single-process `Dist` and every helper here is a no-op, so
 scripts run one code path.
 
 The batch size flags are per process (per GPU): N processes of batch 64 train on a global
-batch of 64 N. Every rank draws its own shard of each pass (see `darts.data.shard`); the
+batch of 64 N. Every rank draws its own shard of each pass (see `darts.train.data.shard`); the
 gradients (of the weights and, in the search, of the alphas) are averaged over the ranks,
 so the replicas stay identical. BatchNorm statistics are per rank, as in every
 DistributedDataParallel training; `broadcast_buffers` makes them rank 0's once an epoch.
@@ -24,8 +24,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from darts.engine import MetricSum
 from darts.errors import UserError
+from darts.train.engine import MetricSum
 
 
 @dataclass(frozen=True)

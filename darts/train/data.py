@@ -663,7 +663,7 @@ class SeededSamples(Dataset):
     So an item is a function of (index, seed) alone: the same in any DataLoader worker and in
     the main process, whenever and by whichever iterator it is produced. torchvision's
     transforms and `Cutout` draw from torch's global (CPU) generator; draws from python's
-    `random` or numpy's global generator are not seeded here (no transform of `darts.data`
+    `random` or numpy's global generator are not seeded here (no transform of `darts.train.data`
     makes any). In the main process (`workers=0`) the generator's state is restored after
     the item, so the caller's own random stream (drop path, initialisation) is untouched;
     a worker process has no other use for it. The cost is a few microseconds per sample.

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from darts.errors import UserError
-from darts.files import atomic_open
+from darts.train.files import atomic_open
 
 T = TypeVar("T")
 

@@ -13,8 +13,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from darts.config import add_arguments, from_arguments, given_flags
 from darts.errors import UserError, one_line
+from darts.train.config import add_arguments, from_arguments, given_flags
 
 EXIT_USER_ERROR = 2
 
