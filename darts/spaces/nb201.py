@@ -1,0 +1,263 @@
+"""NAS-Bench-201's cell space (Dong & Yang, ICLR 2020), also NATS-Bench's topology space (TSS).
+
+A cell is a DAG of 4 nodes: node 0 is the cell's input, and node i (1..3) sums one op applied
+to every earlier node, so 6 edges; the cell's output is node 3. Each edge holds one of 5 ops:
+
+    none, skip_connect, nor_conv_1x1, nor_conv_3x3, avg_pool_3x3
+
+(`nor_conv_kxk` is ReLU -> conv kxk -> BatchNorm; the pooling is 3x3, stride 1, without a
+BatchNorm after it), 5^6 = 15,625 cells. The benchmark writes a cell as
+
+    |nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|
+
+one `+`-separated group per node 1..3, each listing `op~input` for its inputs 0..i-1 in order.
+`NB201Arch` parses, validates and writes that string (a round trip); its `ops` are in the edge
+order of `EDGES`, which is also the row order of the supernet's alphas (6 x 5).
+
+The macro network (`NB201Network`, the benchmark's): a 3x3 conv stem of 16 channels and
+BatchNorm, three stages of N = 5 cells at 16, 32 and 64 channels joined by residual reduction
+blocks (ReLU-conv3x3 stride 2, ReLU-conv3x3, plus a 2x2 average pool and 1x1 conv shortcut),
+BatchNorm -> ReLU, global average pooling and a linear classifier. Its supernet
+(`NB201SearchNetwork`) is the same network with every edge a mixed op over the 5 ops; the
+argmax over each edge's weights, `none` included, decodes it (the benchmark's protocol).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from darts.errors import UserError
+from darts.ops import ReLUConvBN
+from darts.primitives import OPS, build_op, register_op
+
+NB201_OPS: tuple[str, ...] = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3",
+                              "avg_pool_3x3")
+NODES = 4
+# (target node, input node) of every edge, node by node: the alphas' rows, the string's order.
+EDGES: tuple[tuple[int, int], ...] = tuple((i, j) for i in range(1, NODES) for j in range(i))
+NUM_ARCHS = len(NB201_OPS) ** len(EDGES)  # 15,625
+
+# The benchmark's ReLU -> conv -> BatchNorm ops (AutoDL-Projects, cell_operations.py).
+if "nor_conv_1x1" not in OPS:
+    register_op("nor_conv_1x1", lambda C, stride, affine: ReLUConvBN(C, C, 1, stride, 0, affine))
+if "nor_conv_3x3" not in OPS:
+    register_op("nor_conv_3x3", lambda C, stride, affine: ReLUConvBN(C, C, 3, stride, 1, affine))
+
+
+class ArchStringError(UserError):
+    """A NAS-Bench-201 architecture string that cannot be read."""
+
+
+@dataclass(frozen=True)
+class NB201Arch:
+    """One cell: the op of each edge, in the order of EDGES."""
+
+    ops: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ops", tuple(self.ops))
+        if len(self.ops) != len(EDGES):
+            raise ArchStringError(f"a NAS-Bench-201 cell has {len(EDGES)} edges, got "
+                                  f"{len(self.ops)} ops")
+        for op in self.ops:
+            if op not in NB201_OPS:
+                raise ArchStringError(f"unknown NAS-Bench-201 op {op!r}; the ops are "
+                                      f"{', '.join(NB201_OPS)}")
+
+    @classmethod
+    def from_string(cls, text: str, where: str = "arch string") -> NB201Arch:
+        """Parses the benchmark's string; one ArchStringError naming what is wrong."""
+        if not isinstance(text, str):
+            raise ArchStringError(f"{where}: expected a string like "
+                                  f"{EXAMPLE!r}, got {type(text).__name__}")
+        shown = text if len(text) <= 120 else text[:117] + "..."
+        groups = text.strip().split("+")
+        if len(groups) != NODES - 1:
+            raise ArchStringError(f"{where} {shown!r}: expected {NODES - 1} '+'-separated node "
+                                  f"groups, e.g. {EXAMPLE!r}")
+        ops = []
+        for node, group in enumerate(groups, start=1):
+            if not (group.startswith("|") and group.endswith("|")) or len(group) < 2:
+                raise ArchStringError(f"{where} {shown!r}: node {node}'s group {group!r} must "
+                                      f"be written between '|' marks")
+            entries = group[1:-1].split("|")
+            if len(entries) != node:
+                raise ArchStringError(f"{where} {shown!r}: node {node} takes {node} input(s) "
+                                      f"(0..{node - 1}), got {len(entries)}")
+            for j, entry in enumerate(entries):
+                op, sep, index = entry.partition("~")
+                if not sep or index != str(j):
+                    raise ArchStringError(f"{where} {shown!r}: node {node}'s entry {entry!r} "
+                                          f"must be 'op~{j}' (inputs in order)")
+                if op not in NB201_OPS:
+                    raise ArchStringError(f"{where} {shown!r}: unknown op {op!r}; the ops are "
+                                          f"{', '.join(NB201_OPS)}")
+                ops.append(op)
+        return cls(tuple(ops))
+
+    def to_string(self) -> str:
+        groups, k = [], 0
+        for node in range(1, NODES):
+            groups.append("|" + "|".join(f"{self.ops[k + j]}~{j}" for j in range(node)) + "|")
+            k += node
+        return "+".join(groups)
+
+    def __str__(self) -> str:
+        return self.to_string()
+
+    def node_inputs(self, node: int) -> list[tuple[str, int]]:
+        """(op, input node) of every edge into `node` (1..3)."""
+        return [(op, j) for op, (i, j) in zip(self.ops, EDGES, strict=True) if i == node]
+
+
+EXAMPLE = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
+
+
+def all_archs() -> Iterator[NB201Arch]:
+    """Every cell of the space (15,625), the ops of the edges varying fastest at the end."""
+    for ops in itertools.product(NB201_OPS, repeat=len(EDGES)):
+        yield NB201Arch(ops)
+
+
+def decode(weights: torch.Tensor) -> NB201Arch:
+    """The benchmark protocol's cell of (6, 5) mixing weights: per edge the argmax over all
+    five ops, `none` included."""
+    if tuple(weights.shape) != (len(EDGES), len(NB201_OPS)):
+        raise ValueError(f"expected ({len(EDGES)}, {len(NB201_OPS)}) weights, got "
+                         f"{tuple(weights.shape)}")
+    return NB201Arch(tuple(NB201_OPS[k] for k in weights.argmax(dim=-1).tolist()))
+
+
+# -- the networks ------------------------------------------------------------------------------
+class ResidualReduction(nn.Module):
+    """The benchmark's reduction block between stages (a ResNet basic block at stride 2):
+    ReLU-conv3x3(stride 2)-BN, ReLU-conv3x3-BN, plus avgpool 2x2 -> conv 1x1 on the shortcut."""
+
+    def __init__(self, C_in: int, C_out: int):
+        super().__init__()
+        self.conv_a = ReLUConvBN(C_in, C_out, 3, 2, 1)
+        self.conv_b = ReLUConvBN(C_out, C_out, 3, 1, 1)
+        self.downsample = nn.Sequential(nn.AvgPool2d(2, 2),
+                                        nn.Conv2d(C_in, C_out, 1, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.downsample(x) + self.conv_b(self.conv_a(x))
+
+
+class NB201Cell(nn.Module):
+    """A cell of one architecture: node i = sum over j < i of op_ij(node j); output node 3."""
+
+    def __init__(self, arch: NB201Arch, C: int):
+        super().__init__()
+        self.edges = nn.ModuleList(build_op(op, C, 1, True) for op in arch.ops)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        nodes = [x]
+        for i in range(1, NODES):
+            nodes.append(sum(self.edges[e](nodes[j])
+                             for e, (target, j) in enumerate(EDGES) if target == i))
+        return nodes[-1]
+
+
+class NB201MixedOp(nn.Module):
+    """Eq. 2 on one edge: sum_o w_o * o(x) over the five ops (`none` adds nothing)."""
+
+    def __init__(self, C: int, primitives: tuple[str, ...] = NB201_OPS):
+        super().__init__()
+        self.columns = tuple(k for k, op in enumerate(primitives) if op != "none")
+        self.ops = nn.ModuleList(build_op(primitives[k], C, 1, False) for k in self.columns)
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        return sum(weights[k] * op(x) for k, op in zip(self.columns, self.ops, strict=True))
+
+
+class NB201SearchCell(nn.Module):
+    """The cell with every edge a mixed op; node i = sum over j < i of MixedOp_ij(node j)."""
+
+    def __init__(self, C: int, primitives: tuple[str, ...] = NB201_OPS):
+        super().__init__()
+        self.edges = nn.ModuleList(NB201MixedOp(C, primitives) for _ in EDGES)
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        nodes = [x]
+        for i in range(1, NODES):
+            nodes.append(sum(self.edges[e](nodes[j], weights[e])
+                             for e, (target, j) in enumerate(EDGES) if target == i))
+        return nodes[-1]
+
+
+def _macro(C: int, N: int, make_cell) -> tuple[nn.Module, nn.ModuleList, int]:
+    """The stem and the body shared by the network and its supernet: three stages of N cells
+    at C, 2C and 4C channels joined by residual reductions; returns the last channel count."""
+    stem = nn.Sequential(nn.Conv2d(3, C, 3, padding=1, bias=False), nn.BatchNorm2d(C))
+    body = nn.ModuleList()
+    C_prev = C
+    for stage in range(3):
+        C_curr = C * 2 ** stage
+        if stage:
+            body.append(ResidualReduction(C_prev, C_curr))
+        body.extend(make_cell(C_curr) for _ in range(N))
+        C_prev = C_curr
+    return stem, body, C_prev
+
+
+class NB201Network(nn.Module):
+    """The benchmark's network of one cell (C = 16, N = 5 on every data set)."""
+
+    def __init__(self, arch: NB201Arch, num_classes: int = 10, C: int = 16, N: int = 5):
+        super().__init__()
+        self.arch = arch
+        self.stem, self.body, C_last = _macro(C, N, lambda c: NB201Cell(arch, c))
+        self.lastact = nn.Sequential(nn.BatchNorm2d(C_last), nn.ReLU())
+        self.classifier = nn.Linear(C_last, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for block in self.body:
+            x = block(x)
+        x = F.adaptive_avg_pool2d(self.lastact(x), 1).flatten(1)
+        return self.classifier(x)
+
+
+class NB201SearchNetwork(nn.Module):
+    """The supernet: the benchmark's network with every edge a mixed op, one (6, 5) alpha
+    matrix shared by all cells (1e-3 * N(0, 1), as DARTS), softmax mixing (eq. 2)."""
+
+    def __init__(self, num_classes: int = 10, C: int = 16, N: int = 5):
+        super().__init__()
+        self.stem, self.body, C_last = _macro(C, N, lambda c: NB201SearchCell(c))
+        self.lastact = nn.Sequential(nn.BatchNorm2d(C_last), nn.ReLU())
+        self.classifier = nn.Linear(C_last, num_classes)
+        self.alphas = nn.Parameter(1e-3 * torch.randn(len(EDGES), len(NB201_OPS)))
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return [self.alphas]
+
+    def named_network_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        return ((n, p) for n, p in self.named_parameters() if p is not self.alphas)
+
+    def network_parameters(self) -> list[nn.Parameter]:
+        return [p for _, p in self.named_network_parameters()]
+
+    def mixing_weights(self, detach: bool = False) -> tuple[torch.Tensor, ...]:
+        alphas = self.alphas.detach() if detach else self.alphas
+        return (F.softmax(alphas, dim=-1),)
+
+    def forward(self, x: torch.Tensor, weights: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+        (w,) = self.mixing_weights() if weights is None else tuple(weights)
+        x = self.stem(x)
+        for block in self.body:
+            x = block(x, w) if isinstance(block, NB201SearchCell) else block(x)
+        x = F.adaptive_avg_pool2d(self.lastact(x), 1).flatten(1)
+        return self.classifier(x)
+
+    def arch(self) -> NB201Arch:
+        """The decoded cell of the current alphas (per edge the argmax, `none` included)."""
+        with torch.no_grad():
+            return decode(self.mixing_weights()[0])
