@@ -1,0 +1,289 @@
+"""NAS-Bench-201 tables: convert the official files once, then read and query a plain CSV.
+
+    python -m darts.nb201 convert --from NATS-tss-v1_0-3ffb9-simple --out nb201.csv
+    python -m darts.nb201 query --benchmark nb201.csv '|nor_conv_3x3~0|+|...|'
+    python -m darts.nb201 synthetic --out synthetic.csv     # made-up numbers, the table's shape
+
+The official NATS-Bench topology files (a pickled archive, downloaded by the user) are read
+through the maintained `nats_bench` package (`pip install nats_bench`), only by `convert`. The
+table it writes is CSV with a header: `arch` (the benchmark's string), `index` (the official
+0..15624), and one column per metric, accuracies in percent, named `<dataset>_<split>`:
+
+    cifar10_valid      CIFAR-10 validation accuracy, trained on the train split (cifar10-valid)
+    cifar10_test       CIFAR-10 test accuracy, trained on train + valid (the papers' column)
+    cifar100_valid, cifar100_test, ImageNet16-120_valid, ImageNet16-120_test
+    cifar10_params_m, cifar10_flops_m, cifar10_train_s   cost: parameters and FLOPs (millions),
+                       training time of the cifar10-valid run (seconds)
+
+all from the 200-epoch schedule (`hp="200"`), averaged over the benchmark's seeds. Any table
+with an `arch` column and numeric metric columns loads (e.g. a subset, or one generated for
+tests); it loads in milliseconds and holds no pickle.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from darts.errors import UserError
+from darts.spaces.nb201 import ArchStringError, NB201Arch
+from darts.train.cli import Parser, report
+from darts.train.files import atomic_open
+
+# column -> (nats_bench dataset, key of get_more_info's dict)
+ACCURACIES: dict[str, tuple[str, str]] = {
+    "cifar10_valid": ("cifar10-valid", "valid-accuracy"),
+    "cifar10_test": ("cifar10", "test-accuracy"),
+    "cifar100_valid": ("cifar100", "valid-accuracy"),
+    "cifar100_test": ("cifar100", "test-accuracy"),
+    "ImageNet16-120_valid": ("ImageNet16-120", "valid-accuracy"),
+    "ImageNet16-120_test": ("ImageNet16-120", "test-accuracy"),
+}
+MAX_TABLE_BYTES = 64 << 20  # the full table is about 2 MiB
+
+
+class BenchmarkTable:
+    """Rows of a NAS-Bench-201 table, by architecture; `metrics` are the numeric columns."""
+
+    def __init__(self, rows: dict[str, dict[str, float]], metrics: list[str],
+                 indices: dict[str, int], path: str = "table"):
+        self.rows, self.metrics, self.indices, self.path = rows, metrics, indices, path
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @classmethod
+    def load(cls, path: str | Path) -> BenchmarkTable:
+        """Reads a CSV table; a malformed one is one UserError naming the file and line."""
+        path = Path(path)
+        try:
+            if path.stat().st_size > MAX_TABLE_BYTES:
+                raise UserError(f"--benchmark {path}: {path.stat().st_size} bytes is not a "
+                                f"NAS-Bench-201 table (at most {MAX_TABLE_BYTES >> 20} MiB)")
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise UserError(f"--benchmark {path}: no such file (make one with `python -m "
+                            f"darts.nb201 convert --from NATS_FILES --out {path}`)") from None
+        except IsADirectoryError:
+            raise UserError(f"--benchmark {path}: a folder; give the CSV table (the official "
+                            f"files convert with `python -m darts.nb201 convert`)") from None
+        except OSError as e:
+            raise UserError(f"--benchmark {path}: cannot read it ({e.strerror})") from None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UserError(f"--benchmark {path}: not a CSV text file (the official pickled "
+                            f"files convert with `python -m darts.nb201 convert`)") from None
+        reader = csv.reader(io.StringIO(text))
+        header = next(reader, None)
+        if not header or "arch" not in header:
+            raise UserError(f"--benchmark {path}: the first line must be a header with an "
+                            f"'arch' column and metric columns, e.g. arch,cifar10_test")
+        if len(set(header)) != len(header):
+            raise UserError(f"--benchmark {path}: a column is named twice in the header")
+        metrics = [h for h in header if h not in ("arch", "index")]
+        rows: dict[str, dict[str, float]] = {}
+        indices: dict[str, int] = {}
+        for line, fields in enumerate(reader, start=2):
+            if not fields:
+                continue
+            if len(fields) != len(header):
+                raise UserError(f"--benchmark {path}, line {line}: {len(fields)} fields, the "
+                                f"header has {len(header)}")
+            record = dict(zip(header, fields, strict=True))
+            try:
+                arch = NB201Arch.from_string(record["arch"], where="arch").to_string()
+            except ArchStringError as e:
+                raise UserError(f"--benchmark {path}, line {line}: {e}") from None
+            if arch in rows:
+                raise UserError(f"--benchmark {path}, line {line}: {arch} is listed twice")
+            values = {}
+            for m in metrics:
+                try:
+                    v = float(record[m]) if record[m] != "" else math.nan
+                except ValueError:
+                    raise UserError(f"--benchmark {path}, line {line}: {m} is "
+                                    f"{record[m][:40]!r}, not a number") from None
+                values[m] = v
+            if "index" in record and record["index"] != "":
+                try:
+                    indices[arch] = int(record["index"])
+                except ValueError:
+                    raise UserError(f"--benchmark {path}, line {line}: index is "
+                                    f"{record['index'][:40]!r}, not an integer") from None
+            rows[arch] = values
+        if not rows:
+            raise UserError(f"--benchmark {path}: the table has no rows")
+        return cls(rows, metrics, indices, str(path))
+
+    def lookup(self, arch: NB201Arch | str) -> dict[str, float] | None:
+        """The row of `arch` (a metric -> value dict), or None where the table lacks it."""
+        key = arch.to_string() if isinstance(arch, NB201Arch) else str(arch)
+        return self.rows.get(key)
+
+    def rank(self, arch: NB201Arch | str, metric: str) -> int | None:
+        """1 + the number of cells strictly better than `arch` by `metric` (higher is better
+        for accuracies); None where the table lacks the cell or the value."""
+        row = self.lookup(arch)
+        if row is None or math.isnan(row.get(metric, math.nan)):
+            return None
+        value = row[metric]
+        return 1 + sum(r[metric] > value for r in self.rows.values())
+
+    def score(self, arch: NB201Arch) -> dict[str, Any]:
+        """What a search records of its decoded cell: its string, the official index where the
+        table has one, every metric, and the rank by each accuracy column."""
+        out: dict[str, Any] = {"arch": arch.to_string()}
+        row = self.lookup(arch)
+        if row is None:
+            out["in_table"] = False
+            return out
+        if arch.to_string() in self.indices:
+            out["index"] = self.indices[arch.to_string()]
+        out.update(row)
+        for m in self.metrics:
+            if m.endswith(("_valid", "_test")):
+                out[f"rank_{m}"] = self.rank(arch, m)
+        out["cells"] = len(self)
+        return out
+
+
+def convert(api: Any, out: str | Path, progress: Callable[[int, int], None] | None = None) -> int:
+    """Writes the CSV table of a nats_bench topology API object (`nats_bench.create(path,
+    'tss', fast_mode=True)`); returns the number of rows. Atomic: a failed conversion leaves
+    no partial table."""
+    header = ["index", "arch", *ACCURACIES, "cifar10_params_m", "cifar10_flops_m",
+              "cifar10_train_s"]
+    n = len(api)
+    with atomic_open(out) as binary:
+        f = io.TextIOWrapper(binary, encoding="utf-8", newline="")
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for index in range(n):
+            arch = NB201Arch.from_string(api.arch(index), where=f"index {index}").to_string()
+            row: list[Any] = [index, arch]
+            infos: dict[str, dict] = {}
+            for dataset, key in ACCURACIES.values():
+                if dataset not in infos:
+                    infos[dataset] = api.get_more_info(index, dataset, hp="200", is_random=False)
+                row.append(infos[dataset].get(key))
+            cost = api.get_cost_info(index, "cifar10", hp="200")
+            row += [cost.get("params"), cost.get("flops"), infos["cifar10-valid"].get("train-all-time")]
+            writer.writerow(["" if v is None else v for v in row])
+            if progress is not None:
+                progress(index + 1, n)
+        f.flush()
+        f.detach()  # atomic_open closes the file
+    return n
+
+
+def synthetic_table(out: str | Path, seed: int = 0) -> Path:
+    """Writes a made-up table of the whole space, for trying `--benchmark` and for tests: NOT
+    NAS-Bench-201's numbers, but its shape. A cell whose output does not reach its input is
+    at chance (10 %); a cell without a convolution on a path from input to output is poor
+    (the all-skip cell 54.3 %, near DARTS's collapsed cell on the real table); the others rise
+    with the convolutions on those paths (3x3 more than 1x1), so most are mediocre and few
+    good, with a little seeded noise. The best cell is `arch` of the row with the highest
+    `cifar10_test`; `index` is the enumeration order of `all_archs`, not the official one."""
+    import random
+
+    from darts.spaces.nb201 import EDGES, all_archs
+
+    rng = random.Random(seed)
+    value = {"nor_conv_3x3": 1.0, "nor_conv_1x1": 0.55, "avg_pool_3x3": 0.05,
+             "skip_connect": 0.0, "none": 0.0}
+    with atomic_open(out) as binary:
+        f = io.TextIOWrapper(binary, encoding="utf-8", newline="")
+        writer = csv.writer(f)
+        writer.writerow(["index", "arch", "cifar10_valid", "cifar10_test", "cifar100_test",
+                         "ImageNet16-120_test"])
+        for index, arch in enumerate(all_archs()):
+            # nodes reachable from the input, and edges on an input-to-output path
+            reach = {0}
+            for (i, j), op in zip(EDGES, arch.ops, strict=True):
+                if op != "none" and j in reach:
+                    reach.add(i)
+            leads = {3}
+            for (i, j), op in reversed(list(zip(EDGES, arch.ops, strict=True))):
+                if op != "none" and i in leads:
+                    leads.add(j)
+            on_path = [op for (i, j), op in zip(EDGES, arch.ops, strict=True)
+                       if op != "none" and j in reach and i in leads]
+            strength = sum(value[op] for op in on_path)
+            if 3 not in reach:
+                acc = 10.0
+            elif strength < 0.5:
+                acc = 54.3 - 8.0 * arch.ops.count("avg_pool_3x3") / 6 + rng.uniform(-0.5, 0.5)
+            else:
+                acc = 94.0 - 22.0 * math.exp(-0.55 * strength) - 1.2 * on_path.count(
+                    "skip_connect") / 3 + rng.gauss(0.0, 0.3)
+            writer.writerow([index, arch.to_string(), f"{acc + 0.3 * rng.gauss(0, 1):.3f}",
+                             f"{acc:.3f}", f"{max(1.0, acc - 21.0 + rng.gauss(0, 0.5)):.3f}",
+                             f"{max(0.8, acc - 48.0 + rng.gauss(0, 0.5)):.3f}"])
+        f.flush()
+        f.detach()
+    return Path(out)
+
+
+def _open_official(path: str) -> Any:
+    try:
+        import nats_bench
+    except ImportError:
+        raise UserError("convert reads the official files through the nats_bench package: "
+                        "pip install nats_bench") from None
+    if not Path(path).exists():
+        raise UserError(f"--from {path}: no such file or folder (the NATS-Bench topology "
+                        f"files, e.g. NATS-tss-v1_0-3ffb9-simple)")
+    try:
+        return nats_bench.create(path, "tss", fast_mode=True, verbose=False)
+    except Exception as e:  # nats_bench's own errors on a file it cannot read
+        raise UserError(f"--from {path}: nats_bench cannot read it as the topology (tss) "
+                        f"benchmark: {type(e).__name__}: {' '.join(str(e).split())[:200]}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = Parser(prog="python -m darts.nb201",
+                    description="NAS-Bench-201 tables: convert the official files, query a table.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    conv = sub.add_parser("convert", help="official NATS-Bench topology files -> CSV table")
+    conv.add_argument("--from", dest="source", required=True,
+                      help="the NATS-Bench topology files (e.g. NATS-tss-v1_0-3ffb9-simple)")
+    conv.add_argument("--out", required=True, help="the CSV table to write")
+    query = sub.add_parser("query", help="print an architecture's row as JSON")
+    query.add_argument("--benchmark", required=True, help="a CSV table")
+    query.add_argument("arch", help="an architecture string, e.g. '|nor_conv_3x3~0|+|...'")
+    synth = sub.add_parser("synthetic", help="write a made-up table of the space's shape "
+                                             "(not the benchmark's numbers), for trying --benchmark")
+    synth.add_argument("--out", required=True, help="the CSV table to write")
+    synth.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "synthetic":
+            synthetic_table(args.out, args.seed)
+            print(f"a synthetic table (not NAS-Bench-201's numbers) written to {args.out}")
+            return 0
+        if args.command == "convert":
+            n = convert(_open_official(args.source), args.out)
+            print(f"{n} architectures written to {args.out}")
+            return 0
+        table = BenchmarkTable.load(args.benchmark)
+        try:
+            arch = NB201Arch.from_string(args.arch)
+        except ArchStringError as e:
+            raise UserError(str(e)) from None
+        result = table.score(arch)
+        if result.get("in_table") is False:
+            raise UserError(f"{arch} is not in {args.benchmark} ({len(table)} cells)")
+        print(json.dumps(result, indent=2))
+        return 0
+    except UserError as e:
+        return report(e)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
