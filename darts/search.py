@@ -40,9 +40,12 @@ from darts.accel.device_data import (
 )
 from darts.architect import ARCH_LOSSES, Architect
 from darts.errors import UserError
-from darts.genotype import Genotype, genotype_from_dict, save_genotype
+from darts.genotype import genotype_from_dict, save_genotype
+from darts.nb201 import BenchmarkTable
 from darts.primitives import OPS, PRIMITIVES
 from darts.space import SearchSpace
+from darts.spaces.nb201 import EDGES as NB201_EDGES
+from darts.spaces.nb201 import NB201_OPS, NB201Arch, NB201SearchNetwork
 from darts.supernet import MIXING_RULES, SearchNetwork
 from darts.train import distributed
 from darts.train.checkpoint import (
@@ -87,6 +90,13 @@ def _f(help: str, **meta: Any) -> dict[str, Any]:
 @dataclass
 class SearchConfig:
     dataset: str = field(default="cifar10", metadata=_f("dataset", choices=SEARCH_DATASETS))
+    space: str = field(default="darts", metadata=_f(
+        "the search space: darts (the paper's cell: 2 inputs, --nodes nodes, --ops) or nb201 "
+        "(NAS-Bench-201's cell: 4 nodes, 6 edges, 5 ops; its benchmark's network and recipe)",
+        choices=("darts", "nb201")))
+    benchmark: str = field(default="", metadata=_f(
+        "nb201: a NAS-Bench-201 CSV table (python -m darts.nb201 convert); the decoded cell "
+        "is looked up after every epoch (log, TensorBoard benchmark/*, metrics.json)"))
     data: str = field(default="data", metadata=_f(
         "dataset root: CIFAR is read from (or downloaded into) it; folder: a folder with train/ and test/ (or val/)"))
     # The search recipe (Section 3.1.1, Appendix A.1.1).
@@ -94,11 +104,15 @@ class SearchConfig:
     learning_rate: float = field(default=0.025, metadata=_f("initial weight learning rate"))
     learning_rate_min: float = field(default=0.001, metadata=_f("final weight learning rate (cosine)"))
     momentum: float = field(default=0.9, metadata=_f("SGD momentum of the weights"))
-    weight_decay: float = field(default=3e-4, metadata=_f("weight decay of the weights"))
+    weight_decay: float | None = field(default=None, metadata=_f(
+        "weight decay of the weights (darts 3e-4; nb201 5e-4, its benchmark's DARTS runs)"))
+    nesterov: bool | None = field(default=None, metadata=_f(
+        "Nesterov momentum of the weights (darts off; nb201 on, as its benchmark's DARTS runs)"))
     grad_clip: float = field(default=5.0, metadata=_f("gradient norm clip of the weights, 0 = off"))
     epochs: int = field(default=50, metadata=_f("search epochs"))
     init_channels: int = field(default=16, metadata=_f("channels of the first cell"))
-    layers: int = field(default=8, metadata=_f("number of cells of the supernet"))
+    layers: int | None = field(default=None, metadata=_f(
+        "darts: cells of the supernet (8); nb201: cells per stage (5, three stages)"))
     nodes: int = field(default=4, metadata=_f("intermediate nodes per cell"))
     ops: str = field(default=",".join(PRIMITIVES), metadata=_f(
         "comma-separated ops of every edge (the DARTS 8 by default); an op of your own: "
@@ -173,6 +187,23 @@ class SearchConfig:
     tensorboard: bool = field(default=True, metadata=_f("TensorBoard event files in the run directory"))
 
 
+# The defaults that differ between the spaces: the DARTS paper's, and those of NAS-Bench-201's
+# published DARTS runs (AutoDL-Projects, configs/nas-benchmark/algos/DARTS.config: SGD 0.025
+# cosine to 0.001, momentum 0.9, Nesterov, weight decay 5e-4, batch 64, 50 epochs; C = 16,
+# N = 5; exps/NAS-Bench-201-algos/DARTS-V1.py: gradient clip 5, Adam 3e-4 / 1e-3 on the alphas).
+SPACE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "darts": {"layers": 8, "weight_decay": 3e-4, "nesterov": False},
+    "nb201": {"layers": 5, "weight_decay": 5e-4, "nesterov": True},
+}
+
+
+def resolved(cfg: SearchConfig) -> SearchConfig:
+    """`cfg` with the fields left at None set to its space's defaults."""
+    values = SPACE_DEFAULTS.get(cfg.space, SPACE_DEFAULTS["darts"])
+    return dataclasses.replace(cfg, **{k: v for k, v in values.items()
+                                       if getattr(cfg, k) is None})
+
+
 def validate(cfg: SearchConfig) -> None:
     if cfg.dataset not in SEARCH_DATASETS:
         raise UserError(f"--dataset {cfg.dataset}: the search runs on {', '.join(SEARCH_DATASETS)} "
@@ -180,7 +211,8 @@ def validate(cfg: SearchConfig) -> None:
     checks = [
         ("epochs", cfg.epochs >= 1, "at least 1"),
         ("batch_size", cfg.batch_size >= 1, "at least 1"),
-        ("layers", cfg.layers >= 3, "at least 3 (two of them are reduction cells)"),
+        ("layers", cfg.layers >= (1 if cfg.space == "nb201" else 3),
+         "at least 1 per stage" if cfg.space == "nb201" else "at least 3 (two of them are reduction cells)"),
         ("nodes", cfg.nodes >= 2, "at least 2"),
         ("init_channels", cfg.init_channels >= 2 and cfg.init_channels % 2 == 0, "an even number >= 2"),
         ("learning_rate", cfg.learning_rate > 0, "positive"),
@@ -216,6 +248,19 @@ def validate(cfg: SearchConfig) -> None:
     if cfg.mixing not in MIXING_RULES:
         raise UserError(f"--mixing {cfg.mixing}: known rules: {', '.join(MIXING_RULES)} "
                         f"(a rule of your own: register_mixing in a file given to --plugins)")
+    if cfg.nesterov and cfg.momentum == 0:
+        raise UserError("--nesterov needs a momentum: give --momentum > 0 or --no-nesterov")
+    if cfg.space == "nb201":
+        for flag, ok in (("partial_channels", cfg.partial_channels == 1),
+                         ("checkpoint_cells", not cfg.checkpoint_cells),
+                         ("mixing", cfg.mixing == "softmax"),
+                         ("ops", op_list(cfg.ops) == PRIMITIVES), ("nodes", cfg.nodes == 4)):
+            if not ok:
+                raise UserError(f"--{flag}: not available with --space nb201 (its cell has "
+                                f"4 nodes and the benchmark's 5 ops; leave --{flag} out)")
+    elif cfg.benchmark:
+        raise UserError("--benchmark: a NAS-Bench-201 table scores --space nb201 searches; "
+                        "add --space nb201")
     if cfg.arch_loss not in ARCH_LOSSES:
         raise UserError(f"--arch_loss {cfg.arch_loss}: known losses: {', '.join(ARCH_LOSSES)} "
                         f"(a loss of your own: register_arch_loss in a file given to --plugins)")
@@ -232,23 +277,25 @@ def search_space(cfg: SearchConfig) -> SearchSpace:
     return SearchSpace(op_list(cfg.ops), steps=cfg.nodes, multiplier=cfg.nodes)
 
 
-def arch_statistics(model: SearchNetwork, genotype: Genotype) -> dict[str, float]:
-    """What the search's collapse shows in: skip-connections in the decoded normal cell and
-    the mean entropy of the alpha softmax (log(ops) at the start, 0 for one-hot choices)."""
-    stats: dict[str, float] = {}
-    stats["arch/skip_connect_normal"] = sum(op == "skip_connect" for op, _ in genotype.normal)
+def arch_statistics(model: nn.Module, genotype: Any, cells: Any = None) -> dict[str, float]:
+    """What the search's collapse shows in: skip-connections in the decoded normal cell (the
+    one cell of NAS-Bench-201) and the mean entropy of the mixing weights' rows (log(ops) at
+    the start, 0 for one-hot choices)."""
+    cells = cells or _DartsCells()
+    stats: dict[str, float] = {"arch/skip_connect_normal": cells.skip_connects(genotype)}
     with torch.no_grad():
-        for kind, w in zip(("normal", "reduce"), model.mixing_weights()[:2], strict=True):
+        for kind, w in zip(cells.kinds, model.mixing_weights(), strict=False):
             w = w / w.sum(-1, keepdim=True)  # a rule other than softmax: its rows normalised
             entropy = -(w * w.clamp_min(1e-30).log()).sum(-1).mean()
             stats[f"arch/entropy_{kind}"] = entropy.item()
-    stats["arch/entropy"] = (stats["arch/entropy_normal"] + stats["arch/entropy_reduce"]) / 2
+    stats["arch/entropy"] = sum(stats[f"arch/entropy_{k}"] for k in cells.kinds) / len(cells.kinds)
     return stats
 
 
 def paper_scale(cfg: SearchConfig) -> bool:
     """Whether the search is at least the paper's (a real data set, 8 cells of 16 channels,
     50 epochs): its cell is then worth the paper's 600-epoch retraining."""
+    cfg = resolved(cfg)
     return (cfg.dataset != "synthetic" and cfg.layers >= 8 and cfg.init_channels >= 16
             and cfg.epochs >= 50)
 
@@ -258,6 +305,7 @@ def retrain_command(run_dir: Path, cfg: SearchConfig) -> tuple[str, str]:
     what it runs. After a search of the paper's size, the paper's recipe (600 epochs, 20
     cells of 36 channels); after a smaller one, a network of the search's size for as many
     epochs as the search had, which finishes in minutes where the search did."""
+    cfg = resolved(cfg)
     args = ["python", "train_final.py", "--genotype", str(run_dir / "genotype.json"),
             "--dataset", cfg.dataset]
     if cfg.dataset != "synthetic" and cfg.data != "data":
@@ -299,9 +347,11 @@ def run(cfg: SearchConfig, *, resume: str | None = None,
         cfg = config_from_dict(SearchConfig, ckpt["config"], where=str(resume))
         run_dir = run_dir_of(resume)
     # The plugins first: --ops, --mixing and --arch_loss may name what they register.
-    cfg = dataclasses.replace(cfg, plugins=plugins.absolute(cfg.plugins))
+    cfg = resolved(dataclasses.replace(cfg, plugins=plugins.absolute(cfg.plugins)))
     plugins.load(cfg.plugins)
     validate(cfg)
+    # Read before the run directory is made: a table that cannot be read leaves nothing.
+    table = BenchmarkTable.load(cfg.benchmark) if cfg.benchmark else None
     d, device = distributed.setup(pick_device(cfg.device))
     try:
         # The run's memory format, recorded resolved (config.json, the checkpoint).
@@ -327,7 +377,7 @@ def run(cfg: SearchConfig, *, resume: str | None = None,
                                name="search")
             try:
                 return _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end,
-                               d, graphs)
+                               d, graphs, table)
             finally:
                 logger.close()
     finally:
@@ -339,11 +389,15 @@ def batch_edges(flag: str, device: torch.device) -> bool:
     return flag == "on" or (flag == "auto" and device.type == "cuda")
 
 
-def build_supernet(cfg: SearchConfig, num_classes: int, device: torch.device) -> SearchNetwork:
+def build_supernet(cfg: SearchConfig, num_classes: int, device: torch.device) -> nn.Module:
     """The supernet of `cfg` on `device`, in its memory format (not yet compiled)."""
-    model = SearchNetwork(cfg.init_channels, num_classes, cfg.layers, search_space(cfg),
-                          partial_channels=cfg.partial_channels,
-                          checkpoint_cells=cfg.checkpoint_cells, mixing=cfg.mixing)
+    cfg = resolved(cfg)
+    if cfg.space == "nb201":
+        model = NB201SearchNetwork(num_classes, C=cfg.init_channels, N=cfg.layers)
+    else:
+        model = SearchNetwork(cfg.init_channels, num_classes, cfg.layers, search_space(cfg),
+                              partial_channels=cfg.partial_channels,
+                              checkpoint_cells=cfg.checkpoint_cells, mixing=cfg.mixing)
     model = accelerate(model, batch_edges=batch_edges(cfg.batch_edges, device)).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -351,14 +405,15 @@ def build_supernet(cfg: SearchConfig, num_classes: int, device: torch.device) ->
 
 
 def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d: Dist,
-            graphs: bool):
+            graphs: bool, table: BenchmarkTable | None = None):
     configure_cpu_threads(cfg.threads, logger.warning if device.type == "cpu" else None,
                           logger.info, adapt=cfg.adapt_threads)
     model = build_supernet(cfg, info.num_classes, device)
-    space = model.space
+    cells = cell_kind(cfg)
     criterion = nn.CrossEntropyLoss().to(device)
     optimizer = torch.optim.SGD(model.network_parameters(), cfg.learning_rate,
-                                momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+                                momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                nesterov=cfg.nesterov)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, float(cfg.epochs),
                                                            eta_min=cfg.learning_rate_min)
     precision = Precision.from_flag(cfg.amp, device)
@@ -403,10 +458,11 @@ def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d
         (f"partial channels 1/{cfg.partial_channels}", cfg.partial_channels > 1),
         ("cell checkpointing", cfg.checkpoint_cells), ("CUDA graphs", graphs),
         ("edges batched", edges_batched(model))) if on]
-    logger.info("SearchNetwork on %s (%d classes, %dpx): %d cells of %d channels, %d nodes, "
+    logger.info("%s on %s (%d classes, %dpx): %s of %d channels, %d nodes, "
                 "%d ops; %.3fM weights; %d/%d images train the weights/alphas; order %d%s; "
-                "device %s%s; %s", cfg.dataset, info.num_classes, info.image_size, cfg.layers,
-                cfg.init_channels, cfg.nodes, space.num_ops, n_weights / 1e6, len(weight_idx),
+                "device %s%s; %s", type(model).__name__, cfg.dataset, info.num_classes,
+                info.image_size, cells.describe(cfg),
+                cfg.init_channels, cells.nodes(cfg), len(cells.ops(cfg)), n_weights / 1e6, len(weight_idx),
                 len(alpha_idx), cfg.order, f" ({cfg.hessian} Hessian)" if cfg.order == 2 else "",
                 device, f" x {d.world_size} processes (batch {cfg.batch_size} each)" if d.enabled else "",
                 ", ".join(speed))
@@ -449,24 +505,29 @@ def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d
             raise UserError(f"the search diverged at epoch {epoch + 1} (loss {train.loss}); "
                             f"lower --learning_rate or keep --grad_clip on")
 
-        genotype = model.genotype(**meta)  # the same on every rank: the alphas are
+        genotype = cells.decode(model, meta)  # the same on every rank: the alphas are
         if d.is_main:
-            save_genotype(genotype, run_dir / "genotypes" / f"epoch_{epoch + 1:03d}.json")
-        stats = arch_statistics(model, genotype)
+            cells.save(genotype, run_dir / cells.folder / f"epoch_{epoch + 1:03d}.json")
+        stats = arch_statistics(model, genotype, cells)
         arch_loss = arch_meter.result().loss
         record = {"epoch": epoch + 1, "lr": lr, "train_loss": train.loss, "train_top1": train.top1,
                   "valid_loss": valid.loss, "valid_top1": valid.top1, "valid_top5": valid.top5,
                   "arch_loss": arch_loss, **{k.split("/")[1]: v for k, v in stats.items()},
                   "epoch_time_s": dt, "genotype": genotype.to_dict()}
+        if table is not None:
+            record["benchmark"] = table.score(genotype)
         history.append(record)
         if d.is_main:
-            _log_epoch(logger, model, genotype, epoch + 1, train, valid, lr, arch_loss, stats)
+            _log_epoch(logger, model, genotype, epoch + 1, train, valid, lr, arch_loss, stats,
+                       cells, record.get("benchmark"))
         logger.info("epoch %d/%d train_loss %.4f train_top1 %.2f valid_loss %.4f valid_top1 %.2f "
                     "arch_loss %.4f lr %.5f skip_connect %d entropy %.3f time %.1fs eta %s",
                     epoch + 1, cfg.epochs, train.loss, train.top1, valid.loss, valid.top1,
                     arch_loss, lr, stats["arch/skip_connect_normal"], stats["arch/entropy"], dt,
                     format_duration(timer.eta()))
-        logger.info("genotype %s", genotype)
+        logger.info("%s %s", cells.noun, genotype)
+        if table is not None:
+            logger.info("benchmark %s", _benchmark_line(record["benchmark"]))
         state = {
             "kind": "search", "epoch": epoch + 1, "config": to_dict(cfg),
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -483,6 +544,19 @@ def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, metrics)
     return _finish(cfg, run_dir, logger, history, d)
+
+
+def _benchmark_line(score: dict[str, Any]) -> str:
+    """The log's summary of a table score: each metric, with its rank among the cells."""
+    if score.get("in_table") is False:
+        return "the cell is not in the table"
+    parts = []
+    for k, v in score.items():
+        if k in ("arch", "index", "cells") or k.startswith("rank_") or not isinstance(v, float):
+            continue
+        rank = score.get(f"rank_{k}")
+        parts.append(f"{k} {v:.2f}" + (f" (rank {rank}/{score['cells']})" if rank else ""))
+    return ", ".join(parts)
 
 
 def _split_of(split: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -534,15 +608,18 @@ def architect_side_step(architect: Architect, alpha_stream, lr: float,
     return SideStep(alpha_stream, lambda batch, val: architect.step(batch, val, xi=lr), meter)
 
 
-def _log_epoch(logger, model, genotype, step, train, valid, lr, arch_loss, stats) -> None:
+def _log_epoch(logger, model, genotype, step, train, valid, lr, arch_loss, stats, cells,
+               score=None) -> None:
+    scores = {f"benchmark/{k}": v for k, v in (score or {}).items()
+              if isinstance(v, (int, float)) and k not in ("index", "cells")}
     logger.scalars({**train.as_dict("train"), **valid.as_dict("valid"), "lr": lr,
-                    "arch/loss": arch_loss, **stats}, step)
-    edges, ops = model.space.edge_names(), model.space.primitives
-    for kind, w in zip(("normal", "reduce"), model.mixing_weights(detach=True)[:2], strict=True):
+                    "arch/loss": arch_loss, **stats, **scores}, step)
+    edges, ops = cells.edge_names(model), cells.ops_of(model)
+    for kind, w in zip(cells.kinds, model.mixing_weights(detach=True), strict=False):
         logger.image(f"alphas/{kind}", alpha_heatmap(w, edges, ops, f"{kind} cell, epoch {step}"),
                      step)
-    logger.text("genotype", f"`{genotype}`", step)
-    draw_cells(genotype, logger, step)
+    logger.text(cells.noun, f"`{genotype}`", step)
+    cells.draw(genotype, logger, step)
 
 
 def _metrics(cfg: SearchConfig, history: list[dict[str, Any]], complete: bool) -> dict[str, Any]:
@@ -552,16 +629,101 @@ def _metrics(cfg: SearchConfig, history: list[dict[str, Any]], complete: bool) -
             "final": {k: last[k] for k in ("train_loss", "train_top1", "valid_loss", "valid_top1",
                                              "valid_top5", "skip_connect_normal", "entropy")},
             "genotype": last["genotype"], "search_time_s": sum(r["epoch_time_s"] for r in history),
-            "history": [{k: v for k, v in r.items() if k != "genotype"} for r in history]}
+            **({"benchmark": last["benchmark"]} if "benchmark" in last else {}),
+            # the DARTS genotype is in genotypes/epoch_NNN.json; an NB201 arch is one string
+            "history": [{k: v for k, v in r.items() if k != "genotype" or cfg.space == "nb201"}
+                        for r in history]}
 
 
 def _finish(cfg, run_dir, logger, history, d: Dist) -> dict[str, Any]:
-    genotype = genotype_from_dict(history[-1]["genotype"], where=str(run_dir))
+    cells = cell_kind(cfg)
+    genotype = cells.from_dict(history[-1]["genotype"], str(run_dir))
     if d.is_main:
-        save_genotype(genotype, run_dir / "genotype.json")
-        draw_cells(genotype, logger, len(history), run_dir)
+        cells.save(genotype, run_dir / cells.result_file)
+        cells.draw(genotype, logger, len(history), run_dir)
     metrics = _metrics(cfg, history, complete=len(history) >= cfg.epochs)
-    logger.info("done: genotype %s written to %s", genotype, run_dir / "genotype.json")
-    command, what = retrain_command(run_dir, cfg)
-    logger.info("%s; retrain it with:\n  %s", what, command)
+    logger.info("done: %s %s written to %s", cells.noun, genotype, run_dir / cells.result_file)
+    if "benchmark" in history[-1]:
+        logger.info("its benchmark scores: %s", _benchmark_line(history[-1]["benchmark"]))
+    if cfg.space == "darts":
+        command, what = retrain_command(run_dir, cfg)
+        logger.info("%s; retrain it with:\n  %s", what, command)
     return metrics
+
+
+class _DartsCells:
+    """What the search does with the DARTS space's cells: decode, save, draw, show."""
+
+    noun, folder, result_file, kinds = "genotype", "genotypes", "genotype.json", ("normal", "reduce")
+
+    def decode(self, model, meta):
+        return model.genotype(**meta)
+
+    def from_dict(self, data, where):
+        return genotype_from_dict(data, where=where)
+
+    def save(self, genotype, path):
+        save_genotype(genotype, path)
+
+    def draw(self, genotype, logger, step, run_dir=None):
+        draw_cells(genotype, logger, step, run_dir)
+
+    def skip_connects(self, genotype) -> int:
+        return sum(op == "skip_connect" for op, _ in genotype.normal)
+
+    def edge_names(self, model):
+        return model.space.edge_names()
+
+    def ops_of(self, model):
+        return model.space.primitives
+
+    def ops(self, cfg):
+        return op_list(cfg.ops)
+
+    def nodes(self, cfg):
+        return cfg.nodes
+
+    def describe(self, cfg):
+        return f"{cfg.layers} cells"
+
+
+class _NB201Cells(_DartsCells):
+    """The same for NAS-Bench-201's cell: an arch string, saved as {"arch": ...}."""
+
+    noun, folder, result_file, kinds = "arch", "archs", "arch.json", ("cell",)
+
+    def decode(self, model, meta):
+        return model.arch()
+
+    def from_dict(self, data, where):
+        if not isinstance(data, dict) or not isinstance(data.get("arch"), str):
+            raise UserError(f"{where}: no NAS-Bench-201 arch string in the run's history")
+        return NB201Arch.from_string(data["arch"], where=where)
+
+    def save(self, arch, path):
+        save_json(arch.to_dict(), path)
+
+    def draw(self, arch, logger, step, run_dir=None):
+        pass  # NAS-Bench-201 cell pictures are not drawn yet
+
+    def skip_connects(self, arch) -> int:
+        return arch.ops.count("skip_connect")
+
+    def edge_names(self, model):
+        return [f"{j}->{i}" for i, j in NB201_EDGES]
+
+    def ops_of(self, model):
+        return NB201_OPS
+
+    def ops(self, cfg):
+        return NB201_OPS
+
+    def nodes(self, cfg):
+        return 4
+
+    def describe(self, cfg):
+        return f"3 stages of {cfg.layers} cells"
+
+
+def cell_kind(cfg: SearchConfig) -> _DartsCells:
+    return _NB201Cells() if cfg.space == "nb201" else _DartsCells()

@@ -101,6 +101,9 @@ class NB201Arch:
                 ops.append(op)
         return cls(tuple(ops))
 
+    def to_dict(self) -> dict[str, str]:
+        return {"arch": self.to_string()}
+
     def to_string(self) -> str:
         groups, k = [], 0
         for node in range(1, NODES):
