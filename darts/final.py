@@ -38,8 +38,9 @@ from darts.accel.device_data import (
     use_device_loader,
 )
 from darts.errors import UserError
-from darts.genotype import Genotype, genotype_from_dict, resolve_genotype, save_genotype
+from darts.genotype import genotype_from_dict, resolve_genotype, save_genotype
 from darts.network import NetworkCIFAR, NetworkImageNet, count_multiply_adds, count_parameters
+from darts.spaces.nb201 import NB201Arch, NB201Network
 from darts.train import distributed
 from darts.train.checkpoint import (
     discarded_if_unfinished,
@@ -73,15 +74,24 @@ CIFAR_RECIPE: dict[str, Any] = dict(
     init_channels=36, layers=20, batch_size=96, learning_rate=0.025, lr_schedule="cosine",
     momentum=0.9, weight_decay=3e-4, epochs=600, auxiliary=True, auxiliary_weight=0.4,
     cutout=True, cutout_length=16, drop_path_prob=0.2, grad_clip=5.0, label_smooth=0.0,
-    lr_gamma=0.97,
+    lr_gamma=0.97, nesterov=False,
 )
 IMAGENET_RECIPE: dict[str, Any] = dict(
     init_channels=48, layers=14, batch_size=128, learning_rate=0.1, lr_schedule="step",
     momentum=0.9, weight_decay=3e-5, epochs=250, auxiliary=True, auxiliary_weight=0.4,
     cutout=False, cutout_length=16, drop_path_prob=0.0, grad_clip=5.0, label_smooth=0.1,
-    lr_gamma=0.97,
+    lr_gamma=0.97, nesterov=False,
 )
-RECIPES = {"cifar": CIFAR_RECIPE, "imagenet": IMAGENET_RECIPE}
+# NAS-Bench-201's training of every cell (Dong & Yang 2020, Section 2.3; AutoDL-Projects,
+# configs/nas-benchmark/hyper-opts/200E.config): SGD 0.1 Nesterov, momentum 0.9, weight decay
+# 5e-4, cosine to 0 over 200 epochs, batch 256, random crop and flip only; C = 16, N = 5.
+NB201_RECIPE: dict[str, Any] = dict(
+    init_channels=16, layers=5, batch_size=256, learning_rate=0.1, lr_schedule="cosine",
+    momentum=0.9, weight_decay=5e-4, epochs=200, auxiliary=False, auxiliary_weight=0.0,
+    cutout=False, cutout_length=16, drop_path_prob=0.0, grad_clip=0.0, label_smooth=0.0,
+    lr_gamma=0.97, nesterov=True,
+)
+RECIPES = {"cifar": CIFAR_RECIPE, "imagenet": IMAGENET_RECIPE, "nb201": NB201_RECIPE}
 CHECKPOINT_KEYS = ("epoch", "config", "genotype", "model", "optimizer", "scheduler", "history",
                    "best", "rng")
 
@@ -93,7 +103,11 @@ def _f(help: str, **meta: Any) -> dict[str, Any]:
 @dataclass
 class FinalConfig:
     genotype: str = field(default="darts_v2", metadata=_f(
-        "a genotype JSON file or a published name from genotypes/ (e.g. darts_v2, pdarts)"))
+        "a genotype JSON file or a published name from genotypes/ (e.g. darts_v2, pdarts); "
+        "--space nb201: an arch string or a search's arch.json"))
+    space: str = field(default="darts", metadata=_f(
+        "darts (the DARTS network and the paper's recipe) or nb201 (NAS-Bench-201's network "
+        "and the benchmark's 200-epoch recipe)", choices=("darts", "nb201")))
     dataset: str = field(default="cifar10", metadata=_f("dataset", choices=DATASETS))
     data: str = field(default="data", metadata=_f(
         "dataset root: CIFAR is read from (or downloaded into) it; imagenet/folder: a folder with train/ and val/ (or test/)"))
@@ -104,6 +118,7 @@ class FinalConfig:
         "cosine (to 0 over the epochs; CIFAR) or step (x lr_gamma per epoch; ImageNet)", choices=("cosine", "step")))
     lr_gamma: float | None = field(default=None, metadata=_f("per-epoch decay of the step schedule (0.97)"))
     momentum: float | None = field(default=None, metadata=_f("SGD momentum (0.9)"))
+    nesterov: bool | None = field(default=None, metadata=_f("Nesterov momentum (off; nb201 on)"))
     weight_decay: float | None = field(default=None, metadata=_f("weight decay (CIFAR 3e-4, ImageNet 3e-5)"))
     epochs: int | None = field(default=None, metadata=_f("epochs (CIFAR 600, ImageNet 250)"))
     init_channels: int | None = field(default=None, metadata=_f("channels of the first cell (CIFAR 36, ImageNet 48)"))
@@ -166,7 +181,8 @@ def validate(cfg: FinalConfig) -> None:
     checks = [
         ("epochs", cfg.epochs is not None and cfg.epochs >= 1, "at least 1"),
         ("batch_size", cfg.batch_size is not None and cfg.batch_size >= 1, "at least 1"),
-        ("layers", cfg.layers is not None and cfg.layers >= 3, "at least 3 (two of them are reduction cells)"),
+        ("layers", cfg.layers is not None and cfg.layers >= (1 if cfg.space == "nb201" else 3),
+         "at least 1 per stage" if cfg.space == "nb201" else "at least 3 (two of them are reduction cells)"),
         ("init_channels", cfg.init_channels is not None and cfg.init_channels >= 2 and cfg.init_channels % 2 == 0,
          "an even number >= 2"),
         ("learning_rate", cfg.learning_rate is not None and cfg.learning_rate > 0, "positive"),
@@ -185,9 +201,18 @@ def validate(cfg: FinalConfig) -> None:
     for flag, ok, need in checks:
         if not ok:
             raise UserError(f"--{flag} {getattr(cfg, flag)}: must be {need}")
+    if cfg.nesterov and not cfg.momentum:
+        raise UserError("--nesterov needs a momentum: give --momentum > 0 or --no-nesterov")
+    if cfg.space == "nb201":
+        for flag, ok in (("auxiliary", not cfg.auxiliary), ("drop_path_prob", not cfg.drop_path_prob)):
+            if not ok:
+                raise UserError(f"--{flag}: NAS-Bench-201's network has no auxiliary head and "
+                                f"no drop path; leave --{flag} out with --space nb201")
 
 
-def build_network(genotype: Genotype, cfg: FinalConfig, num_classes: int, network: str) -> nn.Module:
+def build_network(genotype: Any, cfg: FinalConfig, num_classes: int, network: str) -> nn.Module:
+    if cfg.space == "nb201":
+        return accelerate(NB201Network(genotype, num_classes, C=cfg.init_channels, N=cfg.layers))
     cls = NetworkCIFAR if network == "cifar" else NetworkImageNet
     return accelerate(cls(cfg.init_channels, num_classes, cfg.layers, cfg.auxiliary, genotype))
 
@@ -207,16 +232,21 @@ def run(cfg: FinalConfig, *, resume: str | None = None,
     # The plugins first: the genotype may use the ops they register.
     cfg = dataclasses.replace(cfg, plugins=plugins.absolute(cfg.plugins))
     plugins.load(cfg.plugins)
-    if ckpt is not None:
+    if cfg.space == "nb201":
+        genotype = (nb201_arch(ckpt["genotype"], f"{resume} (arch)") if ckpt is not None
+                    else nb201_arch(cfg.genotype, "--genotype"))
+    elif ckpt is not None:
         genotype = genotype_from_dict(ckpt["genotype"], where=f"{resume} (genotype)")
-        run_dir = run_dir_of(resume)
     else:
         genotype = resolve_genotype(cfg.genotype)
+    if ckpt is not None:
+        run_dir = run_dir_of(resume)
 
     d, device = distributed.setup(pick_device(cfg.device))
     try:
         seed_everything(cfg.seed)
-        cfg = cfg.resolved(network_family(cfg.dataset, cfg.image_size))
+        cfg = cfg.resolved("nb201" if cfg.space == "nb201"
+                           else network_family(cfg.dataset, cfg.image_size))
         cfg = dataclasses.replace(cfg, channels_last=channels_last_on(cfg.channels_last, device))
         if cfg.tune_malloc:
             tune_malloc(device)
@@ -244,10 +274,29 @@ def run(cfg: FinalConfig, *, resume: str | None = None,
         distributed.teardown(d)
 
 
-def _genotype_label(spec: str, genotype: Genotype) -> str:
+def nb201_arch(spec: Any, where: str) -> NB201Arch:
+    """A NAS-Bench-201 cell: an arch string, {"arch": ...}, or a JSON file holding that."""
+    if isinstance(spec, dict):
+        spec = spec.get("arch")
+    elif isinstance(spec, str) and spec.endswith(".json"):
+        path = Path(spec)
+        try:
+            if path.stat().st_size > 1 << 20:
+                raise UserError(f"{where} {spec}: too large for an arch file")
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise UserError(f"{where} {spec}: not a readable arch JSON file ({type(e).__name__})") from None
+        spec = data.get("arch") if isinstance(data, dict) else None
+        where = f"{where} {path}"
+    return NB201Arch.from_string(spec, where=where)
+
+
+def _genotype_label(spec: str, genotype: Any) -> str:
     """A short name of the trained cell for the run directory: a published cell's name, else
     the file's name without its folders; a search's `genotype.json` by the genotype's own
     name (its search run's) or its folder's."""
+    if isinstance(genotype, NB201Arch):
+        return "nb201"
     if not spec.endswith(".json") and os.sep not in spec:
         return spec
     path = Path(spec)
@@ -290,7 +339,7 @@ def _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger, ck
     madds = count_multiply_adds(model, info.image_size)
     precision = Precision.from_flag(cfg.amp, device)
     optimizer = torch.optim.SGD(model.parameters(), cfg.learning_rate, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay)
+                                weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
     if cfg.lr_schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, float(cfg.epochs))
     else:
@@ -313,11 +362,16 @@ def _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger, ck
         logger.info("resumed %s at epoch %d/%d", run_dir, start_epoch, cfg.epochs)
     elif d.is_main:
         save_json(to_dict(cfg), run_dir / "config.json")
-        save_genotype(genotype, run_dir / "genotype.json")
         logger.config(to_dict(cfg))
-        logger.info("genotype %s: %s", cfg.genotype, genotype)
+        if isinstance(genotype, NB201Arch):
+            save_json(genotype.to_dict(), run_dir / "arch.json")
+            logger.info("NAS-Bench-201 cell %s", genotype)
+        else:
+            save_genotype(genotype, run_dir / "genotype.json")
+            logger.info("genotype %s: %s", cfg.genotype, genotype)
         logger.info("run directory %s", run_dir)
-        draw_cells(genotype, logger, 0, run_dir)
+        if not isinstance(genotype, NB201Arch):
+            draw_cells(genotype, logger, 0, run_dir)
     logger.info("%s on %s (%d classes, %dpx): %.3fM parameters (no auxiliary head), "
                 "%.1fM multiply-adds per image, device %s%s; %s loader, amp %s%s%s%s",
                 type(model).__name__, cfg.dataset, info.num_classes, info.image_size,
