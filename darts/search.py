@@ -78,7 +78,7 @@ from darts.train.engine import (
 from darts.train.files import save_json
 from darts.train.tb import EpochTimer, RunLogger, alpha_heatmap, draw_cells, format_duration
 
-SEARCH_DATASETS = ("cifar10", "cifar100", "folder", "synthetic")
+SEARCH_DATASETS = ("cifar10", "cifar100", "ImageNet16-120", "folder", "synthetic")
 CHECKPOINT_KEYS = ("epoch", "config", "model", "optimizer", "arch_optimizer", "scheduler", "split",
                    "alpha_stream", "history", "rng")
 

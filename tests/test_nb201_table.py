@@ -133,3 +133,37 @@ def test_query_prints_the_row_as_json(tiny):
     bad = subprocess.run([sys.executable, "-m", "darts.nb201", "query", "--benchmark", str(tiny),
                           "|nor_conv_1x1~0|"], capture_output=True, text=True, env=env, timeout=60)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "expected 3" in bad.stderr
+
+
+# Fuzzing: any text as an arch string or as a table gives a result or the project's own error.
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+PIECES = st.sampled_from(["|", "+", "~", "0", "1", "2", "3", "none", "skip_connect",
+                          "nor_conv_3x3", "avg_pool_3x3", ",", "\n", "x", " ", "\x00", "é"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.text(max_size=80), st.lists(PIECES, max_size=30).map("".join)))
+def test_any_arch_string_parses_or_is_an_arch_string_error(text):
+    from darts.spaces.nb201 import ArchStringError
+    try:
+        arch = NB201Arch.from_string(text)
+    except ArchStringError as e:
+        assert "\n" not in str(e).replace(repr(text), "")
+    else:
+        assert NB201Arch.from_string(arch.to_string()) == arch
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.one_of(st.binary(max_size=300),
+                 st.lists(st.one_of(PIECES, st.just(A), st.just("arch"), st.just("9.5")),
+                          max_size=40).map(lambda p: "".join(p).encode())))
+def test_any_table_file_loads_or_is_a_user_error(tmp_path_factory, content):
+    path = tmp_path_factory.mktemp("fuzz") / "t.csv"
+    path.write_bytes(content)
+    try:
+        table = BenchmarkTable.load(path)
+    except UserError:
+        return
+    assert len(table) >= 1 and all(isinstance(v, float) for r in table.rows.values() for v in r.values())

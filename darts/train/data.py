@@ -22,6 +22,7 @@ message that names the directory and the fix; never a bare traceback.
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 import socket
 from collections.abc import Callable, Iterator
@@ -37,7 +38,7 @@ from torchvision import datasets, transforms
 
 from darts.errors import UserError
 
-DATASETS = ("cifar10", "cifar100", "imagenet", "folder", "synthetic")
+DATASETS = ("cifar10", "cifar100", "ImageNet16-120", "imagenet", "folder", "synthetic")
 
 # Per-channel mean and standard deviation over all training pixels. The CIFAR-10 numbers are
 # the reference code's (utils.py); the CIFAR-100 ones are computed the same way (population
@@ -46,6 +47,10 @@ CIFAR10_MEAN = (0.49139968, 0.48215827, 0.44653124)
 CIFAR10_STD = (0.24703233, 0.24348505, 0.26158768)
 CIFAR100_MEAN = (0.50707516, 0.48654887, 0.44091784)
 CIFAR100_STD = (0.26733429, 0.25643846, 0.27615047)
+# ImageNet16-120's statistics as NAS-Bench-201 normalises them (AutoDL-Projects,
+# xautodl/datasets/get_dataset_with_transform.py).
+IMAGENET16_MEAN = (122.68 / 255, 116.66 / 255, 104.01 / 255)
+IMAGENET16_STD = (63.22 / 255, 61.26 / 255, 65.09 / 255)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # SyntheticImages is built around mid-grey with about this spread (see its constants).
@@ -394,6 +399,71 @@ def _check_num_classes(name: str, found: int, requested: int | None) -> None:
 # Entry points
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays, nothing else: a data set's pickled batch
+    files are data, and any other global (a function, a class) is refused."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a data file")
+
+
+class ImageNet16(Dataset):
+    """Downsampled ImageNet at 16x16 (Chrabaszcz et al. 2017) in its published format, as
+    NAS-Bench-201 uses it: `train_data_batch_1` .. `train_data_batch_10` and `val_data`, each a
+    pickled dict of `data` (uint8, N x 768, channel-major) and `labels` (1..1000). The first
+    `classes` labels are kept (ImageNet16-120: 120) and renumbered from 0. Read with an
+    unpickler that admits only plain containers and numpy arrays."""
+
+    TRAIN = tuple(f"train_data_batch_{i}" for i in range(1, 11))
+    VAL = ("val_data",)
+
+    def __init__(self, root: str, train: bool, classes: int = 120,
+                 transform: Transform | None = None):
+        datas, labels = [], []
+        for name in self.TRAIN if train else self.VAL:
+            path = os.path.join(root, name)
+            try:
+                with open(path, "rb") as f:
+                    entry = _ArrayUnpickler(f, encoding="latin1").load()
+                data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 16, 16)
+                label = np.asarray(entry["labels"], dtype=np.int64).reshape(-1)
+                if len(label) != len(data):
+                    raise ValueError("data and labels differ in length")
+            except FileNotFoundError:
+                raise UserError(
+                    f"ImageNet16-120 not found: {path} is missing (expected the files "
+                    f"{', '.join(self.TRAIN[:2])}, ..., val_data of the downsampled ImageNet "
+                    f"16x16 in --data)") from None
+            except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError,
+                    AttributeError, IndexError) as e:
+                raise UserError(f"{path} is not a downsampled-ImageNet batch file "
+                                f"({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
+            keep = (label >= 1) & (label <= classes)
+            datas.append(data[keep])
+            labels.append(label[keep] - 1)
+        self.data = np.ascontiguousarray(np.concatenate(datas).transpose(0, 2, 3, 1))
+        self.targets = np.concatenate(labels).tolist()
+        self.classes = [str(c) for c in range(classes)]
+        self.transform = transform
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        img: Any = Image.fromarray(self.data[index])
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, self.targets[index]
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
 def network_family(name: str, image_size: int | None = None) -> str:
     """"cifar" (NetworkCIFAR and its recipe) for small images, "imagenet" for large ones."""
     if name == "imagenet":
@@ -444,6 +514,17 @@ def build_datasets(
         train_tf = train_tf if train_augment else test_tf
         train, test = _load_cifar(cls, label, root, download, train_tf, test_tf)
         return train, test, DatasetInfo(name, classes, 32, mean, std, "cifar")
+
+    if name == "ImageNet16-120":
+        if image_size not in (None, 16):
+            raise UserError(f"{name} images are 16x16; --image_size {image_size} is not supported")
+        _check_num_classes(name, 120, num_classes)
+        # NAS-Bench-201's augmentation: random crop with 2 pixels of padding, flip.
+        train_tf, test_tf = _cifar_transforms(16, IMAGENET16_MEAN, IMAGENET16_STD, cutout_length)
+        train_tf = train_tf if train_augment else test_tf
+        train = ImageNet16(root, True, transform=train_tf)
+        test = ImageNet16(root, False, transform=test_tf)
+        return train, test, DatasetInfo(name, 120, 16, IMAGENET16_MEAN, IMAGENET16_STD, "cifar")
 
     if name == "synthetic":
         size = image_size or 32
