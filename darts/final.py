@@ -40,7 +40,7 @@ from darts.accel.device_data import (
 from darts.errors import UserError
 from darts.genotype import genotype_from_dict, resolve_genotype, save_genotype
 from darts.network import NetworkCIFAR, NetworkImageNet, count_multiply_adds, count_parameters
-from darts.spaces.nb201 import NB201Arch, NB201Network
+from darts.spaces.nb201 import NB201Arch, NB201Network, load_arch
 from darts.train import distributed
 from darts.train.checkpoint import (
     discarded_if_unfinished,
@@ -233,8 +233,8 @@ def run(cfg: FinalConfig, *, resume: str | None = None,
     cfg = dataclasses.replace(cfg, plugins=plugins.absolute(cfg.plugins))
     plugins.load(cfg.plugins)
     if cfg.space == "nb201":
-        genotype = (nb201_arch(ckpt["genotype"], f"{resume} (arch)") if ckpt is not None
-                    else nb201_arch(cfg.genotype, "--genotype"))
+        genotype = (load_arch(ckpt["genotype"], f"{resume} (arch)") if ckpt is not None
+                    else load_arch(cfg.genotype, "--genotype"))
     elif ckpt is not None:
         genotype = genotype_from_dict(ckpt["genotype"], where=f"{resume} (genotype)")
     else:
@@ -272,23 +272,6 @@ def run(cfg: FinalConfig, *, resume: str | None = None,
                 logger.close()
     finally:
         distributed.teardown(d)
-
-
-def nb201_arch(spec: Any, where: str) -> NB201Arch:
-    """A NAS-Bench-201 cell: an arch string, {"arch": ...}, or a JSON file holding that."""
-    if isinstance(spec, dict):
-        spec = spec.get("arch")
-    elif isinstance(spec, str) and spec.endswith(".json"):
-        path = Path(spec)
-        try:
-            if path.stat().st_size > 1 << 20:
-                raise UserError(f"{where} {spec}: too large for an arch file")
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as e:
-            raise UserError(f"{where} {spec}: not a readable arch JSON file ({type(e).__name__})") from None
-        spec = data.get("arch") if isinstance(data, dict) else None
-        where = f"{where} {path}"
-    return NB201Arch.from_string(spec, where=where)
 
 
 def _genotype_label(spec: str, genotype: Any) -> str:
@@ -370,8 +353,7 @@ def _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger, ck
             save_genotype(genotype, run_dir / "genotype.json")
             logger.info("genotype %s: %s", cfg.genotype, genotype)
         logger.info("run directory %s", run_dir)
-        if not isinstance(genotype, NB201Arch):
-            draw_cells(genotype, logger, 0, run_dir)
+        draw_cells(genotype, logger, 0, run_dir)
     logger.info("%s on %s (%d classes, %dpx): %.3fM parameters (no auxiliary head), "
                 "%.1fM multiply-adds per image, device %s%s; %s loader, amp %s%s%s%s",
                 type(model).__name__, cfg.dataset, info.num_classes, info.image_size,

@@ -703,8 +703,6 @@ class _NB201Cells(_DartsCells):
     def save(self, arch, path):
         save_json(arch.to_dict(), path)
 
-    def draw(self, arch, logger, step, run_dir=None):
-        pass  # NAS-Bench-201 cell pictures are not drawn yet
 
     def skip_connects(self, arch) -> int:
         return arch.ops.count("skip_connect")

@@ -17,6 +17,7 @@ import io
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import graphviz
 import numpy as np
@@ -25,6 +26,9 @@ from PIL import Image
 from darts import plugins
 from darts.errors import UserError
 from darts.genotype import Genotype, resolve_genotype
+from darts.spaces.nb201 import EDGES as NB201_EDGES
+from darts.spaces.nb201 import NODES as NB201_NODES
+from darts.spaces.nb201 import NB201Arch, load_arch
 from darts.train.cli import Parser, report
 from darts.train.files import atomic_open
 
@@ -99,6 +103,40 @@ def cell_graph(genotype: Genotype, reduction: bool, *, title: str | None = None,
     return g
 
 
+def nb201_graph(arch: NB201Arch, *, title: str | None = None,
+                format: str = "png") -> graphviz.Digraph:
+    """A NAS-Bench-201 cell, left to right: node 0 (the input) to node 3 (the output), one
+    labelled arrow per edge; `none` edges are not drawn."""
+    g = graphviz.Digraph(
+        name="cell", format=format, graph_attr={"rankdir": "LR"},
+        node_attr={"style": "filled", "shape": "rect", "fontsize": "20", "height": "0.5",
+                   "width": "0.5", "penwidth": "2", "fontname": "times"},
+        edge_attr={"fontsize": "20", "fontname": "times"},
+    )
+    if title:
+        g.attr(label=title, labelloc="t", fontsize="24", fontname="times")
+    colors = {0: INPUT_COLOR, NB201_NODES - 1: OUTPUT_COLOR}
+    for node in range(NB201_NODES):
+        g.node(str(node), fillcolor=colors.get(node, NODE_COLOR))
+    for node in range(NB201_NODES - 1):  # nodes ranked in their order
+        g.edge(str(node), str(node + 1), style="invis")
+    for op, (i, j) in zip(arch.ops, NB201_EDGES, strict=True):
+        if op != "none":
+            g.edge(str(j), str(i), label=op, fillcolor="gray")
+    return g
+
+
+def kinds_of(cell: Any) -> tuple[str, ...]:
+    """The pictures of a cell: a DARTS genotype has two, a NAS-Bench-201 arch one."""
+    return ("cell",) if isinstance(cell, NB201Arch) else ("normal", "reduce")
+
+
+def _graph(cell: Any, kind: str, format: str) -> graphviz.Digraph:
+    if isinstance(cell, NB201Arch):
+        return nb201_graph(cell, format=format)
+    return cell_graph(cell, kind == "reduce", format=format)
+
+
 def _pipe(graph: graphviz.Digraph, format: str) -> bytes:
     """Runs `dot` on the graph and returns the rendered bytes; user-facing errors if it can't."""
     if not dot_available():
@@ -139,8 +177,7 @@ def render_genotype(genotype: Genotype, out_dir: str | os.PathLike, format: str 
     file is touched.
     """
     out_dir = Path(out_dir)
-    data = {kind: _pipe(cell_graph(genotype, kind == "reduce", format=format), format)
-            for kind in ("normal", "reduce")}
+    data = {kind: _pipe(_graph(genotype, kind, format), format) for kind in kinds_of(genotype)}
     paths = {}
     for kind, picture in data.items():
         path = out_dir / f"{prefix}{kind}.{format}"
@@ -153,11 +190,26 @@ def render_genotype(genotype: Genotype, out_dir: str | os.PathLike, format: str 
     return paths
 
 
-def cell_image_array(genotype: Genotype, reduction: bool) -> np.ndarray:
-    """The rendered cell as an HxWx3 uint8 RGB array (for TensorBoard, dataformats="HWC")."""
-    data = _pipe(cell_graph(genotype, reduction, format="png"), "png")
+def cell_image_array(genotype: Any, reduction: bool = False, kind: str | None = None) -> np.ndarray:
+    """The rendered cell as an HxWx3 uint8 RGB array (for TensorBoard, dataformats="HWC");
+    `kind` one of kinds_of(genotype), else the normal or reduction cell."""
+    kind = kind or ("reduce" if reduction else "normal")
+    data = _pipe(_graph(genotype, kind, "png"), "png")
     with Image.open(io.BytesIO(data)) as image:
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def _holds_arch(path: str) -> bool:
+    """Whether a JSON file is a NAS-Bench-201 arch file ({"arch": ...}); False if unreadable
+    (the genotype reader then says what is wrong)."""
+    try:
+        import json
+        if Path(path).stat().st_size > 1 << 20:
+            return False
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(data, dict) and "arch" in data
 
 
 def _default_out_dir(spec: str) -> Path:
@@ -173,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = Parser(prog="python -m darts.visualize",
                     description="Draw a genotype's normal and reduction cells with graphviz.")
     parser.add_argument("genotype", metavar="GENOTYPE",
-                        help="a genotype JSON file, or a published name such as darts_v2")
+                        help="a genotype JSON file, or a published name such as darts_v2; "
+                             "or a NAS-Bench-201 arch string or arch.json")
     parser.add_argument("-o", "--out-dir", type=Path, default=None,
                         help="where to write normal.<format> and reduce.<format> (default: the "
                              "genotype file's directory, or the current directory for a name)")
@@ -186,7 +239,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         plugins.load(args.plugins)
-        genotype = resolve_genotype(args.genotype)
+        spec = args.genotype
+        if spec.startswith("|") or (spec.endswith(".json") and _holds_arch(spec)):
+            genotype = load_arch(spec, "GENOTYPE")  # a NAS-Bench-201 cell
+        else:
+            genotype = resolve_genotype(spec)
         out_dir = args.out_dir if args.out_dir is not None else _default_out_dir(args.genotype)
         paths = render_genotype(genotype, out_dir, format=args.format)
     except UserError as e:

@@ -60,6 +60,9 @@ def test_a_search_is_scored_every_epoch(tmp_path, table):
             "benchmark/ImageNet16-120_test"} <= set(tags["scalars"])
     assert len(events.Scalars("benchmark/cifar10_test")) == 2
     assert "alphas/cell" in tags["images"]
+    from darts import visualize
+    if visualize.dot_available():
+        assert "cells/cell" in tags["images"] and (run_dir / "cell.png").is_file()
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert tuple(ckpt["model"]["alphas"].shape) == (6, 5)
 

@@ -303,3 +303,20 @@ def test_every_published_genotype_renders_to_png(tmp_path, name):
     paths = vis.render_genotype(resolve_genotype(name), tmp_path)
     for path in paths.values():
         assert path.read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_a_nas_bench_201_cell_is_drawn_without_its_none_edges(tmp_path):
+    from darts.spaces.nb201 import NB201Arch
+    arch = NB201Arch.from_string(
+        "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|none~0|nor_conv_3x3~1|skip_connect~2|")
+    g = vis.nb201_graph(arch)
+    assert sorted(edges_of(g)) == sorted([("0", "1", "nor_conv_3x3"), ("0", "2", "nor_conv_3x3"),
+                                          ("1", "2", "avg_pool_3x3"), ("1", "3", "nor_conv_3x3"),
+                                          ("2", "3", "skip_connect")])
+    assert vis.kinds_of(arch) == ("cell",)
+    if vis.dot_available():
+        (tmp_path / "arch.json").write_text(json.dumps(arch.to_dict()))
+        assert vis.main([str(tmp_path / "arch.json")]) == 0
+        assert (tmp_path / "cell.png").read_bytes().startswith(PNG_SIGNATURE)
+        assert vis.main([arch.to_string(), "-o", str(tmp_path / "s")]) == 0
+        assert (tmp_path / "s" / "cell.png").is_file()

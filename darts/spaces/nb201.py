@@ -25,8 +25,11 @@ argmax over each edge's weights, `none` included, decodes it (the benchmark's pr
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -117,6 +120,23 @@ class NB201Arch:
     def node_inputs(self, node: int) -> list[tuple[str, int]]:
         """(op, input node) of every edge into `node` (1..3)."""
         return [(op, j) for op, (i, j) in zip(self.ops, EDGES, strict=True) if i == node]
+
+
+def load_arch(spec: Any, where: str) -> NB201Arch:
+    """A NAS-Bench-201 cell: an arch string, {"arch": ...}, or a JSON file holding that."""
+    if isinstance(spec, dict):
+        spec = spec.get("arch")
+    elif isinstance(spec, str) and spec.endswith(".json"):
+        path = Path(spec)
+        try:
+            if path.stat().st_size > 1 << 20:
+                raise UserError(f"{where} {spec}: too large for an arch file")
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise UserError(f"{where} {spec}: not a readable arch JSON file ({type(e).__name__})") from None
+        spec = data.get("arch") if isinstance(data, dict) else None
+        where = f"{where} {path}"
+    return NB201Arch.from_string(spec, where=where)
 
 
 EXAMPLE = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"

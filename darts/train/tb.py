@@ -240,9 +240,8 @@ def draw_cells(genotype: Any, logger: RunLogger, step: int, out_dir: Path | None
 
         if not visualize.dot_available():
             raise visualize.DotNotFoundError()
-        for kind in ("normal", "reduce"):
-            logger.image(f"cells/{kind}", visualize.cell_image_array(genotype, kind == "reduce"),
-                         step)
+        for kind in visualize.kinds_of(genotype):
+            logger.image(f"cells/{kind}", visualize.cell_image_array(genotype, kind=kind), step)
         if out_dir is not None:
             for path in visualize.render_genotype(genotype, out_dir).values():
                 logger.info("cell diagram: %s", path)
