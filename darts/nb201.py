@@ -240,7 +240,8 @@ def _open_official(path: str) -> Any:
         raise UserError(f"--from {path}: no such file or folder (the NATS-Bench topology "
                         f"files, e.g. NATS-tss-v1_0-3ffb9-simple)")
     try:
-        return nats_bench.create(path, "tss", fast_mode=True, verbose=False)
+        # the "-simple" archive is a folder read lazily (fast mode); the full one a file
+        return nats_bench.create(path, "tss", fast_mode=Path(path).is_dir(), verbose=False)
     except Exception as e:  # nats_bench's own errors on a file it cannot read
         raise UserError(f"--from {path}: nats_bench cannot read it as the topology (tss) "
                         f"benchmark: {type(e).__name__}: {' '.join(str(e).split())[:200]}") from None
