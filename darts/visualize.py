@@ -207,7 +207,7 @@ def _holds_arch(path: str) -> bool:
         if Path(path).stat().st_size > 1 << 20:
             return False
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return False
     return isinstance(data, dict) and "arch" in data
 

@@ -58,3 +58,11 @@ def test_what_cannot_train_is_one_line_and_leaves_nothing(tmp_path, overrides, m
     with pytest.raises(UserError, match=message):
         run(tiny(tmp_path, name="x", **overrides))
     assert not (tmp_path / "x").exists()
+
+
+def test_a_deeply_nested_arch_file_is_one_user_error(tmp_path):
+    from darts.spaces.nb201 import load_arch
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 50000 + "]" * 50000)
+    with pytest.raises(UserError, match="not a readable arch JSON file"):
+        load_arch(str(path), "--genotype")

@@ -132,7 +132,7 @@ def load_arch(spec: Any, where: str) -> NB201Arch:
             if path.stat().st_size > 1 << 20:
                 raise UserError(f"{where} {spec}: too large for an arch file")
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as e:
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
             raise UserError(f"{where} {spec}: not a readable arch JSON file ({type(e).__name__})") from None
         spec = data.get("arch") if isinstance(data, dict) else None
         where = f"{where} {path}"
