@@ -94,3 +94,9 @@ def test_what_nb201_cannot_do_is_one_line_and_leaves_nothing(tmp_path, overrides
     with pytest.raises(UserError, match=message):
         run(tiny(tmp_path, name="x", **overrides))
     assert not (tmp_path / "x").exists()
+
+
+def test_the_exact_hessian_vector_product_runs_on_nb201(tmp_path):
+    metrics = run(tiny(tmp_path, name="exact", order=2, hessian="exact", epochs=1))
+    assert metrics["complete"] and metrics["hessian"] == "exact"
+    NB201Arch.from_string(metrics["history"][0]["genotype"]["arch"])
