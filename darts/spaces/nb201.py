@@ -148,6 +148,40 @@ def all_archs() -> Iterator[NB201Arch]:
         yield NB201Arch(ops)
 
 
+# -- what multi-trial strategies need of the space ---------------------------------------------
+def sample(rng) -> NB201Arch:
+    """A cell drawn uniformly from the 15,625 (`rng`: a random.Random)."""
+    return NB201Arch(tuple(rng.choice(NB201_OPS) for _ in EDGES))
+
+
+def mutate(arch: NB201Arch, rng) -> NB201Arch:
+    """One edge's op replaced by a different op, the edge and the op uniform (Real et al.
+    2019's mutation, as NAS-Bench-201 applies it)."""
+    ops = list(arch.ops)
+    e = rng.randrange(len(ops))
+    ops[e] = rng.choice([op for op in NB201_OPS if op != ops[e]])
+    return NB201Arch(tuple(ops))
+
+
+def crossover(a: NB201Arch, b: NB201Arch, rng) -> NB201Arch:
+    """Uniform crossover: each edge's op from either parent with probability 1/2."""
+    return NB201Arch(tuple(x if rng.random() < 0.5 else y for x, y in zip(a.ops, b.ops, strict=True)))
+
+
+def decisions() -> list[tuple[str, ...]]:
+    """The choices that make a cell, in order (a controller emits one per step)."""
+    return [NB201_OPS for _ in EDGES]
+
+
+def from_decisions(choices: list[int]) -> NB201Arch:
+    return NB201Arch(tuple(NB201_OPS[k] for k in choices))
+
+
+def encode(arch: NB201Arch) -> list[float]:
+    """A one-hot vector of the ops of every edge (6 x 5 = 30 numbers), for surrogate models."""
+    return [float(op == o) for op in arch.ops for o in NB201_OPS]
+
+
 def decode(weights: torch.Tensor) -> NB201Arch:
     """The benchmark protocol's cell of (6, 5) mixing weights: per edge the argmax over all
     five ops, `none` included."""

@@ -1,0 +1,25 @@
+"""Multi-trial search strategies: ask for a candidate, tell its score.
+
+A strategy proposes candidates of a space (`ask`) and learns from their scores (`tell`); it
+never knows how a candidate is scored. What it needs of a space (sample, mutate, crossover,
+decisions, encode) is the space module's functions, e.g. `darts.spaces.nb201`.
+
+    strategy = STRATEGIES["evolution"](nb201, seed=0)
+    for _ in range(budget):
+        arch = strategy.ask()
+        strategy.tell(arch, evaluate(arch))
+    strategy.best   # (score, candidate) of the best told so far
+"""
+
+from __future__ import annotations
+
+from darts.strategies.base import Strategy, run
+from darts.strategies.evolution import RegularizedEvolution
+from darts.strategies.random_search import RandomSearch
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    "random": RandomSearch,
+    "evolution": RegularizedEvolution,
+}
+
+__all__ = ["STRATEGIES", "RandomSearch", "RegularizedEvolution", "Strategy", "run"]
