@@ -154,12 +154,15 @@ def sample(rng) -> NB201Arch:
     return NB201Arch(tuple(rng.choice(NB201_OPS) for _ in EDGES))
 
 
-def mutate(arch: NB201Arch, rng) -> NB201Arch:
+def mutate(arch: NB201Arch, rng, rate: float | None = None) -> NB201Arch:
     """One edge's op replaced by a different op, the edge and the op uniform (Real et al.
-    2019's mutation, as NAS-Bench-201 applies it)."""
+    2019's mutation, as NAS-Bench-201 applies it); with `rate`, each edge independently with
+    that probability (a genetic algorithm's per-gene mutation)."""
     ops = list(arch.ops)
-    e = rng.randrange(len(ops))
-    ops[e] = rng.choice([op for op in NB201_OPS if op != ops[e]])
+    edges = ([rng.randrange(len(ops))] if rate is None
+             else [e for e in range(len(ops)) if rng.random() < rate])
+    for e in edges:
+        ops[e] = rng.choice([op for op in NB201_OPS if op != ops[e]])
     return NB201Arch(tuple(ops))
 
 

@@ -13,13 +13,18 @@ decisions, encode) is the space module's functions, e.g. `darts.spaces.nb201`.
 
 from __future__ import annotations
 
+from darts.strategies.anneal import SimulatedAnnealing
 from darts.strategies.base import Strategy, run
 from darts.strategies.evolution import RegularizedEvolution
+from darts.strategies.genetic import GeneticAlgorithm
 from darts.strategies.random_search import RandomSearch
 
 STRATEGIES: dict[str, type[Strategy]] = {
     "random": RandomSearch,
     "evolution": RegularizedEvolution,
+    "ga": GeneticAlgorithm,
+    "anneal": SimulatedAnnealing,
 }
 
-__all__ = ["STRATEGIES", "RandomSearch", "RegularizedEvolution", "Strategy", "run"]
+__all__ = ["STRATEGIES", "GeneticAlgorithm", "RandomSearch", "RegularizedEvolution",
+           "SimulatedAnnealing", "Strategy", "run"]
