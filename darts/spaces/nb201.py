@@ -176,6 +176,11 @@ def decisions() -> list[tuple[str, ...]]:
     return [NB201_OPS for _ in EDGES]
 
 
+def to_decisions(arch: NB201Arch) -> list[int]:
+    """The index of each decision's choice (the inverse of from_decisions)."""
+    return [NB201_OPS.index(op) for op in arch.ops]
+
+
 def from_decisions(choices: list[int]) -> NB201Arch:
     return NB201Arch(tuple(NB201_OPS[k] for k in choices))
 

@@ -18,13 +18,15 @@ from darts.strategies.base import Strategy, run
 from darts.strategies.evolution import RegularizedEvolution
 from darts.strategies.genetic import GeneticAlgorithm
 from darts.strategies.random_search import RandomSearch
+from darts.strategies.reinforce import Reinforce
 
 STRATEGIES: dict[str, type[Strategy]] = {
     "random": RandomSearch,
     "evolution": RegularizedEvolution,
     "ga": GeneticAlgorithm,
     "anneal": SimulatedAnnealing,
+    "reinforce": Reinforce,
 }
 
 __all__ = ["STRATEGIES", "GeneticAlgorithm", "RandomSearch", "RegularizedEvolution",
-           "SimulatedAnnealing", "Strategy", "run"]
+           "Reinforce", "SimulatedAnnealing", "Strategy", "run"]
