@@ -26,7 +26,8 @@ import csv
 import io
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -153,16 +154,24 @@ class BenchmarkTable:
         return out
 
 
-def convert(api: Any, out: str | Path, progress: Callable[[int, int], None] | None = None) -> int:
+@contextmanager
+def _csv_file(out: str | Path) -> Iterator[Any]:
+    """A csv writer whose rows replace `out` when the block ends without an exception."""
+    with atomic_open(out) as binary:
+        text = io.TextIOWrapper(binary, encoding="utf-8", newline="")
+        yield csv.writer(text)
+        text.flush()
+        text.detach()  # atomic_open syncs and closes the file
+
+
+def convert(api: Any, out: str | Path) -> int:
     """Writes the CSV table of a nats_bench topology API object (`nats_bench.create(path,
     'tss', fast_mode=True)`); returns the number of rows. Atomic: a failed conversion leaves
     no partial table."""
     header = ["index", "arch", *ACCURACIES, "cifar10_params_m", "cifar10_flops_m",
               "cifar10_train_s"]
     n = len(api)
-    with atomic_open(out) as binary:
-        f = io.TextIOWrapper(binary, encoding="utf-8", newline="")
-        writer = csv.writer(f)
+    with _csv_file(out) as writer:
         writer.writerow(header)
         for index in range(n):
             arch = NB201Arch.from_string(api.arch(index), where=f"index {index}").to_string()
@@ -175,10 +184,6 @@ def convert(api: Any, out: str | Path, progress: Callable[[int, int], None] | No
             cost = api.get_cost_info(index, "cifar10", hp="200")
             row += [cost.get("params"), cost.get("flops"), infos["cifar10-valid"].get("train-all-time")]
             writer.writerow(["" if v is None else v for v in row])
-            if progress is not None:
-                progress(index + 1, n)
-        f.flush()
-        f.detach()  # atomic_open closes the file
     return n
 
 
@@ -197,9 +202,7 @@ def synthetic_table(out: str | Path, seed: int = 0) -> Path:
     rng = random.Random(seed)
     value = {"nor_conv_3x3": 1.0, "nor_conv_1x1": 0.55, "avg_pool_3x3": 0.05,
              "skip_connect": 0.0, "none": 0.0}
-    with atomic_open(out) as binary:
-        f = io.TextIOWrapper(binary, encoding="utf-8", newline="")
-        writer = csv.writer(f)
+    with _csv_file(out) as writer:
         writer.writerow(["index", "arch", "cifar10_valid", "cifar10_test", "cifar100_test",
                          "ImageNet16-120_test"])
         for index, arch in enumerate(all_archs()):
@@ -225,8 +228,6 @@ def synthetic_table(out: str | Path, seed: int = 0) -> Path:
             writer.writerow([index, arch.to_string(), f"{acc + 0.3 * rng.gauss(0, 1):.3f}",
                              f"{acc:.3f}", f"{max(1.0, acc - 21.0 + rng.gauss(0, 0.5)):.3f}",
                              f"{max(0.8, acc - 48.0 + rng.gauss(0, 0.5)):.3f}"])
-        f.flush()
-        f.detach()
     return Path(out)
 
 

@@ -462,7 +462,7 @@ def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d
                 "%d ops; %.3fM weights; %d/%d images train the weights/alphas; order %d%s; "
                 "device %s%s; %s", type(model).__name__, cfg.dataset, info.num_classes,
                 info.image_size, cells.describe(cfg),
-                cfg.init_channels, cells.nodes(cfg), len(cells.ops(cfg)), n_weights / 1e6, len(weight_idx),
+                cfg.init_channels, cells.nodes(cfg), len(cells.ops_of(model)), n_weights / 1e6, len(weight_idx),
                 len(alpha_idx), cfg.order, f" ({cfg.hessian} Hessian)" if cfg.order == 2 else "",
                 device, f" x {d.world_size} processes (batch {cfg.batch_size} each)" if d.enabled else "",
                 ", ".join(speed))
@@ -677,9 +677,6 @@ class _DartsCells:
     def ops_of(self, model):
         return model.space.primitives
 
-    def ops(self, cfg):
-        return op_list(cfg.ops)
-
     def nodes(self, cfg):
         return cfg.nodes
 
@@ -711,9 +708,6 @@ class _NB201Cells(_DartsCells):
         return [f"{j}->{i}" for i, j in NB201_EDGES]
 
     def ops_of(self, model):
-        return NB201_OPS
-
-    def ops(self, cfg):
         return NB201_OPS
 
     def nodes(self, cfg):

@@ -28,7 +28,7 @@ from darts.errors import UserError
 from darts.genotype import Genotype, resolve_genotype
 from darts.spaces.nb201 import EDGES as NB201_EDGES
 from darts.spaces.nb201 import NODES as NB201_NODES
-from darts.spaces.nb201 import NB201Arch, load_arch
+from darts.spaces.nb201 import NB201Arch, load_arch, read_arch_json
 from darts.train.cli import Parser, report
 from darts.train.files import atomic_open
 
@@ -199,17 +199,16 @@ def cell_image_array(genotype: Any, reduction: bool = False, kind: str | None = 
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
-def _holds_arch(path: str) -> bool:
-    """Whether a JSON file is a NAS-Bench-201 arch file ({"arch": ...}); False if unreadable
-    (the genotype reader then says what is wrong)."""
+def _arch_file(spec: str) -> dict | None:
+    """The data of a NAS-Bench-201 arch file ({"arch": ...}); None for anything else, also
+    an unreadable file (the genotype reader then says what is wrong)."""
+    if not spec.endswith(".json"):
+        return None
     try:
-        import json
-        if Path(path).stat().st_size > 1 << 20:
-            return False
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
-        return False
-    return isinstance(data, dict) and "arch" in data
+        data = read_arch_json(spec, "GENOTYPE")
+    except UserError:
+        return None
+    return data if isinstance(data, dict) and "arch" in data else None
 
 
 def _default_out_dir(spec: str) -> Path:
@@ -240,8 +239,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         plugins.load(args.plugins)
         spec = args.genotype
-        if spec.startswith("|") or (spec.endswith(".json") and _holds_arch(spec)):
-            genotype = load_arch(spec, "GENOTYPE")  # a NAS-Bench-201 cell
+        arch_file = _arch_file(spec)
+        if arch_file is not None:  # a NAS-Bench-201 cell
+            genotype = load_arch(arch_file, f"GENOTYPE {spec}")
+        elif spec.startswith("|"):
+            genotype = load_arch(spec, "GENOTYPE")
         else:
             genotype = resolve_genotype(spec)
         out_dir = args.out_dir if args.out_dir is not None else _default_out_dir(args.genotype)

@@ -122,20 +122,25 @@ class NB201Arch:
         return [(op, j) for op, (i, j) in zip(self.ops, EDGES, strict=True) if i == node]
 
 
+def read_arch_json(path: str | Path, where: str) -> Any:
+    """The JSON data of an arch file (at most 1 MiB); a UserError if it cannot be read."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > 1 << 20:
+            raise UserError(f"{where} {path}: too large for an arch file")
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise UserError(f"{where} {path}: not a readable arch JSON file ({type(e).__name__})") from None
+
+
 def load_arch(spec: Any, where: str) -> NB201Arch:
     """A NAS-Bench-201 cell: an arch string, {"arch": ...}, or a JSON file holding that."""
+    if isinstance(spec, str) and spec.endswith(".json"):
+        where, spec = f"{where} {Path(spec)}", read_arch_json(spec, where)
     if isinstance(spec, dict):
         spec = spec.get("arch")
-    elif isinstance(spec, str) and spec.endswith(".json"):
-        path = Path(spec)
-        try:
-            if path.stat().st_size > 1 << 20:
-                raise UserError(f"{where} {spec}: too large for an arch file")
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-            raise UserError(f"{where} {spec}: not a readable arch JSON file ({type(e).__name__})") from None
-        spec = data.get("arch") if isinstance(data, dict) else None
-        where = f"{where} {path}"
+    elif not isinstance(spec, str):
+        spec = None
     return NB201Arch.from_string(spec, where=where)
 
 

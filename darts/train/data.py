@@ -176,7 +176,25 @@ def _interpolation_matrix(n_out: int, n_in: int) -> np.ndarray:
     return m
 
 
-class SyntheticImages(Dataset):
+class _ArrayImages(Dataset):
+    """Images held as a uint8 N x H x W x 3 array `data` with int `targets`, as torchvision's
+    CIFAR10 holds them: an item is `(PIL image, label)` passed through `transform`."""
+
+    data: np.ndarray
+    targets: list[int]
+    transform: Transform | None
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        img: Any = Image.fromarray(self.data[index])
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, self.targets[index]
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+class SyntheticImages(_ArrayImages):
     """Offline, deterministic and learnable image classification (not noise).
 
     Each class has a fixed RGB template, drawn from `seed` alone so that the train and test
@@ -277,15 +295,6 @@ class SyntheticImages(Dataset):
         img += noise * np.float32(cls.NOISE)
         np.clip(img, 0.0, 255.0, out=img)
         return img.astype(np.uint8), labels
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        img: Any = Image.fromarray(self.data[index])
-        if self.transform is not None:
-            img = self.transform(img)
-        return img, self.targets[index]
-
-    def __len__(self) -> int:
-        return len(self.data)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,7 +424,7 @@ class _ArrayUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a data file")
 
 
-class ImageNet16(Dataset):
+class ImageNet16(_ArrayImages):
     """Downsampled ImageNet at 16x16 (Chrabaszcz et al. 2017) in its published format, as
     NAS-Bench-201 uses it: `train_data_batch_1` .. `train_data_batch_10` and `val_data`, each a
     pickled dict of `data` (uint8, N x 768, channel-major) and `labels` (1..1000). The first
@@ -453,15 +462,6 @@ class ImageNet16(Dataset):
         self.targets = np.concatenate(labels).tolist()
         self.classes = [str(c) for c in range(classes)]
         self.transform = transform
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        img: Any = Image.fromarray(self.data[index])
-        if self.transform is not None:
-            img = self.transform(img)
-        return img, self.targets[index]
-
-    def __len__(self) -> int:
-        return len(self.data)
 
 
 def network_family(name: str, image_size: int | None = None) -> str:

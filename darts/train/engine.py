@@ -144,12 +144,13 @@ class ThreadWatch:
     (docs/performance.md). The thread count decides how the CPU kernels split their sums, so
     an adapting run is not bit-reproducible.
     Otherwise the count stays fixed and `warn` hears once that the machine is oversubscribed.
-    `others` and `clock` are for tests."""
+    A look takes three samples 5 ms apart, so it costs the training loop about 10 ms per
+    interval. `others` and `clock` are for tests."""
 
     def __init__(self, threads: int, cpus: int, *, adapt: bool = False,
                  warn: Callable[[str], None] | None = None,
                  note: Callable[[str], None] | None = None, interval_s: float = 10.0,
-                 others: Callable[[], int] = _other_running_processes,
+                 others: Callable[[], int] = lambda: _other_running_processes(3, 0.005),
                  clock: Callable[[], float] = time.monotonic):
         self.threads, self.cpus, self.adapt = threads, cpus, adapt
         self.warn, self.note, self.interval_s = warn, note, interval_s
