@@ -80,7 +80,14 @@ class BenchmarkTable:
         except UnicodeDecodeError:
             raise UserError(f"--benchmark {path}: not a CSV text file (the official pickled "
                             f"files convert with `python -m darts.nb201 convert`)") from None
-        reader = csv.reader(io.StringIO(text))
+        try:
+            return cls._parse(text, path)
+        except csv.Error as e:
+            raise UserError(f"--benchmark {path}: not a CSV table ({e})") from None
+
+    @classmethod
+    def _parse(cls, text: str, path: Path) -> BenchmarkTable:
+        reader = csv.reader(io.StringIO(text, newline=""))
         header = next(reader, None)
         if not header or "arch" not in header:
             raise UserError(f"--benchmark {path}: the first line must be a header with an "
