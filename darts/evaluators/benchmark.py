@@ -8,17 +8,10 @@ as one evaluation of the budget.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from darts.errors import UserError
+from darts.evaluators.base import Evaluation
 from darts.nb201 import BenchmarkTable
 from darts.spaces.nb201 import NB201Arch
-
-
-@dataclass
-class Evaluation:
-    score: float      # what the strategy is told (higher is better)
-    reported: float   # what the run reports for it
 
 
 class BenchmarkEvaluator:

@@ -1,0 +1,20 @@
+"""Search spaces for the multi-trial strategies, one module each, all with the same functions.
+
+A space module gives what strategies and evaluators need of it; a candidate is an immutable,
+hashable value whose `str()` is its canonical text (what `history.jsonl` records) and which
+`parse` reads back:
+
+    NAME                        the `--space` name
+    sample(rng)                 a candidate drawn uniformly (`rng`: a random.Random)
+    mutate(c, rng, rate=None)   one decision changed (rate=None), or each with probability `rate`
+    crossover(a, b, rng)        a child whose decisions come from either parent
+    decisions()                 the choices of every decision, in order (a controller's steps)
+    to_decisions(c) / from_decisions(choices)   a candidate <-> the index of each choice
+    encode(c)                   a fixed-length vector of floats (a surrogate model's input)
+    parse(text)                 the candidate `str(c)` wrote; a UserError naming what is wrong
+    save(c, path)               a file `train_final.py --arch` takes
+
+    nb201   NAS-Bench-201's cell (darts.spaces.nb201)
+    darts   the DARTS cell pair, a genotype (darts.spaces.darts_cells)
+    cnn     a plain chain of conv layers trained from scratch (darts.spaces.cnn)
+"""

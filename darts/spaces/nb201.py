@@ -153,7 +153,20 @@ def all_archs() -> Iterator[NB201Arch]:
         yield NB201Arch(ops)
 
 
-# -- what multi-trial strategies need of the space ---------------------------------------------
+# -- what multi-trial strategies need of the space (see darts.spaces) ---------------------------
+NAME = "nb201"
+
+
+def parse(text: str) -> NB201Arch:
+    return NB201Arch.from_string(text)
+
+
+def save(arch: NB201Arch, path: str | Path) -> None:
+    """The cell as the JSON file `train_final.py --space nb201 --arch` takes."""
+    from darts.train.files import save_json
+    save_json(arch.to_dict(), path)
+
+
 def sample(rng) -> NB201Arch:
     """A cell drawn uniformly from the 15,625 (`rng`: a random.Random)."""
     return NB201Arch(tuple(rng.choice(NB201_OPS) for _ in EDGES))
