@@ -20,6 +20,8 @@ blocks (ReLU-conv3x3 stride 2, ReLU-conv3x3, plus a 2x2 average pool and 1x1 con
 BatchNorm -> ReLU, global average pooling and a linear classifier. Its supernet
 (`NB201SearchNetwork`) is the same network with every edge a mixed op over the 5 ops; the
 argmax over each edge's weights, `none` included, decodes it (the benchmark's protocol).
+`forward_path(x, arch)` runs one cell's ops alone in the supernet's weights (a single path of
+the one-shot model): it equals `forward(x, path_weights(arch))`, the one-hot mixture.
 """
 
 from __future__ import annotations
@@ -157,6 +159,10 @@ def all_archs() -> Iterator[NB201Arch]:
 NAME = "nb201"
 
 
+def to_text(arch: NB201Arch) -> str:
+    return arch.to_string()
+
+
 def parse(text: str) -> NB201Arch:
     return NB201Arch.from_string(text)
 
@@ -259,6 +265,10 @@ class NB201MixedOp(nn.Module):
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         return sum(weights[k] * op(x) for k, op in zip(self.columns, self.ops, strict=True))
 
+    def forward_op(self, x: torch.Tensor, column: int) -> torch.Tensor:
+        """The op of column `column` alone: forward(x, w) for w one-hot on it (not `none`)."""
+        return self.ops[self.columns.index(column)](x)
+
 
 class NB201SearchCell(nn.Module):
     """The cell with every edge a mixed op; node i = sum over j < i of MixedOp_ij(node j)."""
@@ -272,6 +282,20 @@ class NB201SearchCell(nn.Module):
         for i in range(1, NODES):
             nodes.append(sum(self.edges[e](nodes[j], weights[e])
                              for e, (target, j) in enumerate(EDGES) if target == i))
+        return nodes[-1]
+
+    def forward_path(self, x: torch.Tensor, columns: tuple[int, ...]) -> torch.Tensor:
+        """The cell of one architecture (`columns`: each edge's op index in NB201_OPS): node i
+        sums the chosen op of each edge into it; a `none` edge runs nothing and adds nothing
+        (a node whose edges are all `none` is zero)."""
+        none = NB201_OPS.index("none")
+        nodes = [x]
+        for i in range(1, NODES):
+            node = 0
+            for e, (target, j) in enumerate(EDGES):
+                if target == i and columns[e] != none:
+                    node = node + self.edges[e].forward_op(nodes[j], columns[e])
+            nodes.append(torch.zeros_like(x) if isinstance(node, int) else node)
         return nodes[-1]
 
 
@@ -337,6 +361,22 @@ class NB201SearchNetwork(nn.Module):
         x = self.stem(x)
         for block in self.body:
             x = block(x, w) if isinstance(block, NB201SearchCell) else block(x)
+        x = F.adaptive_avg_pool2d(self.lastact(x), 1).flatten(1)
+        return self.classifier(x)
+
+    def path_weights(self, arch: NB201Arch) -> tuple[torch.Tensor, ...]:
+        """The mixing weights that select `arch`: each edge's row one-hot on its op."""
+        w = torch.zeros_like(self.alphas.detach())
+        w[range(len(EDGES)), to_decisions(arch)] = 1.0
+        return (w,)
+
+    def forward_path(self, x: torch.Tensor, arch: NB201Arch) -> torch.Tensor:
+        """Logits of one architecture in the supernet's weights, running only its ops: equals
+        `forward(x, path_weights(arch))`."""
+        columns = tuple(to_decisions(arch))
+        x = self.stem(x)
+        for block in self.body:
+            x = block.forward_path(x, columns) if isinstance(block, NB201SearchCell) else block(x)
         x = F.adaptive_avg_pool2d(self.lastact(x), 1).flatten(1)
         return self.classifier(x)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from darts.strategies.anneal import SimulatedAnnealing
 from darts.strategies.base import Strategy, run
+from darts.strategies.bayesian import BayesianOptimisation
 from darts.strategies.evolution import RegularizedEvolution
 from darts.strategies.genetic import GeneticAlgorithm
 from darts.strategies.random_search import RandomSearch
@@ -26,7 +27,8 @@ STRATEGIES: dict[str, type[Strategy]] = {
     "ga": GeneticAlgorithm,
     "anneal": SimulatedAnnealing,
     "reinforce": Reinforce,
+    "bo": BayesianOptimisation,
 }
 
-__all__ = ["STRATEGIES", "GeneticAlgorithm", "RandomSearch", "RegularizedEvolution",
+__all__ = ["STRATEGIES", "BayesianOptimisation", "GeneticAlgorithm", "RandomSearch", "RegularizedEvolution",
            "Reinforce", "SimulatedAnnealing", "Strategy", "run"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from types import ModuleType
 from typing import Any
 
@@ -29,29 +30,49 @@ class Strategy:
             self.best = (score, candidate)
 
 
-def run(strategy: Strategy, evaluate, budget: int, history: list[dict] | None = None,
-        on_evaluation=None) -> list[dict]:
-    """Asks, evaluates and tells until `budget` evaluations are in the history.
+def run(strategy: Strategy, evaluate, budget: int | None = None, history: list[dict] | None = None,
+        on_evaluation=None, seconds: float | None = None, batch: int = 1,
+        to_text=str) -> list[dict]:
+    """Asks, evaluates and tells until the budget is spent: `budget` evaluations, or (with
+    `seconds`) evaluations whose costs add up to `seconds`; the evaluation that crosses it
+    is kept, as NAS-Bench-201's time-budgeted runs keep it.
 
-    `history` (records of an earlier, stopped run of the same strategy and seed) is replayed
-    first: each asked candidate must be the recorded one, and is told the recorded score
-    without evaluating it again, so a resumed run continues exactly where the stopped one
-    was. Each record: {"n", "candidate", "score", "reported"}; `on_evaluation(record)` sees
-    each new one."""
+    With `batch` > 1, `batch` candidates are asked, evaluated together (the evaluator's
+    `evaluate_many`, e.g. in parallel processes) and then told in order. `history` (records
+    of an earlier, stopped run of the same strategy, seed and batch) is replayed first: each
+    asked candidate must be the recorded one, and is told the recorded score without being
+    evaluated again, so a resumed run continues exactly where the stopped one was. A record:
+    {"n", "candidate", "score", "reported", "cost", "time"} (`to_text(candidate)` is its
+    text); `on_evaluation(record)` sees each new one."""
+    if budget is None and seconds is None:
+        raise ValueError("give a budget of evaluations or of seconds")
     records = list(history or [])
-    for record in records:
-        candidate = strategy.ask()
-        if str(candidate) != record["candidate"]:
-            raise ValueError(f"the history does not replay: evaluation {record['n']} was "
-                             f"{record['candidate']}, the strategy now asks {candidate}")
-        strategy.tell(candidate, record["score"])
-    while len(records) < budget:
-        candidate = strategy.ask()
-        result = evaluate(candidate)
-        strategy.tell(candidate, result.score)
-        record = {"n": len(records) + 1, "candidate": str(candidate), "score": result.score,
-                  "reported": result.reported}
-        records.append(record)
-        if on_evaluation is not None:
-            on_evaluation(record)
+
+    def spent() -> bool:
+        return ((budget is not None and len(records) >= budget)
+                or (seconds is not None and sum(r.get("cost", 0.0) for r in records) >= seconds))
+
+    for start in range(0, len(records), batch):
+        group = records[start:start + batch]
+        asked = [strategy.ask() for _ in group]
+        for candidate, record in zip(asked, group, strict=True):
+            if to_text(candidate) != record["candidate"]:
+                raise ValueError(f"the history does not replay: evaluation {record['n']} was "
+                                 f"{record['candidate']}, the strategy now asks "
+                                 f"{to_text(candidate)}")
+        for candidate, record in zip(asked, group, strict=True):
+            strategy.tell(candidate, record["score"])
+    many = getattr(evaluate, "evaluate_many", None)
+    while not spent():
+        size = batch if budget is None else min(batch, budget - len(records))
+        asked = [strategy.ask() for _ in range(size)]
+        results = many(asked) if many is not None and size > 1 else [evaluate(c) for c in asked]
+        for candidate, result in zip(asked, results, strict=True):
+            strategy.tell(candidate, result.score)
+            record = {"n": len(records) + 1, "candidate": to_text(candidate),
+                      "score": result.score, "reported": result.reported,
+                      "cost": result.cost, "time": time.time()}
+            records.append(record)
+            if on_evaluation is not None:
+                on_evaluation(record)
     return records

@@ -62,23 +62,19 @@ class GeneticAlgorithm(Strategy):
         return self.space.mutate(child, self.rng, rate=self.mutation_rate)
 
     def ask(self) -> Any:
-        if not self.members:  # generation 0
-            return self.space.sample(self.rng)
-        if not self.next and not self.pending:
-            self.next = sorted(self.members, key=lambda m: m[1], reverse=True)[:self.elites]
-        child = self._child()
+        # Generation 0 is random; children asked before it is complete (a batch that spans
+        # its end) are random too, immigrants of generation 1.
+        child = self.space.sample(self.rng) if not self.members else self._child()
         self.pending.append(child)
         return child
 
     def tell(self, candidate: Any, score: float) -> None:
         super().tell(candidate, score)
-        if not self.members and self.generation == 0:
-            self.next.append((candidate, score))
-            if len(self.next) == self.size:
-                self.members, self.next, self.generation = self.next, [], 1
-            return
         self.pending.remove(candidate)
         self.next.append((candidate, score))
-        if len(self.next) == self.size:
-            self.members, self.next = self.next, []
+        if len(self.next) >= self.size:
+            # The generation is complete: it becomes the parents; the next one starts with
+            # its elites (and any children of a batch that spanned the turn).
+            self.members, rest = self.next[:self.size], self.next[self.size:]
+            self.next = sorted(self.members, key=lambda m: m[1], reverse=True)[:self.elites] + rest
             self.generation += 1

@@ -2,10 +2,10 @@
 REINFORCE baseline runs it (AutoDL-Projects, exps/algos/reinforce.py; scripts-search/algos/
 REINFORCE.sh: Adam, learning rate 0.001, moving-average momentum 0.9).
 
-The policy is factorised: one categorical distribution per decision, logits initialised at
-1e-3 * N(0, 1). It is the default, and the only policy here, because it is what the
-benchmark's baseline uses and a space of 6 independent decisions gives an LSTM nothing to
-condition on. Each candidate a = (a_1, ..., a_D) is sampled from the policy. Its reward R
+The policy is factorised: one categorical distribution per decision (decisions may have
+different numbers of choices), logits initialised at 1e-3 * N(0, 1). It is the default, and
+the only policy here, because it is what the benchmark's baseline uses and a space of 6
+independent decisions gives an LSTM nothing to condition on. Each candidate a = (a_1, ..., a_D) is sampled from the policy. Its reward R
 (the score) moves the baseline b <- m b + (1 - m) R. The logits then take one Adam step on
 
     loss = -(R - b) * sum_d log pi(a_d) - entropy_weight * sum_d H(pi_d)
@@ -32,22 +32,25 @@ class Reinforce(Strategy):
             raise ValueError("need lr > 0, 0 <= baseline_momentum < 1, entropy_weight >= 0")
         self.generator = torch.Generator().manual_seed(seed)
         sizes = [len(choices) for choices in space.decisions()]
-        if len(set(sizes)) != 1:
-            raise ValueError("the factorised policy needs decisions with equal numbers of choices")
+        # Decisions with fewer choices than the widest are padded; a padded choice's logit is
+        # pushed to -1e9, so its probability is exactly 0 and its gradient too.
+        width = max(sizes)
+        self.mask = torch.tensor([[0.0] * k + [-1e9] * (width - k) for k in sizes],
+                                 dtype=torch.float64)
         self.logits = torch.nn.Parameter(
-            1e-3 * torch.randn(len(sizes), sizes[0], generator=self.generator, dtype=torch.float64))
+            1e-3 * torch.randn(len(sizes), width, generator=self.generator, dtype=torch.float64))
         self.optimizer = torch.optim.Adam([self.logits], lr=lr)
         self.momentum, self.entropy_weight = baseline_momentum, entropy_weight
         self.baseline: float | None = None
 
     def ask(self) -> Any:
         with torch.no_grad():
-            probs = torch.softmax(self.logits, dim=-1)
+            probs = torch.softmax(self.logits + self.mask, dim=-1)
             choices = torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
         return self.space.from_decisions(choices.tolist())
 
     def loss(self, choices: list[int], advantage: float) -> torch.Tensor:
-        log_probs = torch.log_softmax(self.logits, dim=-1)
+        log_probs = torch.log_softmax(self.logits + self.mask, dim=-1)
         chosen = log_probs[torch.arange(len(choices)), torch.tensor(choices)]
         entropy = -(log_probs.exp() * log_probs).sum()
         return -advantage * chosen.sum() - self.entropy_weight * entropy

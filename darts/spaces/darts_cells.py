@@ -1,0 +1,206 @@
+"""The DARTS cell space for multi-trial strategies: a candidate is a genotype.
+
+A candidate is a pair of cells (normal, reduce) of the DARTS space (Liu et al. 2019): each of
+the 4 intermediate nodes takes two *different* inputs among the earlier states (the two cell
+inputs and the earlier nodes), each through one op of the 7 that a decoded DARTS cell may
+hold (`none` excluded, as in the paper's decoding), and the cell outputs all 4 nodes. That is
+what DARTS's own search returns, so a strategy's best and a DARTS search's result are the same
+kind of object, retrained by the same `train_final.py --genotype FILE`.
+
+Decisions (a controller's steps), per cell and node i = 0..3: the pair of inputs, one of
+C(i + 2, 2) pairs (1, 3, 6, 10), then the op of the lower input, then the op of the higher.
+The edges of a node are kept in input order, so each cell has one canonical genotype.
+
+Mutation is AmoebaNet's (Real et al. 2019): one cell, one node, one of its two edges, then
+either its op (a different one) or its input (a different earlier state, not the other
+edge's), with probability 1/2 each; a node whose inputs cannot change (node 0 has only the two
+cell inputs) mutates its op.
+
+The text of a candidate (`to_text`, what a run's history records) is compact and read back by
+`parse` without evaluating anything:
+
+    normal: sep_conv_3x3~0 sep_conv_3x3~1 | skip_connect~0 sep_conv_3x3~1 | ... / reduce: ...
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+from darts.errors import UserError
+from darts.genotype import Genotype, genotype_from_dict, save_genotype
+from darts.primitives import PRIMITIVES
+
+NAME = "darts"
+STEPS = 4
+OPS = tuple(op for op in PRIMITIVES if op != "none")  # the 7 ops a decoded cell may hold
+CELLS = ("normal", "reduce")
+CONCAT = tuple(range(2, STEPS + 2))
+
+
+def _pairs(node: int) -> list[tuple[int, int]]:
+    """The input pairs node `node` (0-based) may take, in a fixed order."""
+    return list(itertools.combinations(range(node + 2), 2))
+
+
+def _make(cells: dict[str, list[tuple[tuple[str, int], tuple[str, int]]]]) -> Genotype:
+    """A genotype of per-node edge pairs, each node's edges in input order."""
+    flat = {kind: tuple(e for node in cells[kind] for e in sorted(node, key=lambda e: e[1]))
+            for kind in CELLS}
+    return Genotype(flat["normal"], CONCAT, flat["reduce"], CONCAT)
+
+
+def _nodes(g: Genotype, kind: str) -> list[tuple[tuple[str, int], tuple[str, int]]]:
+    edges = g.normal if kind == "normal" else g.reduce
+    return [(edges[2 * i], edges[2 * i + 1]) for i in range(len(edges) // 2)]
+
+
+def _check(g: Genotype) -> Genotype:
+    """`g` in this space's canonical form, or a UserError saying why it is not in the space."""
+    if not isinstance(g, Genotype):
+        raise UserError(f"a candidate of the darts space is a Genotype, got {type(g).__name__}")
+    cells = {}
+    for kind in CELLS:
+        nodes = _nodes(g, kind)
+        if len(nodes) != STEPS:
+            raise UserError(f"the darts space has {STEPS} nodes per cell; the {kind} cell has "
+                            f"{len(nodes)}")
+        for i, (a, b) in enumerate(nodes):
+            if a[1] == b[1]:
+                raise UserError(f"{kind} node {i + 2} takes input {a[1]} twice; the darts space's "
+                                f"nodes take two different inputs")
+            for op, _ in (a, b):
+                if op not in OPS:
+                    raise UserError(f"{kind} node {i + 2}: {op!r} is not an op of the darts "
+                                    f"space ({', '.join(OPS)})")
+        cells[kind] = nodes
+    if tuple(g.normal_concat) != CONCAT or tuple(g.reduce_concat) != CONCAT:
+        raise UserError(f"the darts space's cells concatenate nodes {list(CONCAT)}")
+    return _make(cells)
+
+
+def to_text(g: Genotype) -> str:
+    return " / ".join(
+        f"{kind}: " + " | ".join(" ".join(f"{op}~{j}" for op, j in node) for node in _nodes(g, kind))
+        for kind in CELLS)
+
+
+def parse(text: str) -> Genotype:
+    """The genotype `to_text` wrote; one UserError naming what is wrong."""
+    if not isinstance(text, str):
+        raise UserError(f"expected a darts cell text, got {type(text).__name__}")
+    shown = text if len(text) <= 80 else text[:77] + "..."
+    parts = [p.strip() for p in text.split("/")]
+    if len(parts) != 2:
+        raise UserError(f"darts cell text {shown!r}: expected 'normal: ... / reduce: ...'")
+    cells = {}
+    for kind, part in zip(CELLS, parts, strict=True):
+        label, sep, body = part.partition(":")
+        if not sep or label.strip() != kind:
+            raise UserError(f"darts cell text {shown!r}: expected the {kind} cell as '{kind}: ...'")
+        nodes = []
+        for node in body.split("|"):
+            edges = node.split()
+            if len(edges) != 2:
+                raise UserError(f"darts cell text {shown!r}: each {kind} node has two "
+                                f"'op~input' edges, got {node.strip()!r}")
+            pair = []
+            for edge in edges:
+                op, sep, index = edge.partition("~")
+                if not sep or not index.isdigit() or len(index) > 2:
+                    raise UserError(f"darts cell text {shown!r}: {edge!r} is not 'op~input'")
+                pair.append((op, int(index)))
+            nodes.append(tuple(pair))
+        cells[kind] = nodes
+    g = genotype_from_dict({kind: [list(e) for node in cells[kind] for e in node]
+                            for kind in CELLS} | {"normal_concat": list(CONCAT),
+                                                  "reduce_concat": list(CONCAT)},
+                           where=f"darts cell text {shown!r}")  # a GenotypeError is a UserError
+    return _check(g)
+
+
+def save(g: Genotype, path: str | Path) -> None:
+    """The genotype as the JSON file `train_final.py --genotype` takes."""
+    save_genotype(g, path)
+
+
+# -- what strategies need (see darts.spaces) ----------------------------------------------------
+def decisions() -> list[tuple[str, ...]]:
+    """Per cell and node: the input pair (as 'j,k'), the op of input j, the op of input k."""
+    out = []
+    for _kind in CELLS:
+        for i in range(STEPS):
+            out += [tuple(f"{j},{k}" for j, k in _pairs(i)), OPS, OPS]
+    return out
+
+
+def to_decisions(g: Genotype) -> list[int]:
+    g = _check(g)
+    choices = []
+    for kind in CELLS:
+        for i, (a, b) in enumerate(_nodes(g, kind)):
+            choices += [_pairs(i).index((a[1], b[1])), OPS.index(a[0]), OPS.index(b[0])]
+    return choices
+
+
+def from_decisions(choices: list[int]) -> Genotype:
+    if len(choices) != 3 * STEPS * len(CELLS):
+        raise ValueError(f"the darts space has {3 * STEPS * len(CELLS)} decisions, got "
+                         f"{len(choices)}")
+    it = iter(choices)
+    cells = {}
+    for kind in CELLS:
+        nodes = []
+        for i in range(STEPS):
+            (j, k), a, b = _pairs(i)[next(it)], OPS[next(it)], OPS[next(it)]
+            nodes.append(((a, j), (b, k)))
+        cells[kind] = nodes
+    return _make(cells)
+
+
+def sample(rng) -> Genotype:
+    """A pair of cells drawn uniformly: per node an input pair, then two ops, each uniform."""
+    return from_decisions([rng.randrange(len(choices)) for choices in decisions()])
+
+
+def mutate(g: Genotype, rng, rate: float | None = None) -> Genotype:
+    """AmoebaNet's mutation (one op or one input of one edge changes); with `rate`, each
+    decision independently changes with that probability, to a different choice."""
+    g = _check(g)
+    if rate is not None:
+        choices = to_decisions(g)
+        for d, options in enumerate(decisions()):
+            if len(options) > 1 and rng.random() < rate:
+                choices[d] = rng.choice([c for c in range(len(options)) if c != choices[d]])
+        return from_decisions(choices)
+    cells = {kind: [list(node) for node in _nodes(g, kind)] for kind in CELLS}
+    kind, i, e = rng.choice(CELLS), rng.randrange(STEPS), rng.randrange(2)
+    op, j = cells[kind][i][e]
+    other = cells[kind][i][1 - e][1]
+    inputs = [s for s in range(i + 2) if s not in (j, other)]
+    if inputs and rng.random() < 0.5:
+        cells[kind][i][e] = (op, rng.choice(inputs))
+    else:
+        cells[kind][i][e] = (rng.choice([o for o in OPS if o != op]), j)
+    return _make({kind: [tuple(node) for node in nodes] for kind, nodes in cells.items()})
+
+
+def crossover(a: Genotype, b: Genotype, rng) -> Genotype:
+    """Uniform crossover by node: each node (its two edges) from either parent, per cell."""
+    a, b = _check(a), _check(b)
+    return _make({kind: [x if rng.random() < 0.5 else y
+                         for x, y in zip(_nodes(a, kind), _nodes(b, kind), strict=True)]
+                  for kind in CELLS})
+
+
+def encode(g: Genotype) -> list[float]:
+    """Per cell, a one-hot of the op on every (node, input) edge of the DARTS supernet
+    (14 edges x 7 ops), 0 on edges the cell does not use: 196 numbers."""
+    g = _check(g)
+    vector = []
+    for kind in CELLS:
+        used = {(i, j): op for i, node in enumerate(_nodes(g, kind)) for op, j in node}
+        for i in range(STEPS):
+            for j in range(i + 2):
+                vector += [float(used.get((i, j)) == op) for op in OPS]
+    return vector
