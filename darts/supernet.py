@@ -36,6 +36,12 @@ Two memory options, both off by default (the network is then exactly the DARTS o
   keeps drops to the cells' inputs (0.012x at the size above); the backward's peak adds one
   cell's activations, and each step costs one more forward of every cell.
 
+`forward_path(x, genotype)` runs one candidate of the space through the supernet's weights:
+on each edge the genotype chooses, only the chosen op of that edge's MixedOp (the single-path
+one-shot model of random search with weight sharing, Li & Talwalkar 2019, and SPOS, Guo et
+al. 2020). It equals `forward(x, path_weights(genotype))`, the relaxation at one-hot weights,
+without computing any of the ops those weights multiply by zero.
+
 `saved_activation_bytes(fn)` measures what a forward keeps for its backward.
 
 This module is the definition. `darts.accel.accelerate(model)` installs on each cell an
@@ -162,6 +168,11 @@ class MixedOp(nn.Module):
             bypass = self.bypass_pool(bypass)
         return channel_shuffle(torch.cat([mixed, bypass], dim=1), k)
 
+    def forward_op(self, x: torch.Tensor, column: int) -> torch.Tensor:
+        """The op of alpha column `column` alone (a single path; without partial channels):
+        forward(x, w) for w one-hot on that column, running only that op."""
+        return self.ops[self.columns.index(column)](x)
+
 
 class SearchCell(nn.Module):
     """A cell with every edge a MixedOp; its output concatenates the last `multiplier` nodes."""
@@ -200,6 +211,19 @@ class SearchCell(nn.Module):
                 if target == j:
                     y = self.edges[e](states[i], weights[e])
                     node = node + (y if edge_weights is None else edge_weights[e] * y)
+            states.append(node)
+        return torch.cat(states[-self.multiplier:], dim=1)
+
+    def forward_path(self, s0: torch.Tensor, s1: torch.Tensor,
+                     path: tuple[tuple[tuple[int, int], ...], ...]) -> torch.Tensor:
+        """The cell of one candidate: node j sums, over its chosen (edge, alpha column) pairs
+        `path[j]` (in edge order), that column's op of the edge's MixedOp on the edge's input.
+        No other op of the cell runs (nor the executor, which computes mixtures)."""
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        for chosen in path:
+            node = 0
+            for e, column in chosen:
+                node = node + self.edges[e].forward_op(states[self.edge_list[e][1]], column)
             states.append(node)
         return torch.cat(states[-self.multiplier:], dim=1)
 
@@ -347,6 +371,66 @@ class SearchNetwork(nn.Module):
                 s0, s1 = s1, _checkpointed_cell(cell, s0, s1, w, e)
             else:
                 s0, s1 = s1, cell(s0, s1, w, e)
+        return self.classifier(torch.flatten(self.global_pooling(s1), 1))
+
+    # -- one candidate (single path) ----------------------------------------------------------
+    def candidate_path(self, genotype: Genotype) -> dict[bool, tuple[tuple[tuple[int, int], ...], ...]]:
+        """For the normal (False) and the reduction cell (True): per intermediate node, its
+        chosen (edge, alpha column) pairs in edge order. A ValueError names what of the
+        genotype this supernet cannot run (another node count or output, an op outside the
+        space, 'none', an input that is not an earlier state)."""
+        space = self.space
+        concat = tuple(range(2 + space.steps - space.multiplier, space.steps + 2))
+        edge_index = {edge: e for e, edge in enumerate(space.edges())}
+        path = {}
+        for reduction, kind in ((False, "normal"), (True, "reduce")):
+            edges, cell_concat = genotype.cell(reduction)
+            if len(edges) != 2 * space.steps or tuple(cell_concat) != concat:
+                raise ValueError(f"the {kind} cell of {genotype} does not fit this supernet: it "
+                                 f"needs {2 * space.steps} edges (2 per node) and output "
+                                 f"nodes {list(concat)}")
+            nodes = []
+            for node in range(space.steps):
+                chosen = []
+                for op, i in edges[2 * node:2 * node + 2]:
+                    if op == "none" or op not in space.primitives:
+                        raise ValueError(f"op {op!r} of the {kind} cell is not one this "
+                                         f"supernet can run; its ops: "
+                                         f"{', '.join(p for p in space.primitives if p != 'none')}")
+                    if (node, i) not in edge_index:
+                        raise ValueError(f"node {node + 2} of the {kind} cell takes input {i}; "
+                                         f"it may take 0..{node + 1}")
+                    chosen.append((edge_index[node, i], space.primitives.index(op)))
+                nodes.append(tuple(sorted(chosen)))
+            path[reduction] = tuple(nodes)
+        return path
+
+    def path_weights(self, genotype: Genotype) -> MixingWeights:
+        """(normal, reduce) mixing weights that select the genotype: on each chosen edge 1 on
+        its chosen op, every other entry 0. `forward(x, path_weights(g))` is
+        `forward_path(x, g)`, which runs only the chosen ops."""
+        path = self.candidate_path(genotype)
+        weights = []
+        for reduction in (False, True):
+            w = torch.zeros(self.space.num_edges, self.space.num_ops,
+                            dtype=self.alphas_normal.dtype, device=self.alphas_normal.device)
+            for chosen in path[reduction]:
+                for e, column in chosen:
+                    w[e, column] += 1.0
+            weights.append(w)
+        return tuple(weights)
+
+    def forward_path(self, x: torch.Tensor, genotype: Genotype) -> torch.Tensor:
+        """Logits of one candidate in the supernet's weights: each cell runs only the ops its
+        genotype chooses (`SearchCell.forward_path`); equals `forward(x,
+        path_weights(genotype))`. Not with partial channels (a PC-DARTS edge mixes by design)."""
+        if self.partial_channels > 1:
+            raise ValueError("a single path needs partial_channels=1: PC-DARTS edges always "
+                             "pass part of their input around the op")
+        path = self.candidate_path(genotype)
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            s0, s1 = s1, cell.forward_path(s0, s1, path[cell.reduction])
         return self.classifier(torch.flatten(self.global_pooling(s1), 1))
 
     def genotype(self, **meta: str) -> Genotype:
