@@ -200,7 +200,8 @@ def synthetic_table(out: str | Path, seed: int = 0) -> Path:
     at chance (10 %); a cell without a convolution on a path from input to output is poor
     (the all-skip cell 54.3 %, near DARTS's collapsed cell on the real table); the others rise
     with the convolutions on those paths (3x3 more than 1x1), so most are mediocre and few
-    good, with a little seeded noise. The best cell is `arch` of the row with the highest
+    good, with a little seeded noise; `cifar10_train_s` (a 200-epoch training's seconds) rises
+    with the ops' cost, for time budgets. The best cell is `arch` of the row with the highest
     `cifar10_test`; `index` is the enumeration order of `all_archs`, not the official one."""
     import random
 
@@ -209,9 +210,11 @@ def synthetic_table(out: str | Path, seed: int = 0) -> Path:
     rng = random.Random(seed)
     value = {"nor_conv_3x3": 1.0, "nor_conv_1x1": 0.55, "avg_pool_3x3": 0.05,
              "skip_connect": 0.0, "none": 0.0}
+    seconds = {"nor_conv_3x3": 1450.0, "nor_conv_1x1": 450.0, "avg_pool_3x3": 120.0,
+               "skip_connect": 20.0, "none": 0.0}  # made-up training times, by the ops' cost
     with _csv_file(out) as writer:
         writer.writerow(["index", "arch", "cifar10_valid", "cifar10_test", "cifar100_test",
-                         "ImageNet16-120_test"])
+                         "ImageNet16-120_test", "cifar10_train_s"])
         for index, arch in enumerate(all_archs()):
             # nodes reachable from the input, and edges on an input-to-output path
             reach = {0}
@@ -234,7 +237,8 @@ def synthetic_table(out: str | Path, seed: int = 0) -> Path:
                     "skip_connect") / 3 + rng.gauss(0.0, 0.3)
             writer.writerow([index, arch.to_string(), f"{acc + 0.3 * rng.gauss(0, 1):.3f}",
                              f"{acc:.3f}", f"{max(1.0, acc - 21.0 + rng.gauss(0, 0.5)):.3f}",
-                             f"{max(0.8, acc - 48.0 + rng.gauss(0, 0.5)):.3f}"])
+                             f"{max(0.8, acc - 48.0 + rng.gauss(0, 0.5)):.3f}",
+                             f"{2800.0 + 3 * sum(seconds[op] for op in arch.ops):.1f}"])
     return Path(out)
 
 

@@ -78,6 +78,7 @@ from darts.train.engine import (
 from darts.train.files import save_json
 from darts.train.tb import EpochTimer, RunLogger, alpha_heatmap, draw_cells, format_duration
 
+MULTITRIAL_STRATEGIES = ("random", "evolution", "ga", "anneal", "reinforce", "bo")
 SEARCH_DATASETS = ("cifar10", "cifar100", "ImageNet16-120", "folder", "synthetic")
 CHECKPOINT_KEYS = ("epoch", "config", "model", "optimizer", "arch_optimizer", "scheduler", "split",
                    "alpha_stream", "history", "rng")
@@ -91,9 +92,49 @@ def _f(help: str, **meta: Any) -> dict[str, Any]:
 class SearchConfig:
     dataset: str = field(default="cifar10", metadata=_f("dataset", choices=SEARCH_DATASETS))
     space: str = field(default="darts", metadata=_f(
-        "the search space: darts (the paper's cell: 2 inputs, --nodes nodes, --ops) or nb201 "
-        "(NAS-Bench-201's cell: 4 nodes, 6 edges, 5 ops; its benchmark's network and recipe)",
-        choices=("darts", "nb201")))
+        "the search space: darts (the paper's cell: 2 inputs, --nodes nodes, --ops), nb201 "
+        "(NAS-Bench-201's cell: 4 nodes, 6 edges, 5 ops; its benchmark's network and recipe) "
+        "or, for the multi-trial strategies only, cnn (a plain chain of conv layers)",
+        choices=("darts", "nb201", "cnn")))
+    # Multi-trial search (docs/strategies.md): another strategy than DARTS's gradients.
+    strategy: str = field(default="darts", metadata=_f(
+        "darts (the gradient-based search) or a multi-trial strategy: random, evolution "
+        "(regularized), ga (genetic algorithm), anneal (simulated annealing), reinforce "
+        "(policy gradient), bo (Bayesian optimisation, Optuna)",
+        choices=("darts", *MULTITRIAL_STRATEGIES)))
+    evaluator: str = field(default="", metadata=_f(
+        "how a multi-trial strategy's candidates are scored: benchmark (a NAS-Bench-201 "
+        "--benchmark table, free), oneshot (a weight-sharing supernet trained once by uniform "
+        "single paths), train (each trained from scratch for --eval_epochs); default: benchmark "
+        "with --benchmark, else train", choices=("", "benchmark", "oneshot", "train")))
+    budget: int = field(default=100, metadata=_f("multi-trial: the number of evaluations"))
+    budget_seconds: float = field(default=0.0, metadata=_f(
+        "multi-trial: also stop once the evaluations' cost adds up to this many seconds (the "
+        "benchmark evaluator: the table's training times, simulated as NAS-Bench-201's paper "
+        "does); 0 = off"))
+    metric: str = field(default="cifar10_valid", metadata=_f(
+        "benchmark evaluator: the table column a strategy maximises"))
+    report: str = field(default="cifar10_test", metadata=_f(
+        "benchmark evaluator: the table column reported for each candidate"))
+    eval_epochs: int = field(default=5, metadata=_f(
+        "train evaluator: epochs each candidate trains from scratch"))
+    population: int | None = field(default=None, metadata=_f(
+        "evolution: population (10, NAS-Bench-201's REA); ga: population (20)"))
+    sample_size: int = field(default=3, metadata=_f(
+        "evolution: candidates sampled per tournament (3); ga: tournament size"))
+    crossover_rate: float = field(default=0.7, metadata=_f("ga: probability of crossover"))
+    mutation_rate: float = field(default=0.1, metadata=_f("ga: per-decision mutation probability"))
+    selection: str = field(default="tournament", metadata=_f(
+        "ga: parent selection", choices=("tournament", "roulette")))
+    elites: int = field(default=1, metadata=_f("ga: best members kept unchanged per generation"))
+    temperature: float = field(default=1.0, metadata=_f("anneal: initial temperature (score units)"))
+    cooling: float = field(default=0.99, metadata=_f("anneal: temperature factor per evaluation"))
+    controller_lr: float = field(default=0.001, metadata=_f("reinforce: Adam learning rate of the policy"))
+    baseline_momentum: float = field(default=0.9, metadata=_f("reinforce: moving-average baseline momentum"))
+    entropy_weight: float = field(default=0.0, metadata=_f("reinforce: weight of the entropy bonus"))
+    bo_sampler: str = field(default="tpe", metadata=_f(
+        "bo: Optuna's sampler, tpe (multivariate) or gp", choices=("tpe", "gp")))
+    bo_startup: int = field(default=10, metadata=_f("bo: random candidates before the model proposes"))
     benchmark: str = field(default="", metadata=_f(
         "nb201: a NAS-Bench-201 CSV table (python -m darts.nb201 convert); the decoded cell "
         "is looked up after every epoch (log, TensorBoard benchmark/*, metrics.json)"))
@@ -205,6 +246,9 @@ def resolved(cfg: SearchConfig) -> SearchConfig:
 
 
 def validate(cfg: SearchConfig) -> None:
+    if cfg.space == "cnn":
+        raise UserError("--space cnn: the cnn space is searched by the multi-trial strategies; "
+                        "add e.g. --strategy evolution")
     if cfg.dataset not in SEARCH_DATASETS:
         raise UserError(f"--dataset {cfg.dataset}: the search runs on {', '.join(SEARCH_DATASETS)} "
                         f"(the paper searches on CIFAR-10 and transfers the cell to ImageNet)")
@@ -341,6 +385,11 @@ def run(cfg: SearchConfig, *, resume: str | None = None,
     `resume` is a run directory (or its checkpoint.pt): the search continues there with the
     config it was started with. `on_epoch_end(epoch, metrics)` runs after each checkpoint.
     """
+    from darts import multitrial
+
+    if (multitrial.is_multitrial_run(resume) if resume is not None
+            else cfg.strategy != "darts"):
+        return multitrial.run(cfg, resume=resume)
     ckpt = None
     if resume is not None:
         ckpt = load_checkpoint(resume, "search", CHECKPOINT_KEYS)

@@ -1,0 +1,357 @@
+"""A multi-trial search run: a strategy proposes candidates, an evaluator scores them.
+
+`train_search.py --strategy evolution --space nb201 --evaluator benchmark --benchmark t.csv`
+runs here instead of the DARTS search. The run directory holds what a DARTS search's holds,
+for a sequence of evaluations instead of epochs:
+
+    config.json     the settings (`--resume RUN_DIR` continues with them)
+    log.txt         one line per evaluation, with the best so far and the ETA
+    events.*        TensorBoard: search/score, search/best_score, search/reported,
+                    search/best_reported and search/cost_s (cumulative) per evaluation
+    history.jsonl   one line per evaluated candidate: n, candidate, score, reported, cost, time
+    result.json     best_arch, best_score, best_reported, evaluations, cost_s, and with a
+                    NAS-Bench-201 table the best's rank and the table's optimum
+    arch.json / genotype.json / cnn.json   the best candidate, as train_final.py takes it
+    *.png           its picture
+
+A history line is written (and synced) as soon as its candidate is scored; a resumed run
+replays the history through the strategy (asking again, telling the recorded scores, no
+evaluation repeated) and ends with the same history as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import shlex
+import shutil
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from darts import plugins
+from darts.errors import UserError
+from darts.evaluators.benchmark import BenchmarkEvaluator
+from darts.nb201 import BenchmarkTable
+from darts.strategies import STRATEGIES, Strategy
+from darts.strategies import run as run_strategy
+from darts.train.config import config_from_dict, to_dict
+from darts.train.files import atomic_open, save_json
+from darts.train.tb import RunLogger, draw_cells, format_duration
+
+EVALUATORS = ("benchmark", "oneshot", "train")
+SPACES = ("nb201", "darts", "cnn")
+RESULT_FILES = {"nb201": "arch.json", "darts": "genotype.json", "cnn": "cnn.json"}
+HISTORY = "history.jsonl"
+
+
+def space_module(name: str) -> ModuleType:
+    if name == "nb201":
+        from darts.spaces import nb201 as module
+    elif name == "darts":
+        from darts.spaces import darts_cells as module
+    elif name == "cnn":
+        from darts.spaces import cnn as module
+    else:
+        raise UserError(f"--space {name}: choose one of {', '.join(SPACES)}")
+    return module
+
+
+def to_text(space: ModuleType, candidate: Any) -> str:
+    return getattr(space, "to_text", str)(candidate)
+
+
+def evaluator_name(cfg) -> str:
+    """--evaluator, or its default: benchmark where a table is given, else train."""
+    return cfg.evaluator or ("benchmark" if cfg.benchmark else "train")
+
+
+def is_multitrial_run(resume: str | os.PathLike) -> bool:
+    path = Path(resume)
+    run_dir = path if path.is_dir() else path.parent
+    return (run_dir / HISTORY).exists() or (
+        not (run_dir / "checkpoint.pt").exists() and _saved_strategy(run_dir) not in (None, "darts"))
+
+
+def _saved_strategy(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / "config.json").read_text()).get("strategy")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def make_strategy(cfg, space: ModuleType) -> Strategy:
+    """The strategy of `cfg.strategy` with its flags (None: the strategy's own default)."""
+    name = cfg.strategy
+    options: dict[str, Any] = {}
+    if name == "evolution":
+        options = {"population": cfg.population or 10, "sample_size": cfg.sample_size}
+    elif name == "ga":
+        options = {"population": cfg.population or 20, "crossover_rate": cfg.crossover_rate,
+                   "mutation_rate": cfg.mutation_rate, "selection": cfg.selection,
+                   "tournament_size": cfg.sample_size, "elites": cfg.elites}
+    elif name == "anneal":
+        options = {"t0": cfg.temperature, "cooling": cfg.cooling}
+    elif name == "reinforce":
+        options = {"lr": cfg.controller_lr, "baseline_momentum": cfg.baseline_momentum,
+                   "entropy_weight": cfg.entropy_weight}
+    elif name == "bo":
+        options = {"sampler": cfg.bo_sampler, "startup": cfg.bo_startup}
+    try:
+        return STRATEGIES[name](space, seed=cfg.seed, **options)
+    except ValueError as e:
+        raise UserError(f"--strategy {name}: {e}") from None
+
+
+def validate(cfg) -> None:
+    """The checks of a multi-trial run's flags (before anything is written)."""
+    if cfg.strategy not in STRATEGIES:
+        raise UserError(f"--strategy {cfg.strategy}: choose darts or one of {', '.join(STRATEGIES)}")
+    evaluator = evaluator_name(cfg)
+    if evaluator not in EVALUATORS:
+        raise UserError(f"--evaluator {cfg.evaluator}: choose one of {', '.join(EVALUATORS)}")
+    if cfg.budget < 1:
+        raise UserError(f"--budget {cfg.budget}: must be at least 1 evaluation")
+    if cfg.budget_seconds < 0:
+        raise UserError(f"--budget_seconds {cfg.budget_seconds}: must be 0 (off) or more")
+    if evaluator == "benchmark":
+        if cfg.space != "nb201":
+            raise UserError(f"--evaluator benchmark: a NAS-Bench-201 table scores --space nb201, "
+                            f"not --space {cfg.space}; use --evaluator train or oneshot")
+        if not cfg.benchmark:
+            raise UserError("--evaluator benchmark needs --benchmark TABLE (python -m darts.nb201 "
+                            "convert, or python -m darts.nb201 synthetic for a made-up one)")
+    if evaluator == "oneshot" and cfg.space == "cnn":
+        raise UserError("--evaluator oneshot: the cnn space's candidates share no supernet "
+                        "(their layers differ in width); use --evaluator train")
+    if cfg.benchmark and cfg.space != "nb201":
+        raise UserError("--benchmark: a NAS-Bench-201 table scores --space nb201 only")
+
+
+class _History:
+    """history.jsonl: read (a torn last line from a crash is dropped), appended and synced."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def read(self, batch: int) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
+        records = []
+        for k, line in enumerate(lines, start=1):
+            try:
+                record = json.loads(line)
+                ok = (isinstance(record, dict) and record.get("n") == k
+                      and isinstance(record.get("candidate"), str)
+                      and all(isinstance(record.get(f), (int, float))
+                              for f in ("score", "reported", "cost")))
+            except ValueError:
+                ok = False
+            if not ok:
+                if k == len(lines):  # the line a crash cut short
+                    break
+                raise UserError(f"{self.path}, line {k}: not a history record; the run cannot "
+                                f"be resumed from it")
+            records.append(record)
+        # a crash inside a batch leaves part of it: that batch is evaluated again
+        whole = len(records) - len(records) % batch
+        if whole != len(lines):
+            self.rewrite(records[:whole])
+        return records[:whole]
+
+    def rewrite(self, records: list[dict[str, Any]]) -> None:
+        with atomic_open(self.path) as f:
+            f.write("".join(json.dumps(r) + "\n" for r in records).encode("utf-8"))
+
+    def append(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _benchmark_result(table: BenchmarkTable | None, space: ModuleType, best: Any,
+                      metric: str, report: str) -> dict[str, Any]:
+    """The best candidate against the table's ground truth: its rank by the searched and
+    the reported metric, and the table's best values."""
+    if table is None:
+        return {}
+    out: dict[str, Any] = {"table": table.path}
+    row = table.lookup(best)
+    for name in dict.fromkeys((metric, report)):
+        if name not in table.metrics:
+            continue
+        values = [r[name] for r in table.rows.values() if not math.isnan(r[name])]
+        out[name] = row[name] if row else None
+        out[f"{name}_rank"] = table.rank(best, name)
+        out[f"{name}_optimum"] = max(values) if values else None
+    out["cells"] = len(table)
+    return out
+
+
+def _retrain_command(cfg, run_dir: Path) -> str:
+    path = str(run_dir / RESULT_FILES[cfg.space])
+    args = ["python", "train_final.py", "--genotype", path]
+    if cfg.space != "darts":
+        args += ["--space", cfg.space]
+    if cfg.dataset != "cifar10":
+        args += ["--dataset", cfg.dataset]
+    return shlex.join(args)
+
+
+def make_evaluator(cfg, space: ModuleType, table: BenchmarkTable | None, run_dir: Path, logger):
+    name = evaluator_name(cfg)
+    if name == "benchmark":
+        evaluator = BenchmarkEvaluator(table, cfg.metric, cfg.report)
+        if cfg.budget_seconds and evaluator.time_column is None:
+            raise UserError(f"--budget_seconds: {table.path} lists no training time for "
+                            f"--metric {cfg.metric} (a column "
+                            f"{cfg.metric.rsplit('_', 1)[0]}_train_s); give --budget instead")
+        return evaluator
+    if name == "train":
+        from darts.evaluators.train import from_search_config
+        return from_search_config(cfg, space, logger)
+    from darts.evaluators.oneshot import from_search_config
+    return from_search_config(cfg, space, run_dir, logger)
+
+
+@contextlib.contextmanager
+def _discarded_if_empty(run_dir: Path, new: bool):
+    """A new run that fails before its first evaluation is recorded leaves nothing behind."""
+    existed = run_dir.exists()
+    try:
+        yield
+    except BaseException:
+        history = run_dir / HISTORY
+        if new and not existed and not (history.exists() and history.stat().st_size > 0):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def run(cfg, *, resume: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Runs (or, with `resume`, continues) a multi-trial search; returns result.json's dict."""
+    from darts.search import SearchConfig
+
+    if resume is not None:
+        path = Path(resume)
+        run_dir = path if path.is_dir() else path.parent
+        try:
+            data = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise UserError(f"--resume {resume}: cannot read its config.json ({e})") from None
+        cfg = config_from_dict(SearchConfig, data, where=str(run_dir / "config.json"))
+    cfg = dataclasses.replace(cfg, plugins=plugins.absolute(cfg.plugins))
+    plugins.load(cfg.plugins)
+    validate(cfg)
+    space = space_module(cfg.space)
+    table = BenchmarkTable.load(cfg.benchmark) if cfg.benchmark else None
+    if resume is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        name = cfg.name or f"{cfg.strategy}-{cfg.space}-{evaluator_name(cfg)}-{stamp}"
+        run_dir = Path(cfg.save) / name
+        if (run_dir / HISTORY).exists() or (run_dir / "checkpoint.pt").exists():
+            raise UserError(f"{run_dir} already holds a run: pass --resume {run_dir} or "
+                            f"another --name")
+    with _discarded_if_empty(run_dir, new=resume is None):
+        logger = RunLogger(run_dir, tensorboard=cfg.tensorboard, name="search")
+        try:
+            return _run(cfg, space, table, run_dir, logger, resumed=resume is not None)
+        finally:
+            logger.close()
+
+
+def _run(cfg, space, table, run_dir: Path, logger, resumed: bool) -> dict[str, Any]:
+    strategy = make_strategy(cfg, space)
+    evaluator = make_evaluator(cfg, space, table, run_dir, logger)
+    batch = max(1, cfg.workers) if evaluator_name(cfg) == "train" else 1
+    history = _History(run_dir / HISTORY)
+    past = history.read(batch) if resumed else []
+    if not resumed:
+        save_json(to_dict(cfg), run_dir / "config.json")
+        history.rewrite([])  # the run exists from here on: a failure keeps the directory
+        logger.config(to_dict(cfg))
+        logger.info("run directory %s", run_dir)
+    else:
+        logger.info("resumed %s after %d evaluations", run_dir, len(past))
+    budget = f"{cfg.budget} evaluations" + (
+        f" or {format_duration(cfg.budget_seconds)} of evaluation cost" if cfg.budget_seconds else "")
+    logger.info("%s search of the %s space, %s evaluator%s; budget %s; seed %d",
+                cfg.strategy, cfg.space, evaluator_name(cfg),
+                f" ({cfg.metric}, reporting {cfg.report})" if evaluator_name(cfg) == "benchmark"
+                else "", budget, cfg.seed)
+
+    best: dict[str, Any] = {"score": -math.inf}
+    for record in past:
+        best = _better(best, record)
+    spent = [sum(r["cost"] for r in past)]
+    start = time.perf_counter()
+    done_before = len(past)
+
+    def on_evaluation(record: dict[str, Any]) -> None:
+        nonlocal best
+        history.append(record)
+        best = _better(best, record)
+        spent[0] += record["cost"]
+        n = record["n"]
+        logger.scalars({"search/score": record["score"], "search/best_score": best["score"],
+                        "search/reported": record["reported"],
+                        "search/best_reported": best["reported"], "search/cost_s": spent[0]}, n)
+        elapsed = time.perf_counter() - start
+        eta = elapsed / (n - done_before) * (cfg.budget - n)
+        logger.info("[%d/%d] score %.3f reported %.3f cost %s | best %.3f (evaluation %d) | "
+                    "ETA %s", n, cfg.budget, record["score"], record["reported"],
+                    format_duration(record["cost"]), best["score"], best["n"],
+                    format_duration(eta))
+        if n % batch == 0 or n == cfg.budget:
+            _write_result(cfg, space, table, run_dir, best, n, spent[0], complete=False)
+
+    try:
+        records = run_strategy(strategy, evaluator, cfg.budget, history=past,
+                               on_evaluation=on_evaluation,
+                               seconds=cfg.budget_seconds or None, batch=batch,
+                               to_text=lambda c: to_text(space, c))
+    except ValueError as e:
+        if "does not replay" in str(e):
+            raise UserError(f"{run_dir}/{HISTORY}: {e} (was the code or the config changed?)") from None
+        raise
+    finally:
+        close = getattr(evaluator, "close", None)
+        if close is not None:
+            close()
+    result = _write_result(cfg, space, table, run_dir, best, len(records),
+                           sum(r["cost"] for r in records), complete=True)
+    candidate = space.parse(best["candidate"])
+    space.save(candidate, run_dir / RESULT_FILES[cfg.space])
+    draw_cells(candidate, logger, len(records), run_dir)
+    logger.info("done: best %s %s (score %.3f, reported %.3f) of %d evaluations, written to %s",
+                cfg.space, best["candidate"], best["score"], best["reported"], len(records),
+                run_dir / RESULT_FILES[cfg.space])
+    if "cells" in result.get("benchmark", {}):
+        b = result["benchmark"]
+        logger.info("against the table's ground truth: %s", ", ".join(
+            f"{m} {b[m]:.2f} (rank {b[m + '_rank']} of {b['cells']}, optimum {b[m + '_optimum']:.2f})"
+            for m in dict.fromkeys((cfg.metric, cfg.report)) if b.get(m) is not None))
+    logger.info("retrain it with:\n  %s", _retrain_command(cfg, run_dir))
+    return result
+
+
+def _better(best: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+    return record if record["score"] > best["score"] else best
+
+
+def _write_result(cfg, space, table, run_dir: Path, best: dict[str, Any], n: int, cost: float,
+                  complete: bool) -> dict[str, Any]:
+    result = {"complete": complete, "strategy": cfg.strategy, "space": cfg.space,
+              "evaluator": evaluator_name(cfg), "seed": cfg.seed, "evaluations": n,
+              "cost_s": cost, "best_arch": best.get("candidate"), "best_score": best.get("score"),
+              "best_reported": best.get("reported"), "best_evaluation": best.get("n")}
+    if table is not None and best.get("candidate") is not None:
+        result["benchmark"] = _benchmark_result(table, space, space.parse(best["candidate"]),
+                                                cfg.metric, cfg.report)
+    save_json(result, run_dir / "result.json")
+    return result
