@@ -50,6 +50,7 @@ from darts.supernet import MIXING_RULES, SearchNetwork
 from darts.train import distributed
 from darts.train.checkpoint import (
     discarded_if_unfinished,
+    epoch_history,
     load_checkpoint,
     new_run_dir,
     restore,
@@ -490,7 +491,7 @@ def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d
             scheduler.load_state_dict(ckpt["scheduler"])
             alpha_stream.load_state_dict(ckpt["alpha_stream"])
             set_rng_state(ckpt["rng"])
-            return int(ckpt["epoch"]), list(ckpt["history"])
+            return epoch_history(ckpt)
 
         start_epoch, history = restore(run_dir, load)
         logger.info("resumed %s at epoch %d/%d", run_dir, start_epoch, cfg.epochs)

@@ -82,6 +82,16 @@ def restore(path: str | os.PathLike, load: Callable[[], T]) -> T:
                         f"({type(e).__name__}: {reason})") from None
 
 
+def epoch_history(ckpt: dict[str, Any]) -> tuple[int, list[dict[str, Any]]]:
+    """A checkpoint's (epochs done, per-epoch records), checked to agree: one record (a dict)
+    per epoch done."""
+    epoch, history = int(ckpt["epoch"]), ckpt["history"]
+    if (not isinstance(history, list) or len(history) != epoch or epoch < 1
+            or not all(isinstance(r, dict) for r in history)):
+        raise ValueError(f"its history is not one record per epoch done ({epoch})")
+    return epoch, history
+
+
 @contextlib.contextmanager
 def discarded_if_unfinished(run_dir: Path, new: bool) -> Iterator[None]:
     """A `new` run's directory is removed again if the run stops before its first checkpoint:
