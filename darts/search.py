@@ -247,6 +247,9 @@ def resolved(cfg: SearchConfig) -> SearchConfig:
 
 
 def validate(cfg: SearchConfig) -> None:
+    if cfg.strategy != "darts":
+        raise UserError(f"--strategy {cfg.strategy}: this is a DARTS search's checkpoint; a "
+                        f"multi-trial run resumes from its history.jsonl")
     if cfg.space == "cnn":
         raise UserError("--space cnn: the cnn space is searched by the multi-trial strategies; "
                         "add e.g. --strategy evolution")

@@ -154,6 +154,13 @@ def test_a_checkpoint_of_another_network_is_one_line(tmp_path, capsys, finished_
     _one_line_exit_2(_resume_code(tmp_path, state), capsys, "does not fit this run")
 
 
+@pytest.mark.parametrize("history", ["0", "", [], [{"epoch": 1}]])
+def test_a_checkpoint_whose_history_disagrees_with_its_epoch_is_one_line(tmp_path, capsys,
+                                                                         finished_search, history):
+    state = dict(finished_search, history=history)  # the finished search did 2 epochs
+    _one_line_exit_2(_resume_code(tmp_path, state), capsys, "one record per epoch done")
+
+
 # Small numbers: a checkpoint asking for a valid but huge network is not an error to test here.
 _JUNK = st.one_of(st.none(), st.booleans(), st.integers(-3, 40), st.floats(allow_nan=True),
                   st.text(max_size=8), st.lists(st.integers(0, 3), max_size=3),
