@@ -96,7 +96,7 @@ def test_the_genetic_operators_honour_their_rates_and_keep_parents_genes():
         child = space.mutate(a, rng, rate=0.1)
         valid(child)
         da, dc = space.to_decisions(a), space.to_decisions(child)
-        changed.append(sum(x != y for x, y, opts in zip(da, dc, space.decisions()) if len(opts) > 1))
+        changed.append(sum(x != y for x, y, opts in zip(da, dc, space.decisions(), strict=True) if len(opts) > 1))
     mutable = sum(len(o) > 1 for o in space.decisions())
     assert abs(sum(changed) / (400 * mutable) - 0.1) < 0.01
     from_a = 0
@@ -104,10 +104,10 @@ def test_the_genetic_operators_honour_their_rates_and_keep_parents_genes():
         child = space.crossover(a, b, rng)
         valid(child)
         for kind in ("normal", "reduce"):
-            for na, nb, nc in zip(nodes(a, kind), nodes(b, kind), nodes(child, kind)):
+            for na, nb, nc in zip(nodes(a, kind), nodes(b, kind), nodes(child, kind), strict=True):
                 assert nc in (na, nb)
                 from_a += nc == na and na != nb
-    differing = sum(na != nb for k in ("normal", "reduce") for na, nb in zip(nodes(a, k), nodes(b, k)))
+    differing = sum(na != nb for k in ("normal", "reduce") for na, nb in zip(nodes(a, k), nodes(b, k), strict=True))
     assert abs(from_a / (400 * differing) - 0.5) < 0.05
 
 

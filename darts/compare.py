@@ -1,0 +1,209 @@
+"""Every strategy on every seed on one budget, scored by a NAS-Bench-201 table.
+
+    python -m darts.compare --space nb201 --benchmark table.csv \\
+        --strategies random,evolution,ga,reinforce,anneal,bo --seeds 20 --budget 100 --out DIR
+
+Each (strategy, seed) is one run of `--budget` table queries (or `--budget_seconds` of the
+table's training times), selecting on `--metric` and reporting `--report` of the best so far,
+as NAS-Bench-201's paper does. Written to DIR:
+
+    summary.csv       strategy, seed, best_arch, best_score, best_reported, rank (by --report)
+    curves.csv        strategy, seed, evaluation, best_score, best_reported (best so far)
+    summary.md        per strategy: mean and standard deviation of the final reported metric,
+                      median rank, runs that found the table's optimum, distance to random
+    best_so_far.png   the reported metric of the best so far against evaluations: the mean
+                      over seeds and a band of one standard deviation, one line per strategy
+
+Strategies use their defaults (those of `train_search.py --strategy X`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from darts.errors import UserError
+from darts.evaluators.benchmark import BenchmarkEvaluator
+from darts.nb201 import BenchmarkTable
+from darts.strategies import STRATEGIES
+from darts.strategies import run as run_strategy
+from darts.train.cli import Parser, report
+from darts.train.config import finite_float
+from darts.train.files import atomic_open
+
+
+def compare(table: BenchmarkTable, strategies: Sequence[str], seeds: int, budget: int,
+            metric: str = "cifar10_valid", report_metric: str = "cifar10_test",
+            budget_seconds: float | None = None, progress=None) -> list[dict[str, Any]]:
+    """One record per (strategy, seed): the run's best and its best-so-far curve."""
+    from darts.multitrial import make_strategy, to_text
+    from darts.search import SearchConfig
+    from darts.spaces import nb201
+
+    evaluator = BenchmarkEvaluator(table, metric, report_metric)
+    if budget_seconds and evaluator.time_column is None:
+        raise UserError(f"--budget_seconds: {table.path} lists no training time for --metric "
+                        f"{metric} ({metric.rsplit('_', 1)[0]}_train_s)")
+    optimum = max(r[report_metric] for r in table.rows.values() if not math.isnan(r[report_metric]))
+    runs = []
+    for name in strategies:
+        for seed in range(seeds):
+            strategy = make_strategy(SearchConfig(strategy=name, seed=seed), nb201)
+            records = run_strategy(strategy, evaluator, None if budget_seconds else budget,
+                                   seconds=budget_seconds or None,
+                                   to_text=lambda c: to_text(nb201, c))
+            curve, best = [], None
+            for r in records:
+                if best is None or r["score"] > best["score"]:
+                    best = r
+                curve.append((best["score"], best["reported"]))
+            rank = table.rank(best["candidate"], report_metric)
+            runs.append({"strategy": name, "seed": seed, "best_arch": best["candidate"],
+                         "best_score": best["score"], "best_reported": best["reported"],
+                         "rank": rank, "optimum": best["reported"] >= optimum,
+                         "evaluations": len(records), "curve": curve})
+            if progress is not None:
+                progress(runs[-1])
+    return runs
+
+
+def summary_table(runs: list[dict[str, Any]], report_metric: str) -> str:
+    """The per-strategy table (Markdown), random search first where it ran."""
+    names = list(dict.fromkeys(r["strategy"] for r in runs))
+    finals = {n: [r["best_reported"] for r in runs if r["strategy"] == n] for n in names}
+    ranks = {n: [r["rank"] for r in runs if r["strategy"] == n] for n in names}
+    found = {n: sum(r["optimum"] for r in runs if r["strategy"] == n) for n in names}
+    base = statistics.mean(finals["random"]) if "random" in finals else None
+    seeds = len(finals[names[0]])
+    lines = [f"| strategy | {report_metric} of the best (mean ± sd) | median rank | found the "
+             f"optimum | vs random |", "|---|---|---|---|---|"]
+    for n in names:
+        mean = statistics.mean(finals[n])
+        sd = statistics.stdev(finals[n]) if len(finals[n]) > 1 else 0.0
+        gap = "" if base is None or n == "random" else f"{mean - base:+.2f}"
+        lines.append(f"| {n} | {mean:.2f} ± {sd:.2f} | {statistics.median(ranks[n]):g} | "
+                     f"{found[n]}/{seeds} | {gap} |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_open(path) as f:
+        f.write(text.encode("utf-8"))
+
+
+def _csv_text(header: list[str], rows: list[list[Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def plot(runs: list[dict[str, Any]], path: Path, report_metric: str, title: str) -> None:
+    """Mean and one-standard-deviation band of the best so far's reported metric."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for name in dict.fromkeys(r["strategy"] for r in runs):
+        curves = [[rep for _, rep in r["curve"]] for r in runs if r["strategy"] == name]
+        length = min(len(c) for c in curves)
+        xs = list(range(1, length + 1))
+        means = [statistics.mean(c[i] for c in curves) for i in range(length)]
+        sds = [statistics.pstdev([c[i] for c in curves]) for i in range(length)]
+        line, = ax.plot(xs, means, label=name, linewidth=1.6)
+        ax.fill_between(xs, [m - s for m, s in zip(means, sds, strict=True)],
+                        [m + s for m, s in zip(means, sds, strict=True)],
+                        color=line.get_color(), alpha=0.15, linewidth=0)
+    ax.set_xlabel("evaluations")
+    ax.set_ylabel(f"{report_metric} of the best so far (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    lows = [m for r in runs for _, m in r["curve"][len(r["curve"]) // 10:]]
+    if lows:
+        ax.set_ylim(bottom=max(min(lows) - 1.0, 0.0))
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight")
+    plt.close(fig)
+    with atomic_open(path) as f:
+        f.write(buffer.getvalue())
+
+
+def write(runs: list[dict[str, Any]], out: Path, report_metric: str, title: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    _write_text(out / "summary.csv", _csv_text(
+        ["strategy", "seed", "best_arch", "best_score", "best_reported", "rank", "evaluations"],
+        [[r["strategy"], r["seed"], r["best_arch"], r["best_score"], r["best_reported"],
+          r["rank"], r["evaluations"]] for r in runs]))
+    _write_text(out / "curves.csv", _csv_text(
+        ["strategy", "seed", "evaluation", "best_score", "best_reported"],
+        [[r["strategy"], r["seed"], n, score, rep] for r in runs
+         for n, (score, rep) in enumerate(r["curve"], start=1)]))
+    _write_text(out / "summary.md", f"{title}\n\n{summary_table(runs, report_metric)}")
+    plot(runs, out / "best_so_far.png", report_metric, title)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = Parser(prog="python -m darts.compare",
+                    description="Every strategy on every seed on one budget, scored by a "
+                                "NAS-Bench-201 table: summary.csv, summary.md, best_so_far.png.")
+    parser.add_argument("--space", default="nb201", choices=("nb201",),
+                        help="the space (a NAS-Bench-201 table scores nb201)")
+    parser.add_argument("--benchmark", required=True, help="a NAS-Bench-201 CSV table")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES),
+                        help="comma-separated strategies")
+    parser.add_argument("--seeds", type=int, default=20, help="runs per strategy (seeds 0..N-1)")
+    parser.add_argument("--budget", type=int, default=100, help="evaluations per run")
+    parser.add_argument("--budget_seconds", type=finite_float, default=0.0,
+                        help="instead of --budget: the table's training seconds per run")
+    parser.add_argument("--metric", default="cifar10_valid", help="the column strategies maximise")
+    parser.add_argument("--report", default="cifar10_test", help="the column reported")
+    parser.add_argument("--out", required=True, help="the folder to write")
+    args = parser.parse_args(argv)
+    try:
+        names = [s.strip() for s in args.strategies.split(",") if s.strip()]
+        unknown = [s for s in names if s not in STRATEGIES]
+        if unknown or not names:
+            raise UserError(f"--strategies {args.strategies}: choose from {', '.join(STRATEGIES)}")
+        if len(set(names)) != len(names):
+            raise UserError(f"--strategies {args.strategies}: a strategy is listed twice")
+        if args.seeds < 1 or args.budget < 1 or args.budget_seconds < 0:
+            raise UserError("--seeds and --budget must be at least 1, --budget_seconds 0 or more")
+        table = BenchmarkTable.load(args.benchmark)
+        for flag, name in (("--metric", args.metric), ("--report", args.report)):
+            if name not in table.metrics:
+                raise UserError(f"{flag} {name}: {args.benchmark} has no such column; it has "
+                                f"{', '.join(table.metrics)}")
+        total, done = len(names) * args.seeds, [0]
+
+        def progress(r: dict[str, Any]) -> None:
+            done[0] += 1
+            print(f"[{done[0]}/{total}] {r['strategy']} seed {r['seed']}: best "
+                  f"{r['best_score']:.2f} ({args.report} {r['best_reported']:.2f}, rank "
+                  f"{r['rank']})", flush=True)
+
+        runs = compare(table, names, args.seeds, args.budget, args.metric, args.report,
+                       args.budget_seconds or None, progress)
+        budget = (f"{args.budget_seconds:g} s of training time" if args.budget_seconds
+                  else f"{args.budget} evaluations")
+        title = (f"{Path(args.benchmark).name}: {args.seeds} seeds, {budget}, selected on "
+                 f"{args.metric}")
+        write(runs, Path(args.out), args.report, title)
+    except UserError as e:
+        return report(e)
+    print(summary_table(runs, args.report), end="")
+    print(f"written to {args.out}: summary.csv, curves.csv, summary.md, best_so_far.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
