@@ -20,17 +20,18 @@ The score is also what `reported` holds: the one-shot model has no separate test
 function of the trained weights and the candidate alone, so scoring one again, or after a
 resume, gives the same number.
 
-Defaults follow the papers' code for each space (`ONESHOT_DEFAULTS`). For NAS-Bench-201 that is
-its random search with parameter sharing (AutoDL-Projects, configs/nas-benchmark/algos/RANDOM.config
-and exps/algos/RANDOM-NAS.py): 250 epochs, batch 64, SGD 0.025 cosine to 0.001, momentum 0.9,
-Nesterov, weight decay 5e-4, gradient clip 5, C = 16, N = 5. For the DARTS cell it is Li &
-Talwalkar's released code (liamcli/randomNAS_release): the DARTS search recipe (8 cells of 16
-channels, batch 64, SGD 0.025 cosine to 0.001, momentum 0.9, weight decay 3e-4), 100 epochs
-(random_weight_share.py's default) and gradient clip 1 (scripts/run_stage1.sh). Both papers
-train on one half of the training set and score on the other. Li & Talwalkar score a
-candidate on 10 validation batches (`valid_batches=10`). SPOS recalibrates BatchNorm on 20,000
-ImageNet images; here the default is 100 batches (6,400 images at batch 64).
-`init_channels`, `layers` and `epochs` make the supernet small enough for a CPU.
+Defaults follow the papers' code for each space (`ONESHOT_DEFAULTS`). For NAS-Bench-201 that
+is its random search with parameter sharing (AutoDL-Projects: configs/nas-benchmark/algos/
+RANDOM.config, exps/algos/RANDOM-NAS.py): 250 epochs, batch 64, SGD 0.025 cosine to 0.001,
+momentum 0.9, Nesterov, weight decay 5e-4, gradient clip 5, C = 16, N = 5. For the DARTS cell
+it is Li & Talwalkar's released code (liamcli/randomNAS_release): the DARTS search recipe (8
+cells of 16 channels, batch 64, SGD 0.025 cosine to 0.001, momentum 0.9, weight decay 3e-4)
+for 100 epochs (the default of random_weight_share.py), with DARTS's gradient clip 5 (their
+stage-1 script passes `--grad_clip 1`). Both train on one half of the training set and score
+on the other. Li & Talwalkar score a candidate on 10 validation batches (`valid_batches=10`).
+SPOS recalibrates BatchNorm on 20,000 ImageNet images; the default here is 100 batches (6,400
+images at batch 64). `init_channels`, `layers` and `epochs` make the supernet small enough
+for a CPU.
 
 The trained supernet is written to `path` after every epoch (atomically, with its optimizer
 and schedule). A new evaluator with the same settings loads it and trains only the epochs
@@ -44,7 +45,6 @@ import copy
 import itertools
 import logging
 import math
-import pickle
 import random
 import time
 import warnings
@@ -66,8 +66,8 @@ from darts.train.tb import format_duration
 
 # Per space (its NAME): the papers' supernet training, see the module docstring.
 ONESHOT_DEFAULTS: dict[str, dict[str, Any]] = {
-    "nb201": {"epochs": 250, "layers": 5, "weight_decay": 5e-4, "nesterov": True, "grad_clip": 5.0},
-    "darts": {"epochs": 100, "layers": 8, "weight_decay": 3e-4, "nesterov": False, "grad_clip": 1.0},
+    "nb201": {"epochs": 250, "layers": 5, "weight_decay": 5e-4, "nesterov": True},
+    "darts": {"epochs": 100, "layers": 8, "weight_decay": 3e-4, "nesterov": False},
 }
 
 
@@ -127,7 +127,7 @@ class OneShotEvaluator:
                  layers: int | None = None, epochs: int | None = None, batch_size: int = 64,
                  learning_rate: float = 0.025, learning_rate_min: float = 0.001,
                  momentum: float = 0.9, weight_decay: float | None = None,
-                 nesterov: bool | None = None, grad_clip: float | None = None,
+                 nesterov: bool | None = None, grad_clip: float = 5.0,
                  bn_batches: int = 100, valid_batches: int | None = 10, seed: int = 0,
                  device: str | torch.device = "auto", path: str | Path | None = None,
                  workers: int = 0, channels_last: bool | None = None, progress: bool = True,
@@ -148,7 +148,7 @@ class OneShotEvaluator:
         self.momentum = momentum
         self.weight_decay = pick(weight_decay, "weight_decay", 3e-4)
         self.nesterov = pick(nesterov, "nesterov", False)
-        self.grad_clip = pick(grad_clip, "grad_clip", 5.0)
+        self.grad_clip = grad_clip
         self.bn_batches, self.valid_batches = bn_batches, valid_batches
         self.seed = seed
         self.path = Path(path) if path is not None else None
@@ -291,13 +291,11 @@ class OneShotEvaluator:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 state = torch.load(self.path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            raise UserError(f"{where}: holds objects other than tensors and plain values and "
-                            f"was not loaded; delete it to train the supernet anew") from None
-        except Exception as e:  # truncated, corrupt, not a torch file
+        except Exception as e:  # truncated, corrupt, not a torch file, or not plain data
             reason = " ".join(str(e).split())[:120] or type(e).__name__
-            raise UserError(f"{where}: not a readable supernet file ({reason}); delete it to "
-                            f"train the supernet anew") from None
+            raise UserError(f"{where}: not a readable supernet file ({type(e).__name__}: "
+                            f"{reason}); nothing of it was run or loaded; delete it to train "
+                            f"the supernet anew") from None
         if not isinstance(state, dict) or state.get("kind") != _KIND:
             raise UserError(f"{where}: not a oneshot supernet file; delete it or choose another")
         mine = self.config()
@@ -387,3 +385,24 @@ class OneShotEvaluator:
                            self.device, channels_last=self.channels_last)
         cost = time.perf_counter() - t0
         return Evaluation(score=metrics.top1, reported=metrics.top1, cost=cost)
+
+
+def from_search_config(cfg: Any, space: ModuleType, run_dir: str | Path,
+                       logger: Any = None) -> OneShotEvaluator:
+    """The evaluator of a multi-trial run (`train_search.py --evaluator oneshot`): the run's
+    data set and split, its weight recipe (batch size, learning rates, momentum, weight decay,
+    Nesterov, gradient clip, channels, cells, seed, device), the supernet kept as
+    `run_dir/supernet.pt`. The supernet's epochs are `cfg.oneshot_epochs` where the config has
+    them (None: the space's default), as are `bn_batches` and `valid_batches`."""
+    options = {k: getattr(cfg, k) for k in ("bn_batches", "valid_batches") if hasattr(cfg, k)}
+    return OneShotEvaluator.from_dataset(
+        space, cfg.dataset, cfg.data, train_portion=cfg.train_portion,
+        image_size=cfg.image_size, num_classes=cfg.num_classes,
+        synthetic_size=cfg.synthetic_size, seed=cfg.seed,
+        epochs=getattr(cfg, "oneshot_epochs", None), batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate, learning_rate_min=cfg.learning_rate_min,
+        momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov,
+        grad_clip=cfg.grad_clip, init_channels=cfg.init_channels, layers=cfg.layers,
+        device=cfg.device, workers=cfg.workers, channels_last=cfg.channels_last,
+        progress=cfg.progress, path=Path(run_dir) / "supernet.pt",
+        log=logger.info if logger is not None else None, **options)
