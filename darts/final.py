@@ -9,6 +9,12 @@ ImageNet mobile setting (Section 3.4): 48 channels, 14 cells, batch 128, lr 0.1 
 A field left at None takes the recipe of the network family the dataset uses: CIFAR-10/100
 and small `folder`/`synthetic` images use the CIFAR recipe, ImageNet and large images the
 ImageNet one. `config.json` records the resolved values.
+
+`--space nb201` trains a NAS-Bench-201 cell with the benchmark's 200-epoch recipe;
+`--space cnn` a plain CNN (darts.spaces.cnn), for which no paper has a recipe: this project
+trains it with NATS-Bench's 90-epoch schedule (its size space's, whose candidates are plain
+stacks of channel widths; AutoDL-Projects configs/nas-benchmark/hyper-opts/90E.config):
+NAS-Bench-201's optimizer, schedule and augmentation, 90 epochs.
 """
 
 from __future__ import annotations
@@ -40,10 +46,12 @@ from darts.accel.device_data import (
 from darts.errors import UserError
 from darts.genotype import genotype_from_dict, resolve_genotype, save_genotype
 from darts.network import NetworkCIFAR, NetworkImageNet, count_multiply_adds, count_parameters
+from darts.spaces import cnn
 from darts.spaces.nb201 import NB201Arch, NB201Network, load_arch
 from darts.train import distributed
 from darts.train.checkpoint import (
     discarded_if_unfinished,
+    epoch_history,
     load_checkpoint,
     new_run_dir,
     restore,
@@ -91,7 +99,15 @@ NB201_RECIPE: dict[str, Any] = dict(
     cutout=False, cutout_length=16, drop_path_prob=0.0, grad_clip=0.0, label_smooth=0.0,
     lr_gamma=0.97, nesterov=True,
 )
-RECIPES = {"cifar": CIFAR_RECIPE, "imagenet": IMAGENET_RECIPE, "nb201": NB201_RECIPE}
+# A plain CNN (--space cnn): no paper trains this space, so this is the project's choice,
+# NATS-Bench's 90-epoch schedule (90E.config: NB201's recipe over 90 epochs). The spec fixes
+# depth and widths: no init_channels or layers.
+CNN_RECIPE: dict[str, Any] = dict(NB201_RECIPE, epochs=90, init_channels=None, layers=None)
+RECIPES = {"cifar": CIFAR_RECIPE, "imagenet": IMAGENET_RECIPE, "nb201": NB201_RECIPE,
+           "cnn": CNN_RECIPE}
+# The spaces whose candidates are not DARTS genotypes, each with its own recipe (RECIPES).
+ARCH_SPACES = ("nb201", "cnn")
+DEFAULT_GENOTYPE = "darts_v2"
 CHECKPOINT_KEYS = ("epoch", "config", "genotype", "model", "optimizer", "scheduler", "history",
                    "best", "rng")
 
@@ -102,12 +118,17 @@ def _f(help: str, **meta: Any) -> dict[str, Any]:
 
 @dataclass
 class FinalConfig:
-    genotype: str = field(default="darts_v2", metadata=_f(
+    genotype: str = field(default=DEFAULT_GENOTYPE, metadata=_f(
         "a genotype JSON file or a published name from genotypes/ (e.g. darts_v2, pdarts); "
-        "--space nb201: an arch string or a search's arch.json"))
+        "--space nb201 or cnn: an arch string or a search's arch.json (or use --arch)"))
+    arch: str | None = field(default=None, metadata=_f(
+        "the candidate to train, in place of --genotype: --space nb201 or cnn, its text (e.g. "
+        "conv3x3-32-max|conv5x5-64) or the JSON file a search saved (arch.json); --space "
+        "darts, a genotype file"))
     space: str = field(default="darts", metadata=_f(
-        "darts (the DARTS network and the paper's recipe) or nb201 (NAS-Bench-201's network "
-        "and the benchmark's 200-epoch recipe)", choices=("darts", "nb201")))
+        "darts (the DARTS network and the paper's recipe), nb201 (NAS-Bench-201's network "
+        "and the benchmark's 200-epoch recipe) or cnn (a plain CNN spec, NB201's recipe over "
+        "90 epochs: this project's choice)", choices=("darts", "nb201", "cnn")))
     dataset: str = field(default="cifar10", metadata=_f("dataset", choices=DATASETS))
     data: str = field(default="data", metadata=_f(
         "dataset root: CIFAR is read from (or downloaded into) it; imagenet/folder: a folder with train/ and val/ (or test/)"))
@@ -178,13 +199,19 @@ class FinalConfig:
 
 
 def validate(cfg: FinalConfig) -> None:
+    if cfg.space == "cnn":
+        for flag in ("layers", "init_channels"):
+            if getattr(cfg, flag) is not None:
+                raise UserError(f"--{flag}: a plain CNN's depth and widths are its spec's; leave "
+                                f"--{flag} out with --space cnn")
     checks = [
         ("epochs", cfg.epochs is not None and cfg.epochs >= 1, "at least 1"),
         ("batch_size", cfg.batch_size is not None and cfg.batch_size >= 1, "at least 1"),
-        ("layers", cfg.layers is not None and cfg.layers >= (1 if cfg.space == "nb201" else 3),
+        ("layers", cfg.space == "cnn" or cfg.layers is not None
+         and cfg.layers >= (1 if cfg.space == "nb201" else 3),
          "at least 1 per stage" if cfg.space == "nb201" else "at least 3 (two of them are reduction cells)"),
-        ("init_channels", cfg.init_channels is not None and cfg.init_channels >= 2 and cfg.init_channels % 2 == 0,
-         "an even number >= 2"),
+        ("init_channels", cfg.space == "cnn" or cfg.init_channels is not None
+         and cfg.init_channels >= 2 and cfg.init_channels % 2 == 0, "an even number >= 2"),
         ("learning_rate", cfg.learning_rate is not None and cfg.learning_rate > 0, "positive"),
         ("momentum", cfg.momentum is not None and 0 <= cfg.momentum < 1, "in [0, 1)"),
         ("weight_decay", cfg.weight_decay is not None and cfg.weight_decay >= 0, "0 or more"),
@@ -203,16 +230,19 @@ def validate(cfg: FinalConfig) -> None:
             raise UserError(f"--{flag} {getattr(cfg, flag)}: must be {need}")
     if cfg.nesterov and not cfg.momentum:
         raise UserError("--nesterov needs a momentum: give --momentum > 0 or --no-nesterov")
-    if cfg.space == "nb201":
+    if cfg.space in ARCH_SPACES:
+        network = {"nb201": "NAS-Bench-201's network", "cnn": "a plain CNN"}[cfg.space]
         for flag, ok in (("auxiliary", not cfg.auxiliary), ("drop_path_prob", not cfg.drop_path_prob)):
             if not ok:
-                raise UserError(f"--{flag}: NAS-Bench-201's network has no auxiliary head and "
-                                f"no drop path; leave --{flag} out with --space nb201")
+                raise UserError(f"--{flag}: {network} has no auxiliary head and no drop path; "
+                                f"leave --{flag} out with --space {cfg.space}")
 
 
 def build_network(genotype: Any, cfg: FinalConfig, num_classes: int, network: str) -> nn.Module:
     if cfg.space == "nb201":
         return accelerate(NB201Network(genotype, num_classes, C=cfg.init_channels, N=cfg.layers))
+    if cfg.space == "cnn":
+        return accelerate(cnn.CNNNetwork(genotype, num_classes))
     cls = NetworkCIFAR if network == "cifar" else NetworkImageNet
     return accelerate(cls(cfg.init_channels, num_classes, cfg.layers, cfg.auxiliary, genotype))
 
@@ -232,20 +262,25 @@ def run(cfg: FinalConfig, *, resume: str | None = None,
     # The plugins first: the genotype may use the ops they register.
     cfg = dataclasses.replace(cfg, plugins=plugins.absolute(cfg.plugins))
     plugins.load(cfg.plugins)
-    if cfg.space == "nb201":
-        genotype = (load_arch(ckpt["genotype"], f"{resume} (arch)") if ckpt is not None
-                    else load_arch(cfg.genotype, "--genotype"))
+    spec, where = (cfg.genotype, "--genotype") if cfg.arch is None else (cfg.arch, "--arch")
+    if cfg.space == "cnn" and ckpt is None and cfg.arch is None and spec == DEFAULT_GENOTYPE:
+        raise UserError(f"--space cnn: give the network with --arch, its text (e.g. "
+                        f"--arch '{cnn.EXAMPLE}') or the arch.json a search saved")
+    if cfg.space in ARCH_SPACES:
+        load = load_arch if cfg.space == "nb201" else cnn.load_arch
+        genotype = (load(ckpt["genotype"], f"{resume} (arch)") if ckpt is not None
+                    else load(spec, where))
     elif ckpt is not None:
         genotype = genotype_from_dict(ckpt["genotype"], where=f"{resume} (genotype)")
     else:
-        genotype = resolve_genotype(cfg.genotype)
+        genotype = resolve_genotype(spec)
     if ckpt is not None:
         run_dir = run_dir_of(resume)
 
     d, device = distributed.setup(pick_device(cfg.device))
     try:
         seed_everything(cfg.seed)
-        cfg = cfg.resolved("nb201" if cfg.space == "nb201"
+        cfg = cfg.resolved(cfg.space if cfg.space in ARCH_SPACES
                            else network_family(cfg.dataset, cfg.image_size))
         cfg = dataclasses.replace(cfg, channels_last=channels_last_on(cfg.channels_last, device))
         if cfg.tune_malloc:
@@ -261,7 +296,7 @@ def run(cfg: FinalConfig, *, resume: str | None = None,
 
         if ckpt is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
-            name = cfg.name or f"final-{cfg.dataset}-{_genotype_label(cfg.genotype, genotype)}-{stamp}"
+            name = cfg.name or f"final-{cfg.dataset}-{_genotype_label(spec, genotype)}-{stamp}"
             run_dir = distributed.on_main(d, lambda: new_run_dir(cfg.save, name))
         with discarded_if_unfinished(run_dir, new=ckpt is None and d.is_main):
             logger = RunLogger(run_dir, enabled=d.is_main, tensorboard=cfg.tensorboard, name="final")
@@ -280,6 +315,8 @@ def _genotype_label(spec: str, genotype: Any) -> str:
     name (its search run's) or its folder's."""
     if isinstance(genotype, NB201Arch):
         return "nb201"
+    if isinstance(genotype, cnn.CNNArch):
+        return "cnn"
     if not spec.endswith(".json") and os.sep not in spec:
         return spec
     path = Path(spec)
@@ -339,7 +376,7 @@ def _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger, ck
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
             set_rng_state(ckpt["rng"])
-            return int(ckpt["epoch"]), list(ckpt["history"]), dict(ckpt["best"])
+            return (*epoch_history(ckpt), dict(ckpt["best"]))
 
         start_epoch, history, best = restore(run_dir, load)
         logger.info("resumed %s at epoch %d/%d", run_dir, start_epoch, cfg.epochs)
@@ -349,11 +386,16 @@ def _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger, ck
         if isinstance(genotype, NB201Arch):
             save_json(genotype.to_dict(), run_dir / "arch.json")
             logger.info("NAS-Bench-201 cell %s", genotype)
+        elif isinstance(genotype, cnn.CNNArch):
+            save_json(genotype.to_dict(), run_dir / "arch.json")
+            logger.info("plain CNN %s", genotype)
         else:
             save_genotype(genotype, run_dir / "genotype.json")
-            logger.info("genotype %s: %s", cfg.genotype, genotype)
+            logger.info("genotype %s: %s", cfg.genotype if cfg.arch is None else cfg.arch,
+                        genotype)
         logger.info("run directory %s", run_dir)
-        draw_cells(genotype, logger, 0, run_dir)
+        if not isinstance(genotype, cnn.CNNArch):  # a chain of layers has no cell to draw
+            draw_cells(genotype, logger, 0, run_dir)
     logger.info("%s on %s (%d classes, %dpx): %.3fM parameters (no auxiliary head), "
                 "%.1fM multiply-adds per image, device %s%s; %s loader, amp %s%s%s%s",
                 type(model).__name__, cfg.dataset, info.num_classes, info.image_size,
@@ -414,7 +456,8 @@ def _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger, ck
             "history": history, "best": best, "rng": rng_state(),
         }
         metrics = {
-            "complete": epoch + 1 == cfg.epochs, "dataset": cfg.dataset, "genotype": cfg.genotype,
+            "complete": epoch + 1 == cfg.epochs, "dataset": cfg.dataset,
+            "genotype": cfg.genotype if cfg.arch is None else cfg.arch,
             "epochs_done": epoch + 1, "epochs": cfg.epochs,
             "final": {"top1": valid.top1, "top5": valid.top5, "loss": valid.loss},
             "best": best, "params": params, "params_M": round(params / 1e6, 6),

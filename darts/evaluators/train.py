@@ -1,0 +1,350 @@
+"""The `train` evaluator: a candidate's score is its accuracy after a short training from scratch.
+
+Each candidate (a NAS-Bench-201 cell, a plain CNN or a DARTS genotype) is built as the network
+`train_final.py` would build (`darts.final.build_network`) and trained with the same engine
+(`darts.train.engine.train_one_epoch` / `evaluate`, the seeded `SplitLoader`) for a few epochs:
+
+- the recipe is NAS-Bench-201's over 12 epochs, the schedule NATS-Bench trains every cell with
+  for its cheap 12-epoch results (AutoDL-Projects configs/nas-benchmark/hyper-opts/12E.config):
+  SGD lr 0.1, Nesterov momentum 0.9, weight decay 5e-4, cosine to 0 over the epochs (stepped
+  per epoch, as train_final.py), batch 256, random crop and flip, no cutout, no auxiliary head,
+  no drop path, no gradient clipping;
+- the training set is split once, by the run's seed, into a part that trains and a held-out
+  part that scores (`valid_portion` 0.5: NAS-Bench-201's cifar10-valid split, half and half);
+  `train_images` first keeps a seeded random subset of the training set (a cheap proxy);
+- the score is the top-1 accuracy in percent on the held-out part after the last epoch;
+  `reported` is the top-1 accuracy on the data set's test split (`report="test"`, the
+  benchmark evaluator's convention: a search selects on validation, reports test), or the
+  score again (`report="valid"`, no extra pass);
+- the network size: a plain CNN's is its spec's; a NAS-Bench-201 cell sits in the benchmark's
+  network (`channels` 16, `layers` 5 cells per stage, as NATS-Bench's 12-epoch results); a
+  DARTS genotype in the network DARTS searches with (16 channels, 8 cells; Liu et al. 2019,
+  Section 3.1), without the auxiliary head. Smaller `channels`/`layers` make it cheaper.
+
+A candidate whose training diverges (a non-finite loss) scores 0 on both. `cost` is the
+wall-clock seconds of building, training and scoring the candidate (data loading, done once per
+process, is not in it).
+
+Determinism: a candidate's training (initial weights, batch order, augmentation) is seeded by
+`candidate_seed(seed, str(candidate))` alone, so the same candidate gets the same score in any
+order, in any worker. On the CPU that is bit for bit when the torch threads per evaluation are
+the same (`threads`; a different thread count splits the convolutions' sums differently, which
+can change the last digits and, rarely, a prediction). With `workers` > 1, `evaluate_many` runs
+the candidates in that many spawned processes, each with `threads` torch threads (default: the
+CPUs this process may use divided among the workers, at least 1); a single call
+`evaluator(candidate)` runs here with the same thread count, so both give the same scores.
+The caller's random state is left as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import math
+import multiprocessing
+import time
+import weakref
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from types import ModuleType
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.utils.data import Subset
+
+from darts.errors import UserError
+from darts.evaluators.base import Evaluation
+from darts.train.data import DATASETS, SplitLoader, build_datasets, make_loader, pass_seed
+from darts.train.engine import (
+    available_cpus,
+    channels_last_on,
+    evaluate,
+    pick_device,
+    train_one_epoch,
+    tune_malloc,
+)
+
+# Network sizes of the spaces whose network has a size knob: (channels, layers).
+DEFAULT_SIZES = {"nb201": (16, 5), "darts": (16, 8)}
+SPACES = ("nb201", "cnn", "darts")
+REPORTS = ("test", "valid")
+# The stream of the run-level split of the training set (pass_seed's second word).
+_SPLIT_STREAM = 7001
+
+
+def candidate_seed(seed: int, text: str) -> int:
+    """The 63-bit training seed of the candidate whose text is `text` in a run seeded `seed`
+    (sha256, not Python's `hash`, which differs between processes)."""
+    digest = hashlib.sha256(f"{seed}\n{text}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything a worker process needs to evaluate as this process does (picklable)."""
+
+    space: str  # the space's NAME: nb201, cnn or darts
+    space_module: str  # its module's import name, e.g. darts.spaces.cnn
+    dataset: str
+    data: str
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    momentum: float
+    nesterov: bool
+    weight_decay: float
+    valid_portion: float
+    train_images: int | None
+    image_size: int | None
+    num_classes: int | None
+    synthetic_size: int
+    channels: int | None
+    layers: int | None
+    report: str
+    seed: int
+    threads: int
+    device: str
+
+
+class TrainEvaluator:
+    """Scores candidates of `space` by training each from scratch (see the module's text).
+
+        evaluator = TrainEvaluator(cnn, dataset="synthetic", epochs=2, workers=2)
+        evaluator(candidate)                  # -> Evaluation(score, reported, cost)
+        evaluator.evaluate_many(candidates)   # the same Evaluations, in parallel
+        evaluator.close()                     # the worker processes (or `with TrainEvaluator(...)`)
+    """
+
+    def __init__(self, space: ModuleType, *, dataset: str = "cifar10", data: str = "data",
+                 epochs: int = 12, batch_size: int = 256, learning_rate: float = 0.1,
+                 momentum: float = 0.9, nesterov: bool = True, weight_decay: float = 5e-4,
+                 valid_portion: float = 0.5, train_images: int | None = None,
+                 image_size: int | None = None, num_classes: int | None = None,
+                 synthetic_size: int = 5000, channels: int | None = None,
+                 layers: int | None = None, report: str = "test", seed: int = 0,
+                 workers: int = 1, threads: int = 0, device: str = "auto"):
+        name = getattr(space, "NAME", None)
+        if name not in SPACES:
+            raise UserError(f"--space {name or space!r}: the train evaluator builds networks of "
+                            f"the {', '.join(SPACES)} spaces")
+        checks = [
+            ("epochs", epochs, epochs >= 1, "at least 1"),
+            ("batch_size", batch_size, batch_size >= 1, "at least 1"),
+            ("learning_rate", learning_rate, learning_rate > 0, "positive"),
+            ("momentum", momentum, 0 <= momentum < 1, "in [0, 1)"),
+            ("weight_decay", weight_decay, weight_decay >= 0, "0 or more"),
+            ("valid_portion", valid_portion, 0 < valid_portion < 1, "strictly between 0 and 1"),
+            ("train_images", train_images, train_images is None or train_images >= 2,
+             "at least 2 (one to train on, one to score)"),
+            ("synthetic_size", synthetic_size, synthetic_size >= 2, "at least 2"),
+            ("workers", workers, workers >= 1, "at least 1"),
+            ("threads", threads, threads >= 0, "0 (the CPUs divided among the workers) or more"),
+        ]
+        for flag, value, ok, need in checks:
+            if not ok:
+                raise UserError(f"--{flag} {value}: must be {need}")
+        for flag, value in (("learning_rate", learning_rate), ("momentum", momentum),
+                            ("weight_decay", weight_decay), ("valid_portion", valid_portion)):
+            if not math.isfinite(value):
+                raise UserError(f"--{flag} {value}: must be a finite number")
+        if nesterov and not momentum:
+            raise UserError("--nesterov needs a momentum: give --momentum > 0 or --no-nesterov")
+        if dataset not in DATASETS:
+            raise UserError(f"--dataset {dataset}: choose one of {', '.join(DATASETS)}")
+        if report not in REPORTS:
+            raise UserError(f"--report {report}: choose one of {', '.join(REPORTS)} (the test "
+                            f"split's accuracy, or the score again)")
+        if name == "cnn":
+            for flag, value in (("channels", channels), ("layers", layers)):
+                if value is not None:
+                    raise UserError(f"--{flag}: a plain CNN's widths and depth are its spec's; "
+                                    f"leave --{flag} out with --space cnn")
+        else:
+            default_channels, default_layers = DEFAULT_SIZES[name]
+            channels = default_channels if channels is None else channels
+            layers = default_layers if layers is None else layers
+            if channels < 2 or channels % 2:
+                raise UserError(f"--channels {channels}: must be an even number >= 2")
+            least = 1 if name == "nb201" else 3
+            if layers < least:
+                raise UserError(f"--layers {layers}: must be at least {least}"
+                                + (" cell per stage" if name == "nb201"
+                                   else " (two of them are reduction cells)"))
+        pick_device(device)  # a device this machine lacks is refused now, not in a worker
+        self.space, self.workers = space, workers
+        threads = threads or max(1, available_cpus() // workers)
+        self.settings = TrainSettings(
+            name, space.__name__, dataset, data, epochs, batch_size, learning_rate, momentum,
+            bool(nesterov), weight_decay, valid_portion, train_images, image_size, num_classes,
+            synthetic_size, channels, layers, report, seed, threads, device)
+        self._loaded: dict[str, Any] | None = None
+        self._pool = None
+        self._finalizer: weakref.finalize | None = None
+
+    # -- the public calls ---------------------------------------------------------------------
+    def __call__(self, candidate: Any) -> Evaluation:
+        """Trains `candidate` here, with the evaluator's thread count, and scores it."""
+        with _torch_threads(self.settings.threads):
+            return self._evaluate(candidate)
+
+    def evaluate_many(self, candidates: list[Any]) -> list[Evaluation]:
+        """The Evaluations of `candidates`, in their order: in `workers` processes when there
+        are more than one and more than one candidate, else one after the other here."""
+        candidates = list(candidates)
+        if self.workers == 1 or len(candidates) <= 1:
+            return [self(c) for c in candidates]
+        self._data()  # a data set's download and its user errors happen once, here
+        return self._worker_pool().map(_evaluate_in_worker, candidates, chunksize=1)
+
+    def close(self) -> None:
+        """Stops the worker processes (a later evaluate_many starts new ones)."""
+        if self._finalizer is not None:
+            self._finalizer()
+        self._pool = self._finalizer = None
+
+    def __enter__(self) -> TrainEvaluator:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- the work -----------------------------------------------------------------------------
+    def _worker_pool(self):
+        if self._pool is None:
+            context = multiprocessing.get_context("spawn")
+            self._pool = context.Pool(self.workers, initializer=_start_worker,
+                                      initargs=(asdict(self.settings),))
+            self._finalizer = weakref.finalize(self, _stop, self._pool)
+        return self._pool
+
+    def _data(self) -> dict[str, Any]:
+        """The data sets and the run's split of the training set, loaded once per process."""
+        if self._loaded is None:
+            self._loaded = _load_data(self.settings, download=True)
+        return self._loaded
+
+    def _evaluate(self, candidate: Any) -> Evaluation:
+        s = self.settings
+        data = self._data()
+        device = pick_device(s.device)
+        seed = candidate_seed(s.seed, str(candidate))
+        start = time.perf_counter()
+        devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            score, test = _train_and_score(candidate, s, data, device, seed)
+        reported = test if s.report == "test" else score
+        return Evaluation(score, reported, time.perf_counter() - start)
+
+
+def _load_data(s: TrainSettings, download: bool) -> dict[str, Any]:
+    train_set, test_set, info = build_datasets(
+        s.dataset, s.data, image_size=s.image_size, num_classes=s.num_classes,
+        synthetic_size=s.synthetic_size, seed=s.seed, download=download)
+    # The held-out part is scored without augmentation: the training set with the test transform.
+    valid_view, _, _ = build_datasets(
+        s.dataset, s.data, image_size=s.image_size, num_classes=s.num_classes,
+        synthetic_size=s.synthetic_size, seed=s.seed, download=False, train_augment=False)
+    n = len(train_set)
+    g = torch.Generator().manual_seed(pass_seed(s.seed, _SPLIT_STREAM, 0))
+    order = torch.randperm(n, generator=g)
+    if s.train_images is not None:
+        order = order[:s.train_images]
+    n_valid = int(round(s.valid_portion * len(order)))
+    train_idx, valid_idx = order[n_valid:].sort().values, order[:n_valid].sort().values
+    if len(train_idx) == 0 or len(valid_idx) == 0:
+        raise UserError(f"--valid_portion {s.valid_portion} splits {len(order)} training images "
+                        f"into {len(train_idx)} to train on and {len(valid_idx)} to score; both "
+                        f"need at least one (more images or another --valid_portion)")
+    if len(train_idx) % s.batch_size == 1 and len(train_idx) > 1:
+        # A last batch of one image: BatchNorm cannot train on one value per channel (a plain
+        # CNN pooled to 1x1). That image sits out.
+        train_idx = train_idx[:-1]
+    return {"train": train_set, "valid": Subset(valid_view, valid_idx.tolist()),
+            "test": test_set, "info": info, "train_idx": train_idx}
+
+
+def _network(candidate: Any, s: TrainSettings, info) -> nn.Module:
+    """The candidate's network, built as train_final.py builds it."""
+    from darts.final import FinalConfig, build_network
+
+    cfg = FinalConfig(space=s.space, init_channels=s.channels, layers=s.layers, auxiliary=False)
+    return build_network(candidate, cfg, info.num_classes, info.network)
+
+
+def _train_and_score(candidate: Any, s: TrainSettings, data: dict[str, Any],
+                     device: torch.device, seed: int) -> tuple[float, float]:
+    """(held-out top-1, test top-1) after `s.epochs` epochs; (0, 0) if training diverges."""
+    channels_last = channels_last_on(None, device)
+    model = _network(candidate, s, data["info"]).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), s.learning_rate, momentum=s.momentum,
+                                weight_decay=s.weight_decay, nesterov=s.nesterov)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, float(s.epochs))
+    criterion = nn.CrossEntropyLoss().to(device)
+    pin = device.type == "cuda"
+    train = SplitLoader(data["train"], data["train_idx"], s.batch_size, seed=seed, stream=0,
+                        workers=0, pin_memory=pin)
+    for epoch in range(s.epochs):
+        metrics = train_one_epoch(model, train.epoch(epoch), optimizer, criterion, device,
+                                  channels_last=channels_last)
+        scheduler.step()
+        if not math.isfinite(metrics.loss):
+            return 0.0, 0.0
+    valid = evaluate(model, make_loader(data["valid"], s.batch_size, shuffle=False,
+                                        pin_memory=pin), criterion, device,
+                     channels_last=channels_last)
+    if s.report != "test":
+        return valid.top1, valid.top1
+    test = evaluate(model, make_loader(data["test"], s.batch_size, shuffle=False,
+                                       pin_memory=pin), criterion, device,
+                    channels_last=channels_last)
+    return valid.top1, test.top1
+
+
+def _stop(pool) -> None:
+    pool.terminate()
+    pool.join()
+
+
+@contextmanager
+def _torch_threads(threads: int):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+# -- the worker processes ----------------------------------------------------------------------
+_worker: TrainEvaluator | None = None
+
+
+_worker_error: BaseException | None = None
+
+
+def _start_worker(settings: dict[str, Any]) -> None:
+    """A spawned worker: its own evaluator of the same settings, `threads` torch threads.
+    An error here is kept for the first evaluation to raise: a Pool whose initializer raises
+    starts new workers forever."""
+    global _worker, _worker_error
+    try:
+        s = TrainSettings(**settings)
+        torch.set_num_threads(s.threads)
+        tune_malloc(pick_device(s.device))  # a fresh process: every run on the CPU does this
+        evaluator = TrainEvaluator.__new__(TrainEvaluator)
+        evaluator.space, evaluator.workers, evaluator.settings = importlib.import_module(s.space_module), 1, s
+        evaluator._pool = evaluator._finalizer = None
+        evaluator._loaded = _load_data(s, download=False)  # the main process downloaded it
+        _worker = evaluator
+    except Exception as e:  # noqa: BLE001 - raised again by _evaluate_in_worker
+        _worker_error = e
+
+
+def _evaluate_in_worker(candidate: Any) -> Evaluation:
+    if _worker is None:
+        raise _worker_error or RuntimeError("the train evaluator's worker did not start")
+    return _worker._evaluate(candidate)

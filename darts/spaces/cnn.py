@@ -1,0 +1,303 @@
+"""A plain CNN space: a chain of conv layers, each with its kernel, width and pooling searched.
+
+The classic example of NAS lecture notes (e.g. the chain-structured space of Elsken, Metzen &
+Hutter 2019, "Neural Architecture Search: A Survey", Section 2): a network is 2 to 6 layers,
+and each layer is
+
+    conv kxk (k in 3, 5, 7), w output channels (w in 16, 32, 64, 128), BatchNorm, ReLU,
+    then no pooling, a 2x2 max pooling or a 2x2 average pooling (stride 2)
+
+followed by global average pooling and a linear classifier. A candidate's text lists its
+layers from the input on, `|`-separated, the pooling only where there is one:
+
+    conv3x3-32-max|conv5x5-64|conv7x7-128-avg
+
+5 depths x (3 x 4 x 3 = 36 choices per layer) give 36^2 + ... + 36^6, about 2.2 billion
+networks. The pooling rounds up (`ceil_mode`): a map of odd side n becomes (n + 1) / 2, and a
+1x1 map stays 1x1, so every candidate runs on any input size. On 32x32 images the maps halve
+exactly down to 1x1 after five poolings; a sixth leaves 1x1 as it is. No spec is refused for
+pooling too often.
+
+There is no paper recipe for this space: `train_final.py --space cnn` trains with the
+NATS-Bench size space's 90-epoch schedule (this project's choice; see darts.final).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from darts.errors import UserError
+
+NAME = "cnn"
+DEPTHS: tuple[int, ...] = (2, 3, 4, 5, 6)
+KERNELS: tuple[int, ...] = (3, 5, 7)
+WIDTHS: tuple[int, ...] = (16, 32, 64, 128)
+POOLS: tuple[str, ...] = ("none", "max", "avg")
+MAX_DEPTH = DEPTHS[-1]
+# What an unused layer slot holds in the decision list (from_decisions ignores it).
+DEFAULT_CHOICE = 0
+EXAMPLE = "conv3x3-32-max|conv5x5-64|conv7x7-128-avg"
+
+# Numbers without leading zeros, at most 4 digits: the text of a layer is canonical.
+_LAYER = re.compile(r"conv([1-9]\d{0,3})x([1-9]\d{0,3})-([1-9]\d{0,3})(?:-([a-z]+))?")
+
+
+class CNNSpecError(UserError):
+    """A plain CNN's text that cannot be read, or a layer outside the space."""
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One conv-BN-ReLU layer and the pooling after it."""
+
+    kernel: int
+    width: int
+    pool: str = "none"
+
+    def __post_init__(self) -> None:
+        if type(self.kernel) is not int or self.kernel not in KERNELS:
+            raise CNNSpecError(f"kernel {self.kernel!r} is not in the space; the kernels are "
+                               f"{', '.join(map(str, KERNELS))}")
+        if type(self.width) is not int or self.width not in WIDTHS:
+            raise CNNSpecError(f"width {self.width!r} is not in the space; the widths are "
+                               f"{', '.join(map(str, WIDTHS))}")
+        if self.pool not in POOLS:
+            raise CNNSpecError(f"pooling {self.pool!r} is not in the space; the poolings are "
+                               f"{', '.join(POOLS)}")
+
+    def __str__(self) -> str:
+        pool = "" if self.pool == "none" else f"-{self.pool}"
+        return f"conv{self.kernel}x{self.kernel}-{self.width}{pool}"
+
+
+@dataclass(frozen=True)
+class CNNArch:
+    """A chain of 2 to 6 layers, from the input on."""
+
+    layers: tuple[Layer, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(self.layers))
+        if len(self.layers) not in DEPTHS:
+            raise CNNSpecError(f"a plain CNN has {DEPTHS[0]} to {MAX_DEPTH} layers, got "
+                               f"{len(self.layers)}")
+        for layer in self.layers:
+            if not isinstance(layer, Layer):
+                raise CNNSpecError(f"a plain CNN's layers are Layer values, got "
+                                   f"{type(layer).__name__}")
+
+    @property
+    def depth(self) -> int:
+        return len(self.layers)
+
+    @classmethod
+    def from_string(cls, text: Any, where: str = "cnn spec") -> CNNArch:
+        """Reads the text `str()` writes; one CNNSpecError naming what is wrong."""
+        if not isinstance(text, str):
+            raise CNNSpecError(f"{where}: expected a string like {EXAMPLE!r}, got "
+                               f"{type(text).__name__}")
+        shown = text if len(text) <= 120 else text[:117] + "..."
+        if not text.strip():
+            raise CNNSpecError(f"{where}: empty; a plain CNN reads like {EXAMPLE!r}")
+        tokens = text.strip().split("|")
+        if not DEPTHS[0] <= len(tokens) <= MAX_DEPTH:
+            raise CNNSpecError(f"{where} {shown!r}: a plain CNN has {DEPTHS[0]} to {MAX_DEPTH} "
+                               f"'|'-separated layers, got {len(tokens)}; e.g. {EXAMPLE!r}")
+        layers = []
+        for i, token in enumerate(tokens, start=1):
+            if len(token) > 40:
+                raise CNNSpecError(f"{where} {shown!r}: layer {i} {token[:37] + '...'!r} is too "
+                                   f"long for 'conv<k>x<k>-<width>[-max|-avg]'")
+            match = _LAYER.fullmatch(token)
+            if match is None:
+                raise CNNSpecError(f"{where} {shown!r}: layer {i} {token!r} must read "
+                                   f"'conv<k>x<k>-<width>' with an optional '-max' or '-avg', "
+                                   f"e.g. 'conv3x3-32-max'")
+            k1, k2, width, pool = match.groups()
+            if k1 != k2:
+                raise CNNSpecError(f"{where} {shown!r}: layer {i} {token!r}: kernels are "
+                                   f"square (conv{k1}x{k1})")
+            if pool == "none":
+                raise CNNSpecError(f"{where} {shown!r}: layer {i} {token!r}: write a layer "
+                                   f"without pooling with no suffix ('conv{k1}x{k1}-{width}')")
+            if pool is not None and pool not in POOLS:
+                raise CNNSpecError(f"{where} {shown!r}: layer {i} {token!r}: pooling "
+                                   f"{pool!r} is not 'max' or 'avg'")
+            try:
+                layers.append(Layer(int(k1), int(width), pool or "none"))
+            except CNNSpecError as e:
+                raise CNNSpecError(f"{where} {shown!r}: layer {i} {token!r}: {e}") from None
+        return cls(tuple(layers))
+
+    def to_string(self) -> str:
+        return "|".join(str(layer) for layer in self.layers)
+
+    def __str__(self) -> str:
+        return self.to_string()
+
+    def to_dict(self) -> dict[str, str]:
+        return {"arch": self.to_string()}
+
+
+def load_arch(spec: Any, where: str) -> CNNArch:
+    """A plain CNN: its text, {"arch": text}, or a JSON file holding that (what `save` writes)."""
+    from darts.spaces.nb201 import read_arch_json  # the one arch-file reader
+
+    if isinstance(spec, str) and spec.endswith(".json"):
+        where, spec = f"{where} {Path(spec)}", read_arch_json(spec, where)
+    if isinstance(spec, dict):
+        spec = spec.get("arch")
+    return CNNArch.from_string(spec, where=where)
+
+
+# -- what multi-trial strategies need of the space (see darts.spaces) ---------------------------
+def parse(text: str) -> CNNArch:
+    return CNNArch.from_string(text)
+
+
+def save(arch: CNNArch, path: str | Path) -> None:
+    """The network as the JSON file `train_final.py --space cnn --arch` takes: {"arch": text}."""
+    from darts.train.files import save_json
+    save_json(arch.to_dict(), path)
+
+
+def _random_layer(rng) -> Layer:
+    return Layer(rng.choice(KERNELS), rng.choice(WIDTHS), rng.choice(POOLS))
+
+
+def sample(rng) -> CNNArch:
+    """A network drawn uniformly decision by decision: the depth uniform over 2..6, then each
+    layer's kernel, width and pooling uniform. Every depth is equally likely (so a given
+    2-layer network is 36^4 times likelier than a given 6-layer one); this is also what
+    uniform choices of every entry of `decisions()` give."""
+    return CNNArch(tuple(_random_layer(rng) for _ in range(rng.choice(DEPTHS))))
+
+
+def _other(rng, choices: tuple, current: Any) -> Any:
+    return rng.choice([c for c in choices if c != current])
+
+
+def _with_depth(layers: list[Layer], depth: int, rng) -> list[Layer]:
+    """The first `depth` layers, new ones drawn uniformly at the end where it is deeper."""
+    return layers[:depth] + [_random_layer(rng) for _ in range(depth - len(layers))]
+
+
+def mutate(arch: CNNArch, rng, rate: float | None = None) -> CNNArch:
+    """One decision that matters changed to a different choice: one of the 1 + 3 x depth
+    (the depth, and each layer's kernel, width and pooling), uniformly. A new depth keeps the
+    first layers and drops the last ones, or appends layers drawn uniformly. With `rate`, each
+    of those decisions independently with that probability (the layers' first, then the
+    depth)."""
+    layers = list(arch.layers)
+    count = 1 + 3 * len(layers)
+    picks = ([rng.randrange(count)] if rate is None
+             else [d for d in range(count) if rng.random() < rate])
+    for d in sorted(picks, reverse=True):  # the depth (decision 0) last
+        if d == 0:
+            layers = _with_depth(layers, _other(rng, DEPTHS, len(layers)), rng)
+            continue
+        i, field = divmod(d - 1, 3)
+        layer = layers[i]
+        if field == 0:
+            layers[i] = Layer(_other(rng, KERNELS, layer.kernel), layer.width, layer.pool)
+        elif field == 1:
+            layers[i] = Layer(layer.kernel, _other(rng, WIDTHS, layer.width), layer.pool)
+        else:
+            layers[i] = Layer(layer.kernel, layer.width, _other(rng, POOLS, layer.pool))
+    return CNNArch(tuple(layers))
+
+
+def crossover(a: CNNArch, b: CNNArch, rng) -> CNNArch:
+    """Uniform crossover by layer position: the depth from either parent with probability
+    1/2, then each position's layer (kernel, width and pooling together) from either parent
+    with probability 1/2, or from the one parent deep enough to have it."""
+    depth = a.depth if rng.random() < 0.5 else b.depth
+    layers = []
+    for i in range(depth):
+        options = [p.layers[i] for p in (a, b) if i < p.depth]
+        layers.append(options[0] if len(options) == 1 or rng.random() < 0.5 else options[1])
+    return CNNArch(tuple(layers))
+
+
+def decisions() -> list[tuple[str, ...]]:
+    """The depth, then the kernel, width and pooling of each of the 6 layer slots (19
+    decisions); the slots past the depth are ignored."""
+    per_slot = [tuple(f"{k}x{k}" for k in KERNELS), tuple(map(str, WIDTHS)), POOLS]
+    return [tuple(map(str, DEPTHS))] + per_slot * MAX_DEPTH
+
+
+def to_decisions(arch: CNNArch) -> list[int]:
+    """The index of each decision's choice; a slot past the depth holds DEFAULT_CHOICE (0)
+    for all three, so the list of a network is unique (the inverse of from_decisions)."""
+    choices = [DEPTHS.index(arch.depth)]
+    for i in range(MAX_DEPTH):
+        if i < arch.depth:
+            layer = arch.layers[i]
+            choices += [KERNELS.index(layer.kernel), WIDTHS.index(layer.width),
+                        POOLS.index(layer.pool)]
+        else:
+            choices += [DEFAULT_CHOICE] * 3
+    return choices
+
+
+def from_decisions(choices: list[int]) -> CNNArch:
+    if len(choices) != 1 + 3 * MAX_DEPTH:
+        raise ValueError(f"the cnn space has {1 + 3 * MAX_DEPTH} decisions, got {len(choices)}")
+    depth = DEPTHS[choices[0]]
+    return CNNArch(tuple(Layer(KERNELS[choices[1 + 3 * i]], WIDTHS[choices[2 + 3 * i]],
+                               POOLS[choices[3 + 3 * i]]) for i in range(depth)))
+
+
+def encode(arch: CNNArch) -> list[float]:
+    """One-hots of the depth (5) and of each slot's kernel (3), width (4) and pooling (3),
+    zeros for a slot past the depth: 5 + 6 x 10 = 65 numbers, for surrogate models."""
+    vector = [float(arch.depth == d) for d in DEPTHS]
+    for i in range(MAX_DEPTH):
+        layer = arch.layers[i] if i < arch.depth else None
+        vector += [float(layer is not None and layer.kernel == k) for k in KERNELS]
+        vector += [float(layer is not None and layer.width == w) for w in WIDTHS]
+        vector += [float(layer is not None and layer.pool == p) for p in POOLS]
+    return vector
+
+
+# -- the network -------------------------------------------------------------------------------
+def _pooling(pool: str) -> nn.Module | None:
+    # ceil_mode: an odd side rounds up and a 1x1 map stays 1x1, so no input is pooled to nothing.
+    if pool == "max":
+        return nn.MaxPool2d(2, 2, ceil_mode=True)
+    if pool == "avg":
+        return nn.AvgPool2d(2, 2, ceil_mode=True)
+    return None
+
+
+class CNNNetwork(nn.Module):
+    """The network of one spec: per layer conv kxk (padding k // 2, no bias) -> BatchNorm ->
+    ReLU -> its pooling; then global average pooling and a linear classifier."""
+
+    def __init__(self, arch: CNNArch, num_classes: int = 10, in_channels: int = 3):
+        super().__init__()
+        self.arch = arch
+        blocks = []
+        C_prev = in_channels
+        for layer in arch.layers:
+            block = [nn.Conv2d(C_prev, layer.width, layer.kernel, padding=layer.kernel // 2,
+                               bias=False),
+                     nn.BatchNorm2d(layer.width), nn.ReLU()]
+            pool = _pooling(layer.pool)
+            if pool is not None:
+                block.append(pool)
+            blocks.append(nn.Sequential(*block))
+            C_prev = layer.width
+        self.features = nn.Sequential(*blocks)
+        self.classifier = nn.Linear(C_prev, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
+        return self.classifier(x)
