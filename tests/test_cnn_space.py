@@ -196,3 +196,29 @@ def test_a_saved_candidate_is_what_train_finals_loader_reads(tmp_path):
         cnn.load_arch(str(tmp_path / "bad.json"), "--arch")
     with pytest.raises(UserError, match="not a readable arch JSON file"):
         cnn.load_arch(str(tmp_path / "missing.json"), "--arch")
+
+
+def test_the_accelerated_network_computes_the_plain_one(monkeypatch):
+    """train_final.py runs `accelerate(CNNNetwork)`: fused BatchNorm-ReLU, and the max pooling
+    that saves its input (on the CPU only when asked) must give the plain outputs and
+    gradients, 1x1 ceil-mode poolings included."""
+    from darts.accel import accelerate
+    from darts.accel.fused import MaxPool2d
+
+    monkeypatch.setattr(MaxPool2d, "save_input_on_cpu", True)
+    arch = cnn.parse("conv3x3-16-max|conv5x5-32-avg|conv3x3-16-max|conv3x3-16-max|conv7x7-32-max")
+    torch.manual_seed(0)
+    plain = CNNNetwork(arch, 10)
+    fast = accelerate(CNNNetwork(arch, 10))
+    fast.load_state_dict(plain.state_dict())
+    assert any(type(m) is MaxPool2d for m in fast.modules())
+    x = torch.randn(4, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    for net in (plain, fast):
+        net.zero_grad()
+        net(x).square().sum().backward()
+    torch.testing.assert_close(fast(x), plain(x))
+    # Some gradients are 0 in exact arithmetic (a BatchNorm shift that the next BatchNorm
+    # removes): rounding noise there, so the tolerance is on the scale of all gradients.
+    scale = max(p.grad.abs().max().item() for p in plain.parameters())
+    for (name, p), q in zip(plain.named_parameters(), fast.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-5 * scale, msg=name)

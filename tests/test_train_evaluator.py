@@ -1,12 +1,14 @@
 """The `train` evaluator: a short training from scratch scores a candidate, reproducibly."""
 
+import dataclasses
 import random
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from darts.errors import UserError
-from darts.evaluators.train import TrainEvaluator, candidate_seed
+from darts.evaluators.train import TrainEvaluator, candidate_seed, from_search_config
 from darts.spaces import cnn, nb201
 
 # Seconds on two cores: 8x8 synthetic images, 100 of them, 2 epochs, one thread each.
@@ -101,6 +103,9 @@ def test_the_held_out_split_is_the_runs_and_train_images_subsets_it():
     (cnn, dict(device="tpu"), "--device tpu"),
     (cnn, dict(channels=8), "--channels: a plain CNN's widths and depth are its spec's"),
     (cnn, dict(momentum=0.0), "--nesterov needs a momentum"),
+    (cnn, dict(learning_rate_min=0.5), r"--learning_rate_min 0.5: must be in \[0, --learning_rate"),
+    (cnn, dict(grad_clip=-1.0), "--grad_clip -1.0: must be 0"),
+    (cnn, dict(learning_rate=float("nan")), "--learning_rate nan"),
     (nb201, dict(channels=3), "--channels 3: must be an even number"),
     (nb201, dict(layers=0), "--layers 0: must be at least 1 cell per stage"),
     (random, {}, "the train evaluator builds networks of the nb201, cnn, darts spaces"),
@@ -110,3 +115,36 @@ def test_bad_settings_are_one_user_error(space, overrides, message):
     with pytest.raises(UserError, match=message):
         TrainEvaluator(space, **settings)
 
+
+
+def search_config(**overrides):
+    """The fields of a multi-trial run's config that the train evaluator reads."""
+    fields = dict(dataset="synthetic", data="data", eval_epochs=1, batch_size=16,
+                  learning_rate=0.05, learning_rate_min=0.001, momentum=0.9, weight_decay=3e-4,
+                  nesterov=False, grad_clip=5.0, train_portion=0.8, image_size=8,
+                  num_classes=None, synthetic_size=100, seed=3, workers=0, threads=1,
+                  device="cpu", channels_last=None, init_channels=4, layers=None)
+    return SimpleNamespace(**{**fields, **overrides})
+
+
+def test_a_multi_trial_run_passes_its_recipe_and_sizes():
+    logged = []
+    logger = SimpleNamespace(info=logged.append)
+    evaluator = from_search_config(search_config(), nb201, logger)
+    s = evaluator.settings
+    assert (s.epochs, s.batch_size, s.learning_rate, s.learning_rate_min, s.weight_decay,
+            s.nesterov, s.grad_clip, s.seed, s.threads) == (1, 16, 0.05, 0.001, 3e-4, False,
+                                                            5.0, 3, 1)
+    assert abs(s.valid_portion - 0.2) < 1e-9 and evaluator.workers == 1
+    assert (s.channels, s.layers) == (4, 5)  # layers None: the benchmark network's 5 per stage
+    assert logged and "1 epochs from scratch" in logged[0] and "4 channels" in logged[0]
+    assert 0 <= evaluator(nb201.parse(nb201.EXAMPLE)).score <= 100
+    # a plain CNN's size is its spec's: the run's --init_channels/--layers are not passed
+    plain = from_search_config(search_config(layers=8), cnn)
+    assert (plain.settings.channels, plain.settings.layers) == (None, None)
+
+
+def test_the_search_config_has_every_field_the_evaluator_reads():
+    search = pytest.importorskip("darts.search")
+    names = {f.name for f in dataclasses.fields(search.SearchConfig)}
+    assert set(vars(search_config())) <= names

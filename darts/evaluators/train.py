@@ -4,11 +4,12 @@ Each candidate (a NAS-Bench-201 cell, a plain CNN or a DARTS genotype) is built 
 `train_final.py` would build (`darts.final.build_network`) and trained with the same engine
 (`darts.train.engine.train_one_epoch` / `evaluate`, the seeded `SplitLoader`) for a few epochs:
 
-- the recipe is NAS-Bench-201's over 12 epochs, the schedule NATS-Bench trains every cell with
-  for its cheap 12-epoch results (AutoDL-Projects configs/nas-benchmark/hyper-opts/12E.config):
-  SGD lr 0.1, Nesterov momentum 0.9, weight decay 5e-4, cosine to 0 over the epochs (stepped
-  per epoch, as train_final.py), batch 256, random crop and flip, no cutout, no auxiliary head,
-  no drop path, no gradient clipping;
+- the default recipe is NAS-Bench-201's over 12 epochs, the schedule NATS-Bench trains every
+  cell with for its cheap 12-epoch results (AutoDL-Projects
+  configs/nas-benchmark/hyper-opts/12E.config): SGD lr 0.1, Nesterov momentum 0.9, weight
+  decay 5e-4, cosine to 0 over the epochs (stepped per epoch, as train_final.py), batch 256,
+  random crop and flip, no cutout, no auxiliary head, no drop path, no gradient clipping. A
+  multi-trial run (`from_search_config`) passes its own weight recipe and `--eval_epochs`;
 - the training set is split once, by the run's seed, into a part that trains and a held-out
   part that scores (`valid_portion` 0.5: NAS-Bench-201's cifar10-valid split, half and half);
   `train_images` first keeps a seeded random subset of the training set (a cheap proxy);
@@ -26,13 +27,15 @@ wall-clock seconds of building, training and scoring the candidate (data loading
 process, is not in it).
 
 Determinism: a candidate's training (initial weights, batch order, augmentation) is seeded by
-`candidate_seed(seed, str(candidate))` alone, so the same candidate gets the same score in any
-order, in any worker. On the CPU that is bit for bit when the torch threads per evaluation are
-the same (`threads`; a different thread count splits the convolutions' sums differently, which
-can change the last digits and, rarely, a prediction). With `workers` > 1, `evaluate_many` runs
-the candidates in that many spawned processes, each with `threads` torch threads (default: the
-CPUs this process may use divided among the workers, at least 1); a single call
-`evaluator(candidate)` runs here with the same thread count, so both give the same scores.
+`candidate_seed(seed, text)` alone, `text` being the candidate's canonical text (`str`, or the
+space's `to_text`: what the run's history records), so the same candidate gets the same score
+in any order, in any worker. On the CPU that is bit for bit when the torch threads per
+evaluation are the same (`threads`; another thread count splits the convolutions' sums
+differently, which can change the last digits and, rarely, a prediction). With `workers` > 1,
+`evaluate_many` runs the candidates in that many spawned processes, each with `threads` torch
+threads (default: the CPUs this process may use divided among the workers, at least 1); a
+single call `evaluator(candidate)` runs here with the same thread count, so both give the same
+scores. On a GPU, cuDNN's and atomic-add kernels may differ in the last digits from run to run.
 The caller's random state is left as it was.
 """
 
@@ -73,6 +76,12 @@ REPORTS = ("test", "valid")
 _SPLIT_STREAM = 7001
 
 
+def candidate_text(space: ModuleType, candidate: Any) -> str:
+    """The candidate's canonical text: the space's `to_text` where it has one (the darts
+    space's), else `str`; what a run's history records."""
+    return getattr(space, "to_text", str)(candidate)
+
+
 def candidate_seed(seed: int, text: str) -> int:
     """The 63-bit training seed of the candidate whose text is `text` in a run seeded `seed`
     (sha256, not Python's `hash`, which differs between processes)."""
@@ -91,9 +100,11 @@ class TrainSettings:
     epochs: int
     batch_size: int
     learning_rate: float
+    learning_rate_min: float
     momentum: float
     nesterov: bool
     weight_decay: float
+    grad_clip: float
     valid_portion: float
     train_images: int | None
     image_size: int | None
@@ -105,6 +116,7 @@ class TrainSettings:
     seed: int
     threads: int
     device: str
+    channels_last: bool | None
 
 
 class TrainEvaluator:
@@ -118,12 +130,14 @@ class TrainEvaluator:
 
     def __init__(self, space: ModuleType, *, dataset: str = "cifar10", data: str = "data",
                  epochs: int = 12, batch_size: int = 256, learning_rate: float = 0.1,
-                 momentum: float = 0.9, nesterov: bool = True, weight_decay: float = 5e-4,
+                 learning_rate_min: float = 0.0, momentum: float = 0.9, nesterov: bool = True,
+                 weight_decay: float = 5e-4, grad_clip: float = 0.0,
                  valid_portion: float = 0.5, train_images: int | None = None,
                  image_size: int | None = None, num_classes: int | None = None,
                  synthetic_size: int = 5000, channels: int | None = None,
                  layers: int | None = None, report: str = "test", seed: int = 0,
-                 workers: int = 1, threads: int = 0, device: str = "auto"):
+                 workers: int = 1, threads: int = 0, device: str = "auto",
+                 channels_last: bool | None = None):
         name = getattr(space, "NAME", None)
         if name not in SPACES:
             raise UserError(f"--space {name or space!r}: the train evaluator builds networks of "
@@ -132,8 +146,11 @@ class TrainEvaluator:
             ("epochs", epochs, epochs >= 1, "at least 1"),
             ("batch_size", batch_size, batch_size >= 1, "at least 1"),
             ("learning_rate", learning_rate, learning_rate > 0, "positive"),
+            ("learning_rate_min", learning_rate_min, 0 <= learning_rate_min <= learning_rate,
+             f"in [0, --learning_rate {learning_rate}]"),
             ("momentum", momentum, 0 <= momentum < 1, "in [0, 1)"),
             ("weight_decay", weight_decay, weight_decay >= 0, "0 or more"),
+            ("grad_clip", grad_clip, grad_clip >= 0, "0 (off) or more"),
             ("valid_portion", valid_portion, 0 < valid_portion < 1, "strictly between 0 and 1"),
             ("train_images", train_images, train_images is None or train_images >= 2,
              "at least 2 (one to train on, one to score)"),
@@ -145,7 +162,9 @@ class TrainEvaluator:
             if not ok:
                 raise UserError(f"--{flag} {value}: must be {need}")
         for flag, value in (("learning_rate", learning_rate), ("momentum", momentum),
-                            ("weight_decay", weight_decay), ("valid_portion", valid_portion)):
+                            ("learning_rate_min", learning_rate_min),
+                            ("weight_decay", weight_decay), ("grad_clip", grad_clip),
+                            ("valid_portion", valid_portion)):
             if not math.isfinite(value):
                 raise UserError(f"--{flag} {value}: must be a finite number")
         if nesterov and not momentum:
@@ -175,9 +194,10 @@ class TrainEvaluator:
         self.space, self.workers = space, workers
         threads = threads or max(1, available_cpus() // workers)
         self.settings = TrainSettings(
-            name, space.__name__, dataset, data, epochs, batch_size, learning_rate, momentum,
-            bool(nesterov), weight_decay, valid_portion, train_images, image_size, num_classes,
-            synthetic_size, channels, layers, report, seed, threads, device)
+            name, space.__name__, dataset, data, epochs, batch_size, learning_rate,
+            learning_rate_min, momentum, bool(nesterov), weight_decay, grad_clip, valid_portion,
+            train_images, image_size, num_classes, synthetic_size, channels, layers, report, seed,
+            threads, device, channels_last)
         self._loaded: dict[str, Any] | None = None
         self._pool = None
         self._finalizer: weakref.finalize | None = None
@@ -202,6 +222,21 @@ class TrainEvaluator:
         if self._finalizer is not None:
             self._finalizer()
         self._pool = self._finalizer = None
+
+    def describe(self) -> str:
+        """One line for a run's log: the recipe, the split, the network, the processes."""
+        s = self.settings
+        size = ("the spec's widths" if s.space == "cnn" else
+                f"{s.channels} channels, {s.layers} "
+                + ("cells per stage" if s.space == "nb201" else "cells"))
+        return (f"train evaluator: {s.epochs} epochs from scratch on {s.dataset}, batch "
+                f"{s.batch_size}, SGD lr {s.learning_rate:g} cosine to {s.learning_rate_min:g}, "
+                f"momentum {s.momentum:g}{' Nesterov' if s.nesterov else ''}, weight decay "
+                f"{s.weight_decay:g}, grad clip {s.grad_clip:g}; score: top-1 on "
+                f"{s.valid_portion:.0%} of the training images held out"
+                f"{'' if s.train_images is None else f' (of {s.train_images})'}, reported: "
+                f"{s.report} top-1; network: {size}; {self.workers} process(es) of {s.threads} "
+                f"thread(s)")
 
     def __enter__(self) -> TrainEvaluator:
         return self
@@ -228,7 +263,7 @@ class TrainEvaluator:
         s = self.settings
         data = self._data()
         device = pick_device(s.device)
-        seed = candidate_seed(s.seed, str(candidate))
+        seed = candidate_seed(s.seed, candidate_text(self.space, candidate))
         start = time.perf_counter()
         devices = [device.index or 0] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
@@ -236,6 +271,30 @@ class TrainEvaluator:
             score, test = _train_and_score(candidate, s, data, device, seed)
         reported = test if s.report == "test" else score
         return Evaluation(score, reported, time.perf_counter() - start)
+
+
+def from_search_config(cfg: Any, space: ModuleType, logger: Any = None) -> TrainEvaluator:
+    """The evaluator of a multi-trial run (`train_search.py --evaluator train`): the run's data
+    set, seed, device and weight recipe (batch size, learning rates, momentum, weight decay,
+    Nesterov, gradient clip), `--eval_epochs` epochs, the part of the training set that
+    `--train_portion` leaves held out, `--init_channels`/`--layers` as the network size of
+    nb201 and darts candidates (a plain CNN's is its spec's), `--workers` processes of
+    `--threads` threads. A setting the config leaves at None takes the evaluator's default."""
+    options = dict(
+        dataset=cfg.dataset, data=cfg.data, epochs=getattr(cfg, "eval_epochs", None),
+        batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
+        learning_rate_min=cfg.learning_rate_min, momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay, nesterov=cfg.nesterov, grad_clip=cfg.grad_clip,
+        valid_portion=1 - cfg.train_portion, image_size=cfg.image_size,
+        num_classes=cfg.num_classes, synthetic_size=cfg.synthetic_size, seed=cfg.seed,
+        workers=max(1, cfg.workers), threads=cfg.threads, device=cfg.device,
+        channels_last=cfg.channels_last)
+    if space.NAME != "cnn":
+        options.update(channels=cfg.init_channels, layers=cfg.layers)
+    evaluator = TrainEvaluator(space, **{k: v for k, v in options.items() if v is not None})
+    if logger is not None:
+        logger.info(evaluator.describe())
+    return evaluator
 
 
 def _load_data(s: TrainSettings, download: bool) -> dict[str, Any]:
@@ -276,20 +335,21 @@ def _network(candidate: Any, s: TrainSettings, info) -> nn.Module:
 def _train_and_score(candidate: Any, s: TrainSettings, data: dict[str, Any],
                      device: torch.device, seed: int) -> tuple[float, float]:
     """(held-out top-1, test top-1) after `s.epochs` epochs; (0, 0) if training diverges."""
-    channels_last = channels_last_on(None, device)
+    channels_last = channels_last_on(s.channels_last, device)
     model = _network(candidate, s, data["info"]).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), s.learning_rate, momentum=s.momentum,
                                 weight_decay=s.weight_decay, nesterov=s.nesterov)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, float(s.epochs))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, float(s.epochs),
+                                                           eta_min=s.learning_rate_min)
     criterion = nn.CrossEntropyLoss().to(device)
     pin = device.type == "cuda"
     train = SplitLoader(data["train"], data["train_idx"], s.batch_size, seed=seed, stream=0,
                         workers=0, pin_memory=pin)
     for epoch in range(s.epochs):
         metrics = train_one_epoch(model, train.epoch(epoch), optimizer, criterion, device,
-                                  channels_last=channels_last)
+                                  grad_clip=s.grad_clip, channels_last=channels_last)
         scheduler.step()
         if not math.isfinite(metrics.loss):
             return 0.0, 0.0
@@ -336,7 +396,8 @@ def _start_worker(settings: dict[str, Any]) -> None:
         torch.set_num_threads(s.threads)
         tune_malloc(pick_device(s.device))  # a fresh process: every run on the CPU does this
         evaluator = TrainEvaluator.__new__(TrainEvaluator)
-        evaluator.space, evaluator.workers, evaluator.settings = importlib.import_module(s.space_module), 1, s
+        evaluator.space = importlib.import_module(s.space_module)
+        evaluator.workers, evaluator.settings = 1, s
         evaluator._pool = evaluator._finalizer = None
         evaluator._loaded = _load_data(s, download=False)  # the main process downloaded it
         _worker = evaluator
