@@ -201,7 +201,18 @@ def _retrain_command(cfg, run_dir: Path) -> str:
         args += ["--space", cfg.space]
     if cfg.dataset != "cifar10":
         args += ["--dataset", cfg.dataset]
+    if cfg.dataset != "synthetic" and cfg.data != "data":
+        args += ["--data", cfg.data]
+    for flag in ("image_size", "num_classes"):
+        if getattr(cfg, flag) is not None:
+            args += [f"--{flag}", str(getattr(cfg, flag))]
+    if cfg.dataset == "synthetic" and cfg.synthetic_size != 5000:
+        args += ["--synthetic_size", str(cfg.synthetic_size)]
     return shlex.join(args)
+
+
+def _seconds(cost: float) -> str:
+    return f"{cost:.1f}s" if cost < 60 else format_duration(cost)
 
 
 def make_evaluator(cfg, space: ModuleType, table: BenchmarkTable | None, run_dir: Path, logger):
@@ -235,7 +246,7 @@ def _discarded_if_empty(run_dir: Path, new: bool):
 
 def run(cfg, *, resume: str | os.PathLike | None = None) -> dict[str, Any]:
     """Runs (or, with `resume`, continues) a multi-trial search; returns result.json's dict."""
-    from darts.search import SearchConfig
+    from darts.search import SearchConfig, resolved
 
     if resume is not None:
         path = Path(resume)
@@ -245,7 +256,7 @@ def run(cfg, *, resume: str | os.PathLike | None = None) -> dict[str, Any]:
         except (OSError, ValueError) as e:
             raise UserError(f"--resume {resume}: cannot read its config.json ({e})") from None
         cfg = config_from_dict(SearchConfig, data, where=str(run_dir / "config.json"))
-    cfg = dataclasses.replace(cfg, plugins=plugins.absolute(cfg.plugins))
+    cfg = resolved(dataclasses.replace(cfg, plugins=plugins.absolute(cfg.plugins)))
     plugins.load(cfg.plugins)
     validate(cfg)
     space = space_module(cfg.space)
@@ -305,7 +316,7 @@ def _run(cfg, space, table, run_dir: Path, logger, resumed: bool) -> dict[str, A
         eta = elapsed / (n - done_before) * (cfg.budget - n)
         logger.info("[%d/%d] score %.3f reported %.3f cost %s | best %.3f (evaluation %d) | "
                     "ETA %s", n, cfg.budget, record["score"], record["reported"],
-                    format_duration(record["cost"]), best["score"], best["n"],
+                    _seconds(record["cost"]), best["score"], best["n"],
                     format_duration(eta))
         if n % batch == 0 or n == cfg.budget:
             _write_result(cfg, space, table, run_dir, best, n, spent[0], complete=False)

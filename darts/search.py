@@ -117,8 +117,9 @@ class SearchConfig:
         "benchmark evaluator: the table column a strategy maximises"))
     report: str = field(default="cifar10_test", metadata=_f(
         "benchmark evaluator: the table column reported for each candidate"))
-    eval_epochs: int = field(default=5, metadata=_f(
-        "train evaluator: epochs each candidate trains from scratch"))
+    eval_epochs: int = field(default=12, metadata=_f(
+        "train evaluator: epochs each candidate trains from scratch (NATS-Bench's 12-epoch "
+        "proxy)"))
     population: int | None = field(default=None, metadata=_f(
         "evolution: population (10, NAS-Bench-201's REA); ga: population (20)"))
     sample_size: int = field(default=3, metadata=_f(
