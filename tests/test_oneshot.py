@@ -3,13 +3,17 @@ et al. 2020): a single path is the supernet at one-hot weights and runs only the
 ops; training moves only the sampled path; BatchNorm is recalibrated per candidate; a
 trained supernet tells a dead cell from a working one; its weights survive a restart."""
 
+import json
 import random
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from conftest import ROOT
 from torch.utils.data import TensorDataset
 
 from darts.accel import accelerate
@@ -230,6 +234,26 @@ def test_recalibration_averages_the_batch_statistics_of_the_candidates_features(
     assert evaluator(arch).score == result.score
 
 
+def test_every_batchnorm_on_a_darts_path_and_only_those_is_recalibrated():
+    # Every op kind of the space, on the accelerated supernet that the evaluator builds.
+    every_op = genotype_from_edges(
+        [("max_pool_3x3", 0), ("avg_pool_3x3", 1), ("skip_connect", 0), ("sep_conv_3x3", 2),
+         ("sep_conv_5x5", 1), ("dil_conv_3x3", 3), ("dil_conv_5x5", 0), ("sep_conv_3x3", 4)],
+        [("max_pool_3x3", 0), ("avg_pool_3x3", 1), ("skip_connect", 0), ("sep_conv_5x5", 1),
+         ("dil_conv_3x3", 2), ("dil_conv_5x5", 3), ("skip_connect", 1), ("sep_conv_3x3", 4)])
+    evaluator = OneShotEvaluator(darts_cells, _data(12), _data(4), num_classes=5, init_channels=4,
+                                 layers=3, epochs=0, batch_size=4, bn_batches=3, valid_batches=1,
+                                 device="cpu", progress=False)
+    evaluator(every_op)
+    on_path = _path_prefixes(evaluator.supernet, every_op)
+    for name, m in evaluator.supernet.named_modules():
+        if isinstance(m, nn.BatchNorm2d):
+            in_ops = ".edges." in name
+            on = any(name.startswith(p) for p in on_path)
+            assert int(m.num_batches_tracked) == (3 if on or not in_ops else 0), name
+            assert m.momentum == 0.1
+
+
 # ------------------------------------------------------------------------------------------
 # (d) a training step moves only the sampled path
 
@@ -390,3 +414,18 @@ def test_the_search_runner_builds_it_from_its_config(tmp_path):
     result = evaluator(darts_cells.sample(random.Random(0)))
     assert 0 <= result.score <= 100 and (tmp_path / "supernet.pt").exists()
     assert any("oneshot supernet epoch 1/1" in line for line in lines)
+
+
+def test_the_benchmark_writes_its_json(tmp_path):
+    out = tmp_path / "oneshot.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_oneshot.py"), "--sizes",
+                    "small", "--spaces", "nb201", "--rounds", "1", "--bn_batches", "1",
+                    "--valid_batches", "1", "--threads", "1", "--device", "cpu", "--json",
+                    str(out)], check=True, capture_output=True, timeout=300)
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == "oneshot_evaluation" and result["device"] == "cpu"
+    (case,) = result["cases"]
+    assert (case["space"], case["size"], case["batch_size"]) == ("nb201", "small", 32)
+    for what in ("evaluation", "forward", "train_step"):
+        r = case[what]
+        assert r["speedup"] == pytest.approx(r["mixed_min_s"] / r["path_min_s"])
