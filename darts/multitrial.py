@@ -196,7 +196,7 @@ def _benchmark_result(table: BenchmarkTable | None, space: ModuleType, best: Any
 
 def _retrain_command(cfg, run_dir: Path) -> str:
     path = str(run_dir / RESULT_FILES[cfg.space])
-    args = ["python", "train_final.py", "--genotype", path]
+    args = ["python", "train_final.py", "--arch" if cfg.space == "cnn" else "--genotype", path]
     if cfg.space != "darts":
         args += ["--space", cfg.space]
     if cfg.dataset != "cifar10":

@@ -126,12 +126,48 @@ def nb201_graph(arch: NB201Arch, *, title: str | None = None,
     return g
 
 
+def cnn_graph(arch: Any, *, title: str | None = None, format: str = "png") -> graphviz.Digraph:
+    """A plain CNN (darts.spaces.cnn), left to right: the image, one box per conv layer (its
+    kernel and width, then its pooling), global average pooling and the classifier."""
+    g = graphviz.Digraph(
+        name="network", format=format, graph_attr={"rankdir": "LR"},
+        node_attr={"style": "filled", "shape": "rect", "fontsize": "20", "height": "0.5",
+                   "penwidth": "2", "fontname": "times"},
+        edge_attr={"fontsize": "20", "fontname": "times"},
+    )
+    if title:
+        g.attr(label=title, labelloc="t", fontsize="24", fontname="times")
+    names = ["image"]
+    g.node("image", fillcolor=INPUT_COLOR)
+    for k, layer in enumerate(arch.layers):
+        name = f"conv{k}"
+        label = f"conv {layer.kernel}x{layer.kernel}, {layer.width}"
+        if layer.pool != "none":
+            label += f"\\n{layer.pool} pool 2x2"
+        g.node(name, label=label, fillcolor=NODE_COLOR)
+        names.append(name)
+    g.node("head", label="avg pool, linear", fillcolor=OUTPUT_COLOR)
+    names.append("head")
+    for a, b in zip(names, names[1:], strict=False):
+        g.edge(a, b, fillcolor="gray")
+    return g
+
+
+def _is_cnn(cell: Any) -> bool:
+    return type(cell).__name__ == "CNNArch"
+
+
 def kinds_of(cell: Any) -> tuple[str, ...]:
-    """The pictures of a cell: a DARTS genotype has two, a NAS-Bench-201 arch one."""
+    """The pictures of a cell: a DARTS genotype has two, a NAS-Bench-201 arch one, a plain
+    CNN one (the network)."""
+    if _is_cnn(cell):
+        return ("network",)
     return ("cell",) if isinstance(cell, NB201Arch) else ("normal", "reduce")
 
 
 def _graph(cell: Any, kind: str, format: str) -> graphviz.Digraph:
+    if _is_cnn(cell):
+        return cnn_graph(cell, format=format)
     if isinstance(cell, NB201Arch):
         return nb201_graph(cell, format=format)
     return cell_graph(cell, kind == "reduce", format=format)

@@ -126,3 +126,22 @@ def test_the_command_line_runs_a_strategy(tmp_path, table_path):
          "--evaluator", "benchmark", "--budget", "12", "--save", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+
+
+def test_a_cnn_search_trains_candidates_and_draws_the_best(tmp_path):
+    from darts.spaces import cnn
+    from darts.visualize import dot_available
+
+    result = run(SearchConfig(strategy="random", space="cnn", evaluator="train",
+                              dataset="synthetic", synthetic_size=48, image_size=8,
+                              eval_epochs=1, batch_size=16, budget=2, workers=1, seed=0,
+                              save=str(tmp_path), name="cnn", progress=False, device="cpu"))
+    run_dir = tmp_path / "cnn"
+    history = untimed(run_dir / "history.jsonl")
+    assert len(history) == 2 and all(0 <= r["score"] <= 100 and r["cost"] > 0 for r in history)
+    best = cnn.load_arch(str(run_dir / "cnn.json"), "cnn.json")
+    assert str(best) == result["best_arch"] == max(history, key=lambda r: r["score"])["candidate"]
+    log = (run_dir / "log.txt").read_text()
+    assert "--arch " + str(run_dir / "cnn.json") in log
+    if dot_available():
+        assert (run_dir / "network.png").read_bytes()[:4] == b"\x89PNG"
