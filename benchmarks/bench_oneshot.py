@@ -18,8 +18,10 @@ process, alternating the two sides within each round (so that a noisy moment hit
 Each round draws a new candidate (seeded). The supernet is built as the evaluator builds it
 (`darts.accel.accelerate`, channels-last on the CPU); the weights are untrained, which does
 not change the time. A case's speedup is the ratio of the minima (a virtual machine's host
-only ever adds time), with the medians beside; the evaluation's cost grows linearly with
-bn_batches + valid_batches (100 + 10 by default), so the ratio holds at the defaults.
+only ever adds time), with the medians beside. As the training scripts do, glibc's malloc
+keeps freed memory in the process (`--no-tune_malloc`: glibc's defaults). An evaluation's
+cost grows linearly with bn_batches + valid_batches (100 + 10 by default), so its ratio
+holds at the defaults.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import time
 
 import torch
 import torch.nn as nn
-from common import environment, steal_s, sync, write_json
+from common import add_malloc_argument, apply_malloc, environment, steal_s, sync, write_json
 from torch.utils.data import TensorDataset
 
 from darts.evaluators.oneshot import OneShotEvaluator
@@ -149,6 +151,7 @@ def main(argv=None) -> int:
                    help="scoring batches per evaluation (the evaluator's default: 10)")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: as is)")
     p.add_argument("--json", help="write the result here")
+    add_malloc_argument(p)
     args = p.parse_args(argv)
     sizes, spaces = args.sizes.split(","), args.spaces.split(",")
     for name, chosen, known in (("--sizes", sizes, ("small", "default")),
@@ -160,9 +163,11 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
+    malloc = apply_malloc(args, device)
     cases = [measure(space, size, args, device) for space in spaces for size in sizes]
     write_json({"benchmark": "oneshot_evaluation", "device": str(device),
-                "environment": environment(device), "rounds": args.rounds, "cases": cases},
+                "environment": environment(device), "malloc": malloc, "rounds": args.rounds,
+                "cases": cases},
                args.json)
     return 0
 
