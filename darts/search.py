@@ -120,6 +120,13 @@ class SearchConfig:
     eval_epochs: int = field(default=12, metadata=_f(
         "train evaluator: epochs each candidate trains from scratch (NATS-Bench's 12-epoch "
         "proxy)"))
+    oneshot_epochs: int | None = field(default=None, metadata=_f(
+        "oneshot evaluator: epochs of the supernet's uniform single-path training (nb201 250, "
+        "NAS-Bench-201's RSPS; darts 100, Li & Talwalkar's code)"))
+    bn_batches: int = field(default=100, metadata=_f(
+        "oneshot evaluator: training batches that recompute a candidate's BatchNorm statistics"))
+    valid_batches: int = field(default=10, metadata=_f(
+        "oneshot evaluator: held-out batches that score a candidate"))
     population: int | None = field(default=None, metadata=_f(
         "evolution: population (10, NAS-Bench-201's REA); ga: population (20)"))
     sample_size: int = field(default=3, metadata=_f(

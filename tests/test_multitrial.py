@@ -145,3 +145,15 @@ def test_a_cnn_search_trains_candidates_and_draws_the_best(tmp_path):
     assert "--arch " + str(run_dir / "cnn.json") in log
     if dot_available():
         assert (run_dir / "network.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_oneshot_search_trains_its_supernet_once(tmp_path, table_path):
+    cfg = config(tmp_path, table_path, evaluator="oneshot", dataset="synthetic",
+                 synthetic_size=32, image_size=8, layers=1, init_channels=4, oneshot_epochs=1,
+                 bn_batches=1, valid_batches=1, batch_size=8, budget=4, workers=0, device="cpu")
+    result = run(cfg)
+    run_dir = tmp_path / "run"
+    assert (run_dir / "supernet.pt").exists() and result["evaluations"] == 4
+    assert "benchmark" in result  # a table given beside another evaluator still scores the best
+    log = (run_dir / "log.txt").read_text()
+    assert log.count("epoch 1/1") == 1
