@@ -76,7 +76,7 @@ class Regularizer:
     def __call__(self, model: nn.Module) -> torch.Tensor:
         term = self.term(model)
         if self._current is None or self._current.device != term.device:
-            self._current = torch.tensor(self.current, device=term.device)
+            self._current = torch.tensor(self.current, dtype=torch.float64, device=term.device)
         return self._current.to(term.dtype) * term
 
 
