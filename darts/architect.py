@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
+from darts.methods.mixing import one_sample
 from darts.train.distributed import Dist, average_
 from darts.train.engine import FLOAT32, Precision, split_output
 
@@ -154,11 +155,13 @@ class Architect:
 
     def gradient(self, train_batch: Batch, val_batch: Batch, xi: float) -> tuple[Tensors, torch.Tensor]:
         """This rank's alpha gradient of the step (first or second order, plus the gradient of
-        the architecture loss where there is one) and the validation loss."""
-        if self.order == 1:
-            grads, val_loss = self.first_order_gradient(val_batch)
-        else:
-            grads, val_loss = self.unrolled_gradient(train_batch, val_batch, xi)
+        the architecture loss where there is one) and the validation loss. With a stochastic
+        sampler (darts.methods.mixing) all forward passes of the step see one sample."""
+        with one_sample(self.model):
+            if self.order == 1:
+                grads, val_loss = self.first_order_gradient(val_batch)
+            else:
+                grads, val_loss = self.unrolled_gradient(train_batch, val_batch, xi)
         if self.arch_loss is not None:
             extra = torch.autograd.grad(self.arch_loss(self.model), self.alphas,
                                         allow_unused=True)

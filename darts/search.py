@@ -41,6 +41,9 @@ from darts.accel.device_data import (
 from darts.architect import ARCH_LOSSES, Architect
 from darts.errors import UserError
 from darts.genotype import genotype_from_dict, save_genotype
+from darts.methods import schedule
+from darts.methods.mixing import SAMPLERS, build_sampler
+from darts.methods.regularizers import REGULARIZERS, build_regularizer, check_flags, combine
 from darts.nb201 import BenchmarkTable
 from darts.primitives import OPS, PRIMITIVES
 from darts.space import SearchSpace
@@ -173,6 +176,20 @@ class SearchConfig:
     arch_loss: str = field(default="none", metadata=_f(
         "a term added to the loss the alphas minimise: none, or one registered with "
         "register_arch_loss in a --plugins file"))
+    # Collapse fixes, I: how mixing weights are made, what the alpha loss adds (docs/collapse.md)
+    sampler: str = field(default="softmax", metadata=_f(
+        "how the alphas become mixing weights: softmax (DARTS), gdas (a hard Gumbel-softmax "
+        "sample, one op per edge), drnas (a Dirichlet sample), fairdarts (sigmoid)",
+        choices=SAMPLERS))
+    tau_max: float = field(default=10.0, metadata=_f(
+        "gdas: Gumbel-softmax temperature at the first epoch, falling linearly to --tau_min"))
+    tau_min: float = field(default=0.1, metadata=_f("gdas: temperature at the last epoch"))
+    regularizer: str = field(default="none", metadata=_f(
+        "a published term added to the alpha loss: none, beta (beta-DARTS, weight rising "
+        "linearly), zero-one (FairDARTS), drnas-kl, drnas-l2 (DrNAS)", choices=REGULARIZERS))
+    reg_weight: float | None = field(default=None, metadata=_f(
+        "the regularizer's weight (beta 50, reached linearly; zero-one 10; drnas-kl and "
+        "drnas-l2 1e-3)"))
     plugins: str = field(default="", metadata=_f(
         "comma-separated Python files (or module names) imported first, whose register_op, "
         "register_mixing and register_arch_loss calls --ops, --mixing and --arch_loss can "
@@ -320,6 +337,7 @@ def validate(cfg: SearchConfig) -> None:
     if cfg.arch_loss not in ARCH_LOSSES:
         raise UserError(f"--arch_loss {cfg.arch_loss}: known losses: {', '.join(ARCH_LOSSES)} "
                         f"(a loss of your own: register_arch_loss in a file given to --plugins)")
+    check_flags(cfg)  # --sampler, --regularizer (darts.methods)
 
 
 def op_list(ops: str) -> tuple[str, ...]:
@@ -424,6 +442,7 @@ def run(cfg: SearchConfig, *, resume: str | None = None,
         # Checked before the run directory is made: a flag that cannot work leaves nothing.
         graphs = cuda_graphs_enabled(cfg.cuda_graphs, device, distributed=d.enabled,
                                      amp=cfg.amp, compile=cfg.compile)
+        graphs = graphs and cfg.sampler in ("softmax", "fairdarts")  # samplers draw per step
         seed_everything(cfg.seed)
         train_set, _, info = build_datasets(
             cfg.dataset, cfg.data, cutout_length=cfg.cutout_length if cfg.cutout else 0,
@@ -453,12 +472,14 @@ def batch_edges(flag: str, device: torch.device) -> bool:
 def build_supernet(cfg: SearchConfig, num_classes: int, device: torch.device) -> nn.Module:
     """The supernet of `cfg` on `device`, in its memory format (not yet compiled)."""
     cfg = resolved(cfg)
+    sampler = build_sampler(cfg.sampler, tau_max=cfg.tau_max, tau_min=cfg.tau_min)
     if cfg.space == "nb201":
-        model = NB201SearchNetwork(num_classes, C=cfg.init_channels, N=cfg.layers)
+        model = NB201SearchNetwork(num_classes, C=cfg.init_channels, N=cfg.layers, sampler=sampler)
     else:
         model = SearchNetwork(cfg.init_channels, num_classes, cfg.layers, search_space(cfg),
                               partial_channels=cfg.partial_channels,
-                              checkpoint_cells=cfg.checkpoint_cells, mixing=cfg.mixing)
+                              checkpoint_cells=cfg.checkpoint_cells, mixing=cfg.mixing,
+                              sampler=sampler)
     model = accelerate(model, batch_edges=batch_edges(cfg.batch_edges, device)).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -478,10 +499,17 @@ def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, float(cfg.epochs),
                                                            eta_min=cfg.learning_rate_min)
     precision = Precision.from_flag(cfg.amp, device)
+    regularizer = build_regularizer(cfg.regularizer, cfg.reg_weight)
+    # DrNAS's terms take the place of Adam's weight decay on the alphas (their architect).
+    replaces = getattr(regularizer, "replaces_arch_weight_decay", False)
     architect = Architect(model, criterion, optimizer, order=cfg.order, hessian=cfg.hessian,
-                          lr=cfg.arch_learning_rate, weight_decay=cfg.arch_weight_decay,
+                          lr=cfg.arch_learning_rate,
+                          weight_decay=0.0 if replaces else cfg.arch_weight_decay,
                           fd_epsilon=cfg.fd_epsilon, precision=precision, dist=d,
-                          capturable=graphs, arch_loss=ARCH_LOSSES[cfg.arch_loss])
+                          capturable=graphs,
+                          arch_loss=combine(ARCH_LOSSES[cfg.arch_loss], regularizer))
+    # What hears the epoch before it runs (darts.methods.schedule): samplers, alpha losses.
+    pieces = [getattr(model, "sampler", None), architect.arch_loss]
 
     if ckpt is not None:
         weight_idx, alpha_idx = restore(run_dir, lambda: _split_of(ckpt["split"]))
@@ -540,6 +568,7 @@ def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d
 
     timer = EpochTimer(cfg.epochs, start_epoch)
     for epoch in range(start_epoch, cfg.epochs):
+        schedule.set_epoch(pieces, epoch, cfg.epochs)
         timer.start()
         lr = scheduler.get_last_lr()[0]
         arch_meter = MetricSum(device)
@@ -570,6 +599,7 @@ def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d
         if d.is_main:
             cells.save(genotype, run_dir / cells.folder / f"epoch_{epoch + 1:03d}.json")
         stats = arch_statistics(model, genotype, cells)
+        stats.update({f"arch/{k}": v for k, v in schedule.scalars(pieces).items()})
         arch_loss = arch_meter.result().loss
         record = {"epoch": epoch + 1, "lr": lr, "train_loss": train.loss, "train_top1": train.top1,
                   "valid_loss": valid.loss, "valid_top1": valid.top1, "valid_top5": valid.top5,

@@ -131,6 +131,7 @@ class MixedOp(nn.Module):
             raise ValueError(f"partial_channels={partial_channels} must be a positive divisor "
                              f"of the edge's {C} channels")
         self.partial_channels = partial_channels
+        self.stride = stride
         C_op = C // partial_channels
         self.ops = nn.ModuleList()
         columns = []
@@ -173,6 +174,16 @@ class MixedOp(nn.Module):
         forward(x, w) for w one-hot on that column, running only that op."""
         return self.ops[self.columns.index(column)](x)
 
+    def forward_sampled(self, x: torch.Tensor, weights: torch.Tensor, column: int) -> torch.Tensor:
+        """A hard sample (GDAS, darts.methods.mixing): `weights` one-hot in value on `column`;
+        only that op runs (none: zeros), times its weight, plus the other weights as scalars
+        (value 0) that carry their straight-through gradient, as GDAS's code (forward_gdas)."""
+        others = torch.cat([weights[:column], weights[column + 1:]]).sum()
+        if column not in self.columns:  # none
+            s = self.stride
+            return torch.zeros_like(x[:, :, ::s, ::s]) + others
+        return weights[column] * self.forward_op(x, column) + others
+
 
 class SearchCell(nn.Module):
     """A cell with every edge a MixedOp; its output concatenates the last `multiplier` nodes."""
@@ -197,10 +208,12 @@ class SearchCell(nn.Module):
         self.executor = None
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
-                edge_weights: torch.Tensor | None = None) -> torch.Tensor:
+                edge_weights: torch.Tensor | None = None,
+                columns: tuple[int, ...] | None = None) -> torch.Tensor:
         """node_j = sum over its edges e = (i -> j) of MixedOp_e(s_i) (with PC-DARTS's edge
-        normalisation, each edge weighted by `edge_weights[e]`)."""
-        if self.executor is not None:
+        normalisation, each edge weighted by `edge_weights[e]`). `columns`: a hard sample's
+        op per edge (GDAS), each edge running only that op (`MixedOp.forward_sampled`)."""
+        if self.executor is not None and columns is None:
             out = self.executor(s0, s1, weights, edge_weights)
             if out is not None:
                 return out
@@ -209,7 +222,8 @@ class SearchCell(nn.Module):
             node = 0
             for e, (target, i) in enumerate(self.edge_list):
                 if target == j:
-                    y = self.edges[e](states[i], weights[e])
+                    y = (self.edges[e](states[i], weights[e]) if columns is None
+                         else self.edges[e].forward_sampled(states[i], weights[e], columns[e]))
                     node = node + (y if edge_weights is None else edge_weights[e] * y)
             states.append(node)
         return torch.cat(states[-self.multiplier:], dim=1)
@@ -285,11 +299,19 @@ class SearchNetwork(nn.Module):
     def __init__(self, C: int = 16, num_classes: int = 10, layers: int = 8,
                  space: SearchSpace = DARTS_SPACE, stem_multiplier: int = 3,
                  in_channels: int = 3, partial_channels: int = 1,
-                 checkpoint_cells: bool = False, mixing: str = "softmax"):
+                 checkpoint_cells: bool = False, mixing: str = "softmax", sampler=None):
         super().__init__()
         if mixing not in MIXING_RULES:
             raise ValueError(f"unknown mixing rule {mixing!r}; known: {', '.join(MIXING_RULES)}")
         self.mixing = mixing
+        # A stochastic rule of darts.methods.mixing (GDAS, DrNAS, FairDARTS) in place of the
+        # mixing rule; None: the rule (DARTS's softmax).
+        self.sampler = sampler
+        if sampler is not None and (mixing != "softmax" or (sampler.single_path and (
+                partial_channels > 1 or checkpoint_cells))):
+            raise ValueError(f"sampler {sampler.name!r} takes the place of the mixing rule"
+                             + (" and runs one op per edge: not with partial channels or "
+                                "checkpointed cells" if sampler.single_path else ""))
         if partial_channels < 1 or C % partial_channels:
             raise ValueError(f"partial_channels={partial_channels} must be a positive divisor "
                              f"of the {C} initial channels (each edge's ops get C / "
@@ -340,13 +362,18 @@ class SearchNetwork(nn.Module):
         return [p for _, p in self.named_network_parameters()]
 
     # -- the relaxation ----------------------------------------------------------------------
-    def mixing_weights(self, detach: bool = False) -> MixingWeights:
+    def mixing_weights(self, detach: bool = False, *, forward: bool = False) -> MixingWeights:
         """The mixing rule of the alphas (softmax over the ops of each edge in DARTS), for the
         normal and the reduction cells; with K > 1 followed by both cells' edge weights
-        (`normalized_edge_weights`)."""
+        (`normalized_edge_weights`). With a sampler: a sample in training with gradients on,
+        else its deterministic weights (`forward`: those the supernet runs in evaluation)."""
         arch = [p.detach() if detach else p for p in self.arch_parameters()]
-        rule = MIXING_RULES[self.mixing]
-        ops = (rule(arch[0]), rule(arch[1]))
+        if self.sampler is not None:
+            ops = self.sampler(arch[:2], sample=self.training and torch.is_grad_enabled(),
+                               forward=forward)
+        else:
+            rule = MIXING_RULES[self.mixing]
+            ops = (rule(arch[0]), rule(arch[1]))
         if self.partial_channels == 1:
             return ops
         steps = self.space.steps
@@ -355,7 +382,9 @@ class SearchNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor, weights: MixingWeights | None = None) -> torch.Tensor:
         """Logits at the given mixing weights (default: the current `mixing_weights()`)."""
-        weights = self.mixing_weights() if weights is None else tuple(weights)
+        weights = self.mixing_weights(forward=True) if weights is None else weights
+        columns = getattr(weights, "columns", None)  # a hard sample: one op per edge
+        weights = tuple(weights)
         if len(weights) not in (2, 4) or (self.partial_channels > 1 and len(weights) != 4):
             raise ValueError(
                 f"expected {'4' if self.partial_channels > 1 else '2 or 4'} mixing weights "
@@ -369,6 +398,8 @@ class SearchNetwork(nn.Module):
             w, e = (w_reduce, e_reduce) if cell.reduction else (w_normal, e_normal)
             if checkpointed:
                 s0, s1 = s1, _checkpointed_cell(cell, s0, s1, w, e)
+            elif columns is not None:
+                s0, s1 = s1, cell(s0, s1, w, e, columns[int(cell.reduction)])
             else:
                 s0, s1 = s1, cell(s0, s1, w, e)
         return self.classifier(torch.flatten(self.global_pooling(s1), 1))

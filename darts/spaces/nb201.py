@@ -269,6 +269,14 @@ class NB201MixedOp(nn.Module):
         """The op of column `column` alone: forward(x, w) for w one-hot on it (not `none`)."""
         return self.ops[self.columns.index(column)](x)
 
+    def forward_sampled(self, x: torch.Tensor, weights: torch.Tensor, column: int) -> torch.Tensor:
+        """A hard sample (GDAS): only op `column` runs (none: zeros), times its weight, plus
+        the other weights as scalars (value 0, their straight-through gradient)."""
+        others = torch.cat([weights[:column], weights[column + 1:]]).sum()
+        if column not in self.columns:
+            return torch.zeros_like(x) + others
+        return weights[column] * self.forward_op(x, column) + others
+
 
 class NB201SearchCell(nn.Module):
     """The cell with every edge a mixed op; node i = sum over j < i of MixedOp_ij(node j)."""
@@ -277,10 +285,13 @@ class NB201SearchCell(nn.Module):
         super().__init__()
         self.edges = nn.ModuleList(NB201MixedOp(C, primitives) for _ in EDGES)
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, weights: torch.Tensor,
+                columns: tuple[int, ...] | None = None) -> torch.Tensor:
+        """`columns`: a hard sample's op per edge (GDAS), each edge running only that op."""
         nodes = [x]
         for i in range(1, NODES):
-            nodes.append(sum(self.edges[e](nodes[j], weights[e])
+            nodes.append(sum(self.edges[e](nodes[j], weights[e]) if columns is None
+                             else self.edges[e].forward_sampled(nodes[j], weights[e], columns[e])
                              for e, (target, j) in enumerate(EDGES) if target == i))
         return nodes[-1]
 
@@ -336,8 +347,9 @@ class NB201SearchNetwork(nn.Module):
     """The supernet: the benchmark's network with every edge a mixed op, one (6, 5) alpha
     matrix shared by all cells (1e-3 * N(0, 1), as DARTS), softmax mixing (eq. 2)."""
 
-    def __init__(self, num_classes: int = 10, C: int = 16, N: int = 5):
+    def __init__(self, num_classes: int = 10, C: int = 16, N: int = 5, sampler=None):
         super().__init__()
+        self.sampler = sampler  # darts.methods.mixing (GDAS, DrNAS, FairDARTS); None: softmax
         self.stem, self.body, C_last = _macro(C, N, lambda c: NB201SearchCell(c))
         self.lastact = nn.Sequential(nn.BatchNorm2d(C_last), nn.ReLU())
         self.classifier = nn.Linear(C_last, num_classes)
@@ -352,15 +364,23 @@ class NB201SearchNetwork(nn.Module):
     def network_parameters(self) -> list[nn.Parameter]:
         return [p for _, p in self.named_network_parameters()]
 
-    def mixing_weights(self, detach: bool = False) -> tuple[torch.Tensor, ...]:
+    def mixing_weights(self, detach: bool = False, *,
+                       forward: bool = False) -> tuple[torch.Tensor, ...]:
+        """softmax(alpha); with a sampler, a sample in training with gradients on, else its
+        deterministic weights (`forward`: those the supernet runs in evaluation)."""
         alphas = self.alphas.detach() if detach else self.alphas
+        if self.sampler is not None:
+            return self.sampler([alphas], sample=self.training and torch.is_grad_enabled(),
+                                forward=forward)
         return (F.softmax(alphas, dim=-1),)
 
     def forward(self, x: torch.Tensor, weights: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
-        (w,) = self.mixing_weights() if weights is None else tuple(weights)
+        weights = self.mixing_weights(forward=True) if weights is None else weights
+        columns = getattr(weights, "columns", (None,))[0]  # a hard sample: one op per edge
+        (w,) = tuple(weights)
         x = self.stem(x)
         for block in self.body:
-            x = block(x, w) if isinstance(block, NB201SearchCell) else block(x)
+            x = block(x, w, columns) if isinstance(block, NB201SearchCell) else block(x)
         x = F.adaptive_avg_pool2d(self.lastact(x), 1).flatten(1)
         return self.classifier(x)
 
