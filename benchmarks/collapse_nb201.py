@@ -1,0 +1,114 @@
+"""DARTS and its published collapse fixes on NAS-Bench-201's space: the derived cell, its skip
+connections and its table score, per method and seed.
+
+    python benchmarks/collapse_nb201.py --benchmark nb201.csv --data ../shared/data/cifar10-5k \\
+        --dataset folder --seeds 3 --json benchmarks/results/cpu-amd-epyc/collapse_nb201.json
+
+Each (method, seed) is one `train_search.py --space nb201 --method M` run; the rows are read
+back from its metrics.json (the derived cell and its skip connections after every epoch). The
+benchmark's protocol is 50 epochs on CIFAR-10 with C = 16, N = 5 (`--protocol benchmark`).
+`--protocol reduced` is what 2 CPU cores can run: C = 8, N = 1, 16-pixel images, 10 epochs,
+batch 64, first order for every method; warm-up epochs scaled by 10/50 of the method's own,
+P-DARTS's epochs and batch size and PC-DARTS's batch size and learning rate left at DARTS's so
+that every method sees the same data. A reduced run shows whether a method collapses in this
+setting, not its published number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+METHODS = ("darts", "gdas", "drnas", "beta-darts", "sdarts-rs", "sdarts-adv", "darts-minus",
+           "pdarts", "pc-darts")
+
+# Published CIFAR-10 test accuracy (%) of each method's cell on NAS-Bench-201 (mean of runs),
+# with the source. DARTS's collapsed cell is the all-skip cell.
+PUBLISHED = {
+    "darts": (54.30, "Dong & Yang, ICLR 2020 (NAS-Bench-201), DARTS's all-skip cell"),
+    "gdas": (93.61, "Dong & Yang, ICLR 2020 (NAS-Bench-201)"),
+    "drnas": (94.36, "Chen et al., ICLR 2021 (DrNAS)"),
+    "beta-darts": (94.36, "Ye et al., CVPR 2022 (beta-DARTS)"),
+    "sdarts-rs": (None, ""),
+    "sdarts-adv": (None, ""),
+    "darts-minus": (93.80, "Chu et al., ICLR 2021 (DARTS-)"),
+    "pdarts": (None, ""),
+    "pc-darts": (None, ""),
+}
+
+REDUCED = ["--layers", "1", "--init_channels", "8", "--image_size", "16", "--epochs", "10",
+           "--batch_size", "64", "--order", "1"]
+REDUCED_PER_METHOD = {
+    "pdarts": ["--warmup_epochs", "2", "--learning_rate_min", "0.001", "--arch_learning_rate",
+               "3e-4"],
+    "pc-darts": ["--warmup_epochs", "3", "--learning_rate", "0.025", "--arch_learning_rate",
+                 "3e-4"],
+}
+
+
+def run_one(method: str, seed: int, args, save: Path) -> dict:
+    name = f"{method}-s{seed}"
+    command = [sys.executable, str(ROOT / "train_search.py"), "--space", "nb201",
+               "--method", method, "--dataset", args.dataset, "--seed", str(seed),
+               "--save", str(save), "--name", name, "--no-progress", "--no-tensorboard"]
+    if args.data:
+        command += ["--data", args.data]
+    if args.benchmark:
+        command += ["--benchmark", args.benchmark]
+    if args.protocol == "reduced":
+        command += REDUCED + REDUCED_PER_METHOD.get(method, [])
+    start = time.perf_counter()
+    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if out.returncode != 0:
+        return {"method": method, "seed": seed, "error": out.stderr.strip()[-500:]}
+    metrics = json.loads((save / name / "metrics.json").read_text())
+    history = metrics["history"]
+    row = {"method": method, "seed": seed, "arch": metrics["genotype"],
+           "skip_connect": history[-1]["skip_connect_normal"],
+           "skips_per_epoch": [h["skip_connect_normal"] for h in history],
+           "archs_per_epoch": [h["genotype"] for h in history],
+           "epochs_done": metrics["epochs_done"], "search_time_s": metrics["search_time_s"],
+           "wall_s": wall, "command": " ".join(command[1:])}
+    if "benchmark" in metrics:
+        row["benchmark"] = metrics["benchmark"]
+    return row
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--dataset", default="cifar10")
+    parser.add_argument("--data", default="")
+    parser.add_argument("--benchmark", default="", help="a NAS-Bench-201 CSV table")
+    parser.add_argument("--protocol", choices=("reduced", "benchmark"), default="reduced")
+    parser.add_argument("--json", required=True)
+    args = parser.parse_args(argv)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for method in args.methods.split(","):
+            for seed in range(args.seeds):
+                row = run_one(method, seed, args, Path(tmp))
+                rows.append(row)
+                shown = row.get("error") or (f"{row['arch']} skips {row['skip_connect']} "
+                                             f"{row['search_time_s']:.0f}s")
+                print(f"{method} seed {seed}: {shown}", flush=True)
+                Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.json).write_text(json.dumps(
+                    {"protocol": args.protocol, "dataset": args.dataset, "data": args.data,
+                     "benchmark": args.benchmark, "published": PUBLISHED, "runs": rows},
+                    indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
