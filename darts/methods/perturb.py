@@ -74,26 +74,31 @@ def _uniform(w: torch.Tensor, epsilon: float, generator: torch.Generator | None)
 def adversarial_perturbation(loss_of: Callable[[Weights], torch.Tensor],
                              weights: Sequence[torch.Tensor], epsilon: float,
                              steps: int = PGD_STEPS, random_start: bool = True,
-                             generator: torch.Generator | None = None) -> Weights:
+                             generator: torch.Generator | None = None) -> tuple[Weights, Weights]:
     """SDARTS-ADV: L-inf PGD on the op weights maximising `loss_of(weights)` (the training
-    loss), within eps of `weights`; step 2 eps / steps on the gradient's sign. Returns the
-    attack, or `weights` where the attack did not raise the loss."""
+    loss), within eps of `weights`; step 2 eps / steps on the gradient's sign, each iterate
+    renormalised (`simplex_clip`). Returns (the attack, the last step's deltas before its
+    renormalisation, each within eps), or (`weights`, zeros) where the attack did not raise
+    the loss."""
     k = _ops_part(weights)
     saved = tuple(w.detach() for w in weights)
     rest = saved[k:]
     with torch.no_grad():
         before = loss_of(saved)
-    current = saved[:k]
+    deltas = tuple(torch.zeros_like(a) for a in saved[:k])
     if random_start:
-        current = tuple(simplex_clip(w + _uniform(w, epsilon, generator)) for w in current)
+        deltas = tuple(_uniform(a, epsilon, generator) for a in saved[:k])
+    current = tuple(simplex_clip(a + d) for a, d in zip(saved[:k], deltas, strict=True))
     step = 2 * epsilon / steps
     for _ in range(steps):
         leaves = tuple(w.clone().requires_grad_() for w in current)
         grads = torch.autograd.grad(loss_of(leaves + rest), leaves)
-        current = tuple(simplex_clip(a + (w.detach() + step * g.sign() - a).clamp(-epsilon, epsilon))
-                        for w, g, a in zip(leaves, grads, saved[:k], strict=True))
+        deltas = tuple((w.detach() + step * g.sign() - a).clamp(-epsilon, epsilon)
+                       for w, g, a in zip(leaves, grads, saved[:k], strict=True))
+        current = tuple(simplex_clip(a + d) for a, d in zip(saved[:k], deltas, strict=True))
     with torch.no_grad():
         after = loss_of(current + rest)
     # SDARTS restores A if the attack lowered the loss: a select, not a host-side branch.
     keep = after >= before
-    return tuple(torch.where(keep, w, a) for w, a in zip(current, saved[:k], strict=True)) + rest
+    attack = tuple(torch.where(keep, w, a) for w, a in zip(current, saved[:k], strict=True))
+    return attack + rest, tuple(torch.where(keep, d, torch.zeros_like(d)) for d in deltas)

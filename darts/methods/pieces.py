@@ -154,7 +154,7 @@ class Pieces:
                 out = self.model(x, w)
                 return criterion(out[0] if isinstance(out, tuple) else out, y).float()
         try:
-            return perturbation.adversarial_perturbation(loss_of, weights, self.epsilon)
+            return perturbation.adversarial_perturbation(loss_of, weights, self.epsilon)[0]
         finally:
             self.model.train(training)
 
