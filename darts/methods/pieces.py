@@ -11,6 +11,7 @@ loop asks of them each epoch and step.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -72,6 +73,16 @@ def validate(cfg: Any) -> None:
     if cfg.mixing != "softmax" and (cfg.perturb != "none" or cfg.aux_skip > 0 or cfg.select == "pt"):
         raise UserError(f"--mixing {cfg.mixing}: --perturb, --aux_skip and --select pt act on "
                         f"softmax weights (their papers'); use --mixing softmax")
+
+
+def refuse_with_multitrial(cfg: Any) -> None:
+    """The pieces act on the gradient search; a multi-trial strategy has no alphas."""
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    given = [k for k in ("perturb", "aux_skip", "skip_dropout", "warmup_epochs", "max_skip",
+                         "select", "early_stop_skips") if getattr(cfg, k) != defaults[k]]
+    if given:
+        raise UserError(f"--{given[0]}: a piece of the gradient search (--strategy darts); "
+                        f"--strategy {cfg.strategy} has no alphas. Leave --{given[0]} out")
 
 
 def prepare_supernet(model: nn.Module, cfg: Any) -> nn.Module:
