@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import sys
 
+from darts.errors import UserError
 from darts.methods import presets
 from darts.search import SearchConfig, run
 from darts.train import cli
@@ -32,6 +33,15 @@ def main(argv: list[str] | None = None) -> int:
             given = cli.given_flags(cli.parse_args(SearchConfig, DESCRIPTION, "search", argv),
                                     SearchConfig)
             cfg = presets.apply(cfg, explicit=given - {"method"})
+            try:
+                return run(cfg, resume=resume)
+            except UserError as e:  # a flag the preset set: say so
+                flags = [k for k in presets.PRESETS[cfg.method]
+                         if k not in given and f"--{k}" in str(e)]
+                if flags:
+                    raise UserError(f"{e} (--method {cfg.method} sets --{flags[0]}; an explicit "
+                                    f"--{flags[0]} overrides it)") from None
+                raise
         return run(cfg, resume=resume)
 
     return cli.main(SearchConfig, run_method, DESCRIPTION, "search", argv)

@@ -635,7 +635,8 @@ def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d
                   "epoch_time_s": dt, "genotype": genotype.to_dict(), **schedule}
         if cfg.max_skip is not None:
             record["skip_connect_uncapped"] = pieces.uncapped_skips(cells, meta, genotype)
-        stopped = pieces.stop(record.get("skip_connect_uncapped", record["skip_connect_normal"]))
+        skips = record.get("skip_connect_uncapped", record["skip_connect_normal"])
+        stopped = pieces.stop(skips)  # DARTS+ counts before any --max_skip cap
         if stopped:
             record["early_stop"] = True
         if table is not None:
@@ -669,7 +670,7 @@ def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d
             on_epoch_end(epoch + 1, metrics)
         if stopped:
             logger.info("DARTS+: the normal cell has %d skip-connections (--early_stop_skips "
-                        "%d): the search stops after epoch %d", record["skip_connect_normal"],
+                        "%d): the search stops after epoch %d", skips,
                         cfg.early_stop_skips, epoch + 1)
             break
     select_cell()

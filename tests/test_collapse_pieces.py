@@ -482,3 +482,12 @@ def test_a_tiny_search_runs_with_each_piece(tmp_path, piece, space, order):
     if piece == "max-skip":
         assert all(r["skip_connect_normal"] == 0 for r in metrics["history"])
         assert all("skip_connect_uncapped" in r for r in metrics["history"])
+
+
+def test_a_preset_value_that_cannot_work_is_named_as_the_presets(tmp_path, capsys):
+    args = ["--dataset", "synthetic", "--space", "nb201", "--save", str(tmp_path),
+            "--method", "pc-darts"]
+    assert train_search.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--method pc-darts sets --partial_channels" in err
+    assert not list(tmp_path.iterdir())
