@@ -26,12 +26,13 @@ from darts.train.engine import MetricSum
 SMALL = SearchSpace(steps=2, multiplier=2)
 
 
-def tiny_darts(seed=0, dtype=torch.float64):
+# float32: on this CPU the first float64 forwards of a new shape take seconds each.
+def tiny_darts(seed=0, dtype=torch.float32):
     torch.manual_seed(seed)
     return SearchNetwork(4, 3, 3, SMALL).to(dtype)
 
 
-def batch(seed=1, n=8, dtype=torch.float64):
+def batch(seed=1, n=8, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, 3, 8, 8, generator=g, dtype=dtype), torch.randint(0, 3, (n,), generator=g)
 
@@ -74,7 +75,7 @@ def test_sdarts_adv_stays_within_eps_and_raises_the_training_loss():
     torch.manual_seed(0)
     attack, deltas = perturb.adversarial_perturbation(loss_of, a, 0.3)
     for w, d, base in zip(attack, deltas, a, strict=True):
-        assert d.abs().max() <= 0.3 + 1e-12
+        assert d.abs().max() <= 0.3 + 1e-6
         assert torch.allclose(w, perturb.simplex_clip(base + d))
     with torch.no_grad():
         assert loss_of(attack) > loss_of(a) + 1e-3
@@ -103,7 +104,7 @@ def test_a_perturbed_weight_step_leaves_the_alphas_and_trains_at_the_perturbed_w
     w = p.weight_step_weights()
     plain = model.mixing_weights(detach=True)
     gap = max((u - v).abs().max().item() for u, v in zip(w, plain, strict=True))
-    assert 0 < gap <= 2 * p.epsilon + 1e-9  # moved, by eps and the renormalisation at most
+    assert 0 < gap <= 2 * p.epsilon + 1e-6  # moved, by eps and the renormalisation at most
 
 
 # -- DARTS- ------------------------------------------------------------------------------------
@@ -141,10 +142,10 @@ def test_the_auxiliary_skip_is_the_papers_and_zero_beta_is_plain_darts(fast):
         expected = plain(x)
         for h in handles:
             h.remove()
-        torch.testing.assert_close(model(x), expected)
-        assert not torch.allclose(plain(x), expected)
+        torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(plain(x), expected, rtol=1e-2, atol=1e-3)
         p.aux.beta = 0.0
-        torch.testing.assert_close(model(x), plain(x))
+        torch.testing.assert_close(model(x), plain(x), rtol=1e-4, atol=1e-5)
 
 
 def test_the_auxiliary_skip_on_nb201_covers_every_edge():
