@@ -6,6 +6,7 @@
     python train_search.py --order 2 --hessian exact         # exact Hessian-vector products
     python train_search.py --dataset synthetic --epochs 2 --layers 5 --init_channels 8   # offline
     python train_search.py --resume runs/search-cifar10-...  # continue a stopped search
+    python train_search.py --method pc-darts                 # a published method's flag values
 
 The run directory ends with genotype.json; the last log line is the train_final.py command
 that retrains it.
@@ -15,13 +16,35 @@ from __future__ import annotations
 
 import sys
 
+from darts.errors import UserError
+from darts.methods import presets
 from darts.search import SearchConfig, run
 from darts.train import cli
 
+DESCRIPTION = "DARTS architecture search (the paper's settings by default)."
+
 
 def main(argv: list[str] | None = None) -> int:
-    return cli.main(SearchConfig, run, "DARTS architecture search (the paper's settings by default).",
-                    "search", argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+
+    def run_method(cfg: SearchConfig, resume: str | None = None):
+        """`--method NAME` sets its preset's flags, except those given explicitly."""
+        if resume is None and cfg.method:
+            given = cli.given_flags(cli.parse_args(SearchConfig, DESCRIPTION, "search", argv),
+                                    SearchConfig)
+            cfg = presets.apply(cfg, explicit=given - {"method"})
+            try:
+                return run(cfg, resume=resume)
+            except UserError as e:  # a flag the preset set: say so
+                flags = [k for k in presets.PRESETS[cfg.method]
+                         if k not in given and f"--{k}" in str(e)]
+                if flags:
+                    raise UserError(f"{e} (--method {cfg.method} sets --{flags[0]}; an explicit "
+                                    f"--{flags[0]} overrides it)") from None
+                raise
+        return run(cfg, resume=resume)
+
+    return cli.main(SearchConfig, run_method, DESCRIPTION, "search", argv)
 
 
 if __name__ == "__main__":

@@ -118,6 +118,8 @@ def validate(cfg) -> None:
         raise UserError(f"--budget {cfg.budget}: must be at least 1 evaluation")
     if cfg.budget_seconds < 0:
         raise UserError(f"--budget_seconds {cfg.budget_seconds}: must be 0 (off) or more")
+    from darts.methods.pieces import refuse_with_multitrial
+    refuse_with_multitrial(cfg)
     if evaluator == "benchmark":
         if cfg.space != "nb201":
             raise UserError(f"--evaluator benchmark: a NAS-Bench-201 table scores --space nb201, "

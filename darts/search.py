@@ -41,8 +41,11 @@ from darts.accel.device_data import (
 from darts.architect import ARCH_LOSSES, Architect
 from darts.errors import UserError
 from darts.genotype import genotype_from_dict, save_genotype
-from darts.methods import schedule
+from darts.methods import pieces as collapse
+from darts.methods import presets, schedule
 from darts.methods.mixing import SAMPLERS, build_sampler
+from darts.methods.perturb import PERTURBATIONS
+from darts.methods.presets import METHODS
 from darts.methods.regularizers import REGULARIZERS, build_regularizer, check_flags, combine
 from darts.nb201 import BenchmarkTable
 from darts.primitives import OPS, PRIMITIVES
@@ -190,6 +193,37 @@ class SearchConfig:
     reg_weight: float | None = field(default=None, metadata=_f(
         "the regularizer's weight (beta 50, reached linearly; zero-one 10; drnas-kl and "
         "drnas-l2 1e-3)"))
+    # Collapse fixes, II: perturbation, supernet, selection (docs/collapse.md)
+    method: str = field(default="", metadata=_f(
+        "a published method's flag values (an explicit flag overrides them; the log lists "
+        "them with their sources): darts, pdarts, pc-darts, sdarts-rs, sdarts-adv, "
+        "darts-minus, gdas, drnas, beta-darts", choices=("", *METHODS)))
+    perturb: str = field(default="none", metadata=_f(
+        "SDARTS: what perturbs the mixing weights of the weight step: none, random (SDARTS-RS, "
+        "uniform in [-eps, eps]) or adversarial (SDARTS-ADV, 7 steps of L-inf PGD); the "
+        "alphas are not changed", choices=PERTURBATIONS))
+    perturb_epsilon: float = field(default=0.3, metadata=_f(
+        "SDARTS: the largest eps, reached at the end of the linear ramp from 0.03 (their 0.3)"))
+    aux_skip: float = field(default=0.0, metadata=_f(
+        "DARTS-: beta0 of the auxiliary skip beta * x on every stride-1 edge, decaying "
+        "linearly to 0 over the search (theirs 1.0); 0 = off"))
+    skip_dropout: float = field(default=0.0, metadata=_f(
+        "P-DARTS: initial dropout rate on the skip-connections' outputs, decayed per epoch "
+        "as theirs (the pdarts preset: 0.7); 0 = off"))
+    warmup_epochs: int = field(default=0, metadata=_f(
+        "the alphas are not updated in the first N epochs (PC-DARTS 15, P-DARTS 10)"))
+    max_skip: int | None = field(default=None, metadata=_f(
+        "P-DARTS: at most K skip-connections in the decoded normal cell, the weakest skip "
+        "edges taking their next-best op (theirs 2); default: no cap"))
+    select: str = field(default="argmax", metadata=_f(
+        "how the cell is chosen at the end: argmax (DARTS's decoding) or pt (DARTS-PT's "
+        "perturbation-based projection, edge by edge on the validation accuracy)",
+        choices=("argmax", "pt")))
+    pt_interval: int = field(default=5, metadata=_f(
+        "DARTS-PT: epochs of tuning between two projections (their scripts' 5); 0 = none"))
+    early_stop_skips: int | None = field(default=None, metadata=_f(
+        "DARTS+: stop once the decoded normal cell has K or more skip-connections (theirs 2 "
+        "on CIFAR); default: never"))
     plugins: str = field(default="", metadata=_f(
         "comma-separated Python files (or module names) imported first, whose register_op, "
         "register_mixing and register_arch_loss calls --ops, --mixing and --arch_loss can "
@@ -338,6 +372,7 @@ def validate(cfg: SearchConfig) -> None:
         raise UserError(f"--arch_loss {cfg.arch_loss}: known losses: {', '.join(ARCH_LOSSES)} "
                         f"(a loss of your own: register_arch_loss in a file given to --plugins)")
     check_flags(cfg)  # --sampler, --regularizer (darts.methods)
+    collapse.validate(cfg)
 
 
 def op_list(ops: str) -> tuple[str, ...]:
@@ -480,6 +515,7 @@ def build_supernet(cfg: SearchConfig, num_classes: int, device: torch.device) ->
                               partial_channels=cfg.partial_channels,
                               checkpoint_cells=cfg.checkpoint_cells, mixing=cfg.mixing,
                               sampler=sampler)
+    model = collapse.prepare_supernet(model, cfg)
     model = accelerate(model, batch_edges=batch_edges(cfg.batch_edges, device)).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -492,6 +528,10 @@ def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d
                           logger.info, adapt=cfg.adapt_threads)
     model = build_supernet(cfg, info.num_classes, device)
     cells = cell_kind(cfg)
+    if cfg.select == "pt" and d.enabled:
+        raise UserError("--select pt runs on one process (each rank would measure its own "
+                        "shard); leave out torchrun or --select pt")
+    pieces = collapse.Pieces(cfg, model)  # the collapse pieces (darts.methods)
     criterion = nn.CrossEntropyLoss().to(device)
     optimizer = torch.optim.SGD(model.network_parameters(), cfg.learning_rate,
                                 momentum=cfg.momentum, weight_decay=cfg.weight_decay,
@@ -509,7 +549,7 @@ def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d
                           capturable=graphs,
                           arch_loss=combine(ARCH_LOSSES[cfg.arch_loss], regularizer))
     # What hears the epoch before it runs (darts.methods.schedule): samplers, alpha losses.
-    pieces = [getattr(model, "sampler", None), architect.arch_loss]
+    scheduled = [getattr(model, "sampler", None), architect.arch_loss]
 
     if ckpt is not None:
         weight_idx, alpha_idx = restore(run_dir, lambda: _split_of(ckpt["split"]))
@@ -538,6 +578,8 @@ def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d
         save_json(to_dict(cfg), run_dir / "config.json")
         logger.config(to_dict(cfg))
         logger.info("run directory %s", run_dir)
+        for line in presets.describe(cfg):
+            logger.info("%s", line)
     distributed.broadcast_state(model, d)  # identical replicas, whatever each rank drew
     compile_model(model, cfg.compile, logger.warning)
     n_weights = sum(p.numel() for p in model.network_parameters())
@@ -557,8 +599,22 @@ def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d
                 ", ".join(speed))
 
     meta = {"name": run_dir.name, "source": f"train_search.py, run {run_dir}"}
-    if start_epoch >= cfg.epochs:
-        logger.info("%s already finished its %d epochs", run_dir, cfg.epochs)
+
+    def select_cell() -> None:
+        """DARTS-PT's projection after the last epoch (once: recorded in the last record)."""
+        if cfg.select != "pt" or "selection" in history[-1]:
+            return
+        history[-1]["selection"] = collapse.pt_select(
+            pieces, cells, architect=architect, criterion=criterion, device=device,
+            valid_loader=valid_loader, weight_data=weight_data, alpha_stream=alpha_stream,
+            precision=precision, meta=meta, log=logger.info)
+        if d.is_main:
+            save_json(_metrics(cfg, history, complete=True), run_dir / "metrics.json")
+
+    stopped = bool(history) and history[-1].get("early_stop", False)
+    if start_epoch >= cfg.epochs or stopped:
+        logger.info("%s already finished (%d epochs)", run_dir, len(history))
+        select_cell()
         return _finish(cfg, run_dir, logger, history, d)
 
     weights = model.network_parameters()
@@ -568,15 +624,16 @@ def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d
 
     timer = EpochTimer(cfg.epochs, start_epoch)
     for epoch in range(start_epoch, cfg.epochs):
-        schedule.set_epoch(pieces, epoch, cfg.epochs)
+        schedule.set_epoch(scheduled, epoch, cfg.epochs)
         timer.start()
         lr = scheduler.get_last_lr()[0]
         arch_meter = MetricSum(device)
+        epoch_values = pieces.start_epoch(epoch)  # DARTS-'s beta, P-DARTS's dropout, SDARTS's eps
         train = train_one_epoch(
             model, weight_data.epoch(epoch), optimizer, criterion, device,
             grad_clip=cfg.grad_clip,
-            side_step=architect_side_step(architect, alpha_stream, lr, arch_meter),
-            forward=lambda x: model(x, model.mixing_weights(detach=True)),
+            side_step=pieces.side_step(architect, alpha_stream, lr, arch_meter),
+            forward=lambda x: model(x, pieces.weight_step_weights()),
             precision=precision, channels_last=cfg.channels_last,
             after_backward=average_weight_grads,
             reduce=lambda m: distributed.reduce_meter(m, d), cuda_graph=graphs,
@@ -595,16 +652,22 @@ def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d
             raise UserError(f"the search diverged at epoch {epoch + 1} (loss {train.loss}); "
                             f"lower --learning_rate or keep --grad_clip on")
 
-        genotype = cells.decode(model, meta)  # the same on every rank: the alphas are
+        genotype = pieces.decode(cells, meta)  # the same on every rank: the alphas are
         if d.is_main:
             cells.save(genotype, run_dir / cells.folder / f"epoch_{epoch + 1:03d}.json")
         stats = arch_statistics(model, genotype, cells)
-        stats.update({f"arch/{k}": v for k, v in schedule.scalars(pieces).items()})
+        stats.update({f"arch/{k}": v for k, v in schedule.scalars(scheduled).items()})
         arch_loss = arch_meter.result().loss
         record = {"epoch": epoch + 1, "lr": lr, "train_loss": train.loss, "train_top1": train.top1,
                   "valid_loss": valid.loss, "valid_top1": valid.top1, "valid_top5": valid.top5,
                   "arch_loss": arch_loss, **{k.split("/")[1]: v for k, v in stats.items()},
-                  "epoch_time_s": dt, "genotype": genotype.to_dict()}
+                  "epoch_time_s": dt, "genotype": genotype.to_dict(), **epoch_values}
+        if cfg.max_skip is not None:
+            record["skip_connect_uncapped"] = pieces.uncapped_skips(cells, meta, genotype)
+        skips = record.get("skip_connect_uncapped", record["skip_connect_normal"])
+        stopped = pieces.stop(skips)  # DARTS+ counts before any --max_skip cap
+        if stopped:
+            record["early_stop"] = True
         if table is not None:
             record["benchmark"] = table.score(genotype)
         history.append(record)
@@ -626,7 +689,7 @@ def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d
             "split": {"weights": weight_idx, "alphas": alpha_idx},
             "alpha_stream": alpha_stream.state_dict(), "history": history, "rng": rng_state(),
         }
-        metrics = _metrics(cfg, history, complete=epoch + 1 == cfg.epochs)
+        metrics = _metrics(cfg, history, complete=epoch + 1 == cfg.epochs or stopped)
         if d.is_main:
             save_checkpoint(state, run_dir / "checkpoint.pt")
             save_json(metrics, run_dir / "metrics.json")
@@ -634,6 +697,12 @@ def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d
         distributed.barrier(d)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, metrics)
+        if stopped:
+            logger.info("DARTS+: the normal cell has %d skip-connections (--early_stop_skips "
+                        "%d): the search stops after epoch %d", skips,
+                        cfg.early_stop_skips, epoch + 1)
+            break
+    select_cell()
     return _finish(cfg, run_dir, logger, history, d)
 
 
@@ -719,20 +788,31 @@ def _metrics(cfg: SearchConfig, history: list[dict[str, Any]], complete: bool) -
             "epochs": cfg.epochs, "order": cfg.order, "hessian": cfg.hessian,
             "final": {k: last[k] for k in ("train_loss", "train_top1", "valid_loss", "valid_top1",
                                              "valid_top5", "skip_connect_normal", "entropy")},
-            "genotype": last["genotype"], "search_time_s": sum(r["epoch_time_s"] for r in history),
+            "genotype": result_genotype(last), "search_time_s": sum(r["epoch_time_s"] for r in history),
+            **({"early_stop": {"epoch": last["epoch"], "skip_connect_normal": last["skip_connect_normal"]}}
+               if last.get("early_stop") else {}),
+            **({"selection": {k: v for k, v in last["selection"].items() if k != "tune"}}
+               if "selection" in last else {}),
             **({"benchmark": last["benchmark"]} if "benchmark" in last else {}),
             # the DARTS genotype is in genotypes/epoch_NNN.json; an NB201 arch is one string
             "history": [{k: v for k, v in r.items() if k != "genotype" or cfg.space == "nb201"}
                         for r in history]}
 
 
+def result_genotype(record: dict[str, Any]) -> Any:
+    """The search's cell in a history record: DARTS-PT's projection where it ran, else the
+    epoch's decoded cell."""
+    return record.get("selection", {}).get("genotype", record["genotype"])
+
+
 def _finish(cfg, run_dir, logger, history, d: Dist) -> dict[str, Any]:
     cells = cell_kind(cfg)
-    genotype = cells.from_dict(history[-1]["genotype"], str(run_dir))
+    genotype = cells.from_dict(result_genotype(history[-1]), str(run_dir))
     if d.is_main:
         cells.save(genotype, run_dir / cells.result_file)
         cells.draw(genotype, logger, len(history), run_dir)
-    metrics = _metrics(cfg, history, complete=len(history) >= cfg.epochs)
+    metrics = _metrics(cfg, history, complete=len(history) >= cfg.epochs
+                       or history[-1].get("early_stop", False))
     logger.info("done: %s %s written to %s", cells.noun, genotype, run_dir / cells.result_file)
     if "benchmark" in history[-1]:
         logger.info("its benchmark scores: %s", _benchmark_line(history[-1]["benchmark"]))

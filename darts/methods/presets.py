@@ -1,0 +1,102 @@
+"""`--method NAME`: a published method as the flag values its paper and code use.
+
+A preset sets flags; a flag given explicitly overrides it. Each value carries its source.
+Presets of pieces from the other half of the collapse work (`--sampler`, `--regularizer`:
+GDAS, DrNAS, beta-DARTS) are listed too; a build without those flags refuses them with a
+message naming the flags it lacks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from darts.errors import UserError
+
+# name -> {field: (value, source)}
+PRESETS: dict[str, dict[str, tuple[Any, str]]] = {
+    "darts": {
+        "order": (2, "Liu et al. 2019, Table 1: second order is DARTS's best CIFAR-10 cell"),
+    },
+    "pdarts": {
+        "skip_dropout": (0.7, "chenxin061/pdarts README: --dropout_rate 0.1/0.4/0.7 per stage; "
+                              "one stage here takes the last stage's, which decides the cell"),
+        "warmup_epochs": (10, "chenxin061/pdarts train_search.py: eps_no_archs = [10, 10, 10]"),
+        "max_skip": (2, "P-DARTS Section 3.3 and train_search.py: 2 skip-connections kept"),
+        "epochs": (25, "chenxin061/pdarts train_search.py: --epochs 25 per stage"),
+        "batch_size": (96, "chenxin061/pdarts train_search.py: --batch_size 96"),
+        "learning_rate_min": (0.0, "chenxin061/pdarts train_search.py: --learning_rate_min 0.0"),
+        "arch_learning_rate": (6e-4, "chenxin061/pdarts train_search.py: --arch_learning_rate 6e-4"),
+        "order": (1, "chenxin061/pdarts train_search.py: a first-order alpha step"),
+    },
+    "pc-darts": {
+        "partial_channels": (4, "Xu et al. 2020, Section 4.2; yuhuixu1993/PC-DARTS model_search.py: k = 4"),
+        "warmup_epochs": (15, "yuhuixu1993/PC-DARTS train_search.py: `if epoch >= 15: architect.step`"),
+        "batch_size": (256, "yuhuixu1993/PC-DARTS train_search.py: --batch_size 256"),
+        "learning_rate": (0.1, "yuhuixu1993/PC-DARTS train_search.py: --learning_rate 0.1"),
+        "arch_learning_rate": (6e-4, "yuhuixu1993/PC-DARTS train_search.py: --arch_learning_rate 6e-4"),
+        "order": (1, "yuhuixu1993/PC-DARTS train_search.py: --unrolled off"),
+    },
+    "sdarts-rs": {
+        "perturb": ("random", "Chen & Hsieh 2020, SDARTS-RS"),
+        "perturb_epsilon": (0.3, "xiangning-chen/SmoothDARTS sota/cnn/train_search.py: --epsilon_alpha 0.3"),
+        "order": (1, "xiangning-chen/SmoothDARTS sota/cnn/train_search.py: --unrolled off"),
+    },
+    "sdarts-adv": {
+        "perturb": ("adversarial", "Chen & Hsieh 2020, SDARTS-ADV"),
+        "perturb_epsilon": (0.3, "xiangning-chen/SmoothDARTS sota/cnn/train_search.py: --epsilon_alpha 0.3"),
+        "order": (1, "xiangning-chen/SmoothDARTS sota/cnn/train_search.py: --unrolled off"),
+    },
+    "darts-minus": {
+        "aux_skip": (1.0, "Meituan-AutoML/DARTS- scripts/run_darts_minus.sh: --auxiliary_skip --skip_beta 1 --decay linear"),
+        "order": (1, "Meituan-AutoML/DARTS- src/search/args.py: --unrolled off"),
+    },
+    # The other half of the collapse work (--sampler, --regularizer).
+    "gdas": {
+        "sampler": ("gdas", "Dong & Yang, CVPR 2019: Gumbel-softmax sampling of one op per edge"),
+    },
+    "drnas": {
+        "sampler": ("drnas", "Chen et al., ICLR 2021: Dirichlet mixing weights"),
+        "regularizer": ("drnas-kl", "Chen et al., ICLR 2021: the KL term on the Dirichlet concentration"),
+    },
+    "beta-darts": {
+        "regularizer": ("beta", "Ye et al., CVPR 2022: the beta-decay regularisation"),
+    },
+}
+
+METHODS = tuple(PRESETS)
+
+
+def _fields(cfg: Any) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cfg)}
+
+
+def apply(cfg: Any, explicit: set[str] | None = None) -> Any:
+    """`cfg` with its `method`'s preset values, except for the fields in `explicit` (the
+    flags the user gave); `explicit` None: the fields still at their defaults take the
+    preset. A preset naming a field this config lacks is a UserError."""
+    if not getattr(cfg, "method", ""):
+        return cfg
+    if cfg.method not in PRESETS:
+        raise UserError(f"--method {cfg.method}: known methods: {', '.join(METHODS)}")
+    fields = _fields(cfg)
+    preset = PRESETS[cfg.method]
+    missing = [k for k in preset if k not in fields]
+    if missing:
+        raise UserError(f"--method {cfg.method} sets {', '.join('--' + k for k in missing)}, "
+                        f"which this build does not have (they come with the mixing-rule pieces: "
+                        f"docs/collapse-pieces.md)")
+    if explicit is None:
+        explicit = {k for k in preset if getattr(cfg, k) != fields[k].default}
+    return dataclasses.replace(cfg, **{k: v for k, (v, _) in preset.items() if k not in explicit})
+
+
+def describe(cfg: Any) -> list[str]:
+    """One line per value of `cfg.method`'s preset: the value, its source, and whether an
+    explicit flag overrode it."""
+    lines = []
+    for k, (v, source) in PRESETS.get(cfg.method, {}).items():
+        now = getattr(cfg, k, None)
+        how = "set" if now == v else f"overridden by --{k} {now}"
+        lines.append(f"--method {cfg.method}: --{k} {v} {how} ({source})")
+    return lines

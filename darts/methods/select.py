@@ -1,0 +1,245 @@
+"""How a cell is chosen from the alphas: P-DARTS's cap on skip-connections, DARTS+'s early
+stop, DARTS-PT's perturbation-based projection.
+
+P-DARTS (Chen et al., ICCV 2019, Section 3.3; chenxin061/pdarts, train_search.py
+`delete_min_sk_prob`, `keep_1_on`, `keep_2_branches`): while the decoded normal cell has
+more than K skip-connections (K = 2), the skip-connection of smallest weight among the
+cell's skip edges is removed (its weight set to 0) and the cell decoded again: that edge
+takes its next-best op, and each node keeps its two strongest edges again. The reduction
+cell is not capped. On NAS-Bench-201 the same rule on its decoding (per edge the argmax,
+`none` included): the weakest skip edges take their next-best op, which may be `none`.
+
+DARTS+ (Liang et al. 2019, Section 3.3): stop the search once the decoded normal cell has
+K or more skip-connections (K = 2 on CIFAR); the cell of that epoch is the result.
+
+DARTS-PT (Wang et al., ICLR 2021, Section 4; ruocwang/darts-pt, sota/cnn/projection.py and
+nasbench201/projection.py): after the search, edge by edge in random order, the op whose
+removal (its weight set to 0, the row not renormalised) lowers the supernet's validation
+accuracy most is chosen and the edge fixed one-hot on it; then (the DARTS cell) node by node
+in random order, the edge whose removal lowers the accuracy least is removed until two are
+left. Between projections the supernet is tuned (weights and alphas, as during the search)
+for `interval` epochs (their scripts' --proj_intv 5) with SGD at lr / 10, cosine-annealed
+over all tuning epochs: interval x (edges + nodes - 1) + 1 for the DARTS cell (86),
+interval x (edges - 1) for NAS-Bench-201 (25). Accuracy is measured as theirs, on the whole
+alpha half with BatchNorm on batch statistics (train mode, no gradient); here ties are
+broken by the loss and the running statistics are restored afterwards. On the DARTS cell
+`none` is never chosen (a genotype cannot hold it); on NAS-Bench-201 it can be.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from darts.train.engine import to_device
+
+Weights = tuple[torch.Tensor, ...]
+
+
+# -- P-DARTS: at most K skip-connections in the normal cell ----------------------------------
+def capped_darts_genotype(space, weights: Weights, max_skip: int, **meta: str):
+    """The DARTS cell's genotype of `weights` (ops normal, ops reduce[, edges normal, edges
+    reduce]) with at most `max_skip` skip-connections in the normal cell (P-DARTS)."""
+    normal = weights[0].detach().clone().cpu()
+    edges = {"edge_normal": weights[2], "edge_reduce": weights[3]} if len(weights) == 4 else {}
+    col = space.primitives.index("skip_connect")
+    row_of = {edge: e for e, edge in enumerate(space.edges())}
+    while True:
+        genotype = space.decode(normal, weights[1], **edges, **meta)
+        skips = [row_of[k // 2, j] for k, (op, j) in enumerate(genotype.normal)
+                 if op == "skip_connect"]
+        if len(skips) <= max_skip:
+            return genotype
+        weakest = min(skips, key=lambda e: (normal[e, col].item(), e))
+        normal[weakest, col] = 0.0
+
+
+def capped_nb201_arch(weights: torch.Tensor, max_skip: int):
+    """NAS-Bench-201's arch of (6, 5) weights (argmax per edge, `none` included) with at most
+    `max_skip` skip-connections: the weakest skip edges take their next-best op."""
+    from darts.spaces.nb201 import NB201_OPS, decode
+    w = weights.detach().clone().cpu()
+    col = NB201_OPS.index("skip_connect")
+    while True:
+        arch = decode(w)
+        skips = [e for e, op in enumerate(arch.ops) if op == "skip_connect"]
+        if len(skips) <= max_skip:
+            return arch
+        weakest = min(skips, key=lambda e: (w[e, col].item(), e))
+        w[weakest, col] = -1.0  # below every weight: the edge's next-best op wins
+
+
+# -- DARTS+: stop at K skip-connections ------------------------------------------------------
+def should_stop(skips: int, early_stop_skips: int | None) -> bool:
+    """DARTS+'s criterion: the normal cell has `early_stop_skips` or more skip-connections."""
+    return early_stop_skips is not None and skips >= early_stop_skips
+
+
+# -- DARTS-PT: perturbation-based projection -------------------------------------------------
+@dataclass
+class Projection:
+    """The projected part of the supernet, applied to every forward's mixing weights (a
+    `WeightTransforms` transform): per op-weight matrix, {edge: chosen op column} (the row
+    one-hot there) and the removed edges (zero rows). `trial` masks one more entry while a
+    candidate is measured: (matrix, edge, column) zeroes that weight, (matrix, edge, None)
+    the whole row."""
+
+    chosen: list[dict[int, int]]
+    removed: list[set[int]]
+    trial: tuple[int, int, int | None] | None = None
+    log: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, matrices: int) -> Projection:
+        return cls([{} for _ in range(matrices)], [set() for _ in range(matrices)])
+
+    def __call__(self, weights: Weights) -> Weights:
+        out = list(weights)
+        for m in range(len(self.chosen)):
+            if not (self.chosen[m] or self.removed[m] or (self.trial and self.trial[0] == m)):
+                continue
+            w = weights[m]
+            keep = torch.ones_like(w)
+            fixed = torch.zeros_like(w)
+            for e, col in self.chosen[m].items():
+                keep[e] = 0
+                fixed[e, col] = 1
+            for e in self.removed[m]:
+                keep[e] = 0
+                fixed[e] = 0
+            if self.trial and self.trial[0] == m:
+                _, e, col = self.trial
+                if col is None:
+                    keep[e], fixed[e] = 0, 0
+                else:
+                    keep[e, col], fixed[e, col] = 0, 0
+            out[m] = w * keep + fixed
+        return tuple(out)
+
+
+@dataclass
+class Score:
+    top1: float
+    loss: float
+
+
+def measure(model: nn.Module, batches: Iterable, device: torch.device,
+            criterion: nn.Module, channels_last: bool = False) -> Score:
+    """Accuracy and loss of `model(x)` over `batches`, as DARTS-PT's `infer(..., eval=False)`:
+    train mode (BatchNorm on batch statistics), no gradient; running statistics restored."""
+    buffers = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+    was_training = model.training
+    model.train()
+    correct = total = 0
+    loss = 0.0
+    with torch.no_grad():
+        for x, y in batches:
+            x, y = to_device(x, y, device, channels_last)
+            logits = model(x)
+            logits = logits[0] if isinstance(logits, tuple) else logits
+            loss += criterion(logits, y).item() * y.size(0)
+            correct += (logits.argmax(-1) == y).sum().item()
+            total += y.size(0)
+    model.load_state_dict(buffers, strict=False)
+    model.train(was_training)
+    return Score(100.0 * correct / max(total, 1), loss / max(total, 1))
+
+
+def projection_steps(model: nn.Module, rng: random.Random) -> list[list[tuple[str, int, int]]]:
+    """DARTS-PT's order, one list per projection (each projects every op matrix once, their
+    normal then reduce): ("op", matrix, edge) for every edge, each matrix's edges in random
+    order, then for the DARTS cell ("edge", matrix, node) for every node, in random order."""
+    if hasattr(model, "space"):
+        n_edges, nodes, matrices = model.space.num_edges, model.space.steps, 2
+    else:
+        n_edges, nodes, matrices = model.mixing_weights(detach=True)[0].size(0), 0, 1
+    orders = [rng.sample(range(n_edges), n_edges) for _ in range(matrices)]
+    events = [[("op", m, orders[m][i]) for m in range(matrices)] for i in range(n_edges)]
+    node_orders = [rng.sample(range(nodes), nodes) for _ in range(matrices)]
+    events += [[("edge", m, node_orders[m][i]) for m in range(matrices)] for i in range(nodes)]
+    return events
+
+
+def project_op(model, projection: Projection, m: int, edge: int, columns: list[int],
+               score: Callable[[], Score]) -> int:
+    """Chooses edge `edge`'s op of matrix m: the column whose removal scores lowest (accuracy,
+    then the highest loss); fixes the edge one-hot on it and returns it."""
+    results = []
+    for col in columns:
+        projection.trial = (m, edge, col)
+        s = score()
+        results.append(((s.top1, -s.loss), col, s))
+    projection.trial = None
+    _, best, _ = min(results, key=lambda r: r[0])
+    projection.chosen[m][edge] = best
+    projection.log.append({"matrix": m, "edge": edge, "op_column": best,
+                           "top1_without": {c: s.top1 for _, c, s in results}})
+    return best
+
+
+def project_edges(model, projection: Projection, m: int, node: int, score: Callable[[], Score]) -> list[int]:
+    """DARTS-PT's topology step for node `node` of the DARTS cell: while more than two of its
+    edges remain, the edge whose removal scores highest is removed. Returns the kept edges."""
+    edges = [e for e, (i, _) in enumerate(model.space.edges()) if i == node]
+    while len(edges) > 2:
+        results = []
+        for e in edges:
+            projection.trial = (m, e, None)
+            s = score()
+            results.append(((s.top1, -s.loss), e))
+        projection.trial = None
+        best = max(r[0] for r in results)
+        removed = [e for key, e in results if key == best][-1]  # theirs: the last of the best
+        projection.removed[m].add(removed)
+        edges.remove(removed)
+    projection.log.append({"matrix": m, "node": node, "kept_edges": edges})
+    return edges
+
+
+def run_projection(model: nn.Module, projection: Projection, score: Callable[[], Score],
+                   tune: Callable[[int], None] | None, interval: int, seed: int,
+                   log: Callable[[str], None] = lambda s: None) -> None:
+    """DARTS-PT's loop: projections interleaved with `tune(epoch)` epochs (see the module
+    docstring); `interval` 0: all projections one after another, no tuning."""
+    from darts.spaces.nb201 import NB201_OPS
+    steps = projection_steps(model, random.Random(seed))
+    ops = tuple(model.space.primitives) if hasattr(model, "space") else NB201_OPS
+    kinds = ("normal", "reduce") if hasattr(model, "space") else ("cell",)
+    columns = [k for k, op in enumerate(ops) if not (hasattr(model, "space") and op == "none")]
+
+    def project(event) -> None:
+        for kind, m, i in event:
+            if kind == "op":
+                col = project_op(model, projection, m, i, columns, score)
+                log(f"DARTS-PT: {kinds[m]} edge {i} takes {ops[col]}")
+            else:
+                kept = project_edges(model, projection, m, i, score)
+                log(f"DARTS-PT: {kinds[m]} node {i} keeps edges {kept}")
+
+    if interval <= 0 or tune is None:
+        for step in steps:
+            project(step)
+        return
+    n = len(steps)
+    tune_epochs = interval * (n - 1) + (1 if hasattr(model, "space") else 0)
+    pending = list(steps)
+    for epoch in range(tune_epochs):
+        if pending and (epoch % interval == 0 or epoch == tune_epochs - 1):
+            project(pending.pop(0))
+        tune(epoch)
+    for step in pending:  # an interval so short that the loop ends first
+        project(step)
+
+
+def tune_epochs(model: nn.Module, interval: int) -> int:
+    """The number of DARTS-PT's tuning epochs (the cosine schedule's length)."""
+    if interval <= 0:
+        return 0
+    if hasattr(model, "space"):
+        return interval * (model.space.num_edges + model.space.steps - 1) + 1
+    return interval * (model.mixing_weights(detach=True)[0].size(0) - 1)
