@@ -27,8 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-METHODS = ("darts", "gdas", "drnas", "beta-darts", "sdarts-rs", "sdarts-adv", "darts-minus",
-           "pdarts", "pc-darts")
+METHODS = ("darts", "gdas", "drnas", "fairdarts", "beta-darts", "sdarts-rs", "sdarts-adv",
+           "darts-minus", "pdarts", "pc-darts")
 
 # Published CIFAR-10 test accuracy (%) of each method's cell on NAS-Bench-201 (mean of runs),
 # with the source. DARTS's collapsed cell is the all-skip cell.
@@ -37,6 +37,7 @@ PUBLISHED = {
     "gdas": (93.61, "Dong & Yang, ICLR 2020 (NAS-Bench-201)"),
     "drnas": (94.36, "Chen et al., ICLR 2021 (DrNAS)"),
     "beta-darts": (94.36, "Ye et al., CVPR 2022 (beta-DARTS)"),
+    "fairdarts": (None, ""),
     "sdarts-rs": (None, ""),
     "sdarts-adv": (None, ""),
     "darts-minus": (93.80, "Chu et al., ICLR 2021 (DARTS-)"),

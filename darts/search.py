@@ -197,7 +197,7 @@ class SearchConfig:
     method: str = field(default="", metadata=_f(
         "a published method's flag values (an explicit flag overrides them; the log lists "
         "them with their sources): darts, pdarts, pc-darts, sdarts-rs, sdarts-adv, "
-        "darts-minus, gdas, drnas, beta-darts", choices=("", *METHODS)))
+        "darts-minus, gdas, drnas, fairdarts, beta-darts", choices=("", *METHODS)))
     perturb: str = field(default="none", metadata=_f(
         "SDARTS: what perturbs the mixing weights of the weight step: none, random (SDARTS-RS, "
         "uniform in [-eps, eps]) or adversarial (SDARTS-ADV, 7 steps of L-inf PGD); the "

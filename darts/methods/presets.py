@@ -54,10 +54,17 @@ PRESETS: dict[str, dict[str, tuple[Any, str]]] = {
     # The other half of the collapse work (--sampler, --regularizer).
     "gdas": {
         "sampler": ("gdas", "Dong & Yang, CVPR 2019: Gumbel-softmax sampling of one op per edge"),
+        "order": (1, "D-X-Y/AutoDL-Projects exps/NAS-Bench-201-algos/GDAS.py: a first-order "
+                     "alpha step"),
     },
     "drnas": {
-        "sampler": ("drnas", "Chen et al., ICLR 2021: Dirichlet mixing weights"),
-        "regularizer": ("drnas-kl", "Chen et al., ICLR 2021: the KL term on the Dirichlet concentration"),
+        "sampler": ("drnas", "Chen et al., ICLR 2021: Dirichlet mixing weights; their code's "
+                             "default regulariser (--reg_type l2) is Adam's weight decay 1e-3 "
+                             "on the alphas, DARTS's own"),
+    },
+    "fairdarts": {
+        "sampler": ("fairdarts", "Chu et al., ECCV 2020: a sigmoid per op"),
+        "regularizer": ("zero-one", "Chu et al., ECCV 2020: the zero-one loss, weight 10"),
     },
     "beta-darts": {
         "regularizer": ("beta", "Ye et al., CVPR 2022: the beta-decay regularisation"),
