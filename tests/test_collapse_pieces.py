@@ -447,6 +447,8 @@ def test_the_cli_applies_and_logs_a_preset(tmp_path):
     (dict(max_skip=1, ops="none,sep_conv_3x3"), "--max_skip: acts on skip_connect"),
     (dict(skip_dropout=1.0), "--skip_dropout 1.0"),
     (dict(early_stop_skips=0), "--early_stop_skips 0"),
+    (dict(sampler="gdas", perturb="random", order=1), "--sampler gdas: --perturb"),
+    (dict(sampler="drnas", aux_skip=1.0), "--sampler drnas: --perturb"),
 ])
 def test_bad_combinations_are_one_clear_user_error(tmp_path, overrides, message):
     with pytest.raises(UserError, match=message.replace("-", r"\-").replace(".", r"\.")):

@@ -73,6 +73,10 @@ def validate(cfg: Any) -> None:
     if cfg.mixing != "softmax" and (cfg.perturb != "none" or cfg.aux_skip > 0 or cfg.select == "pt"):
         raise UserError(f"--mixing {cfg.mixing}: --perturb, --aux_skip and --select pt act on "
                         f"softmax weights (their papers'); use --mixing softmax")
+    sampler = getattr(cfg, "sampler", "softmax")
+    if sampler != "softmax" and (cfg.perturb != "none" or cfg.aux_skip > 0 or cfg.select == "pt"):
+        raise UserError(f"--sampler {sampler}: --perturb, --aux_skip and --select pt act on "
+                        f"DARTS's softmax weights (their papers'); use --sampler softmax")
 
 
 def refuse_with_multitrial(cfg: Any) -> None:
