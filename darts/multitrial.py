@@ -201,16 +201,11 @@ def _retrain_command(cfg, run_dir: Path) -> str:
     args = ["python", "train_final.py", "--arch" if cfg.space == "cnn" else "--genotype", path]
     if cfg.space != "darts":
         args += ["--space", cfg.space]
+    from darts.search import data_args
+
     if cfg.dataset != "cifar10":
         args += ["--dataset", cfg.dataset]
-    if cfg.dataset != "synthetic" and cfg.data != "data":
-        args += ["--data", cfg.data]
-    for flag in ("image_size", "num_classes"):
-        if getattr(cfg, flag) is not None:
-            args += [f"--{flag}", str(getattr(cfg, flag))]
-    if cfg.dataset == "synthetic" and cfg.synthetic_size != 5000:
-        args += ["--synthetic_size", str(cfg.synthetic_size)]
-    return shlex.join(args)
+    return shlex.join(args + data_args(cfg))
 
 
 def _seconds(cost: float) -> str:

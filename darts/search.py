@@ -409,14 +409,9 @@ def paper_scale(cfg: SearchConfig) -> bool:
             and cfg.epochs >= 50)
 
 
-def retrain_command(run_dir: Path, cfg: SearchConfig) -> tuple[str, str]:
-    """The train_final.py command that retrains this search's genotype on the same data, and
-    what it runs. After a search of the paper's size, the paper's recipe (600 epochs, 20
-    cells of 36 channels); after a smaller one, a network of the search's size for as many
-    epochs as the search had, which finishes in minutes where the search did."""
-    cfg = resolved(cfg)
-    args = ["python", "train_final.py", "--genotype", str(run_dir / "genotype.json"),
-            "--dataset", cfg.dataset]
+def data_args(cfg: SearchConfig) -> list[str]:
+    """The data flags (beside --dataset) that make train_final.py read the search's data."""
+    args = []
     if cfg.dataset != "synthetic" and cfg.data != "data":
         args += ["--data", cfg.data]
     for flag in ("image_size", "num_classes"):
@@ -424,6 +419,17 @@ def retrain_command(run_dir: Path, cfg: SearchConfig) -> tuple[str, str]:
             args += [f"--{flag}", str(getattr(cfg, flag))]
     if cfg.dataset == "synthetic" and cfg.synthetic_size != 5000:
         args += ["--synthetic_size", str(cfg.synthetic_size)]
+    return args
+
+
+def retrain_command(run_dir: Path, cfg: SearchConfig) -> tuple[str, str]:
+    """The train_final.py command that retrains this search's genotype on the same data, and
+    what it runs. After a search of the paper's size, the paper's recipe (600 epochs, 20
+    cells of 36 channels); after a smaller one, a network of the search's size for as many
+    epochs as the search had, which finishes in minutes where the search did."""
+    cfg = resolved(cfg)
+    args = ["python", "train_final.py", "--genotype", str(run_dir / "genotype.json"),
+            "--dataset", cfg.dataset, *data_args(cfg)]
     if cfg.plugins:
         args += ["--plugins", cfg.plugins]
     if paper_scale(cfg):
