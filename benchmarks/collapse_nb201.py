@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -93,14 +94,27 @@ def main(argv=None) -> int:
     parser.add_argument("--benchmark", default="", help="a NAS-Bench-201 CSV table")
     parser.add_argument("--protocol", choices=("reduced", "benchmark"), default="reduced")
     parser.add_argument("--json", required=True)
+    parser.add_argument("--keep", action="store_true",
+                        help="reuse the rows of --json that ran with the same protocol, data and "
+                             "table; run only the missing (method, seed) pairs")
+    parser.add_argument("--markdown", default="",
+                        help="also write the per-method table (mean over seeds) as Markdown")
     args = parser.parse_args(argv)
+    kept = {}
+    if args.keep and Path(args.json).exists():
+        old = json.loads(Path(args.json).read_text())
+        if all(old.get(k) == getattr(args, k) for k in ("protocol", "dataset", "data", "benchmark")):
+            kept = {(r["method"], r["seed"]): r for r in old["runs"] if "error" not in r}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for method in args.methods.split(","):
             for seed in range(args.seeds):
+                if (method, seed) in kept:
+                    rows.append(kept[(method, seed)])
+                    continue
                 row = run_one(method, seed, args, Path(tmp))
                 rows.append(row)
-                shown = row.get("error") or (f"{row['arch']} skips {row['skip_connect']} "
+                shown = row.get("error") or (f"{arch_text(row)} skips {row['skip_connect']} "
                                              f"{row['search_time_s']:.0f}s")
                 print(f"{method} seed {seed}: {shown}", flush=True)
                 Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -108,7 +122,42 @@ def main(argv=None) -> int:
                     {"protocol": args.protocol, "dataset": args.dataset, "data": args.data,
                      "benchmark": args.benchmark, "published": PUBLISHED, "runs": rows},
                     indent=2) + "\n")
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(rows, args.benchmark) + "\n")
     return 0
+
+
+def arch_text(row: dict) -> str:
+    """A row's derived cell as its arch string (metrics.json keeps {"arch": ...})."""
+    arch = row["arch"]
+    return arch["arch"] if isinstance(arch, dict) else str(arch)
+
+
+def markdown(rows: list[dict], benchmark: str) -> str:
+    """One row per method: every seed's cell and skips, mean search time, mean ± sd score."""
+    lines = ["| method | derived cell (per seed) | skips, last epoch (per seed) | most skips in an "
+             "epoch | search time (s, mean) | table score (mean ± sd) | published |",
+             "|---|---|---|---|---|---|---|"]
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    for method in methods:
+        done = [r for r in rows if r["method"] == method and "error" not in r]
+        published = PUBLISHED.get(method, (None, ""))[0]
+        shown = "—" if published is None else f"{published:.2f}"
+        if not done:
+            lines.append(f"| {method} | refused: see the log | | | | | {shown} |")
+            continue
+        cells = "<br>".join("`" + arch_text(r).replace("|", "\\|") + "`" for r in done)
+        skips = ", ".join(str(r["skip_connect"]) for r in done)
+        most = ", ".join(str(max(r["skips_per_epoch"])) for r in done)
+        time_s = statistics.mean(r["search_time_s"] for r in done)
+        scores = [r["benchmark"]["cifar10_test"] for r in done
+                  if isinstance(r.get("benchmark"), dict) and "cifar10_test" in r["benchmark"]]
+        score = "—"
+        if scores:
+            spread = statistics.stdev(scores) if len(scores) > 1 else 0.0
+            score = f"{statistics.mean(scores):.2f} ± {spread:.2f}"
+        lines.append(f"| {method} | {cells} | {skips} | {most} | {time_s:.0f} | {score} | {shown} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

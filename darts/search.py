@@ -361,8 +361,11 @@ def validate(cfg: SearchConfig) -> None:
     if cfg.nesterov and cfg.momentum == 0:
         raise UserError("--nesterov needs a momentum: give --momentum > 0 or --no-nesterov")
     if cfg.space == "nb201":
-        for flag, ok in (("partial_channels", cfg.partial_channels == 1),
-                         ("checkpoint_cells", not cfg.checkpoint_cells),
+        if cfg.partial_channels > 1 and cfg.perturb != "none":
+            raise UserError("--perturb with --partial_channels on --space nb201: SDARTS "
+                            "perturbs the op weights only, which this supernet's mixing "
+                            "weights do not set apart from PC-DARTS's edge weights; leave one out")
+        for flag, ok in (("checkpoint_cells", not cfg.checkpoint_cells),
                          ("mixing", cfg.mixing == "softmax"),
                          ("ops", op_list(cfg.ops) == PRIMITIVES), ("nodes", cfg.nodes == 4)):
             if not ok:
@@ -518,7 +521,8 @@ def build_supernet(cfg: SearchConfig, num_classes: int, device: torch.device) ->
     cfg = resolved(cfg)
     sampler = build_sampler(cfg.sampler, tau_max=cfg.tau_max, tau_min=cfg.tau_min)
     if cfg.space == "nb201":
-        model = NB201SearchNetwork(num_classes, C=cfg.init_channels, N=cfg.layers, sampler=sampler)
+        model = NB201SearchNetwork(num_classes, C=cfg.init_channels, N=cfg.layers, sampler=sampler,
+                                   partial_channels=cfg.partial_channels)
     else:
         model = SearchNetwork(cfg.init_channels, num_classes, cfg.layers, search_space(cfg),
                               partial_channels=cfg.partial_channels,

@@ -482,6 +482,8 @@ def test_the_cli_applies_and_logs_a_preset(tmp_path):
     (dict(skip_dropout=0.5, order=2), "--skip_dropout with --order 2 --hessian fd"),
     (dict(select="pt", max_skip=2), "--select pt with --max_skip"),
     (dict(select="pt", partial_channels=2), "--select pt with --partial_channels"),
+    (dict(space="nb201", perturb="random", partial_channels=2, order=1),
+     "--perturb with --partial_channels on --space nb201"),
     (dict(warmup_epochs=2, epochs=2), "--warmup_epochs 2"),
     (dict(max_skip=1, ops="none,sep_conv_3x3"), "--max_skip: acts on skip_connect"),
     (dict(skip_dropout=1.0), "--skip_dropout 1.0"),
@@ -533,7 +535,7 @@ def test_a_tiny_search_runs_with_each_piece(tmp_path, piece, space, order):
 
 def test_a_preset_value_that_cannot_work_is_named_as_the_presets(tmp_path, capsys):
     args = ["--dataset", "synthetic", "--space", "nb201", "--save", str(tmp_path),
-            "--method", "pc-darts"]
+            "--method", "pc-darts", "--init_channels", "6"]  # 4 does not divide 6
     assert train_search.main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--method pc-darts sets --partial_channels" in err

@@ -42,6 +42,8 @@ REGULARIZERS = ("none", "beta", "zero-one", "drnas-kl", "drnas-l2")
 
 def op_alphas(model: nn.Module) -> list[torch.Tensor]:
     """The alphas that weight ops (not PC-DARTS's edge betas)."""
+    if hasattr(model, "op_alpha_parameters"):  # NAS-Bench-201's supernet
+        return list(model.op_alpha_parameters())
     return list(model.arch_parameters())[:2]
 
 
