@@ -8,10 +8,11 @@ Each (method, seed) is one `train_search.py --space nb201 --method M` run; the r
 back from its metrics.json (the derived cell and its skip connections after every epoch). The
 benchmark's protocol is 50 epochs on CIFAR-10 with C = 16, N = 5 (`--protocol benchmark`).
 `--protocol reduced` is what 2 CPU cores can run: C = 8, N = 1, 16-pixel images, 10 epochs,
-batch 64, first order for every method; warm-up epochs scaled by 10/50 of the method's own,
-P-DARTS's epochs and batch size and PC-DARTS's batch size and learning rate left at DARTS's so
-that every method sees the same data. A reduced run shows whether a method collapses in this
-setting, not its published number.
+batch 64, first order for every method; warm-up epochs scaled by 10/50 of the method's own;
+P-DARTS's epochs, batch size, final learning rate and alpha learning rate, and PC-DARTS's batch
+size, learning rate and alpha learning rate, left at DARTS's, so that every method sees the
+same data and steps. A reduced run shows whether a method collapses in this setting, not its
+published number.
 """
 
 from __future__ import annotations

@@ -224,6 +224,9 @@ class SearchConfig:
     early_stop_skips: int | None = field(default=None, metadata=_f(
         "DARTS+: stop once the decoded normal cell has K or more skip-connections (theirs 2 "
         "on CIFAR); default: never"))
+    early_stop_stable: int | None = field(default=None, metadata=_f(
+        "DARTS+'s second criterion: stop once the ranking of the learnable ops' alphas on "
+        "every edge has been the same for N epochs (theirs 10); default: never"))
     plugins: str = field(default="", metadata=_f(
         "comma-separated Python files (or module names) imported first, whose register_op, "
         "register_mixing and register_arch_loss calls --ops, --mixing and --arch_loss can "
@@ -358,8 +361,11 @@ def validate(cfg: SearchConfig) -> None:
     if cfg.nesterov and cfg.momentum == 0:
         raise UserError("--nesterov needs a momentum: give --momentum > 0 or --no-nesterov")
     if cfg.space == "nb201":
-        for flag, ok in (("partial_channels", cfg.partial_channels == 1),
-                         ("checkpoint_cells", not cfg.checkpoint_cells),
+        if cfg.partial_channels > 1 and cfg.perturb != "none":
+            raise UserError("--perturb with --partial_channels on --space nb201: SDARTS "
+                            "perturbs the op weights only, which this supernet's mixing "
+                            "weights do not set apart from PC-DARTS's edge weights; leave one out")
+        for flag, ok in (("checkpoint_cells", not cfg.checkpoint_cells),
                          ("mixing", cfg.mixing == "softmax"),
                          ("ops", op_list(cfg.ops) == PRIMITIVES), ("nodes", cfg.nodes == 4)):
             if not ok:
@@ -515,7 +521,8 @@ def build_supernet(cfg: SearchConfig, num_classes: int, device: torch.device) ->
     cfg = resolved(cfg)
     sampler = build_sampler(cfg.sampler, tau_max=cfg.tau_max, tau_min=cfg.tau_min)
     if cfg.space == "nb201":
-        model = NB201SearchNetwork(num_classes, C=cfg.init_channels, N=cfg.layers, sampler=sampler)
+        model = NB201SearchNetwork(num_classes, C=cfg.init_channels, N=cfg.layers, sampler=sampler,
+                                   partial_channels=cfg.partial_channels)
     else:
         model = SearchNetwork(cfg.init_channels, num_classes, cfg.layers, search_space(cfg),
                               partial_channels=cfg.partial_channels,
@@ -671,9 +678,14 @@ def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d
         if cfg.max_skip is not None:
             record["skip_connect_uncapped"] = pieces.uncapped_skips(cells, meta, genotype)
         skips = record.get("skip_connect_uncapped", record["skip_connect_normal"])
-        stopped = pieces.stop(skips)  # DARTS+ counts before any --max_skip cap
+        if cfg.early_stop_stable is not None:
+            record["learnable_ranking"] = pieces.learnable_ranking(cells.ops_of(model))
+        # DARTS+: skips counted before any --max_skip cap, or the ranking stable
+        why = pieces.stop(skips, [r.get("learnable_ranking") for r in history] +
+                          [record.get("learnable_ranking")])
+        stopped = why is not None
         if stopped:
-            record["early_stop"] = True
+            record["early_stop"] = why
         if table is not None:
             record["benchmark"] = table.score(genotype)
         history.append(record)
@@ -704,9 +716,7 @@ def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, metrics)
         if stopped:
-            logger.info("DARTS+: the normal cell has %d skip-connections (--early_stop_skips "
-                        "%d): the search stops after epoch %d", skips,
-                        cfg.early_stop_skips, epoch + 1)
+            logger.info("DARTS+: %s: the search stops after epoch %d", why, epoch + 1)
             break
     select_cell()
     return _finish(cfg, run_dir, logger, history, d)
@@ -795,7 +805,8 @@ def _metrics(cfg: SearchConfig, history: list[dict[str, Any]], complete: bool) -
             "final": {k: last[k] for k in ("train_loss", "train_top1", "valid_loss", "valid_top1",
                                              "valid_top5", "skip_connect_normal", "entropy")},
             "genotype": result_genotype(last), "search_time_s": sum(r["epoch_time_s"] for r in history),
-            **({"early_stop": {"epoch": last["epoch"], "skip_connect_normal": last["skip_connect_normal"]}}
+            **({"early_stop": {"epoch": last["epoch"], "skip_connect_normal": last["skip_connect_normal"],
+                               "reason": last["early_stop"]}}
                if last.get("early_stop") else {}),
             **({"selection": {k: v for k, v in last["selection"].items() if k != "tune"}}
                if "selection" in last else {}),

@@ -132,3 +132,23 @@ def test_suite_runs_its_entries_records_failures_and_derives_the_targets_ratios(
     assert suite.derived(entries) == {"bf16_peak_ratio": 2.4, "final_compare_speedup": 3.0}
     with pytest.raises(SystemExit):
         suite.main(["--device", "cpu", "--out", str(tmp_path), "--only", "nope"])
+
+
+def test_the_collapse_table_averages_seeds_and_escapes_the_arch_strings():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import collapse_nb201
+
+    def row(seed, arch, skips, score):
+        return {"method": "gdas", "seed": seed, "arch": {"arch": arch}, "skip_connect": skips[-1],
+                "skips_per_epoch": skips, "search_time_s": 100.0 + seed,
+                "benchmark": {"cifar10_test": score}}
+
+    rows = [row(0, "|skip_connect~0|", [0, 2, 1], 90.0), row(1, "|none~0|", [0, 0], 92.0),
+            {"method": "pc-darts", "seed": 0, "error": "refused"}]
+    lines = collapse_nb201.markdown(rows, "table.csv").splitlines()
+    assert len(lines) == 4 and lines[0].startswith("| method |")
+    gdas = [c.strip() for c in lines[2].split(" | ")]
+    assert gdas[1] == r"`\|skip_connect~0\|`<br>`\|none~0\|`"  # a pipe would split the cell
+    assert gdas[2:6] == ["1, 0", "2, 0", "100", "91.00 ± 1.41"]  # sd of 90, 92: sqrt(2)
+    assert gdas[6].rstrip(" |") == "93.61"  # GDAS's published NAS-Bench-201 figure
+    assert lines[3].startswith("| pc-darts | refused")

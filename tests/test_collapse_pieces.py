@@ -382,13 +382,52 @@ def test_early_stopping_stops_at_the_first_epoch_with_k_skips(tmp_path, monkeypa
     cfg = tiny_cfg(tmp_path, space="nb201", name="es", epochs=5, order=1, early_stop_skips=2)
     metrics = run(cfg)
     skips = [r["skip_connect_normal"] for r in metrics["history"]]
-    assert skips == [0, 2] and metrics["early_stop"] == {"epoch": 2, "skip_connect_normal": 2}
+    assert skips == [0, 2] and metrics["early_stop"]["epoch"] == 2
+    assert metrics["early_stop"]["skip_connect_normal"] == 2
+    assert "--early_stop_skips 2" in metrics["early_stop"]["reason"]
     assert metrics["complete"] and metrics["history"][-1]["early_stop"]
     on_disk = json.loads((tmp_path / "es" / "metrics.json").read_text())
     assert on_disk["early_stop"]["epoch"] == 2 and len(on_disk["history"]) == 2
     assert json.loads((tmp_path / "es" / "arch.json").read_text()) == metrics["history"][-1]["genotype"]
     again = run(cfg, resume=str(tmp_path / "es"))  # a stopped search stays stopped
     assert len(again["history"]) == 2
+
+
+def test_the_learnable_ops_are_the_convolutions():
+    assert [PRIMITIVES[k] for k in select.learnable_columns(PRIMITIVES)] == \
+        ["sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"]
+    assert [NB201_OPS[k] for k in select.learnable_columns(NB201_OPS)] == \
+        ["nor_conv_1x1", "nor_conv_3x3"]
+
+
+def test_the_learnable_ranking_orders_each_edges_convolutions_by_alpha():
+    model = NB201SearchNetwork(C=4, N=1)
+    with torch.no_grad():  # columns: none, skip, conv 1x1, conv 3x3, avg pool
+        model.alphas.copy_(torch.tensor([[9.0, 9.0, 0.2, 0.1, 9.0]] + [[0.0, 0.0, 0.1, 0.3, 0.0]] * 5))
+    cfg = tiny_cfg("unused", space="nb201", early_stop_stable=2)
+    ranking = pieces.Pieces(cfg, model).learnable_ranking(NB201_OPS)
+    assert ranking == [[[2, 3]] + [[3, 2]] * 5]  # the other ops' alphas do not count
+    assert select.learnable_ranking([torch.zeros(1, 8)], [4, 5, 6, 7]) == [[[4, 5, 6, 7]]]  # ties
+
+
+def test_a_ranking_is_stable_once_it_has_held_for_n_epochs():
+    a, b = [[[2, 3]]], [[[3, 2]]]
+    assert not select.ranking_stable([a, b, b], 3) and select.ranking_stable([a, b, b, b], 3)
+    assert not select.ranking_stable([b, b], 3) and not select.ranking_stable([b, b, b], None)
+    assert select.ranking_stable([a, b], 1)
+
+
+def test_early_stopping_on_a_stable_ranking(tmp_path, monkeypatch):
+    a, b = [[[2, 3]] * 6], [[[3, 2]] * 6]
+    rankings = iter([a, b, b, b, b, b])
+    monkeypatch.setattr(pieces.Pieces, "learnable_ranking", lambda self, ops: next(rankings))
+    cfg = tiny_cfg(tmp_path, space="nb201", name="stable", epochs=6, order=1, early_stop_stable=3)
+    metrics = run(cfg)
+    assert [r["learnable_ranking"] for r in metrics["history"]] == [a, b, b, b]
+    assert metrics["early_stop"]["epoch"] == 4 and metrics["complete"]
+    assert "--early_stop_stable 3" in metrics["early_stop"]["reason"]
+    again = run(cfg, resume=str(tmp_path / "stable"))  # a stopped search stays stopped
+    assert len(again["history"]) == 4
 
 
 # -- presets -----------------------------------------------------------------------------------
@@ -443,10 +482,13 @@ def test_the_cli_applies_and_logs_a_preset(tmp_path):
     (dict(skip_dropout=0.5, order=2), "--skip_dropout with --order 2 --hessian fd"),
     (dict(select="pt", max_skip=2), "--select pt with --max_skip"),
     (dict(select="pt", partial_channels=2), "--select pt with --partial_channels"),
+    (dict(space="nb201", perturb="random", partial_channels=2, order=1),
+     "--perturb with --partial_channels on --space nb201"),
     (dict(warmup_epochs=2, epochs=2), "--warmup_epochs 2"),
     (dict(max_skip=1, ops="none,sep_conv_3x3"), "--max_skip: acts on skip_connect"),
     (dict(skip_dropout=1.0), "--skip_dropout 1.0"),
     (dict(early_stop_skips=0), "--early_stop_skips 0"),
+    (dict(early_stop_stable=0), "--early_stop_stable 0"),
     (dict(sampler="gdas", perturb="random", order=1), "--sampler gdas: --perturb"),
     (dict(sampler="drnas", aux_skip=1.0), "--sampler drnas: --perturb"),
 ])
@@ -493,7 +535,7 @@ def test_a_tiny_search_runs_with_each_piece(tmp_path, piece, space, order):
 
 def test_a_preset_value_that_cannot_work_is_named_as_the_presets(tmp_path, capsys):
     args = ["--dataset", "synthetic", "--space", "nb201", "--save", str(tmp_path),
-            "--method", "pc-darts"]
+            "--method", "pc-darts", "--init_channels", "6"]  # 4 does not divide 6
     assert train_search.main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--method pc-darts sets --partial_channels" in err

@@ -85,7 +85,7 @@ def test_second_order_and_resume(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(partial_channels=2), "--partial_channels: not available with --space nb201"),
+    (dict(checkpoint_cells=True), "--checkpoint_cells: not available with --space nb201"),
     (dict(space="darts", layers=3, benchmark="t.csv"), "add --space nb201"),
     (dict(benchmark="absent.csv"), "no such file"),
     (dict(nodes=3), "--nodes: not available"),

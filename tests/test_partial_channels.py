@@ -384,3 +384,67 @@ def test_checkpointed_recomputation_uses_the_functional_call_weights():
         grads.append(torch.autograd.grad(loss, shifted + model.arch_parameters()))
     for g, h in zip(*grads, strict=True):
         torch.testing.assert_close(g, h, rtol=1e-10, atol=1e-12)
+
+
+# -- NAS-Bench-201's supernet with partial channels ------------------------------------------
+def _shuffle_by_hand(x, k):
+    """ShuffleNet's shuffle written out: output channel c * k + g is input channel g * (C/k) + c."""
+    C = x.shape[1]
+    out = torch.empty_like(x)
+    for g in range(k):
+        for c in range(C // k):
+            out[:, c * k + g] = x[:, g * (C // k) + c]
+    return out
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_an_nb201_partial_channel_edge_mixes_the_first_channels_and_shuffles_in_the_rest(k):
+    from darts.spaces.nb201 import NB201MixedOp
+    torch.manual_seed(0)
+    edge = NB201MixedOp(8, partial_channels=k).double()
+    x = torch.randn(2, 8, 5, 5, dtype=torch.float64)
+    w = torch.softmax(torch.randn(5, dtype=torch.float64), -1)
+    part = 8 // k  # the ops see only x[:, :part]: columns 1..4 (none adds nothing)
+    mixed = sum(w[c] * op(x[:, :part]) for c, op in zip(edge.columns, edge.ops, strict=True))
+    expected = _shuffle_by_hand(torch.cat([mixed, x[:, part:]], 1), k)
+    assert torch.allclose(edge(x, w), expected, atol=1e-12)
+    assert all(m.in_channels == part for m in edge.modules() if isinstance(m, nn.Conv2d))
+
+
+def test_an_nb201_partial_channel_cell_is_the_beta_weighted_sum_of_its_edges():
+    from darts.spaces.nb201 import EDGES, NB201SearchNetwork
+    torch.manual_seed(0)
+    net = NB201SearchNetwork(num_classes=3, C=4, N=1, partial_channels=2).double().eval()
+    with torch.no_grad():
+        net.betas.copy_(torch.tensor([0.3, 1.0, -1.0, 0.5, 0.0, 2.0], dtype=torch.float64))
+    w, e = net.mixing_weights()
+    b = net.betas.detach()  # node 1 has edge 0; node 2 edges 1, 2; node 3 edges 3, 4, 5
+    expected = torch.cat([torch.ones(1, dtype=torch.float64), torch.softmax(b[1:3], 0),
+                          torch.softmax(b[3:], 0)])
+    assert torch.allclose(e, expected)
+    cell = net.body[0]
+    x = torch.randn(2, 4, 6, 6, dtype=torch.float64)
+    nodes = [x]
+    for i in range(1, 4):
+        nodes.append(sum(expected[k] * cell.edges[k](nodes[j], w[k])
+                         for k, (target, j) in enumerate(EDGES) if target == i))
+    assert torch.allclose(cell(x, w, None, e), nodes[3], atol=1e-12)
+    assert [p.shape for p in net.arch_parameters()] == [(6, 5), (6,)]
+    assert net.op_alpha_parameters() == [net.alphas]
+    assert all(p is not net.betas for p in net.network_parameters())
+    loss = net(torch.randn(2, 3, 8, 8, dtype=torch.float64)).sum()
+    loss.backward()
+    assert net.betas.grad is not None and net.betas.grad[1:].abs().sum() > 0  # edge 0 has no choice
+
+
+def test_pc_darts_searches_nb201(tmp_path):
+    from darts.search import SearchConfig, run
+    cfg = SearchConfig(dataset="synthetic", space="nb201", init_channels=4, layers=1, image_size=8,
+                       synthetic_size=16, batch_size=8, workers=0, progress=False, epochs=2,
+                       save=str(tmp_path), name="pc", device="cpu", tensorboard=False, threads=1,
+                       order=1, partial_channels=2, warmup_epochs=1)
+    metrics = run(cfg)
+    assert metrics["complete"] and len(metrics["history"]) == 2
+    state = torch.load(tmp_path / "pc" / "checkpoint.pt", weights_only=True)
+    assert state["model"]["betas"].shape == (6,)
+    assert len(state["arch_optimizer"]["state"]) == 2  # Adam stepped the alphas and the betas

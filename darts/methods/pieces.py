@@ -20,6 +20,7 @@ import torch.nn as nn
 from darts.errors import UserError
 from darts.methods import perturb as perturbation
 from darts.methods import select
+from darts.methods.regularizers import op_alphas
 from darts.methods.supernet import (
     AuxiliarySkip,
     WeightTransforms,
@@ -39,6 +40,8 @@ def validate(cfg: Any) -> None:
         ("warmup_epochs", 0 <= cfg.warmup_epochs, "0 or more"),
         ("max_skip", cfg.max_skip is None or cfg.max_skip >= 0, "0 or more"),
         ("early_stop_skips", cfg.early_stop_skips is None or cfg.early_stop_skips >= 1, "1 or more"),
+        ("early_stop_stable", cfg.early_stop_stable is None or cfg.early_stop_stable >= 1,
+         "1 or more"),
         ("pt_interval", cfg.pt_interval >= 0, "0 (no tuning) or more"),
     ]
     for flag, ok, need in checks:
@@ -83,7 +86,7 @@ def refuse_with_multitrial(cfg: Any) -> None:
     """The pieces act on the gradient search; a multi-trial strategy has no alphas."""
     defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
     given = [k for k in ("perturb", "aux_skip", "skip_dropout", "warmup_epochs", "max_skip",
-                         "select", "early_stop_skips") if getattr(cfg, k) != defaults[k]]
+                         "select", "early_stop_skips", "early_stop_stable") if getattr(cfg, k) != defaults[k]]
     if given:
         raise UserError(f"--{given[0]}: a piece of the gradient search (--strategy darts); "
                         f"--strategy {cfg.strategy} has no alphas. Leave --{given[0]} out")
@@ -115,6 +118,7 @@ class Pieces:
         self.epoch = 0
         self.epsilon = 0.0
         self.perturbed: tuple[torch.Tensor, ...] | None = None
+        self.learnable: list[int] | None = None  # DARTS+'s learnable op columns, found once
 
     # -- schedules -----------------------------------------------------------------------------
     def start_epoch(self, epoch: int) -> dict[str, float]:
@@ -198,8 +202,23 @@ class Pieces:
             return cells.skip_connects(genotype)
         return cells.skip_connects(cells.decode(self.model, meta))
 
-    def stop(self, skips: int) -> bool:
-        return select.should_stop(skips, self.cfg.early_stop_skips)
+    def learnable_ranking(self, ops) -> list[list[list[int]]]:
+        """This epoch's ranking of the learnable ops' alphas (DARTS+'s criterion 2)."""
+        if self.learnable is None:
+            self.learnable = select.learnable_columns(ops)
+        return select.learnable_ranking(op_alphas(self.model), self.learnable)
+
+    def stop(self, skips: int, rankings: list[Any]) -> str | None:
+        """Why DARTS+ stops the search after this epoch (None: it goes on). `rankings`: every
+        epoch's learnable ranking so far, this one last."""
+        if select.should_stop(skips, self.cfg.early_stop_skips):
+            return (f"the normal cell has {skips} skip-connections (--early_stop_skips "
+                    f"{self.cfg.early_stop_skips})")
+        n = self.cfg.early_stop_stable
+        if select.ranking_stable(rankings, n):
+            return (f"the ranking of the learnable ops' alphas has been the same for {n} "
+                    f"epoch{'s' * (n != 1)} (--early_stop_stable {n})")
+        return None
 
 
 def pt_select(pieces: Pieces, cells, *, architect, criterion, device, valid_loader, weight_data,

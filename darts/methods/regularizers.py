@@ -4,8 +4,8 @@ Each regularizer is an architecture loss (darts.architect's contract: `loss(mode
 scalar added to what the alphas minimise; its alpha gradient is added to the first- or
 second-order gradient of L_val), with an epoch hook (`set_epoch`, darts.methods.schedule)
 for a weight that changes over the search. `--reg_weight` overrides the published weight.
-The terms read the op alphas, `model.arch_parameters()[:2]` (normal and reduction cells of
-the DARTS space, NAS-Bench-201's one matrix; PC-DARTS's edge betas are left out).
+The terms read the op alphas, `op_alphas(model)` (normal and reduction cells of the DARTS
+space, NAS-Bench-201's one matrix; PC-DARTS's edge betas are left out).
 
 - `beta`: beta-DARTS's Beta-Decay (Ye et al., CVPR 2022; code Sunshine-Ye/Beta-DARTS,
   optimizers/darts/architect.py `mlc_loss`): per cell type the mean over edges of
@@ -42,6 +42,8 @@ REGULARIZERS = ("none", "beta", "zero-one", "drnas-kl", "drnas-l2")
 
 def op_alphas(model: nn.Module) -> list[torch.Tensor]:
     """The alphas that weight ops (not PC-DARTS's edge betas)."""
+    if hasattr(model, "op_alpha_parameters"):  # NAS-Bench-201's supernet
+        return list(model.op_alpha_parameters())
     return list(model.arch_parameters())[:2]
 
 

@@ -80,6 +80,28 @@ def should_stop(skips: int, early_stop_skips: int | None) -> bool:
     return early_stop_skips is not None and skips >= early_stop_skips
 
 
+# -- DARTS+, criterion 2: the learnable ops' ranking stable for N epochs -----------------------
+def learnable_columns(ops: tuple[str, ...] | list[str]) -> list[int]:
+    """The columns of the ops that have weights of their own (DARTS+'s "learnable
+    operations": the convolutions), found by building each op once."""
+    from darts.primitives import build_op
+    return [k for k, op in enumerate(ops)
+            if any(True for _ in build_op(op, 4, 1, False).parameters())]
+
+
+def learnable_ranking(alphas: list[torch.Tensor], columns: list[int]) -> list[list[list[int]]]:
+    """Per alpha matrix and edge, the learnable ops' columns from the strongest alpha to the
+    weakest (a tie by column)."""
+    return [[sorted(columns, key=lambda k, row=row: (-row[k], k)) for row in a.detach().cpu().tolist()]
+            for a in alphas]
+
+
+def ranking_stable(rankings: list[Any], epochs: int | None) -> bool:
+    """DARTS+'s criterion 2: the last `epochs` epochs' rankings are all the same."""
+    return epochs is not None and len(rankings) >= epochs and \
+        all(r == rankings[-1] for r in rankings[-epochs:])
+
+
 # -- DARTS-PT: perturbation-based projection -------------------------------------------------
 @dataclass
 class Projection:

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from darts.errors import UserError
 from darts.ops import ReLUConvBN
 from darts.primitives import OPS, build_op, register_op
+from darts.supernet import channel_shuffle
 
 NB201_OPS: tuple[str, ...] = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3",
                               "avg_pool_3x3")
@@ -255,18 +256,31 @@ class NB201Cell(nn.Module):
 
 
 class NB201MixedOp(nn.Module):
-    """Eq. 2 on one edge: sum_o w_o * o(x) over the five ops (`none` adds nothing)."""
+    """Eq. 2 on one edge: sum_o w_o * o(x) over the five ops (`none` adds nothing).
 
-    def __init__(self, C: int, primitives: tuple[str, ...] = NB201_OPS):
+    With `partial_channels=K > 1` (PC-DARTS, Xu et al. 2020, Section 3.1) the ops see only the
+    first C/K channels; the rest bypass them, and a channel shuffle with K groups interleaves
+    the two parts."""
+
+    def __init__(self, C: int, primitives: tuple[str, ...] = NB201_OPS, partial_channels: int = 1):
         super().__init__()
+        self.partial_channels = partial_channels
         self.columns = tuple(k for k, op in enumerate(primitives) if op != "none")
-        self.ops = nn.ModuleList(build_op(primitives[k], C, 1, False) for k in self.columns)
+        self.ops = nn.ModuleList(build_op(primitives[k], C // partial_channels, 1, False)
+                                 for k in self.columns)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        return sum(weights[k] * op(x) for k, op in zip(self.columns, self.ops, strict=True))
+        k = self.partial_channels
+        if k == 1:
+            return sum(weights[c] * op(x) for c, op in zip(self.columns, self.ops, strict=True))
+        part = x.shape[1] // k
+        mixed = sum(weights[c] * op(x[:, :part]) for c, op in zip(self.columns, self.ops, strict=True))
+        return channel_shuffle(torch.cat([mixed, x[:, part:]], dim=1), k)
 
     def forward_op(self, x: torch.Tensor, column: int) -> torch.Tensor:
         """The op of column `column` alone: forward(x, w) for w one-hot on it (not `none`)."""
+        if self.partial_channels > 1:
+            raise ValueError("a single path runs whole ops: not with partial channels")
         return self.ops[self.columns.index(column)](x)
 
     def forward_sampled(self, x: torch.Tensor, weights: torch.Tensor, column: int) -> torch.Tensor:
@@ -281,18 +295,26 @@ class NB201MixedOp(nn.Module):
 class NB201SearchCell(nn.Module):
     """The cell with every edge a mixed op; node i = sum over j < i of MixedOp_ij(node j)."""
 
-    def __init__(self, C: int, primitives: tuple[str, ...] = NB201_OPS):
+    def __init__(self, C: int, primitives: tuple[str, ...] = NB201_OPS, partial_channels: int = 1):
         super().__init__()
-        self.edges = nn.ModuleList(NB201MixedOp(C, primitives) for _ in EDGES)
+        self.edges = nn.ModuleList(NB201MixedOp(C, primitives, partial_channels) for _ in EDGES)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor,
-                columns: tuple[int, ...] | None = None) -> torch.Tensor:
-        """`columns`: a hard sample's op per edge (GDAS), each edge running only that op."""
+                columns: tuple[int, ...] | None = None,
+                edge_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """`columns`: a hard sample's op per edge (GDAS), each edge running only that op.
+        `edge_weights` (PC-DARTS's edge normalisation): node i = sum over its edges of the
+        edge's weight times its mixed op."""
         nodes = [x]
         for i in range(1, NODES):
-            nodes.append(sum(self.edges[e](nodes[j], weights[e]) if columns is None
-                             else self.edges[e].forward_sampled(nodes[j], weights[e], columns[e])
-                             for e, (target, j) in enumerate(EDGES) if target == i))
+            terms = []
+            for e, (target, j) in enumerate(EDGES):
+                if target != i:
+                    continue
+                out = (self.edges[e](nodes[j], weights[e]) if columns is None
+                       else self.edges[e].forward_sampled(nodes[j], weights[e], columns[e]))
+                terms.append(out if edge_weights is None else edge_weights[e] * out)
+            nodes.append(sum(terms))
         return nodes[-1]
 
     def forward_path(self, x: torch.Tensor, columns: tuple[int, ...]) -> torch.Tensor:
@@ -308,6 +330,12 @@ class NB201SearchCell(nn.Module):
                     node = node + self.edges[e].forward_op(nodes[j], columns[e])
             nodes.append(torch.zeros_like(x) if isinstance(node, int) else node)
         return nodes[-1]
+
+
+def normalized_edge_weights(betas: torch.Tensor) -> torch.Tensor:
+    """PC-DARTS's edge normalisation on this cell: the softmax of the betas over each node's
+    incoming edges (node i has i of them), in edge order."""
+    return torch.cat([F.softmax(b, dim=-1) for b in betas.split(list(range(1, NODES)))])
 
 
 def _macro(C: int, N: int, make_cell) -> tuple[nn.Module, nn.ModuleList, int]:
@@ -345,21 +373,40 @@ class NB201Network(nn.Module):
 
 class NB201SearchNetwork(nn.Module):
     """The supernet: the benchmark's network with every edge a mixed op, one (6, 5) alpha
-    matrix shared by all cells (1e-3 * N(0, 1), as DARTS), softmax mixing (eq. 2)."""
+    matrix shared by all cells (1e-3 * N(0, 1), as DARTS), softmax mixing (eq. 2).
 
-    def __init__(self, num_classes: int = 10, C: int = 16, N: int = 5, sampler=None):
+    `partial_channels=K > 1`: PC-DARTS's partial channels on every edge (`NB201MixedOp`) and
+    its edge normalisation: arch parameters `betas` (one per edge, 1e-3 * N(0, 1)); node i's
+    input is sum_j softmax_j(betas of i's incoming edges) * edge_j(node j). The decoded cell
+    is the alphas' (NAS-Bench-201 keeps every edge)."""
+
+    def __init__(self, num_classes: int = 10, C: int = 16, N: int = 5, sampler=None,
+                 partial_channels: int = 1):
         super().__init__()
+        if partial_channels < 1 or C % partial_channels:
+            raise ValueError(f"partial_channels={partial_channels} must be a positive divisor "
+                             f"of C={C}")
         self.sampler = sampler  # darts.methods.mixing (GDAS, DrNAS, FairDARTS); None: softmax
-        self.stem, self.body, C_last = _macro(C, N, lambda c: NB201SearchCell(c))
+        self.partial_channels = partial_channels
+        self.stem, self.body, C_last = _macro(
+            C, N, lambda c: NB201SearchCell(c, partial_channels=partial_channels))
         self.lastact = nn.Sequential(nn.BatchNorm2d(C_last), nn.ReLU())
         self.classifier = nn.Linear(C_last, num_classes)
         self.alphas = nn.Parameter(1e-3 * torch.randn(len(EDGES), len(NB201_OPS)))
+        if partial_channels > 1:
+            self.betas = nn.Parameter(1e-3 * torch.randn(len(EDGES)))
 
     def arch_parameters(self) -> list[nn.Parameter]:
+        """[alphas], then PC-DARTS's [betas] with K > 1."""
+        return [self.alphas, self.betas] if self.partial_channels > 1 else [self.alphas]
+
+    def op_alpha_parameters(self) -> list[nn.Parameter]:
+        """The arch parameters that weight ops (not PC-DARTS's edge betas)."""
         return [self.alphas]
 
     def named_network_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        return ((n, p) for n, p in self.named_parameters() if p is not self.alphas)
+        arch = {id(p) for p in self.arch_parameters()}
+        return ((n, p) for n, p in self.named_parameters() if id(p) not in arch)
 
     def network_parameters(self) -> list[nn.Parameter]:
         return [p for _, p in self.named_network_parameters()]
@@ -370,17 +417,27 @@ class NB201SearchNetwork(nn.Module):
         deterministic weights (`forward`: those the supernet runs in evaluation)."""
         alphas = self.alphas.detach() if detach else self.alphas
         if self.sampler is not None:
-            return self.sampler([alphas], sample=self.training and torch.is_grad_enabled(),
-                                forward=forward)
-        return (F.softmax(alphas, dim=-1),)
+            ops = self.sampler([alphas], sample=self.training and torch.is_grad_enabled(),
+                               forward=forward)
+        else:
+            ops = (F.softmax(alphas, dim=-1),)
+        if self.partial_channels == 1:
+            return ops
+        betas = self.betas.detach() if detach else self.betas
+        return (*ops, normalized_edge_weights(betas))
 
     def forward(self, x: torch.Tensor, weights: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
         weights = self.mixing_weights(forward=True) if weights is None else weights
         columns = getattr(weights, "columns", (None,))[0]  # a hard sample: one op per edge
-        (w,) = tuple(weights)
+        weights = tuple(weights)
+        if len(weights) != (2 if self.partial_channels > 1 else 1):
+            raise ValueError(f"expected the mixing weights mixing_weights() returns (ops"
+                             f"{', edges' if self.partial_channels > 1 else ''}), got "
+                             f"{len(weights)} tensors")
+        w, e = weights[0], (weights[1] if len(weights) == 2 else None)
         x = self.stem(x)
         for block in self.body:
-            x = block(x, w, columns) if isinstance(block, NB201SearchCell) else block(x)
+            x = block(x, w, columns, e) if isinstance(block, NB201SearchCell) else block(x)
         x = F.adaptive_avg_pool2d(self.lastact(x), 1).flatten(1)
         return self.classifier(x)
 
