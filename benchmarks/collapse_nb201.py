@@ -95,6 +95,9 @@ def main(argv=None) -> int:
     parser.add_argument("--benchmark", default="", help="a NAS-Bench-201 CSV table")
     parser.add_argument("--protocol", choices=("reduced", "benchmark"), default="reduced")
     parser.add_argument("--json", required=True)
+    parser.add_argument("--note", default="",
+                        help="a line kept in the JSON, e.g. what the table is (synthetic or the "
+                             "benchmark's)")
     parser.add_argument("--keep", action="store_true",
                         help="reuse the rows of --json that ran with the same protocol, data and "
                              "table; run only the missing (method, seed) pairs")
@@ -121,7 +124,8 @@ def main(argv=None) -> int:
                 Path(args.json).parent.mkdir(parents=True, exist_ok=True)
                 Path(args.json).write_text(json.dumps(
                     {"protocol": args.protocol, "dataset": args.dataset, "data": args.data,
-                     "benchmark": args.benchmark, "published": PUBLISHED, "runs": rows},
+                     "benchmark": args.benchmark, "note": args.note, "published": PUBLISHED,
+                     "runs": rows},
                     indent=2) + "\n")
     if args.markdown:
         Path(args.markdown).write_text(markdown(rows, args.benchmark) + "\n")
