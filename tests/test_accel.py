@@ -134,3 +134,26 @@ def test_accel_switched_off_leaves_the_model_plain(monkeypatch):
     assert all(c.executor is None for c in model.cells)
     assert all(type(m) in (nn.Conv2d, nn.BatchNorm2d) for m in model.modules()
                if isinstance(m, (nn.Conv2d, nn.BatchNorm2d)))
+
+
+def test_cumulative_batchnorm_statistics_match_the_plain_supernet():
+    """BatchNorm momentum None (a cumulative average, as BatchNorm recalibration uses) set after
+    acceleration: every running statistic after three training batches equals the plain
+    supernet's, including the pooling edges whose normalised output is shared."""
+    torch.manual_seed(0)
+    plain = SearchNetwork(8, 10, 3, SearchSpace(steps=2, multiplier=2))
+    fast = accelerate(copy.deepcopy(plain))
+    for net in (plain, fast):
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum = None
+        net.train()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for _ in range(3):
+            x = torch.randn(4, 3, 16, 16, generator=g)
+            plain(x), fast(x)
+    fast_buffers = dict(fast.named_buffers())
+    for name, buf in plain.named_buffers():
+        if "running" in name or "num_batches" in name:
+            assert torch.allclose(fast_buffers[name].float(), buf.float(), atol=1e-5), name

@@ -209,9 +209,9 @@ def _shared_pool_bn(pool: nn.Module, bn: nn.BatchNorm2d, x: torch.Tensor, shared
         entry = shared[key] = (out, stats)
     out, stats = entry
     if stats is not None and bn.track_running_stats and bn.running_mean is not None:
-        bn.num_batches_tracked.add_(1)
+        momentum = _count_batch(bn)  # momentum None: the cumulative average, as nn.BatchNorm2d
         var, mean = stats
-        update_running_stats(bn, mean, var, bn.momentum)
+        update_running_stats(bn, mean, var, momentum)
     return out
 
 
