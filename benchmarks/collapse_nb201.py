@@ -128,17 +128,16 @@ def main(argv=None) -> int:
                      "runs": rows},
                     indent=2) + "\n")
     if args.markdown:
-        Path(args.markdown).write_text(markdown(rows, args.benchmark) + "\n")
+        Path(args.markdown).write_text(markdown(rows) + "\n")
     return 0
 
 
 def arch_text(row: dict) -> str:
     """A row's derived cell as its arch string (metrics.json keeps {"arch": ...})."""
-    arch = row["arch"]
-    return arch["arch"] if isinstance(arch, dict) else str(arch)
+    return row["arch"]["arch"]
 
 
-def markdown(rows: list[dict], benchmark: str) -> str:
+def markdown(rows: list[dict]) -> str:
     """One row per method: every seed's cell and skips, mean search time, mean ± sd score."""
     lines = ["| method | derived cell (per seed) | skips, last epoch (per seed) | most skips in an "
              "epoch | search time (s, mean) | table score (mean ± sd) | published |",
@@ -149,7 +148,7 @@ def markdown(rows: list[dict], benchmark: str) -> str:
         published = PUBLISHED.get(method, (None, ""))[0]
         shown = "—" if published is None else f"{published:.2f}"
         if not done:
-            lines.append(f"| {method} | refused: see the log | | | | | {shown} |")
+            lines.append(f"| {method} | refused: see its error in the JSON | | | | | {shown} |")
             continue
         cells = "<br>".join("`" + arch_text(r).replace("|", "\\|") + "`" for r in done)
         skips = ", ".join(str(r["skip_connect"]) for r in done)

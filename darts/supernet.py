@@ -104,10 +104,11 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     return out
 
 
-def normalized_edge_weights(betas: torch.Tensor, steps: int) -> torch.Tensor:
+def normalized_edge_weights(betas: torch.Tensor, steps: int, inputs: int = 2) -> torch.Tensor:
     """PC-DARTS edge normalisation: the softmax of the betas over each node's incoming edges
-    (node i has i + 2 of them), concatenated in edge order."""
-    sizes = [i + 2 for i in range(steps)]
+    (intermediate node i has i + `inputs` of them: 2 in the DARTS cell, 1 in NAS-Bench-201's),
+    concatenated in edge order."""
+    sizes = [i + inputs for i in range(steps)]
     return torch.cat([F.softmax(b, dim=-1) for b in betas.split(sizes)])
 
 

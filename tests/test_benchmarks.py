@@ -145,7 +145,7 @@ def test_the_collapse_table_averages_seeds_and_escapes_the_arch_strings():
 
     rows = [row(0, "|skip_connect~0|", [0, 2, 1], 90.0), row(1, "|none~0|", [0, 0], 92.0),
             {"method": "pc-darts", "seed": 0, "error": "refused"}]
-    lines = collapse_nb201.markdown(rows, "table.csv").splitlines()
+    lines = collapse_nb201.markdown(rows).splitlines()
     assert len(lines) == 4 and lines[0].startswith("| method |")
     gdas = [c.strip() for c in lines[2].split(" | ")]
     assert gdas[1] == r"`\|skip_connect~0\|`<br>`\|none~0\|`"  # a pipe would split the cell

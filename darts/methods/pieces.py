@@ -67,6 +67,10 @@ def validate(cfg: Any) -> None:
         raise UserError("--skip_dropout with --order 2 --hessian fd: the two forwards of the "
                         "finite difference draw different dropout masks, and the difference "
                         "divided by 2 eps is noise; use --order 1 (P-DARTS's) or --hessian exact")
+    if cfg.perturb != "none" and cfg.partial_channels > 1 and cfg.space == "nb201":
+        raise UserError("--perturb with --partial_channels on --space nb201: SDARTS "
+                        "perturbs the op weights only, which this supernet's mixing "
+                        "weights do not set apart from PC-DARTS's edge weights; leave one out")
     if cfg.select == "pt" and cfg.partial_channels > 1:
         raise UserError("--select pt with --partial_channels: DARTS-PT projects plain DARTS "
                         "edges; leave --partial_channels out")

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from darts.errors import UserError
 from darts.ops import ReLUConvBN
 from darts.primitives import OPS, build_op, register_op
-from darts.supernet import channel_shuffle
+from darts.supernet import channel_shuffle, normalized_edge_weights
 
 NB201_OPS: tuple[str, ...] = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3",
                               "avg_pool_3x3")
@@ -271,11 +271,9 @@ class NB201MixedOp(nn.Module):
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         k = self.partial_channels
-        if k == 1:
-            return sum(weights[c] * op(x) for c, op in zip(self.columns, self.ops, strict=True))
-        part = x.shape[1] // k
-        mixed = sum(weights[c] * op(x[:, :part]) for c, op in zip(self.columns, self.ops, strict=True))
-        return channel_shuffle(torch.cat([mixed, x[:, part:]], dim=1), k)
+        part = x if k == 1 else x[:, :x.shape[1] // k]
+        mixed = sum(weights[c] * op(part) for c, op in zip(self.columns, self.ops, strict=True))
+        return mixed if k == 1 else channel_shuffle(torch.cat([mixed, x[:, part.shape[1]:]], 1), k)
 
     def forward_op(self, x: torch.Tensor, column: int) -> torch.Tensor:
         """The op of column `column` alone: forward(x, w) for w one-hot on it (not `none`)."""
@@ -330,12 +328,6 @@ class NB201SearchCell(nn.Module):
                     node = node + self.edges[e].forward_op(nodes[j], columns[e])
             nodes.append(torch.zeros_like(x) if isinstance(node, int) else node)
         return nodes[-1]
-
-
-def normalized_edge_weights(betas: torch.Tensor) -> torch.Tensor:
-    """PC-DARTS's edge normalisation on this cell: the softmax of the betas over each node's
-    incoming edges (node i has i of them), in edge order."""
-    return torch.cat([F.softmax(b, dim=-1) for b in betas.split(list(range(1, NODES)))])
 
 
 def _macro(C: int, N: int, make_cell) -> tuple[nn.Module, nn.ModuleList, int]:
@@ -424,7 +416,7 @@ class NB201SearchNetwork(nn.Module):
         if self.partial_channels == 1:
             return ops
         betas = self.betas.detach() if detach else self.betas
-        return (*ops, normalized_edge_weights(betas))
+        return (*ops, normalized_edge_weights(betas, NODES - 1, inputs=1))
 
     def forward(self, x: torch.Tensor, weights: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
         weights = self.mixing_weights(forward=True) if weights is None else weights
