@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 from collections.abc import Callable
@@ -50,10 +49,9 @@ from darts.spaces import cnn
 from darts.spaces.nb201 import NB201Arch, NB201Network, load_arch
 from darts.train import distributed
 from darts.train.checkpoint import (
-    discarded_if_unfinished,
+    diverged,
     epoch_history,
     load_checkpoint,
-    new_run_dir,
     restore,
     rng_state,
     run_dir_of,
@@ -76,6 +74,7 @@ from darts.train.engine import (
     tune_malloc,
 )
 from darts.train.files import save_json
+from darts.train.rundir import RunClaim, claim_run_dir
 from darts.train.tb import EpochTimer, RunLogger, draw_cells, format_duration
 
 CIFAR_RECIPE: dict[str, Any] = dict(
@@ -294,15 +293,16 @@ def run(cfg: FinalConfig, *, resume: str | None = None,
             image_size=cfg.image_size, num_classes=cfg.num_classes,
             synthetic_size=cfg.synthetic_size, seed=cfg.seed)
 
-        if ckpt is None:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            name = cfg.name or f"final-{cfg.dataset}-{_genotype_label(spec, genotype)}-{stamp}"
-            run_dir = distributed.on_main(d, lambda: new_run_dir(cfg.save, name))
-        with discarded_if_unfinished(run_dir, new=ckpt is None and d.is_main):
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        name = cfg.name or f"final-{cfg.dataset}-{_genotype_label(spec, genotype)}-{stamp}"
+        claim = claim_run_dir(d, None if ckpt is None else run_dir, cfg.save, name,
+                              numbered=not cfg.name)
+        run_dir = claim.path
+        with claim.held():
             logger = RunLogger(run_dir, enabled=d.is_main, tensorboard=cfg.tensorboard, name="final")
             try:
                 return _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger,
-                              ckpt, on_epoch_end, d, graphs)
+                              ckpt, on_epoch_end, d, graphs, claim)
             finally:
                 logger.close()
     finally:
@@ -349,7 +349,7 @@ def _loaders(cfg, info, train_set, test_set, device, d: Dist):
 
 
 def _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger, ckpt, on_epoch_end,
-           d: Dist, graphs: bool):
+           d: Dist, graphs: bool, claim: RunClaim):
     configure_cpu_threads(cfg.threads, logger.warning if device.type == "cpu" else None,
                           logger.info, adapt=cfg.adapt_threads)
     model = build_network(genotype, cfg, info.num_classes, info.network).to(device)
@@ -433,9 +433,8 @@ def _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger, ck
                          log=logger.warning, progress=cfg.progress and d.is_main)
         scheduler.step()
         dt = timer.stop()
-        if not math.isfinite(train.loss):
-            raise UserError(f"training diverged at epoch {epoch + 1} (loss {train.loss}); "
-                            f"lower --learning_rate or keep --grad_clip on")
+        diverged(epoch, {"train_loss": train.loss, "valid_loss": valid.loss}, run_dir,
+                 "lower --learning_rate, or keep --grad_clip on")
         if valid.top1 > best["top1"]:
             best = {"top1": valid.top1, "top5": valid.top5, "epoch": epoch + 1}
         record = {"epoch": epoch + 1, "lr": lr, "drop_path_prob": net.drop_path_prob,
@@ -465,6 +464,7 @@ def _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger, ck
             "image_size": info.image_size, "train_time_s": sum(r["epoch_time_s"] for r in history),
         }
         if d.is_main:
+            claim.check()
             save_checkpoint(state, run_dir / "checkpoint.pt")
             save_json(metrics, run_dir / "metrics.json")
             logger.flush()

@@ -21,13 +21,11 @@ evaluation repeated) and ends with the same history as an uninterrupted run.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
 import os
 import shlex
-import shutil
 import time
 from pathlib import Path
 from types import ModuleType
@@ -40,7 +38,8 @@ from darts.nb201 import BenchmarkTable
 from darts.strategies import STRATEGIES, Strategy
 from darts.strategies import run as run_strategy
 from darts.train.config import config_from_dict, to_dict
-from darts.train.files import atomic_open, save_json
+from darts.train.files import atomic_open, save_json, write_error
+from darts.train.rundir import RunClaim, claim_existing, claim_new
 from darts.train.tb import RunLogger, draw_cells, format_duration
 
 EVALUATORS = ("benchmark", "oneshot", "train")
@@ -135,7 +134,9 @@ def validate(cfg) -> None:
 
 
 class _History:
-    """history.jsonl: read (a torn last line from a crash is dropped), appended and synced."""
+    """history.jsonl: read (a torn last line from a crash is dropped), appended and synced.
+    Every line ends with a newline: a file whose last line lacks one (a torn write, an
+    editor) is rewritten whole before anything is appended to it."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -143,26 +144,23 @@ class _History:
     def read(self, batch: int) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []
-        lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
+        try:
+            raw = self.path.read_bytes()
+        except OSError as e:
+            raise UserError(f"{self.path}: cannot read it ({e.strerror})") from None
+        lines = raw.decode("utf-8", errors="replace").splitlines()
         records = []
         for k, line in enumerate(lines, start=1):
-            try:
-                record = json.loads(line)
-                ok = (isinstance(record, dict) and record.get("n") == k
-                      and isinstance(record.get("candidate"), str)
-                      and all(isinstance(record.get(f), (int, float))
-                              for f in ("score", "reported", "cost")))
-            except ValueError:
-                ok = False
-            if not ok:
+            why = _not_a_record(line, k)
+            if why is not None:
                 if k == len(lines):  # the line a crash cut short
                     break
-                raise UserError(f"{self.path}, line {k}: not a history record; the run cannot "
-                                f"be resumed from it")
-            records.append(record)
+                raise UserError(f"{self.path}, line {k}: {why}; the run cannot be resumed from "
+                                f"it (restore the line, or delete it and every line after it)")
+            records.append(json.loads(line))
         # a crash inside a batch leaves part of it: that batch is evaluated again
         whole = len(records) - len(records) % batch
-        if whole != len(lines):
+        if whole != len(lines) or (raw and not raw.endswith(b"\n")):
             self.rewrite(records[:whole])
         return records[:whole]
 
@@ -171,10 +169,34 @@ class _History:
             f.write("".join(json.dumps(r) + "\n" for r in records).encode("utf-8"))
 
     def append(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        line = (json.dumps(record, allow_nan=False) + "\n").encode("utf-8")
+        try:
+            with open(self.path, "a+b") as f:
+                if f.seek(0, os.SEEK_END) > 0:
+                    f.seek(-1, os.SEEK_END)
+                    if f.read(1) != b"\n":  # never onto an unterminated line
+                        line = b"\n" + line
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise write_error(self.path, e) from None
+
+
+def _not_a_record(line: str, n: int) -> str | None:
+    """Why `line` (line `n`) is not the history record of evaluation `n`; None if it is."""
+    try:
+        record = json.loads(line)
+    except ValueError as e:
+        return f"not one JSON record ({e.msg} at column {e.colno})"
+    if not isinstance(record, dict) or record.get("n") != n:
+        return f"not the record of evaluation {n}"
+    if not isinstance(record.get("candidate"), str):
+        return "its candidate is not a string"
+    bad = [f for f in ("score", "reported", "cost")
+           if not isinstance(record.get(f), (int, float)) or isinstance(record.get(f), bool)
+           or not math.isfinite(record[f])]
+    return f"its {', '.join(bad)} not a finite number" if bad else None
 
 
 def _benchmark_result(table: BenchmarkTable | None, space: ModuleType, best: Any,
@@ -228,19 +250,6 @@ def make_evaluator(cfg, space: ModuleType, table: BenchmarkTable | None, run_dir
     return from_search_config(cfg, space, run_dir, logger)
 
 
-@contextlib.contextmanager
-def _discarded_if_empty(run_dir: Path, new: bool):
-    """A new run that fails before its first evaluation is recorded leaves nothing behind."""
-    existed = run_dir.exists()
-    try:
-        yield
-    except BaseException:
-        history = run_dir / HISTORY
-        if new and not existed and not (history.exists() and history.stat().st_size > 0):
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-
-
 def run(cfg, *, resume: str | os.PathLike | None = None) -> dict[str, Any]:
     """Runs (or, with `resume`, continues) a multi-trial search; returns result.json's dict."""
     from darts.search import SearchConfig, resolved
@@ -258,22 +267,20 @@ def run(cfg, *, resume: str | os.PathLike | None = None) -> dict[str, Any]:
     validate(cfg)
     space = space_module(cfg.space)
     table = BenchmarkTable.load(cfg.benchmark) if cfg.benchmark else None
-    if resume is None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        name = cfg.name or f"{cfg.strategy}-{cfg.space}-{evaluator_name(cfg)}-{stamp}"
-        run_dir = Path(cfg.save) / name
-        if (run_dir / HISTORY).exists() or (run_dir / "checkpoint.pt").exists():
-            raise UserError(f"{run_dir} already holds a run: pass --resume {run_dir} or "
-                            f"another --name")
-    with _discarded_if_empty(run_dir, new=resume is None):
-        logger = RunLogger(run_dir, tensorboard=cfg.tensorboard, name="search")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = cfg.name or f"{cfg.strategy}-{cfg.space}-{evaluator_name(cfg)}-{stamp}"
+    claim = (claim_existing(run_dir) if resume is not None
+             else claim_new(cfg.save, name, numbered=not cfg.name))
+    with claim.held():
+        logger = RunLogger(claim.path, tensorboard=cfg.tensorboard, name="search")
         try:
-            return _run(cfg, space, table, run_dir, logger, resumed=resume is not None)
+            return _run(cfg, space, table, claim, logger, resumed=resume is not None)
         finally:
             logger.close()
 
 
-def _run(cfg, space, table, run_dir: Path, logger, resumed: bool) -> dict[str, Any]:
+def _run(cfg, space, table, claim: RunClaim, logger, resumed: bool) -> dict[str, Any]:
+    run_dir = claim.path
     strategy = make_strategy(cfg, space)
     evaluator = make_evaluator(cfg, space, table, run_dir, logger)
     batch = max(1, cfg.workers) if evaluator_name(cfg) == "train" else 1
@@ -302,6 +309,7 @@ def _run(cfg, space, table, run_dir: Path, logger, resumed: bool) -> dict[str, A
 
     def on_evaluation(record: dict[str, Any]) -> None:
         nonlocal best
+        claim.check()
         history.append(record)
         best = _better(best, record)
         spent[0] += record["cost"]

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 import torch.nn as nn
 
+from darts.errors import UserError
 from darts.ops import (
     Conv7x1_1x7,
     DilConv,
@@ -51,7 +53,40 @@ def build_op(name: str, C: int, stride: int, affine: bool) -> nn.Module:
         factory = OPS[name]
     except KeyError:
         raise KeyError(f"unknown op {name!r}; known ops: {', '.join(sorted(OPS))}") from None
-    return factory(C, stride, affine)
+    op = factory(C, stride, affine)
+    key = (name, factory, C, stride)
+    if key not in _SHAPES_CHECKED:
+        _check_shape(name, op, C, stride)
+        _SHAPES_CHECKED.add(key)
+    return op
+
+
+_SHAPES_CHECKED: set[tuple] = set()
+_PROBE = 8  # the probe's height and width: even, so that stride 2 halves it exactly
+
+
+def _check_shape(name: str, op: nn.Module, C: int, stride: int) -> None:
+    """Runs `op` once on a small input (in eval mode, without gradients: its weights and
+    BatchNorm statistics are unchanged) and refuses an op whose output is not C channels at
+    1/stride the input's size, naming it: cells sum their ops' outputs, so such an op would
+    fail later, deep inside a forward, with a message that does not name it."""
+    x = torch.zeros(2, C, _PROBE, _PROBE)
+    training = op.training
+    try:
+        op.eval()
+        with torch.no_grad():
+            y = op(x)
+        shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+    except Exception as e:  # noqa: BLE001 (any failure of a user's op is reported the same way)
+        shape = f"an error ({type(e).__name__}: {' '.join(str(e).split())[:120]})"
+    finally:
+        op.train(training)
+    want = (2, C, _PROBE // stride, _PROBE // stride)
+    if shape != want:
+        raise UserError(f"op {name!r} turns a {(2, C, _PROBE, _PROBE)} input at stride {stride} "
+                        f"into {shape}; an op must keep the {C} channels it is built with and "
+                        f"divide height and width by its stride, {want} (check its "
+                        f"factory(C, stride, affine))")
 
 
 def _skip_connect(C: int, stride: int, affine: bool) -> nn.Module:

@@ -181,8 +181,11 @@ class OneShotEvaluator:
             if num_classes is None:
                 raise ValueError("num_classes is needed to build the supernet")
             from darts.accel import accelerate
-            supernet = accelerate(SUPERNETS[name](num_classes, init_channels,
-                                                  pick(layers, "layers", 8)))
+            # Its initial weights are a function of the seed alone, as in every other run.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                supernet = accelerate(SUPERNETS[name](num_classes, init_channels,
+                                                      pick(layers, "layers", 8)))
         self.supernet = supernet.to(self.device)
         if self.channels_last:
             self.supernet = self.supernet.to(memory_format=torch.channels_last)

@@ -39,6 +39,13 @@ class BayesianOptimisation(Strategy):
             chosen = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup,
                                                 multivariate=True)
         else:
+            # Optuna imports the GP sampler's dependencies only when the model first fits,
+            # after the startup trials: checked here, before the first evaluation.
+            try:
+                import scipy  # noqa: F401
+            except ImportError:
+                raise ValueError("sampler gp needs scipy (pip install -r requirements.txt, "
+                                 "or pip install scipy)") from None
             chosen = optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
         self.study = optuna.create_study(direction="maximize", sampler=chosen)
         self.sizes = [len(choices) for choices in space.decisions()]

@@ -8,13 +8,12 @@ file can never execute code.
 
 from __future__ import annotations
 
-import contextlib
+import math
 import os
 import pickle
 import random
-import shutil
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -92,32 +91,23 @@ def epoch_history(ckpt: dict[str, Any]) -> tuple[int, list[dict[str, Any]]]:
     return epoch, history
 
 
-@contextlib.contextmanager
-def discarded_if_unfinished(run_dir: Path, new: bool) -> Iterator[None]:
-    """A `new` run's directory is removed again if the run stops before its first checkpoint:
-    a run that failed on the user's mistake leaves nothing behind (there is nothing to resume).
-    A directory that existed before, or that holds a checkpoint, is never touched."""
-    existed = run_dir.exists()
-    try:
-        yield
-    except BaseException:
-        if new and not existed and not (run_dir / "checkpoint.pt").exists():
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
+def diverged(epoch: int, losses: dict[str, float], run_dir: Path, fix: str) -> None:
+    """Stops a run whose epoch `epoch` (0-based) ended with a NaN or infinite loss, before
+    anything of that epoch is written: the checkpoint of the epoch before stays the last."""
+    bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
+    if not bad:
+        return
+    what = ", ".join(f"{k} {v}" for k, v in bad.items())
+    kept = (f"the checkpoint of epoch {epoch} in {run_dir} is kept" if epoch
+            else "no epoch finished, so nothing is kept")
+    raise UserError(f"the run diverged in epoch {epoch + 1} ({what}); it stopped, and {kept}; "
+                    f"{fix}")
 
 
 def run_dir_of(resume: str | os.PathLike) -> Path:
     """The run directory that `--resume` names (the directory itself or its checkpoint.pt)."""
     path = Path(resume)
     return path if path.is_dir() else path.parent
-
-
-def new_run_dir(save: str | os.PathLike, name: str) -> Path:
-    """`save/name` for a new run; refuses a directory that already holds one."""
-    run_dir = Path(save) / name
-    if (run_dir / "checkpoint.pt").exists():
-        raise UserError(f"{run_dir} already holds a run: pass --resume {run_dir} or another --name")
-    return run_dir
 
 
 def rng_state() -> dict[str, Any]:

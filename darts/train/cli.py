@@ -61,7 +61,8 @@ def main(cls: type, run: Callable[..., Any], description: str, what: str,
     except UserError as e:
         return report(e)
     except KeyboardInterrupt:
-        print("interrupted: --resume RUN_DIR continues from the last finished epoch's "
-              "checkpoint.pt (a run stopped in its first epoch leaves nothing)", file=sys.stderr)
+        print("interrupted: --resume RUN_DIR continues where the run stopped (the epoch or "
+              "evaluation in progress is done again); a run that had not finished its first "
+              "epoch or evaluation leaves nothing", file=sys.stderr)
         return 130
     return 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,8 @@ _FIXES = {
     errno.EROFS: "the file system is read-only: choose another --save folder",
     errno.EACCES: "check the folder's permissions or choose another --save folder",
     errno.EPERM: "check the folder's permissions or choose another --save folder",
+    errno.EFBIG: "the file outgrew the largest file allowed (ulimit -f, or the file system's "
+                 "limit): raise the limit",
 }
 
 
@@ -68,6 +71,20 @@ def atomic_open(path: str | os.PathLike) -> Iterator[IO[bytes]]:
         raise
 
 
+def json_safe(data: Any) -> Any:
+    """`data` with every NaN or infinite float replaced by None: JSON has no NaN (Python's
+    `json` would write a bare `NaN`, which other readers refuse)."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: json_safe(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [json_safe(v) for v in data]
+    return data
+
+
 def save_json(data: Any, path: str | os.PathLike) -> None:
+    """Writes `data` as valid JSON (a missing number, NaN or infinite, as null), atomically."""
+    text = json.dumps(json_safe(data), indent=2, allow_nan=False)
     with atomic_open(path) as f:
-        f.write((json.dumps(data, indent=2) + "\n").encode("utf-8"))
+        f.write((text + "\n").encode("utf-8"))

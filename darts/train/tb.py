@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from darts.train.files import write_error
+
 
 def format_duration(seconds: float) -> str:
     seconds = int(round(seconds))
@@ -39,17 +41,24 @@ class RunLogger:
         if not enabled:
             self.log.addHandler(logging.NullHandler())
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            file_handler = logging.FileHandler(self.run_dir / "log.txt")
+        except OSError as e:  # a read-only or full --save folder: one line, not a traceback
+            raise write_error(self.run_dir / "log.txt", e) from None
         fmt = logging.Formatter("%(asctime)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
-        for handler in (logging.FileHandler(self.run_dir / "log.txt"),
-                        logging.StreamHandler(sys.stdout)):
+        for handler in (file_handler, logging.StreamHandler(sys.stdout)):
             handler.setFormatter(fmt)
             self.log.addHandler(handler)
             self._handlers.append(handler)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(self.run_dir))
+            try:
+                self.writer = SummaryWriter(log_dir=str(self.run_dir))
+            except OSError as e:
+                self.close()
+                raise write_error(self.run_dir, e) from None
 
     def info(self, msg: str, *args: Any) -> None:
         self.log.info(msg, *args)
