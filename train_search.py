@@ -27,7 +27,7 @@ DESCRIPTION = "DARTS architecture search (the paper's settings by default)."
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
 
-    def run_method(cfg: SearchConfig, resume: str | None = None):
+    def run_method(cfg: SearchConfig, resume: str | None = None, **changes):
         """`--method NAME` sets its preset's flags, except those given explicitly."""
         if resume is None and cfg.method:
             given = cli.given_flags(cli.parse_args(SearchConfig, DESCRIPTION, "search", argv),
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
                     raise UserError(f"{e} (--method {cfg.method} sets --{flags[0]}; an explicit "
                                     f"--{flags[0]} overrides it)") from None
                 raise
-        return run(cfg, resume=resume)
+        return run(cfg, resume=resume, **changes)
 
     return cli.main(SearchConfig, run_method, DESCRIPTION, "search", argv)
 

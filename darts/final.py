@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -49,10 +49,12 @@ from darts.spaces import cnn
 from darts.spaces.nb201 import NB201Arch, NB201Network, load_arch
 from darts.train import distributed
 from darts.train.checkpoint import (
+    change_base_lr,
     diverged,
     epoch_history,
     load_checkpoint,
     restore,
+    resume_changes,
     rng_state,
     run_dir_of,
     save_checkpoint,
@@ -117,6 +119,10 @@ def _f(help: str, **meta: Any) -> dict[str, Any]:
 
 @dataclass
 class FinalConfig:
+    # What `--resume RUN_DIR` may change: a run that diverged goes on from its last good
+    # checkpoint with a smaller step (darts.train.checkpoint.change_base_lr).
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("learning_rate", "grad_clip")
+
     genotype: str = field(default=DEFAULT_GENOTYPE, metadata=_f(
         "a genotype JSON file or a published name from genotypes/ (e.g. darts_v2, pdarts); "
         "--space nb201 or cnn: an arch string or a search's arch.json (or use --arch)"))
@@ -247,17 +253,20 @@ def build_network(genotype: Any, cfg: FinalConfig, num_classes: int, network: st
 
 
 def run(cfg: FinalConfig, *, resume: str | None = None,
-        on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+        changes: dict[str, Any] | None = None) -> dict[str, Any]:
     """Trains the genotype; returns the metrics written to metrics.json.
 
     `resume` is a run directory (or its checkpoint.pt): the run continues there with the
     config it was started with. `on_epoch_end(epoch, metrics)` is called after each
     epoch's checkpoint is written.
     """
-    ckpt = None
+    ckpt, changed = None, {}
     if resume is not None:
         ckpt = load_checkpoint(resume, "final", CHECKPOINT_KEYS)
         cfg = config_from_dict(FinalConfig, ckpt["config"], where=str(resume))
+        changed = resume_changes(cfg, changes, FinalConfig.RESUMABLE)
+        cfg = dataclasses.replace(cfg, **changed)
     # The plugins first: the genotype may use the ops they register.
     cfg = dataclasses.replace(cfg, plugins=plugins.absolute(cfg.plugins))
     plugins.load(cfg.plugins)
@@ -302,7 +311,7 @@ def run(cfg: FinalConfig, *, resume: str | None = None,
             logger = RunLogger(run_dir, enabled=d.is_main, tensorboard=cfg.tensorboard, name="final")
             try:
                 return _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger,
-                              ckpt, on_epoch_end, d, graphs, claim)
+                              ckpt, on_epoch_end, d, graphs, claim, changed)
             finally:
                 logger.close()
     finally:
@@ -349,7 +358,7 @@ def _loaders(cfg, info, train_set, test_set, device, d: Dist):
 
 
 def _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger, ckpt, on_epoch_end,
-           d: Dist, graphs: bool, claim: RunClaim):
+           d: Dist, graphs: bool, claim: RunClaim, changed: dict[str, Any]):
     configure_cpu_threads(cfg.threads, logger.warning if device.type == "cpu" else None,
                           logger.info, adapt=cfg.adapt_threads)
     model = build_network(genotype, cfg, info.num_classes, info.network).to(device)
@@ -380,6 +389,12 @@ def _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger, ck
 
         start_epoch, history, best = restore(run_dir, load)
         logger.info("resumed %s at epoch %d/%d", run_dir, start_epoch, cfg.epochs)
+        if "learning_rate" in changed:
+            change_base_lr(optimizer, scheduler, cfg.learning_rate)
+        for k, v in changed.items():
+            logger.info("resumed with --%s %s (was %s)", k, v, ckpt["config"].get(k))
+        if changed and d.is_main:
+            save_json(to_dict(cfg), run_dir / "config.json")
     elif d.is_main:
         save_json(to_dict(cfg), run_dir / "config.json")
         logger.config(to_dict(cfg))

@@ -16,13 +16,12 @@ decay 1e-3; second order with the finite-difference Hessian-vector product (eq. 
 from __future__ import annotations
 
 import dataclasses
-import math
 import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -55,11 +54,12 @@ from darts.spaces.nb201 import NB201_OPS, NB201Arch, NB201SearchNetwork
 from darts.supernet import MIXING_RULES, SearchNetwork
 from darts.train import distributed
 from darts.train.checkpoint import (
-    discarded_if_unfinished,
+    change_base_lr,
+    diverged,
     epoch_history,
     load_checkpoint,
-    new_run_dir,
     restore,
+    resume_changes,
     rng_state,
     run_dir_of,
     save_checkpoint,
@@ -83,6 +83,7 @@ from darts.train.engine import (
     tune_malloc,
 )
 from darts.train.files import save_json
+from darts.train.rundir import RunClaim, claim_run_dir
 from darts.train.tb import EpochTimer, RunLogger, alpha_heatmap, draw_cells, format_duration
 
 MULTITRIAL_STRATEGIES = ("random", "evolution", "ga", "anneal", "reinforce", "bo")
@@ -97,6 +98,10 @@ def _f(help: str, **meta: Any) -> dict[str, Any]:
 
 @dataclass
 class SearchConfig:
+    # What `--resume RUN_DIR` may change: a run that diverged goes on from its last good
+    # checkpoint with a smaller step (darts.train.checkpoint.change_base_lr).
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("learning_rate", "arch_learning_rate", "grad_clip")
+
     dataset: str = field(default="cifar10", metadata=_f("dataset", choices=SEARCH_DATASETS))
     space: str = field(default="darts", metadata=_f(
         "the search space: darts (the paper's cell: 2 inputs, --nodes nodes, --ops), nb201 "
@@ -452,21 +457,28 @@ def retrain_command(run_dir: Path, cfg: SearchConfig) -> tuple[str, str]:
 
 
 def run(cfg: SearchConfig, *, resume: str | None = None,
-        on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+        changes: dict[str, Any] | None = None) -> dict[str, Any]:
     """Runs the search; returns the summary written to metrics.json.
 
     `resume` is a run directory (or its checkpoint.pt): the search continues there with the
-    config it was started with. `on_epoch_end(epoch, metrics)` runs after each checkpoint.
+    config it was started with, but for `changes` (flags of `SearchConfig.RESUMABLE`).
+    `on_epoch_end(epoch, metrics)` runs after each checkpoint.
     """
     from darts import multitrial
 
     if (multitrial.is_multitrial_run(resume) if resume is not None
             else cfg.strategy != "darts"):
+        if changes:
+            raise UserError(f"--resume {resume}: a multi-trial run continues with its saved "
+                            f"config; leave out {', '.join('--' + k for k in changes)}")
         return multitrial.run(cfg, resume=resume)
-    ckpt = None
+    ckpt, changed = None, {}
     if resume is not None:
         ckpt = load_checkpoint(resume, "search", CHECKPOINT_KEYS)
         cfg = config_from_dict(SearchConfig, ckpt["config"], where=str(resume))
+        changed = resume_changes(cfg, changes, SearchConfig.RESUMABLE)
+        cfg = dataclasses.replace(cfg, **changed)
         run_dir = run_dir_of(resume)
     # The plugins first: --ops, --mixing and --arch_loss may name what they register.
     cfg = resolved(dataclasses.replace(cfg, plugins=plugins.absolute(cfg.plugins)))
@@ -491,16 +503,16 @@ def run(cfg: SearchConfig, *, resume: str | None = None,
             cfg.dataset, cfg.data, cutout_length=cfg.cutout_length if cfg.cutout else 0,
             image_size=cfg.image_size, num_classes=cfg.num_classes,
             synthetic_size=cfg.synthetic_size, seed=cfg.seed)
-        if ckpt is None:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            name = cfg.name or f"search-{cfg.dataset}-{stamp}"
-            run_dir = distributed.on_main(d, lambda: new_run_dir(cfg.save, name))
-        with discarded_if_unfinished(run_dir, new=ckpt is None and d.is_main):
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        claim = claim_run_dir(d, None if ckpt is None else run_dir, cfg.save,
+                              cfg.name or f"search-{cfg.dataset}-{stamp}", numbered=not cfg.name)
+        run_dir = claim.path
+        with claim.held():
             logger = RunLogger(run_dir, enabled=d.is_main, tensorboard=cfg.tensorboard,
                                name="search")
             try:
                 return _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end,
-                               d, graphs, table)
+                               d, graphs, table, claim, changed)
             finally:
                 logger.close()
     finally:
@@ -532,7 +544,8 @@ def build_supernet(cfg: SearchConfig, num_classes: int, device: torch.device) ->
 
 
 def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d: Dist,
-            graphs: bool, table: BenchmarkTable | None = None):
+            graphs: bool, table: BenchmarkTable | None, claim: RunClaim,
+            changed: dict[str, Any]):
     configure_cpu_threads(cfg.threads, logger.warning if device.type == "cpu" else None,
                           logger.info, adapt=cfg.adapt_threads)
     model = build_supernet(cfg, info.num_classes, device)
@@ -583,6 +596,15 @@ def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d
 
         start_epoch, history = restore(run_dir, load)
         logger.info("resumed %s at epoch %d/%d", run_dir, start_epoch, cfg.epochs)
+        if "learning_rate" in changed:
+            change_base_lr(optimizer, scheduler, cfg.learning_rate)
+        if "arch_learning_rate" in changed:
+            for group in architect.optimizer.param_groups:
+                group["lr"] = cfg.arch_learning_rate
+        for k, v in changed.items():
+            logger.info("resumed with --%s %s (was %s)", k, v, ckpt["config"].get(k))
+        if changed and d.is_main:
+            save_json(to_dict(cfg), run_dir / "config.json")
     elif d.is_main:
         save_json(to_dict(cfg), run_dir / "config.json")
         logger.config(to_dict(cfg))
@@ -609,15 +631,39 @@ def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d
 
     meta = {"name": run_dir.name, "source": f"train_search.py, run {run_dir}"}
 
+    def search_state(**extra: Any) -> dict[str, Any]:
+        """The checkpoint after the last epoch, with `extra` (DARTS-PT's progress)."""
+        return {"kind": "search", "epoch": len(history), "config": to_dict(cfg),
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "arch_optimizer": architect.state_dict(), "scheduler": scheduler.state_dict(),
+                "split": {"weights": weight_idx, "alphas": alpha_idx},
+                "alpha_stream": alpha_stream.state_dict(), "history": history,
+                "rng": rng_state(), **extra}
+
     def select_cell() -> None:
-        """DARTS-PT's projection after the last epoch (once: recorded in the last record)."""
+        """DARTS-PT's projection after the last epoch (once: recorded in the last record),
+        checkpointed after each projection step: a resumed run goes on at the next undone step,
+        and the checkpoint written at its end holds the selection (never redone)."""
         if cfg.select != "pt" or "selection" in history[-1]:
             return
+        last = history[-1]["epoch"] - 1  # the last epoch's schedules, also after a --resume
+        schedule.set_epoch(scheduled, last, cfg.epochs)
+        pieces.start_epoch(last)
+
+        def save(progress: dict[str, Any]) -> None:
+            if d.is_main:
+                claim.check()
+                save_checkpoint(search_state(projection=progress), run_dir / "checkpoint.pt")
+                logger.flush()
+
         history[-1]["selection"] = collapse.pt_select(
             pieces, cells, architect=architect, criterion=criterion, device=device,
             valid_loader=valid_loader, weight_data=weight_data, alpha_stream=alpha_stream,
-            precision=precision, meta=meta, log=logger.info)
+            precision=precision, meta=meta, log=logger.info,
+            resume=ckpt.get("projection") if ckpt is not None else None, checkpoint=save)
         if d.is_main:
+            claim.check()
+            save_checkpoint(search_state(), run_dir / "checkpoint.pt")
             save_json(_metrics(cfg, history, complete=True), run_dir / "metrics.json")
 
     stopped = bool(history) and history[-1].get("early_stop", False)
@@ -657,9 +703,9 @@ def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d
         distributed.reduce_meter(arch_meter, d)
         scheduler.step()
         dt = timer.stop()
-        if not math.isfinite(train.loss):
-            raise UserError(f"the search diverged at epoch {epoch + 1} (loss {train.loss}); "
-                            f"lower --learning_rate or keep --grad_clip on")
+        diverged(epoch, {"train_loss": train.loss, "valid_loss": valid.loss,
+                         "arch_loss": arch_meter.result().loss}, run_dir,
+                 "lower --learning_rate or --arch_learning_rate, or keep --grad_clip on")
 
         genotype = pieces.decode(cells, meta)  # the same on every rank: the alphas are
         if d.is_main:
@@ -705,6 +751,7 @@ def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d
         }
         metrics = _metrics(cfg, history, complete=epoch + 1 == cfg.epochs or stopped)
         if d.is_main:
+            claim.check()
             save_checkpoint(state, run_dir / "checkpoint.pt")
             save_json(metrics, run_dir / "metrics.json")
             logger.flush()

@@ -7,6 +7,7 @@ line, a diverged run that exited 0, a write failure shown as a traceback.
 
 import errno
 import json
+import math
 import os
 import pathlib
 import random
@@ -379,3 +380,101 @@ def test_the_gp_sampler_without_scipy_is_refused_before_the_first_evaluation(mon
     monkeypatch.setitem(sys.modules, "scipy", None)
     with pytest.raises(UserError, match="--strategy bo: sampler gp needs scipy"):
         make_strategy(SearchConfig(strategy="bo", bo_sampler="gp"), nb201)
+
+
+# -- the history reader, fuzzed -----------------------------------------------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_RECORDS = [{"n": k, "candidate": f"c{k}", "score": k / 3, "reported": 1.0, "cost": 0.5}
+            for k in range(1, 7)]
+_WHOLE = "".join(json.dumps(r) + "\n" for r in _RECORDS).encode()
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.integers(0, len(_WHOLE)), edits=st.lists(st.tuples(
+    st.integers(0, len(_WHOLE)), st.sampled_from([b"", b"\n", b"x", b"{", b"\r\n", b"\x00"])),
+    max_size=3), batch=st.sampled_from([1, 2]))
+def test_a_torn_or_edited_history_reads_as_whole_records_or_names_its_bad_line(
+        tmp_path, cut, edits, batch):
+    data = bytearray(_WHOLE[:cut])
+    for at, text in edits:  # an insertion, or with b"" the deletion of one byte
+        at = min(at, len(data))
+        data[at:at + (0 if text else 1)] = text
+    path = tmp_path / "history.jsonl"
+    path.write_bytes(bytes(data))
+    try:
+        got = _History(path).read(batch)
+    except UserError as e:
+        assert "history.jsonl, line " in str(e) and "\n" not in str(e)
+        return
+    # whole records in order (an edit inside one may leave another valid record: a user's)
+    assert [r["n"] for r in got] == list(range(1, len(got) + 1)) and len(got) % batch == 0
+    if cut == len(_WHOLE) and not edits:
+        assert got == _RECORDS[:6 - 6 % batch]
+    _History(path).append(_RECORDS[len(got)] if len(got) < 6 else {**_RECORDS[0], "n": 7})
+    lines = path.read_bytes().decode().split("\n")
+    assert lines[-1] == "" and [json.loads(line)["n"] for line in lines[:-1]] == list(
+        range(1, len(got) + 2))
+
+
+# -- a diverged run goes on from its last good checkpoint with a smaller step -------------------
+@pytest.mark.parametrize("eta_min", [0.0, 0.001])
+def test_a_new_base_learning_rate_continues_the_schedule_from_the_epoch_reached(eta_min):
+    from darts.train.checkpoint import change_base_lr
+
+    def schedule(lr):
+        w = torch.nn.Parameter(torch.zeros(1))
+        opt = torch.optim.SGD([w], lr)
+        return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, 10.0, eta_min=eta_min)
+
+    opt, sched = schedule(1e3)
+    for _ in range(4):
+        opt.step()
+        sched.step()
+    change_base_lr(opt, sched, 0.05)
+    seen = []
+    for _ in range(6):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    # the paper's closed form from the new base: eta + (lr - eta)(1 + cos(pi t / T)) / 2
+    want = [eta_min + (0.05 - eta_min) * (1 + math.cos(math.pi * t / 10)) / 2 for t in range(4, 10)]
+    assert seen == pytest.approx(want, rel=1e-9, abs=1e-12)
+
+
+def test_resume_after_a_diverged_epoch_with_a_smaller_learning_rate(tmp_path, monkeypatch, capsys):
+    import darts.search as search
+    real, calls = search.evaluate, [0]
+
+    def nan_in_epoch_2(*args, **kwargs):
+        calls[0] += 1
+        metrics = real(*args, **kwargs)
+        if calls[0] == 2:
+            metrics.loss = float("nan")
+        return metrics
+
+    monkeypatch.setattr(search, "evaluate", nan_in_epoch_2)
+    args = ["--dataset", "synthetic", "--layers", "3", "--nodes", "2", "--init_channels", "4",
+            "--image_size", "16", "--synthetic_size", "32", "--batch_size", "8", "--workers", "0",
+            "--epochs", "2", "--order", "1", "--device", "cpu", "--no-progress",
+            "--no-tensorboard", "--save", str(tmp_path), "--name", "d"]
+    assert train_search.main(args) == 2
+    assert "diverged in epoch 2" in capsys.readouterr().err
+    monkeypatch.setattr(search, "evaluate", real)
+    assert train_search.main(["--resume", str(tmp_path / "d"), "--learning_rate", "0.01",
+                              "--layers", "5"]) == 0
+    err = capsys.readouterr().err
+    assert "ignoring --layers" in err and "learning_rate" not in err
+    config = json.loads((tmp_path / "d" / "config.json").read_text())
+    assert (config["learning_rate"], config["layers"]) == (0.01, 3)
+    metrics = strict_json(tmp_path / "d" / "metrics.json")
+    assert metrics["complete"] and metrics["epochs_done"] == 2
+    # epoch 2's rate is the cosine schedule's from the new base (T = 2 epochs, eta_min 0.001)
+    assert metrics["history"][1]["lr"] == pytest.approx(0.001 + (0.01 - 0.001) * (1 + math.cos(math.pi / 2)) / 2)
+    log = (tmp_path / "d" / "log.txt").read_text()
+    assert "resumed with --learning_rate 0.01 (was 0.025)" in log
+    with pytest.raises(UserError, match="only --learning_rate, --arch_learning_rate, --grad_clip "
+                                        "may change, not --epochs"):
+        run(None, resume=str(tmp_path / "d"), changes={"epochs": 5})

@@ -12,6 +12,8 @@ loop asks of them each epoch and step.
 from __future__ import annotations
 
 import dataclasses
+import random
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -226,11 +228,18 @@ class Pieces:
 
 
 def pt_select(pieces: Pieces, cells, *, architect, criterion, device, valid_loader, weight_data,
-              alpha_stream, precision, meta: dict[str, str], log) -> dict[str, Any]:
+              alpha_stream, precision, meta: dict[str, str], log,
+              resume: dict[str, Any] | None = None,
+              checkpoint: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """DARTS-PT's projection after the search (darts.methods.select), tuning between
     projections as their code does; returns what metrics.json records of it, the cell
-    included."""
-    from darts.architect import Architect
+    included.
+
+    After each projection step `checkpoint(progress)` gets the projection's progress
+    (`projection_progress`): with the model, the alpha stream and the random generators, which
+    the caller saves beside it, what a run killed mid-projection needs to go on. `resume` is
+    that progress: the projection continues at the next undone step, and ends as it would have.
+    """
     from darts.train.engine import train_one_epoch
 
     cfg, model = pieces.cfg, pieces.model
@@ -252,18 +261,13 @@ def pt_select(pieces: Pieces, cells, *, architect, criterion, device, valid_load
         return nb201_decode(weights[0])
 
     total = select.tune_epochs(model, cfg.pt_interval)
-    optimizer = torch.optim.SGD(model.network_parameters(), cfg.learning_rate / 10,
-                                momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                                nesterov=cfg.nesterov)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, float(max(total, 1)),
-                                                           eta_min=cfg.learning_rate_min)
-    tuner = Architect(model, criterion, optimizer, order=architect.order,
-                      hessian=architect.hessian, lr=cfg.arch_learning_rate,
-                      weight_decay=cfg.arch_weight_decay, fd_epsilon=architect.fd_epsilon,
-                      precision=precision, dist=architect.dist, capturable=False,
-                      arch_loss=architect.arch_loss)
-    tuner.optimizer.load_state_dict(architect.optimizer.state_dict())
+    optimizer, scheduler, tuner = _tuning(cfg, model, architect, criterion, precision, total)
     records: list[dict[str, Any]] = []
+    steps = select.projection_steps(model, random.Random(cfg.seed))
+    done = 0
+    if resume is not None:
+        steps, done, records = _resume_projection(resume, cfg, projection, optimizer, scheduler,
+                                                  tuner)
 
     def tune(k: int) -> None:
         lr = scheduler.get_last_lr()[0]
@@ -284,9 +288,65 @@ def pt_select(pieces: Pieces, cells, *, architect, criterion, device, valid_load
         log(f"DARTS-PT tuning epoch {k + 1}/{total}: train_loss {train.loss:.4f} "
             f"valid_top1 {s.top1:.2f} (train-mode BatchNorm) lr {lr:.5f}; {cells.noun} {genotype}")
 
+    def save(k: int) -> None:
+        if checkpoint is not None:
+            checkpoint(projection_progress(cfg, steps, k, projection, records, optimizer,
+                                           scheduler, tuner))
+
     select.run_projection(model, projection, score, tune if total else None, cfg.pt_interval,
-                          cfg.seed, log)
+                          cfg.seed, log, steps=steps, done=done, checkpoint=save)
     genotype = decode()
     return {"method": "pt", "interval": cfg.pt_interval, "tune_epochs": total,
             "projections": projection.log, "tune": records,
             "skip_connect_normal": cells.skip_connects(genotype), "genotype": genotype.to_dict()}
+
+
+def _tuning(cfg: Any, model: nn.Module, architect, criterion, precision, total: int):
+    """DARTS-PT's tuning: SGD at lr / 10, cosine-annealed over its `total` epochs, and an
+    architect that starts from the search's alpha optimizer."""
+    from darts.architect import Architect
+    optimizer = torch.optim.SGD(model.network_parameters(), cfg.learning_rate / 10,
+                                momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                nesterov=cfg.nesterov)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, float(max(total, 1)),
+                                                           eta_min=cfg.learning_rate_min)
+    tuner = Architect(model, criterion, optimizer, order=architect.order,
+                      hessian=architect.hessian, lr=cfg.arch_learning_rate,
+                      weight_decay=cfg.arch_weight_decay, fd_epsilon=architect.fd_epsilon,
+                      precision=precision, dist=architect.dist, capturable=False,
+                      arch_loss=architect.arch_loss)
+    tuner.optimizer.load_state_dict(architect.optimizer.state_dict())
+    return optimizer, scheduler, tuner
+
+
+def projection_progress(cfg: Any, steps: list[list[select.Step]], done: int,
+                        projection: select.Projection, records: list[dict[str, Any]],
+                        optimizer, scheduler, tuner) -> dict[str, Any]:
+    """DARTS-PT's progress after `done` projection steps, in a checkpoint's plain values: the
+    step order drawn (from the seed), the decisions, the tuning epochs' records, and the
+    tuning's own weight optimizer, learning-rate schedule and alpha optimizer."""
+    return {"seed": cfg.seed, "interval": cfg.pt_interval, "done": done,
+            "steps": [[list(step) for step in event] for event in steps],
+            "projection": projection.state_dict(), "tune": list(records),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "arch_optimizer": tuner.state_dict()}
+
+
+def _resume_projection(progress: dict[str, Any], cfg: Any, projection: select.Projection,
+                       optimizer, scheduler, tuner) -> tuple[list[list[select.Step]], int, list]:
+    """Loads `projection_progress`'s values; returns (the step order, steps done, records)."""
+    try:
+        if (progress["seed"], progress["interval"]) != (cfg.seed, cfg.pt_interval):
+            raise ValueError(f"it was made with --seed {progress['seed']} --pt_interval "
+                             f"{progress['interval']}")
+        steps = [[(str(kind), int(m), int(i)) for kind, m, i in event]
+                 for event in progress["steps"]]
+        projection.load_state_dict(progress["projection"])
+        optimizer.load_state_dict(progress["optimizer"])
+        scheduler.load_state_dict(progress["scheduler"])
+        tuner.load_state_dict(progress["arch_optimizer"])
+        return steps, int(progress["done"]), list(progress["tune"])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+        reason = " ".join(str(e).split())[:160] or type(e).__name__
+        raise UserError(f"--resume: the checkpoint's DARTS-PT projection does not fit this run "
+                        f"({type(e).__name__}: {reason})") from None

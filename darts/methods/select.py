@@ -24,6 +24,10 @@ interval x (edges - 1) for NAS-Bench-201 (25). Accuracy is measured as theirs, o
 alpha half with BatchNorm on batch statistics (train mode, no gradient); here ties are
 broken by the loss and the running statistics are restored afterwards. On the DARTS cell
 `none` is never chosen (a genotype cannot hold it); on NAS-Bench-201 it can be.
+
+The projection is checkpointed like an epoch, step by step (`projection_plan`: one decision,
+then the tuning epochs before the next): a run killed mid-projection resumes at the next
+undone step and ends as an uninterrupted run (darts.methods.pieces.pt_select).
 """
 
 from __future__ import annotations
@@ -119,6 +123,21 @@ class Projection:
     @classmethod
     def empty(cls, matrices: int) -> Projection:
         return cls([{} for _ in range(matrices)], [set() for _ in range(matrices)])
+
+    def state_dict(self) -> dict[str, Any]:
+        """The decisions so far in a checkpoint's plain values: per matrix {edge: column} and
+        the removed edges (a sorted list), and the log."""
+        return {"chosen": [dict(c) for c in self.chosen],
+                "removed": [sorted(r) for r in self.removed], "log": list(self.log)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if len(state["chosen"]) != len(self.chosen) or len(state["removed"]) != len(self.removed):
+            raise ValueError(f"the projection covers {len(state['chosen'])} weight matrices, "
+                             f"this supernet {len(self.chosen)}")
+        self.chosen = [{int(e): int(c) for e, c in m.items()} for m in state["chosen"]]
+        self.removed = [{int(e) for e in r} for r in state["removed"]]
+        self.log = list(state["log"])
+        self.trial = None
 
     def __call__(self, weights: Weights) -> Weights:
         out = list(weights)
@@ -223,39 +242,64 @@ def project_edges(model, projection: Projection, m: int, node: int, score: Calla
     return edges
 
 
+Step = tuple[str, int, int]  # ("op", matrix, edge) or ("edge", matrix, node): one decision
+
+
+def projection_plan(steps: list[list[Step]], interval: int, tuning: bool,
+                    darts_cell: bool) -> list[tuple[Step, list[int]]]:
+    """DARTS-PT's loop laid out as projection steps: per decision (an edge's op or a node's
+    edges, in `steps`' order), the tuning epochs (0-based) that follow it before the next
+    decision. Tuning epochs follow the last decision of a projection: one at every `interval`-th
+    epoch and at the last (the module docstring's schedule)."""
+    if interval <= 0 or not tuning:
+        return [(step, []) for event in steps for step in event]
+    total = interval * (len(steps) - 1) + (1 if darts_cell else 0)
+    plan: list[tuple[Step, list[int]]] = []
+    pending = list(steps)
+    for epoch in range(total):
+        if pending and (epoch % interval == 0 or epoch == total - 1):
+            plan += [(step, []) for step in pending.pop(0)]
+        plan[-1][1].append(epoch)  # epoch 0 projects first: plan is not empty here
+    # an interval so short that the loop ends first: the rest one after another
+    plan += [(step, []) for event in pending for step in event]
+    return plan
+
+
 def run_projection(model: nn.Module, projection: Projection, score: Callable[[], Score],
                    tune: Callable[[int], None] | None, interval: int, seed: int,
-                   log: Callable[[str], None] = lambda s: None) -> None:
+                   log: Callable[[str], None] = lambda s: None, *,
+                   steps: list[list[Step]] | None = None, done: int = 0,
+                   checkpoint: Callable[[int], None] | None = None) -> None:
     """DARTS-PT's loop: projections interleaved with `tune(epoch)` epochs (see the module
-    docstring); `interval` 0: all projections one after another, no tuning."""
+    docstring); `interval` 0: all projections one after another, no tuning.
+
+    One projection step is one decision and the tuning epochs after it (`projection_plan`);
+    `checkpoint(k)` runs after step k (1-based). A resumed run passes the order it drew
+    (`steps`, else drawn from `seed`) and the `done` steps, whose decisions `projection` and
+    whose tuning the model (and what `tune` steps) already hold: it goes on at step done + 1.
+    """
     from darts.spaces.nb201 import NB201_OPS
-    steps = projection_steps(model, random.Random(seed))
+    steps = projection_steps(model, random.Random(seed)) if steps is None else steps
     ops = tuple(model.space.primitives) if hasattr(model, "space") else NB201_OPS
     kinds = ("normal", "reduce") if hasattr(model, "space") else ("cell",)
     columns = [k for k, op in enumerate(ops) if not (hasattr(model, "space") and op == "none")]
-
-    def project(event) -> None:
-        for kind, m, i in event:
-            if kind == "op":
-                col = project_op(model, projection, m, i, columns, score)
-                log(f"DARTS-PT: {kinds[m]} edge {i} takes {ops[col]}")
-            else:
-                kept = project_edges(model, projection, m, i, score)
-                log(f"DARTS-PT: {kinds[m]} node {i} keeps edges {kept}")
-
-    if interval <= 0 or tune is None:
-        for step in steps:
-            project(step)
-        return
-    n = len(steps)
-    tune_epochs = interval * (n - 1) + (1 if hasattr(model, "space") else 0)
-    pending = list(steps)
-    for epoch in range(tune_epochs):
-        if pending and (epoch % interval == 0 or epoch == tune_epochs - 1):
-            project(pending.pop(0))
-        tune(epoch)
-    for step in pending:  # an interval so short that the loop ends first
-        project(step)
+    plan = projection_plan(steps, interval, tune is not None, hasattr(model, "space"))
+    n = len(plan)
+    if done:
+        log(f"DARTS-PT: resuming after projection step {done}/{n} "
+            f"({sum(len(t) for _, t in plan[:done])} tuning epochs done)")
+    for k in range(done, n):
+        (kind, m, i), epochs = plan[k]
+        if kind == "op":
+            col = project_op(model, projection, m, i, columns, score)
+            log(f"DARTS-PT: projection step {k + 1}/{n}: {kinds[m]} edge {i} takes {ops[col]}")
+        else:
+            kept = project_edges(model, projection, m, i, score)
+            log(f"DARTS-PT: projection step {k + 1}/{n}: {kinds[m]} node {i} keeps edges {kept}")
+        for epoch in epochs if tune is not None else ():
+            tune(epoch)
+        if checkpoint is not None:
+            checkpoint(k + 1)
 
 
 def tune_epochs(model: nn.Module, interval: int) -> int:

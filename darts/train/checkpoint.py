@@ -104,6 +104,38 @@ def diverged(epoch: int, losses: dict[str, float], run_dir: Path, fix: str) -> N
                     f"{fix}")
 
 
+def change_base_lr(optimizer: torch.optim.Optimizer, scheduler: Any, lr: float) -> None:
+    """A restored schedule continued from a new base learning rate `lr` (`--resume` with
+    `--learning_rate`): the rate at the epoch reached is the one the schedule gives that
+    epoch from `lr` (cosine: eta_min + (lr - eta_min)(1 + cos(pi t / T)) / 2; a step
+    schedule: scaled by lr / the old base), and the schedule goes on from there."""
+    old = scheduler.base_lrs[0]
+    scheduler.base_lrs = [lr for _ in scheduler.base_lrs]
+    cosine = isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR)
+    for group in optimizer.param_groups:
+        group["initial_lr"] = lr
+        if cosine:
+            eta = scheduler.eta_min
+            group["lr"] = eta + (lr - eta) * (
+                1 + math.cos(math.pi * scheduler.last_epoch / scheduler.T_max)) / 2
+        else:
+            group["lr"] = group["lr"] * lr / old
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
+def resume_changes(saved: Any, changes: dict[str, Any] | None, allowed: tuple[str, ...]
+                   ) -> dict[str, Any]:
+    """The flags of `changes` that differ from the `saved` config; a flag outside `allowed`
+    is refused (the rest of a run's config is what its checkpoint was made with)."""
+    changes = dict(changes or {})
+    refused = sorted(set(changes) - set(allowed))
+    if refused:
+        raise UserError(f"--resume continues with the run's saved config; only "
+                        f"{', '.join('--' + k for k in allowed)} may change, not "
+                        f"{', '.join('--' + k for k in refused)}")
+    return {k: v for k, v in changes.items() if getattr(saved, k) != v}
+
+
 def run_dir_of(resume: str | os.PathLike) -> Path:
     """The run directory that `--resume` names (the directory itself or its checkpoint.pt)."""
     path = Path(resume)

@@ -42,9 +42,12 @@ def parse_args(cls: type, description: str, what: str,
                argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = Parser(description=description)
     add_arguments(parser, cls)
+    resumable = ", ".join("--" + k for k in getattr(cls, "RESUMABLE", ()))
     parser.add_argument("--resume", metavar="RUN_DIR",
                         help=f"continue the {what} in RUN_DIR (or from its checkpoint.pt) with the "
-                             "config it was started with; other flags are ignored")
+                             "config it was started with; other flags are ignored"
+                             + (f", except {resumable}, which change it from the epoch "
+                                "reached (e.g. after a diverged epoch)" if resumable else ""))
     return parser.parse_args(argv)
 
 
@@ -52,12 +55,16 @@ def main(cls: type, run: Callable[..., Any], description: str, what: str,
          argv: Sequence[str] | None = None) -> int:
     """Parses the flags into `cls` and calls `run(config, resume=...)`; returns the exit code."""
     args = parse_args(cls, description, what, argv)
-    ignored = sorted(given_flags(args, cls))
+    given = given_flags(args, cls)
+    resumable = set(getattr(cls, "RESUMABLE", ())) if args.resume else set()
+    ignored = sorted(given - resumable)
     if args.resume and ignored:
         print(f"warning: --resume continues with the run's saved config; ignoring "
               f"{', '.join('--' + f for f in ignored)}", file=sys.stderr)
+    cfg = from_arguments(cls, args)
+    changes = {k: getattr(cfg, k) for k in sorted(given & resumable)}
     try:
-        run(from_arguments(cls, args), resume=args.resume)
+        run(cfg, resume=args.resume, **({"changes": changes} if changes else {}))
     except UserError as e:
         return report(e)
     except KeyboardInterrupt:
