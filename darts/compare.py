@@ -14,14 +14,19 @@ as NAS-Bench-201's paper does. Written to DIR:
     best_so_far.png   the reported metric of the best so far against evaluations: the mean
                       over seeds and a band of one standard deviation, one line per strategy
 
-Strategies use their defaults (those of `train_search.py --strategy X`).
+Strategies use their defaults (those of `train_search.py --strategy X`). Everything is checked
+before the first run (the table, its columns, that DIR can be made): a table with a gap in
+--metric, --report or (for --budget_seconds) the training times is refused, and nothing is
+written.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import math
+import os
 import statistics
 import sys
 from collections.abc import Sequence
@@ -35,7 +40,7 @@ from darts.strategies import STRATEGIES
 from darts.strategies import run as run_strategy
 from darts.train.cli import Parser, report
 from darts.train.config import finite_float
-from darts.train.files import atomic_open
+from darts.train.files import atomic_open, write_error
 
 
 def compare(table: BenchmarkTable, strategies: Sequence[str], seeds: int, budget: int,
@@ -46,10 +51,7 @@ def compare(table: BenchmarkTable, strategies: Sequence[str], seeds: int, budget
     from darts.search import SearchConfig
     from darts.spaces import nb201
 
-    evaluator = BenchmarkEvaluator(table, metric, report_metric)
-    if budget_seconds and evaluator.time_column is None:
-        raise UserError(f"--budget_seconds: {table.path} lists no training time for --metric "
-                        f"{metric} ({metric.rsplit('_', 1)[0]}_train_s)")
+    evaluator = BenchmarkEvaluator(table, metric, report_metric, budget_seconds=budget_seconds)
     optimum = max(r[report_metric] for r in table.rows.values() if not math.isnan(r[report_metric]))
     runs = []
     for name in strategies:
@@ -138,8 +140,40 @@ def plot(runs: list[dict[str, Any]], path: Path, report_metric: str, title: str)
         f.write(buffer.getvalue())
 
 
+def _out_error(out: Path, error: OSError) -> UserError:
+    """The standard one-line message of a write that failed, naming --out as the flag."""
+    return UserError(str(write_error(out, error)).replace("--save", "--out"))
+
+
+def check_out(out: Path) -> None:
+    """Refuses, before any run, an --out that is a file or a folder that cannot be made or
+    written (one line naming it); nothing is created here."""
+    try:
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out {out}: a file, not a folder; choose a new folder for the "
+                            f"results (or remove the file)")
+        base = out
+        while not base.exists() and base != base.parent:
+            base = base.parent
+        if not base.is_dir():
+            raise UserError(f"--out {out}: {base} is a file, so the folder cannot be made; "
+                            f"choose another --out")
+        if not os.access(base, os.W_OK | os.X_OK):
+            read_only = bool(os.statvfs(base).f_flag & os.ST_RDONLY)
+            code = errno.EROFS if read_only else errno.EACCES
+            raise _out_error(out, OSError(code, os.strerror(code)))
+    except OSError as e:
+        raise _out_error(out, e) from None
+
+
 def write(runs: list[dict[str, Any]], out: Path, report_metric: str, title: str) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UserError(f"--out {out}: a file, not a folder; choose a new folder for the "
+                        f"results (or remove the file)") from None
+    except OSError as e:
+        raise _out_error(out, e) from None
     _write_text(out / "summary.csv", _csv_text(
         ["strategy", "seed", "best_arch", "best_score", "best_reported", "rank", "evaluations"],
         [[r["strategy"], r["seed"], r["best_arch"], r["best_score"], r["best_reported"],
@@ -179,10 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.seeds < 1 or args.budget < 1 or args.budget_seconds < 0:
             raise UserError("--seeds and --budget must be at least 1, --budget_seconds 0 or more")
         table = BenchmarkTable.load(args.benchmark)
-        for flag, name in (("--metric", args.metric), ("--report", args.report)):
-            if name not in table.metrics:
-                raise UserError(f"{flag} {name}: {args.benchmark} has no such column; it has "
-                                f"{', '.join(table.metrics)}")
+        # the columns, their gaps and the time budget's training times, before any run
+        BenchmarkEvaluator(table, args.metric, args.report, budget_seconds=args.budget_seconds)
+        check_out(Path(args.out))
         total, done = len(names) * args.seeds, [0]
 
         def progress(r: dict[str, Any]) -> None:
@@ -197,7 +230,10 @@ def main(argv: list[str] | None = None) -> int:
                   else f"{args.budget} evaluations")
         title = (f"{Path(args.benchmark).name}: {args.seeds} seeds, {budget}, selected on "
                  f"{args.metric}")
-        write(runs, Path(args.out), args.report, title)
+        try:
+            write(runs, Path(args.out), args.report, title)
+        except UserError as e:  # atomic_open's message names --save, the runs' flag
+            raise UserError(str(e).replace("--save", "--out")) from None
     except UserError as e:
         return report(e)
     print(summary_table(runs, args.report), end="")

@@ -237,12 +237,7 @@ def _seconds(cost: float) -> str:
 def make_evaluator(cfg, space: ModuleType, table: BenchmarkTable | None, run_dir: Path, logger):
     name = evaluator_name(cfg)
     if name == "benchmark":
-        evaluator = BenchmarkEvaluator(table, cfg.metric, cfg.report)
-        if cfg.budget_seconds and evaluator.time_column is None:
-            raise UserError(f"--budget_seconds: {table.path} lists no training time for "
-                            f"--metric {cfg.metric} (a column "
-                            f"{cfg.metric.rsplit('_', 1)[0]}_train_s); give --budget instead")
-        return evaluator
+        return BenchmarkEvaluator(table, cfg.metric, cfg.report, budget_seconds=cfg.budget_seconds)
     if name == "train":
         from darts.evaluators.train import from_search_config
         return from_search_config(cfg, space, logger)

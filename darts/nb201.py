@@ -17,16 +17,27 @@ table it writes is CSV with a header: `arch` (the benchmark's string), `index` (
 
 all from the 200-epoch schedule (`hp="200"`), averaged over the benchmark's seeds. Any table
 with an `arch` column and numeric metric columns loads (e.g. a subset, or one generated for
-tests); it loads in milliseconds and holds no pickle.
+tests); it loads in milliseconds and holds no pickle. An empty cell (or `nan`) is a missing
+value: a column may have gaps, but a run refuses a table with a gap in a column it uses (its
+`--metric`, `--report`, and the training times of a `--budget_seconds` budget), naming the
+row's line; what is reported of a gap (JSON) is null, never NaN.
+
+The official files are pickles; `convert` reads them with an unpickler that admits only the
+containers and arrays they hold, so a crafted file that names anything else (a function to
+call) is refused and nothing of it runs.
 """
 
 from __future__ import annotations
 
+import bz2
 import csv
 import io
 import json
 import math
-from collections.abc import Iterator
+import os
+import pickle
+import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -48,12 +59,20 @@ ACCURACIES: dict[str, tuple[str, str]] = {
 MAX_TABLE_BYTES = 64 << 20  # the full table is about 2 MiB
 
 
+def finite_or_none(value: float | None) -> float | None:
+    """`value`, or None where it is missing (None, NaN or infinite): what JSON can hold."""
+    return value if value is not None and math.isfinite(value) else None
+
+
 class BenchmarkTable:
-    """Rows of a NAS-Bench-201 table, by architecture; `metrics` are the numeric columns."""
+    """Rows of a NAS-Bench-201 table, by architecture; `metrics` are the numeric columns (a
+    missing cell is NaN); `lines` the CSV line of each row, for messages."""
 
     def __init__(self, rows: dict[str, dict[str, float]], metrics: list[str],
-                 indices: dict[str, int], path: str = "table"):
+                 indices: dict[str, int], path: str = "table",
+                 lines: dict[str, int] | None = None):
         self.rows, self.metrics, self.indices, self.path = rows, metrics, indices, path
+        self.lines = lines if lines is not None else {}
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -76,7 +95,7 @@ class BenchmarkTable:
         except OSError as e:
             raise UserError(f"--benchmark {path}: cannot read it ({e.strerror})") from None
         try:
-            text = data.decode("utf-8")
+            text = data.decode("utf-8-sig")  # a byte-order mark is not part of the header
         except UnicodeDecodeError:
             raise UserError(f"--benchmark {path}: not a CSV text file (the official pickled "
                             f"files convert with `python -m darts.nb201 convert`)") from None
@@ -97,6 +116,7 @@ class BenchmarkTable:
         metrics = [h for h in header if h not in ("arch", "index")]
         rows: dict[str, dict[str, float]] = {}
         indices: dict[str, int] = {}
+        lines: dict[str, int] = {}
         for line, fields in enumerate(reader, start=2):
             if not fields:
                 continue
@@ -125,9 +145,46 @@ class BenchmarkTable:
                     raise UserError(f"--benchmark {path}, line {line}: index is "
                                     f"{record['index'][:40]!r}, not an integer") from None
             rows[arch] = values
+            lines[arch] = line
         if not rows:
             raise UserError(f"--benchmark {path}: the table has no rows")
-        return cls(rows, metrics, indices, str(path))
+        return cls(rows, metrics, indices, str(path), lines)
+
+    def gap(self, column: str, positive: bool = False) -> tuple[str, float] | None:
+        """The first row (arch, value) whose `column` is missing (empty, NaN or infinite), or
+        with `positive` is not above 0; None where every row has a value."""
+        for arch, row in self.rows.items():
+            value = row.get(column, math.nan)
+            if not math.isfinite(value) or (positive and value <= 0):
+                return arch, value
+        return None
+
+    def require(self, column: str, flag: str) -> None:
+        """Refuses (one UserError naming the row's line, its arch and the fix) a table with a
+        gap in `column`, which the run's `flag` uses: a run must never meet a missing score."""
+        found = self.gap(column)
+        if found is not None:
+            arch, value = found
+            raise UserError(f"{self._where(arch)}: {arch} has no {column} value "
+                            f"({'empty or NaN' if math.isnan(value) else value}), and {flag} uses "
+                            f"that column: fill or remove the row, or choose another "
+                            f"--metric/--report")
+
+    def require_times(self, column: str) -> None:
+        """Refuses a table whose training-time `column` has a missing, zero or negative time:
+        a `--budget_seconds` budget adds these up, and would never be spent."""
+        found = self.gap(column, positive=True)
+        if found is not None:
+            arch, value = found
+            shown = "empty or NaN" if math.isnan(value) else f"{value:g}"
+            raise UserError(f"{self._where(arch)}: {arch} has a training time {column} of "
+                            f"{shown}, and --budget_seconds adds up these times (a run would "
+                            f"never end): fill the column with times above 0, or give --budget "
+                            f"instead")
+
+    def _where(self, arch: str) -> str:
+        line = self.lines.get(arch)
+        return f"--benchmark {self.path}" + (f", line {line}" if line is not None else "")
 
     def lookup(self, arch: NB201Arch | str) -> dict[str, float] | None:
         """The row of `arch` (a metric -> value dict), or None where the table lacks it."""
@@ -138,14 +195,15 @@ class BenchmarkTable:
         """1 + the number of cells strictly better than `arch` by `metric` (higher is better
         for accuracies); None where the table lacks the cell or the value."""
         row = self.lookup(arch)
-        if row is None or math.isnan(row.get(metric, math.nan)):
+        if row is None or not math.isfinite(row.get(metric, math.nan)):
             return None
         value = row[metric]
-        return 1 + sum(r[metric] > value for r in self.rows.values())
+        return 1 + sum(r[metric] > value for r in self.rows.values() if math.isfinite(r[metric]))
 
     def score(self, arch: NB201Arch) -> dict[str, Any]:
         """What a search records of its decoded cell: its string, the official index where the
-        table has one, every metric, and the rank by each accuracy column."""
+        table has one, every metric, and the rank by each accuracy column. A gap in the table
+        is None (JSON's null), never NaN."""
         out: dict[str, Any] = {"arch": arch.to_string()}
         row = self.lookup(arch)
         if row is None:
@@ -153,7 +211,7 @@ class BenchmarkTable:
             return out
         if arch.to_string() in self.indices:
             out["index"] = self.indices[arch.to_string()]
-        out.update(row)
+        out.update({m: finite_or_none(v) for m, v in row.items()})
         for m in self.metrics:
             if m.endswith(("_valid", "_test")):
                 out[f"rank_{m}"] = self.rank(arch, m)
@@ -171,10 +229,37 @@ def _csv_file(out: str | Path) -> Iterator[Any]:
         text.detach()  # atomic_open syncs and closes the file
 
 
-def convert(api: Any, out: str | Path) -> int:
+def _official(source: str, query: Callable[..., Any], index: int, dataset: str,
+              **kwargs: Any) -> Any:
+    """`query(index, dataset, hp="200")` of the official API; what nats_bench raises on a file
+    that lacks the record is one UserError naming the file and what is missing."""
+    try:
+        return query(index, dataset, hp="200", **kwargs)
+    except UserError:
+        raise
+    except KeyError as e:
+        missing = e.args[0] if e.args else None
+        if missing in (dataset, "200"):
+            what = (f"the data set {dataset}" if missing == dataset
+                    else "the 200-epoch schedule (hp=200)")
+            raise UserError(f"{source}: architecture {index} has no results for {what}; convert "
+                            f"needs the complete topology benchmark (cifar10-valid, cifar10, "
+                            f"cifar100, ImageNet16-120, 200 epochs), e.g. the official "
+                            f"NATS-tss-v1_0-3ffb9-simple; nothing was written") from None
+        error: Exception = e
+    except Exception as e:  # nats_bench's own errors on a record it cannot read
+        error = e
+    raise UserError(f"{source}: nats_bench cannot read architecture {index}'s {dataset} "
+                    f"results ({type(error).__name__}: {' '.join(str(error).split())[:160]}); "
+                    f"nothing was written") from None
+
+
+def convert(api: Any, out: str | Path, source: str | None = None) -> int:
     """Writes the CSV table of a nats_bench topology API object (`nats_bench.create(path,
     'tss', fast_mode=True)`); returns the number of rows. Atomic: a failed conversion leaves
-    no partial table."""
+    no partial table; a record the files lack is one UserError naming `source` (the --from
+    files)."""
+    source = f"--from {source}" if source else "the official files"
     header = ["index", "arch", *ACCURACIES, "cifar10_params_m", "cifar10_flops_m",
               "cifar10_train_s"]
     n = len(api)
@@ -186,9 +271,10 @@ def convert(api: Any, out: str | Path) -> int:
             infos: dict[str, dict] = {}
             for dataset, key in ACCURACIES.values():
                 if dataset not in infos:
-                    infos[dataset] = api.get_more_info(index, dataset, hp="200", is_random=False)
+                    infos[dataset] = _official(source, api.get_more_info, index, dataset,
+                                               is_random=False)
                 row.append(infos[dataset].get(key))
-            cost = api.get_cost_info(index, "cifar10", hp="200")
+            cost = _official(source, api.get_cost_info, index, "cifar10")
             row += [cost.get("params"), cost.get("flops"), infos["cifar10-valid"].get("train-all-time")]
             writer.writerow(["" if v is None else v for v in row])
     return n
@@ -242,6 +328,87 @@ def synthetic_table(out: str | Path, seed: int = 0) -> Path:
     return Path(out)
 
 
+def _storage_from_bytes(data: bytes) -> Any:
+    """A tensor's storage in a pickle (torch's `_load_from_bytes`), read as weights only."""
+    import torch
+
+    return torch.load(io.BytesIO(data), weights_only=True)
+
+
+class _Refused(pickle.UnpicklingError):
+    """A global that no official file holds."""
+
+
+class _OfficialUnpickler(pickle.Unpickler):
+    """Unpickles what the official NATS-Bench files hold: plain containers, numbers, strings,
+    OrderedDicts, numpy arrays and scalars, tensors (the full archive's weights, read as
+    weights only). Any other global (a function to call, a class) is refused."""
+
+    ALLOWED = {
+        ("collections", "OrderedDict"),
+        ("builtins", "set"), ("builtins", "frozenset"), ("__builtin__", "set"),
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_tensor"),
+        ("torch._utils", "_rebuild_parameter"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("torch.storage", "_load_from_bytes"):
+            return _storage_from_bytes
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise _Refused(f"{module}.{name}")
+
+
+def _safe_pickle_load(source: str) -> Callable[..., Any]:
+    """nats_bench's `pickle_load(file_path, ext)` (a bz2-compressed pickle), through the
+    restricted unpickler: a file naming a global it does not admit is one UserError."""
+
+    def pickle_load(file_path: Any, ext: str = ".pbz2") -> Any:
+        path = str(file_path) if os.path.isfile(str(file_path)) else str(file_path) + ext
+        with bz2.BZ2File(path, "rb") as f:
+            try:
+                return _OfficialUnpickler(f).load()
+            except _Refused as e:
+                raise UserError(f"--from {source}: {path} names {e}, which no official "
+                                f"NATS-Bench file holds (a crafted or corrupt file); it was not "
+                                f"loaded: download the official files again") from None
+
+    return pickle_load
+
+
+@contextmanager
+def _restricted_pickles(source: str) -> Iterator[None]:
+    """While the block runs, nats_bench reads its pickles with the restricted unpickler:
+    its `pickle_load` is replaced in every nats_bench module that holds it, then restored."""
+    try:
+        from nats_bench import api_utils
+    except ImportError:  # _open_official says how to install it
+        yield
+        return
+    original = api_utils.pickle_load
+    modules = [m for name, m in list(sys.modules.items())
+               if (name == "nats_bench" or name.startswith("nats_bench."))
+               and getattr(m, "pickle_load", None) is original]
+    safe = _safe_pickle_load(source)
+    for module in modules:
+        module.pickle_load = safe
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.pickle_load = original
+
+
+def convert_official(source: str, out: str | Path) -> int:
+    """`python -m darts.nb201 convert`: the official files at `source` -> the CSV table
+    `out`, every pickle read with the restricted unpickler (fast mode reads them lazily)."""
+    with _restricted_pickles(source):
+        return convert(_open_official(source), out, source)
+
+
 def _open_official(path: str) -> Any:
     try:
         import nats_bench
@@ -254,6 +421,8 @@ def _open_official(path: str) -> Any:
     try:
         # the "-simple" archive is a folder read lazily (fast mode); the full one a file
         return nats_bench.create(path, "tss", fast_mode=Path(path).is_dir(), verbose=False)
+    except UserError:
+        raise
     except Exception as e:  # nats_bench's own errors on a file it cannot read
         raise UserError(f"--from {path}: nats_bench cannot read it as the topology (tss) "
                         f"benchmark: {type(e).__name__}: {' '.join(str(e).split())[:200]}") from None
@@ -281,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"a synthetic table (not NAS-Bench-201's numbers) written to {args.out}")
             return 0
         if args.command == "convert":
-            n = convert(_open_official(args.source), args.out)
+            n = convert_official(args.source, args.out)
             print(f"{n} architectures written to {args.out}")
             return 0
         table = BenchmarkTable.load(args.benchmark)

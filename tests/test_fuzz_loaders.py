@@ -376,3 +376,52 @@ def test_train_final_names_the_run_after_the_genotype_file_not_its_path(tmp_path
     assert code == 0
     (run,) = save.iterdir()
     assert run.name.startswith("final-synthetic-mine-") and (run / "metrics.json").exists()
+
+
+# A NAS-Bench-201 table with gaps (empty, NaN, infinite cells), a BOM, zero times: loading it
+# and making the benchmark evaluator either works (and then every score a run meets is a
+# number, every time of a time budget above 0, every query valid JSON) or is one UserError.
+TABLE_ARCHS = [
+    "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|",
+    "|skip_connect~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|skip_connect~1|skip_connect~2|",
+    "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|",
+]
+TABLE_COLUMNS = ["cifar10_valid", "cifar10_test", "cifar100_test", "cifar10_train_s"]
+CELLS = st.sampled_from(["", "nan", "NaN", "-nan", "inf", "-Infinity", "1e400", "0", "-2",
+                         "93.5", "1.5", " 7 ", "x"])
+
+
+@fuzz(80)
+@given(bom=st.booleans(), cells=st.lists(st.lists(CELLS, min_size=4, max_size=4), min_size=3,
+                                         max_size=3),
+       metric=st.sampled_from(TABLE_COLUMNS[:3]), report=st.sampled_from(TABLE_COLUMNS[:3]),
+       budget_seconds=st.sampled_from([None, 0.0, 3600.0]))
+@example(bom=True, cells=[["nan", "93.5", "", "0"]] * 3, metric="cifar10_valid",
+         report="cifar10_test", budget_seconds=3600.0)
+@example(bom=False, cells=[["1.5", "93.5", "", ""]] * 3, metric="cifar10_valid",
+         report="cifar10_test", budget_seconds=None)
+def test_a_table_with_gaps_loads_and_evaluates_or_is_a_user_error(bom, cells, metric, report,
+                                                                  budget_seconds):
+    import math
+
+    from darts.evaluators.benchmark import BenchmarkEvaluator
+    from darts.nb201 import BenchmarkTable
+    from darts.spaces.nb201 import NB201Arch
+
+    rows = [",".join([str(i), arch, *row]) for i, (arch, row) in
+            enumerate(zip(TABLE_ARCHS, cells, strict=True))]
+    text = ("\ufeff" if bom else "") + ",".join(["index", "arch", *TABLE_COLUMNS]) + "\n"
+    with scratch() as d:
+        path = write(d, (text + "\n".join(rows) + "\n").encode("utf-8"), "t.csv")
+        try:
+            table = BenchmarkTable.load(path)
+            assert table.metrics == TABLE_COLUMNS and len(table.indices) == 3
+            evaluate = BenchmarkEvaluator(table, metric, report, budget_seconds=budget_seconds)
+        except UserError as e:
+            assert "\n" not in str(e) and str(path) in str(e)
+            return
+    for arch in TABLE_ARCHS:
+        result = evaluate(NB201Arch.from_string(arch))
+        assert math.isfinite(result.score) and math.isfinite(result.reported)
+        assert math.isfinite(result.cost) and (result.cost > 0 or not budget_seconds)
+        json.dumps(table.score(NB201Arch.from_string(arch)), allow_nan=False)

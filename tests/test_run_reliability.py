@@ -478,3 +478,31 @@ def test_resume_after_a_diverged_epoch_with_a_smaller_learning_rate(tmp_path, mo
     with pytest.raises(UserError, match="only --learning_rate, --arch_learning_rate, --grad_clip "
                                         "may change, not --epochs"):
         run(None, resume=str(tmp_path / "d"), changes={"epochs": 5})
+
+
+# -- 4, 8. a table with a gap in a column the run uses is refused before anything is written ----
+def _with_cell(table_path, tmp_path, line, column, value):
+    rows = table_path.read_text().splitlines()
+    header = rows[0].split(",")
+    fields = rows[line - 1].split(",")
+    fields[header.index(column)] = value
+    rows[line - 1] = ",".join(fields)
+    out = tmp_path / "gappy.csv"
+    out.write_text("\n".join(rows) + "\n")
+    return out
+
+
+@pytest.mark.parametrize("column, value, flags, message", [
+    ("cifar10_valid", "nan", {}, r"line 7: .*cifar10_valid"),
+    ("cifar10_test", "", {}, r"line 7: .*cifar10_test"),
+    ("cifar10_train_s", "0", {"budget_seconds": 1e5, "budget": 10_000}, r"line 7: .*cifar10_train_s"),
+])
+def test_a_multitrial_run_refuses_a_table_with_a_gap_it_would_read(
+        tmp_path, table_path, column, value, flags, message):
+    gappy = _with_cell(table_path, tmp_path, 7, column, value)
+    with pytest.raises(UserError, match=message):
+        run(multitrial(tmp_path, gappy, **flags))
+    assert not (tmp_path / "run").exists()
+    # a gap in a column the run does not read is no reason to refuse it
+    other = _with_cell(table_path, tmp_path, 7, "cifar100_test", "")
+    assert run(multitrial(tmp_path, other, name="fine", budget=5))["evaluations"] == 5
