@@ -264,6 +264,7 @@ def run(cfg: FinalConfig, *, resume: str | None = None,
     ckpt, changed = None, {}
     if resume is not None:
         ckpt = load_checkpoint(resume, "final", CHECKPOINT_KEYS)
+        plugins.load_saved(ckpt["config"], str(resume))
         cfg = config_from_dict(FinalConfig, ckpt["config"], where=str(resume))
         changed = resume_changes(cfg, changes, FinalConfig.RESUMABLE)
         cfg = dataclasses.replace(cfg, **changed)

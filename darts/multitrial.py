@@ -86,22 +86,9 @@ def _saved_strategy(run_dir: Path) -> str | None:
 def make_strategy(cfg, space: ModuleType) -> Strategy:
     """The strategy of `cfg.strategy` with its flags (None: the strategy's own default)."""
     name = cfg.strategy
-    options: dict[str, Any] = {}
-    if name == "evolution":
-        options = {"population": cfg.population or 10, "sample_size": cfg.sample_size}
-    elif name == "ga":
-        options = {"population": cfg.population or 20, "crossover_rate": cfg.crossover_rate,
-                   "mutation_rate": cfg.mutation_rate, "selection": cfg.selection,
-                   "tournament_size": cfg.sample_size, "elites": cfg.elites}
-    elif name == "anneal":
-        options = {"t0": cfg.temperature, "cooling": cfg.cooling}
-    elif name == "reinforce":
-        options = {"lr": cfg.controller_lr, "baseline_momentum": cfg.baseline_momentum,
-                   "entropy_weight": cfg.entropy_weight}
-    elif name == "bo":
-        options = {"sampler": cfg.bo_sampler, "startup": cfg.bo_startup}
+    cls = STRATEGIES.lookup(name)
     try:
-        return STRATEGIES[name](space, seed=cfg.seed, **options)
+        return cls(space, seed=cfg.seed, **cls.options(cfg))
     except ValueError as e:
         raise UserError(f"--strategy {name}: {e}") from None
 
@@ -256,6 +243,7 @@ def run(cfg, *, resume: str | os.PathLike | None = None) -> dict[str, Any]:
             data = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise UserError(f"--resume {resume}: cannot read its config.json ({e})") from None
+        plugins.load_saved(data, str(run_dir / "config.json"))
         cfg = config_from_dict(SearchConfig, data, where=str(run_dir / "config.json"))
     cfg = resolved(dataclasses.replace(cfg, plugins=plugins.absolute(cfg.plugins)))
     plugins.load(cfg.plugins)

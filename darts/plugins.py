@@ -53,6 +53,27 @@ def _where(error: BaseException, path: str | None) -> str:
     return f" at line {frame.lineno}" if frame is not None and own else ""
 
 
+def load_saved(config: object, where: str) -> None:
+    """Imports the plugins a saved config (a run's config.json or checkpoint) names, before
+    the config is checked: its flags may name what they register."""
+    spec = config.get("plugins") if isinstance(config, dict) else None
+    if isinstance(spec, str) and spec:
+        load(spec, flag=f"{where}: plugins")
+
+
+def preload(argv: list[str] | None) -> None:
+    """Imports the `--plugins` of a command line before the command line is parsed, so that
+    `--space`, `--strategy` and the other flags whose choices a registry holds accept the
+    names the plugins register."""
+    import argparse
+
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--plugins", default="")
+    known, _ = pre.parse_known_args(argv)
+    if known.plugins:
+        load(known.plugins)
+
+
 def load(spec: str, flag: str = "--plugins") -> list[ModuleType]:
     """Imports every plugin of `spec` once (a second call with the same file is a no-op, so a
     resume in the same process does not register its ops twice). A missing file or a plugin

@@ -48,9 +48,11 @@ from darts.methods.presets import METHODS
 from darts.methods.regularizers import REGULARIZERS, build_regularizer, check_flags, combine
 from darts.nb201 import BenchmarkTable
 from darts.primitives import OPS, PRIMITIVES
+from darts.registry import Choices
 from darts.space import SearchSpace
 from darts.spaces.nb201 import EDGES as NB201_EDGES
 from darts.spaces.nb201 import NB201_OPS, NB201Arch, NB201SearchNetwork
+from darts.strategies import STRATEGIES
 from darts.supernet import MIXING_RULES, SearchNetwork
 from darts.train import distributed
 from darts.train.checkpoint import (
@@ -86,7 +88,6 @@ from darts.train.files import save_json
 from darts.train.rundir import RunClaim, claim_run_dir
 from darts.train.tb import EpochTimer, RunLogger, alpha_heatmap, draw_cells, format_duration
 
-MULTITRIAL_STRATEGIES = ("random", "evolution", "ga", "anneal", "reinforce", "bo")
 SEARCH_DATASETS = ("cifar10", "cifar100", "ImageNet16-120", "folder", "synthetic")
 CHECKPOINT_KEYS = ("epoch", "config", "model", "optimizer", "arch_optimizer", "scheduler", "split",
                    "alpha_stream", "history", "rng")
@@ -113,7 +114,7 @@ class SearchConfig:
         "darts (the gradient-based search) or a multi-trial strategy: random, evolution "
         "(regularized), ga (genetic algorithm), anneal (simulated annealing), reinforce "
         "(policy gradient), bo (Bayesian optimisation, Optuna)",
-        choices=("darts", *MULTITRIAL_STRATEGIES)))
+        choices=Choices(("darts",), STRATEGIES)))
     evaluator: str = field(default="", metadata=_f(
         "how a multi-trial strategy's candidates are scored: benchmark (a NAS-Bench-201 "
         "--benchmark table, free), oneshot (a weight-sharing supernet trained once by uniform "
@@ -476,6 +477,7 @@ def run(cfg: SearchConfig, *, resume: str | None = None,
     ckpt, changed = None, {}
     if resume is not None:
         ckpt = load_checkpoint(resume, "search", CHECKPOINT_KEYS)
+        plugins.load_saved(ckpt["config"], str(resume))
         cfg = config_from_dict(SearchConfig, ckpt["config"], where=str(resume))
         changed = resume_changes(cfg, changes, SearchConfig.RESUMABLE)
         cfg = dataclasses.replace(cfg, **changed)

@@ -2,7 +2,8 @@
 
 A strategy proposes candidates of a space (`ask`) and learns from their scores (`tell`); it
 never knows how a candidate is scored. What it needs of a space (sample, mutate, crossover,
-decisions, encode) is the space module's functions, e.g. `darts.spaces.nb201`.
+decisions, encode) is the space module's functions, e.g. `darts.spaces.nb201`. A plugin
+registers its own strategy with `register_strategy(name, cls)`.
 
     strategy = STRATEGIES["evolution"](nb201, seed=0)
     for _ in range(budget):
@@ -13,6 +14,7 @@ decisions, encode) is the space module's functions, e.g. `darts.spaces.nb201`.
 
 from __future__ import annotations
 
+from darts.registry import Registry
 from darts.strategies.anneal import SimulatedAnnealing
 from darts.strategies.base import Strategy, run
 from darts.strategies.bayesian import BayesianOptimisation
@@ -21,14 +23,17 @@ from darts.strategies.genetic import GeneticAlgorithm
 from darts.strategies.random_search import RandomSearch
 from darts.strategies.reinforce import Reinforce
 
-STRATEGIES: dict[str, type[Strategy]] = {
+# `--strategy NAME`: a plugin adds one with `register_strategy("hill", HillClimbing)`, a
+# Strategy subclass (its `options(cfg)` picks the flags it takes).
+STRATEGIES = Registry("strategy", "--strategy", {
     "random": RandomSearch,
     "evolution": RegularizedEvolution,
     "ga": GeneticAlgorithm,
     "anneal": SimulatedAnnealing,
     "reinforce": Reinforce,
     "bo": BayesianOptimisation,
-}
+}.items())
+register_strategy = STRATEGIES.register
 
-__all__ = ["STRATEGIES", "BayesianOptimisation", "GeneticAlgorithm", "RandomSearch", "RegularizedEvolution",
+__all__ = ["STRATEGIES", "register_strategy", "BayesianOptimisation", "GeneticAlgorithm", "RandomSearch", "RegularizedEvolution",
            "Reinforce", "SimulatedAnnealing", "Strategy", "run"]

@@ -18,6 +18,10 @@ from darts.strategies.base import Strategy
 
 
 class SimulatedAnnealing(Strategy):
+    @classmethod
+    def options(cls, cfg: Any) -> dict[str, Any]:
+        return {"t0": cfg.temperature, "cooling": cfg.cooling}
+
     def __init__(self, space: ModuleType, seed: int = 0, t0: float = 1.0, cooling: float = 0.99):
         super().__init__(space, seed)
         if t0 <= 0 or not 0 < cooling <= 1:

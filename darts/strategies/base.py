@@ -15,6 +15,12 @@ class Strategy:
     is better). Strategies draw only from their own `random.Random(seed)`, so a run is
     repeated exactly by its seed and its history of told scores."""
 
+    @classmethod
+    def options(cls, cfg: Any) -> dict[str, Any]:
+        """The keyword arguments of this strategy that a run's flags set (`cfg`, a
+        SearchConfig); a flag left at None takes the strategy's own default."""
+        return {}
+
     def __init__(self, space: ModuleType, seed: int = 0):
         self.space = space
         self.rng = random.Random(seed)

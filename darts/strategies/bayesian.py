@@ -26,6 +26,10 @@ SAMPLERS = ("tpe", "gp")
 
 
 class BayesianOptimisation(Strategy):
+    @classmethod
+    def options(cls, cfg: Any) -> dict[str, Any]:
+        return {"sampler": cfg.bo_sampler, "startup": cfg.bo_startup}
+
     def __init__(self, space: ModuleType, seed: int = 0, sampler: str = "tpe", startup: int = 10):
         super().__init__(space, seed)
         import optuna  # imported here: only this strategy needs it

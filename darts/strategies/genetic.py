@@ -22,6 +22,12 @@ SELECTIONS = ("tournament", "roulette")
 
 
 class GeneticAlgorithm(Strategy):
+    @classmethod
+    def options(cls, cfg: Any) -> dict[str, Any]:
+        return {"population": cfg.population or 20, "crossover_rate": cfg.crossover_rate,
+                "mutation_rate": cfg.mutation_rate, "selection": cfg.selection,
+                "tournament_size": cfg.sample_size, "elites": cfg.elites}
+
     def __init__(self, space: ModuleType, seed: int = 0, population: int = 20,
                  crossover_rate: float = 0.7, mutation_rate: float = 0.1,
                  selection: str = "tournament", tournament_size: int = 3, elites: int = 1):

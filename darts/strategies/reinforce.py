@@ -25,6 +25,11 @@ from darts.strategies.base import Strategy
 
 
 class Reinforce(Strategy):
+    @classmethod
+    def options(cls, cfg: Any) -> dict[str, Any]:
+        return {"lr": cfg.controller_lr, "baseline_momentum": cfg.baseline_momentum,
+                "entropy_weight": cfg.entropy_weight}
+
     def __init__(self, space: ModuleType, seed: int = 0, lr: float = 0.001,
                  baseline_momentum: float = 0.9, entropy_weight: float = 0.0):
         super().__init__(space, seed)

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from darts import plugins
 from darts.errors import UserError, one_line
 from darts.train.config import add_arguments, from_arguments, given_flags
 
@@ -41,6 +42,10 @@ def report(error: UserError) -> int:
 def parse_args(cls: type, description: str, what: str,
                argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = Parser(description=description)
+    try:
+        plugins.preload(argv)
+    except UserError as e:
+        parser.exit(report(e))
     add_arguments(parser, cls)
     resumable = ", ".join("--" + k for k in getattr(cls, "RESUMABLE", ()))
     parser.add_argument("--resume", metavar="RUN_DIR",
