@@ -47,9 +47,9 @@ def compare(table: BenchmarkTable, strategies: Sequence[str], seeds: int, budget
             metric: str = "cifar10_valid", report_metric: str = "cifar10_test",
             budget_seconds: float | None = None, progress=None) -> list[dict[str, Any]]:
     """One record per (strategy, seed): the run's best and its best-so-far curve."""
-    from darts.multitrial import make_strategy, to_text
+    from darts.multitrial import make_strategy
     from darts.search import SearchConfig
-    from darts.spaces import nb201
+    from darts.spaces import nb201, to_text
 
     evaluator = BenchmarkEvaluator(table, metric, report_metric, budget_seconds=budget_seconds)
     optimum = max(r[report_metric] for r in table.rows.values() if not math.isnan(r[report_metric]))

@@ -33,8 +33,9 @@ from typing import Any
 
 from darts import plugins
 from darts.errors import UserError
-from darts.evaluators.benchmark import BenchmarkEvaluator
+from darts.evaluators import EVALUATORS
 from darts.nb201 import BenchmarkTable
+from darts.spaces import get_space, to_text
 from darts.strategies import STRATEGIES, Strategy
 from darts.strategies import run as run_strategy
 from darts.train.config import config_from_dict, to_dict
@@ -42,26 +43,7 @@ from darts.train.files import atomic_open, save_json, write_error
 from darts.train.rundir import RunClaim, claim_existing, claim_new
 from darts.train.tb import RunLogger, draw_cells, format_duration
 
-EVALUATORS = ("benchmark", "oneshot", "train")
-SPACES = ("nb201", "darts", "cnn")
-RESULT_FILES = {"nb201": "arch.json", "darts": "genotype.json", "cnn": "cnn.json"}
 HISTORY = "history.jsonl"
-
-
-def space_module(name: str) -> ModuleType:
-    if name == "nb201":
-        from darts.spaces import nb201 as module
-    elif name == "darts":
-        from darts.spaces import darts_cells as module
-    elif name == "cnn":
-        from darts.spaces import cnn as module
-    else:
-        raise UserError(f"--space {name}: choose one of {', '.join(SPACES)}")
-    return module
-
-
-def to_text(space: ModuleType, candidate: Any) -> str:
-    return getattr(space, "to_text", str)(candidate)
 
 
 def evaluator_name(cfg) -> str:
@@ -93,31 +75,22 @@ def make_strategy(cfg, space: ModuleType) -> Strategy:
         raise UserError(f"--strategy {name}: {e}") from None
 
 
-def validate(cfg) -> None:
-    """The checks of a multi-trial run's flags (before anything is written)."""
-    if cfg.strategy not in STRATEGIES:
-        raise UserError(f"--strategy {cfg.strategy}: choose darts or one of {', '.join(STRATEGIES)}")
-    evaluator = evaluator_name(cfg)
-    if evaluator not in EVALUATORS:
-        raise UserError(f"--evaluator {cfg.evaluator}: choose one of {', '.join(EVALUATORS)}")
+def validate(cfg) -> Any:
+    """The checks of a multi-trial run's flags (before anything is written); returns the
+    space."""
+    STRATEGIES.lookup(cfg.strategy)
+    space = get_space(cfg.space)
+    evaluator = EVALUATORS.lookup(evaluator_name(cfg))
     if cfg.budget < 1:
         raise UserError(f"--budget {cfg.budget}: must be at least 1 evaluation")
     if cfg.budget_seconds < 0:
         raise UserError(f"--budget_seconds {cfg.budget_seconds}: must be 0 (off) or more")
     from darts.methods.pieces import refuse_with_multitrial
     refuse_with_multitrial(cfg)
-    if evaluator == "benchmark":
-        if cfg.space != "nb201":
-            raise UserError(f"--evaluator benchmark: a NAS-Bench-201 table scores --space nb201, "
-                            f"not --space {cfg.space}; use --evaluator train or oneshot")
-        if not cfg.benchmark:
-            raise UserError("--evaluator benchmark needs --benchmark TABLE (python -m darts.nb201 "
-                            "convert, or python -m darts.nb201 synthetic for a made-up one)")
-    if evaluator == "oneshot" and cfg.space == "cnn":
-        raise UserError("--evaluator oneshot: the cnn space's candidates share no supernet "
-                        "(their layers differ in width); use --evaluator train")
-    if cfg.benchmark and cfg.space != "nb201":
-        raise UserError("--benchmark: a NAS-Bench-201 table scores --space nb201 only")
+    evaluator.check(cfg, space)
+    if cfg.benchmark and not getattr(space, "SCORED_BY_TABLE", False):
+        raise UserError(f"--benchmark: a NAS-Bench-201 table does not score --space {cfg.space}")
+    return space
 
 
 class _History:
@@ -205,11 +178,8 @@ def _benchmark_result(table: BenchmarkTable | None, space: ModuleType, best: Any
     return out
 
 
-def _retrain_command(cfg, run_dir: Path) -> str:
-    path = str(run_dir / RESULT_FILES[cfg.space])
-    args = ["python", "train_final.py", "--arch" if cfg.space == "cnn" else "--genotype", path]
-    if cfg.space != "darts":
-        args += ["--space", cfg.space]
+def _retrain_command(cfg, space: Any, run_dir: Path) -> str:
+    args = ["python", "train_final.py", *space.retrain_flags(str(run_dir / space.RESULT_FILE))]
     from darts.search import data_args
 
     if cfg.dataset != "cifar10":
@@ -219,17 +189,6 @@ def _retrain_command(cfg, run_dir: Path) -> str:
 
 def _seconds(cost: float) -> str:
     return f"{cost:.1f}s" if cost < 60 else format_duration(cost)
-
-
-def make_evaluator(cfg, space: ModuleType, table: BenchmarkTable | None, run_dir: Path, logger):
-    name = evaluator_name(cfg)
-    if name == "benchmark":
-        return BenchmarkEvaluator(table, cfg.metric, cfg.report, budget_seconds=cfg.budget_seconds)
-    if name == "train":
-        from darts.evaluators.train import from_search_config
-        return from_search_config(cfg, space, logger)
-    from darts.evaluators.oneshot import from_search_config
-    return from_search_config(cfg, space, run_dir, logger)
 
 
 def run(cfg, *, resume: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -247,8 +206,7 @@ def run(cfg, *, resume: str | os.PathLike | None = None) -> dict[str, Any]:
         cfg = config_from_dict(SearchConfig, data, where=str(run_dir / "config.json"))
     cfg = resolved(dataclasses.replace(cfg, plugins=plugins.absolute(cfg.plugins)))
     plugins.load(cfg.plugins)
-    validate(cfg)
-    space = space_module(cfg.space)
+    space = validate(cfg)
     table = BenchmarkTable.load(cfg.benchmark) if cfg.benchmark else None
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name = cfg.name or f"{cfg.strategy}-{cfg.space}-{evaluator_name(cfg)}-{stamp}"
@@ -265,8 +223,9 @@ def run(cfg, *, resume: str | os.PathLike | None = None) -> dict[str, Any]:
 def _run(cfg, space, table, claim: RunClaim, logger, resumed: bool) -> dict[str, Any]:
     run_dir = claim.path
     strategy = make_strategy(cfg, space)
-    evaluator = make_evaluator(cfg, space, table, run_dir, logger)
-    batch = max(1, cfg.workers) if evaluator_name(cfg) == "train" else 1
+    evaluator = EVALUATORS.lookup(evaluator_name(cfg)).build(cfg, space, table, run_dir, logger)
+    # an evaluator that scores several candidates at once (in worker processes) gets them
+    batch = max(1, cfg.workers) if hasattr(evaluator, "evaluate_many") else 1
     history = _History(run_dir / HISTORY)
     past = history.read(batch) if resumed else []
     if not resumed:
@@ -325,17 +284,17 @@ def _run(cfg, space, table, claim: RunClaim, logger, resumed: bool) -> dict[str,
     result = _write_result(cfg, space, table, run_dir, best, len(records),
                            sum(r["cost"] for r in records), complete=True)
     candidate = space.parse(best["candidate"])
-    space.save(candidate, run_dir / RESULT_FILES[cfg.space])
+    space.save(candidate, run_dir / space.RESULT_FILE)
     draw_cells(candidate, logger, len(records), run_dir)
     logger.info("done: best %s %s (score %.3f, reported %.3f) of %d evaluations, written to %s",
                 cfg.space, best["candidate"], best["score"], best["reported"], len(records),
-                run_dir / RESULT_FILES[cfg.space])
+                run_dir / space.RESULT_FILE)
     if "cells" in result.get("benchmark", {}):
         b = result["benchmark"]
         logger.info("against the table's ground truth: %s", ", ".join(
             f"{m} {b[m]:.2f} (rank {b[m + '_rank']} of {b['cells']}, optimum {b[m + '_optimum']:.2f})"
             for m in dict.fromkeys((cfg.metric, cfg.report)) if b.get(m) is not None))
-    logger.info("retrain it with:\n  %s", _retrain_command(cfg, run_dir))
+    logger.info("retrain it with:\n  %s", _retrain_command(cfg, space, run_dir))
     return result
 
 

@@ -276,6 +276,9 @@ class _Recording:
         self.drawn.append(self.fixed or self.space.sample(rng))
         return self.drawn[-1]
 
+    def __getattr__(self, name):  # the rest of the space (its supernet, defaults) as it is
+        return getattr(self.space, name)
+
 
 @pytest.mark.parametrize("space_name", SPACES)
 def test_a_training_step_moves_only_the_sampled_paths_weights(space_name):

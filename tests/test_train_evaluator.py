@@ -101,14 +101,14 @@ def test_the_held_out_split_is_the_runs_and_train_images_subsets_it():
     (cnn, dict(report="best"), "--report best: choose one of test, valid"),
     (cnn, dict(dataset="mnist"), "--dataset mnist: choose one of"),
     (cnn, dict(device="tpu"), "--device tpu"),
-    (cnn, dict(channels=8), "--channels: a plain CNN's widths and depth are its spec's"),
+    (cnn, dict(channels=8), "--channels: a cnn candidate fixes its own widths and depth"),
     (cnn, dict(momentum=0.0), "--nesterov needs a momentum"),
     (cnn, dict(learning_rate_min=0.5), r"--learning_rate_min 0.5: must be in \[0, --learning_rate"),
     (cnn, dict(grad_clip=-1.0), "--grad_clip -1.0: must be 0"),
     (cnn, dict(learning_rate=float("nan")), "--learning_rate nan"),
     (nb201, dict(channels=3), "--channels 3: must be an even number"),
-    (nb201, dict(layers=0), "--layers 0: must be at least 1 cell per stage"),
-    (random, {}, "the train evaluator builds networks of the nb201, cnn, darts spaces"),
+    (nb201, dict(layers=0), "--layers 0: must be at least 1 cells per stage"),
+    (random, {}, "the train evaluator builds a space's networks with its `network"),
 ])
 def test_bad_settings_are_one_user_error(space, overrides, message):
     settings = {**TINY, **overrides}

@@ -20,7 +20,7 @@ The score is also what `reported` holds: the one-shot model has no separate test
 function of the trained weights and the candidate alone, so scoring one again, or after a
 resume, gives the same number.
 
-Defaults follow the papers' code for each space (`ONESHOT_DEFAULTS`). For NAS-Bench-201 that
+Defaults follow the papers' code for each space (its `ONESHOT_DEFAULTS`). For NAS-Bench-201 that
 is its random search with parameter sharing (AutoDL-Projects: configs/nas-benchmark/algos/
 RANDOM.config, exps/algos/RANDOM-NAS.py): 250 epochs, batch 64, SGD 0.025 cosine to 0.001,
 momentum 0.9, Nesterov, weight decay 5e-4, gradient clip 5, C = 16, N = 5. For the DARTS cell
@@ -64,30 +64,6 @@ from darts.train.engine import channels_last_on, evaluate, pick_device, to_devic
 from darts.train.files import atomic_open
 from darts.train.tb import format_duration
 
-# Per space (its NAME): the papers' supernet training, see the module docstring.
-ONESHOT_DEFAULTS: dict[str, dict[str, Any]] = {
-    "nb201": {"epochs": 250, "layers": 5, "weight_decay": 5e-4, "nesterov": True},
-    "darts": {"epochs": 100, "layers": 8, "weight_decay": 3e-4, "nesterov": False},
-}
-
-
-def _nb201_supernet(num_classes: int, C: int, layers: int) -> nn.Module:
-    from darts.spaces.nb201 import NB201SearchNetwork
-    return NB201SearchNetwork(num_classes, C=C, N=layers)
-
-
-def _darts_supernet(num_classes: int, C: int, layers: int) -> nn.Module:
-    from darts.supernet import SearchNetwork
-    return SearchNetwork(C, num_classes, layers)
-
-
-# The supernet of each space: `(num_classes, init_channels, layers) -> module` with
-# `forward_path(x, candidate)` and `network_parameters()`.
-SUPERNETS: dict[str, Callable[[int, int, int], nn.Module]] = {
-    "nb201": _nb201_supernet,
-    "darts": _darts_supernet,
-}
-
 # The random streams of a run (darts.train.data.pass_seed): training batches, the candidates
 # drawn in training, and the fixed recalibration and validation batches.
 _TRAIN_STREAM, _CANDIDATE_STREAM, _BN_STREAM, _VALID_STREAM = 0, 1, 2, 3
@@ -111,11 +87,11 @@ class OneShotEvaluator:
 
     `train_data` trains the supernet's weights (with its augmentation); `valid_data`
     scores candidates; `bn_data` (default: `train_data`; `from_dataset` passes the training
-    half without augmentation) recalibrates BatchNorm. `supernet` is the space's (`SUPERNETS`,
+    half without augmentation) recalibrates BatchNorm. `supernet` is the space's (its `supernet(...)`,
     built with `num_classes`, `init_channels` and `layers`, accelerated like the search's)
     unless one is given: any module with `forward_path(x, candidate)` and
     `network_parameters()`. Arguments left at None take the space's defaults
-    (`ONESHOT_DEFAULTS`). `valid_batches=None` scores on the whole of `valid_data`;
+    (its `ONESHOT_DEFAULTS`). `valid_batches=None` scores on the whole of `valid_data`;
     `bn_batches=0` keeps the running statistics of training (as Li & Talwalkar score).
     `path`: where the trained supernet is kept (see the module docstring). `log` hears one
     line per epoch (default: the `darts.oneshot` logger).
@@ -133,10 +109,11 @@ class OneShotEvaluator:
                  workers: int = 0, channels_last: bool | None = None, progress: bool = True,
                  log: Callable[[str], None] | None = None):
         name = getattr(space, "NAME", None)
-        defaults = ONESHOT_DEFAULTS.get(name, {})
-        if supernet is None and name not in SUPERNETS:
+        defaults = getattr(space, "ONESHOT_DEFAULTS", {})
+        if supernet is None and not hasattr(space, "supernet"):
             raise UserError(f"the oneshot evaluator scores candidates in a supernet, and space "
-                            f"{name!r} has none; spaces with one: {', '.join(SUPERNETS)}")
+                            f"{name!r} has none (a space's `supernet(num_classes, channels, "
+                            f"layers)`)")
 
         def pick(value: Any, key: str, fallback: Any) -> Any:
             return value if value is not None else defaults.get(key, fallback)
@@ -184,8 +161,8 @@ class OneShotEvaluator:
             # Its initial weights are a function of the seed alone, as in every other run.
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                supernet = accelerate(SUPERNETS[name](num_classes, init_channels,
-                                                      pick(layers, "layers", 8)))
+                supernet = accelerate(space.supernet(num_classes, init_channels,
+                                                     pick(layers, "layers", 8)))
         self.supernet = supernet.to(self.device)
         if self.channels_last:
             self.supernet = self.supernet.to(memory_format=torch.channels_last)

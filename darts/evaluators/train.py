@@ -42,7 +42,6 @@ The caller's random state is left as it was.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import math
 import multiprocessing
 import time
@@ -68,9 +67,6 @@ from darts.train.engine import (
     tune_malloc,
 )
 
-# Network sizes of the spaces whose network has a size knob: (channels, layers).
-DEFAULT_SIZES = {"nb201": (16, 5), "darts": (16, 8)}
-SPACES = ("nb201", "cnn", "darts")
 REPORTS = ("test", "valid")
 # The stream of the run-level split of the training set (pass_seed's second word).
 _SPLIT_STREAM = 7001
@@ -93,8 +89,8 @@ def candidate_seed(seed: int, text: str) -> int:
 class TrainSettings:
     """Everything a worker process needs to evaluate as this process does (picklable)."""
 
-    space: str  # the space's NAME: nb201, cnn or darts
-    space_module: str  # its module's import name, e.g. darts.spaces.cnn
+    space: str  # the space's registered name (darts.spaces.SPACES)
+    plugins: str  # the --plugins a worker imports first (they may register the space, its ops)
     dataset: str
     data: str
     epochs: int
@@ -137,11 +133,11 @@ class TrainEvaluator:
                  synthetic_size: int = 5000, channels: int | None = None,
                  layers: int | None = None, report: str = "test", seed: int = 0,
                  workers: int = 1, threads: int = 0, device: str = "auto",
-                 channels_last: bool | None = None):
+                 channels_last: bool | None = None, plugins: str = ""):
         name = getattr(space, "NAME", None)
-        if name not in SPACES:
-            raise UserError(f"--space {name or space!r}: the train evaluator builds networks of "
-                            f"the {', '.join(SPACES)} spaces")
+        if not hasattr(space, "network"):
+            raise UserError(f"--space {name or space!r}: the train evaluator builds a space's "
+                            f"networks with its `network(...)`, and this space has none")
         checks = [
             ("epochs", epochs, epochs >= 1, "at least 1"),
             ("batch_size", batch_size, batch_size >= 1, "at least 1"),
@@ -174,27 +170,26 @@ class TrainEvaluator:
         if report not in REPORTS:
             raise UserError(f"--report {report}: choose one of {', '.join(REPORTS)} (the test "
                             f"split's accuracy, or the score again)")
-        if name == "cnn":
+        sizes = getattr(space, "NETWORK_SIZES", None)
+        if sizes is None:
             for flag, value in (("channels", channels), ("layers", layers)):
                 if value is not None:
-                    raise UserError(f"--{flag}: a plain CNN's widths and depth are its spec's; "
-                                    f"leave --{flag} out with --space cnn")
+                    raise UserError(f"--{flag}: a {name} candidate fixes its own widths and "
+                                    f"depth; leave --{flag} out with --space {name}")
         else:
-            default_channels, default_layers = DEFAULT_SIZES[name]
-            channels = default_channels if channels is None else channels
-            layers = default_layers if layers is None else layers
+            channels = sizes[0] if channels is None else channels
+            layers = sizes[1] if layers is None else layers
             if channels < 2 or channels % 2:
                 raise UserError(f"--channels {channels}: must be an even number >= 2")
-            least = 1 if name == "nb201" else 3
+            least = getattr(space, "MIN_LAYERS", 1)
             if layers < least:
-                raise UserError(f"--layers {layers}: must be at least {least}"
-                                + (" cell per stage" if name == "nb201"
-                                   else " (two of them are reduction cells)"))
+                raise UserError(f"--layers {layers}: must be at least {least} "
+                                f"{getattr(space, 'LAYERS_NOUN', 'layers')}")
         pick_device(device)  # a device this machine lacks is refused now, not in a worker
         self.space, self.workers = space, workers
         threads = threads or max(1, available_cpus() // workers)
         self.settings = TrainSettings(
-            name, space.__name__, dataset, data, epochs, batch_size, learning_rate,
+            name, plugins, dataset, data, epochs, batch_size, learning_rate,
             learning_rate_min, momentum, bool(nesterov), weight_decay, grad_clip, valid_portion,
             train_images, image_size, num_classes, synthetic_size, channels, layers, report, seed,
             threads, device, channels_last)
@@ -226,9 +221,9 @@ class TrainEvaluator:
     def describe(self) -> str:
         """One line for a run's log: the recipe, the split, the network, the processes."""
         s = self.settings
-        size = ("the spec's widths" if s.space == "cnn" else
-                f"{s.channels} channels, {s.layers} "
-                + ("cells per stage" if s.space == "nb201" else "cells"))
+        noun = getattr(self.space, "LAYERS_NOUN", "layers").split(" (")[0]
+        size = ("the candidate's own widths" if s.channels is None else
+                f"{s.channels} channels, {s.layers} {noun}")
         return (f"train evaluator: {s.epochs} epochs from scratch on {s.dataset}, batch "
                 f"{s.batch_size}, SGD lr {s.learning_rate:g} cosine to {s.learning_rate_min:g}, "
                 f"momentum {s.momentum:g}{' Nesterov' if s.nesterov else ''}, weight decay "
@@ -289,8 +284,9 @@ def from_search_config(cfg: Any, space: ModuleType, logger: Any = None) -> Train
         num_classes=cfg.num_classes, synthetic_size=cfg.synthetic_size, seed=cfg.seed,
         workers=max(1, cfg.workers), threads=cfg.threads, device=cfg.device,
         channels_last=cfg.channels_last)
-    if space.NAME != "cnn":
+    if getattr(space, "NETWORK_SIZES", None) is not None:
         options.update(channels=cfg.init_channels, layers=cfg.layers)
+    options["plugins"] = getattr(cfg, "plugins", "")
     evaluator = TrainEvaluator(space, **{k: v for k, v in options.items() if v is not None})
     if logger is not None:
         logger.info(evaluator.describe())
@@ -325,11 +321,13 @@ def _load_data(s: TrainSettings, download: bool) -> dict[str, Any]:
 
 
 def _network(candidate: Any, s: TrainSettings, info) -> nn.Module:
-    """The candidate's network, built as train_final.py builds it."""
-    from darts.final import FinalConfig, build_network
+    """The candidate's network, built as train_final.py builds it (without an auxiliary
+    head)."""
+    from darts.accel import accelerate
+    from darts.spaces import get_space
 
-    cfg = FinalConfig(space=s.space, init_channels=s.channels, layers=s.layers, auxiliary=False)
-    return build_network(candidate, cfg, info.num_classes, info.network)
+    return accelerate(get_space(s.space).network(candidate, info.num_classes, s.channels,
+                                                 s.layers, family=info.network))
 
 
 def _train_and_score(candidate: Any, s: TrainSettings, data: dict[str, Any],
@@ -396,7 +394,11 @@ def _start_worker(settings: dict[str, Any]) -> None:
         torch.set_num_threads(s.threads)
         tune_malloc(pick_device(s.device))  # a fresh process: every run on the CPU does this
         evaluator = TrainEvaluator.__new__(TrainEvaluator)
-        evaluator.space = importlib.import_module(s.space_module)
+        from darts import plugins
+        from darts.spaces import get_space
+
+        plugins.load(s.plugins)  # spawned: nothing the main process imported is here
+        evaluator.space = get_space(s.space)
         evaluator.workers, evaluator.settings = 1, s
         evaluator._pool = evaluator._finalizer = None
         evaluator._loaded = _load_data(s, download=False)  # the main process downloaded it

@@ -14,7 +14,54 @@ hashable value with a canonical one-line text (what `history.jsonl` records):
     parse(text)                 the candidate that text names; a UserError naming what is wrong
     save(c, path)               a file `train_final.py --arch` takes
 
+and what the runs need of it:
+
+    RESULT_FILE                 the file name a search's best candidate is saved as
+    retrain_flags(path)         the train_final.py flags that retrain the file at `path`
+    SCORED_BY_TABLE             whether a NAS-Bench-201 table scores it (`--evaluator benchmark`)
+    NETWORK_SIZES               (channels, layers) of its network by default; None where a
+                                candidate fixes its own (then MIN_LAYERS, LAYERS_NOUN are unused)
+    network(c, num_classes, channels, layers, family=, auxiliary=)   the discrete network
+    supernet(num_classes, channels, layers), ONESHOT_DEFAULTS        optional: a weight-sharing
+                                supernet with `forward_path(x, c)` (`--evaluator oneshot`)
+
+Each is registered by name in `SPACES`; a plugin adds its own with `register_space(name,
+space)`, where `space` is any object with those attributes (a module of its own, a class
+instance), and `--space name` then searches it.
+
     nb201   NAS-Bench-201's cell (darts.spaces.nb201)
     darts   the DARTS cell pair, a genotype (darts.spaces.darts_cells)
     cnn     a plain chain of conv layers trained from scratch (darts.spaces.cnn)
 """
+
+from __future__ import annotations
+
+from typing import Any
+
+from darts.registry import Registry
+from darts.spaces import cnn, darts_cells, nb201
+
+SPACES = Registry("space", "--space", [(m.NAME, m) for m in (darts_cells, nb201, cnn)])
+
+
+def register_space(name: str, space: Any, *, overwrite: bool = False) -> Any:
+    """Adds a search space (see the module's text for what it must provide)."""
+    missing = [a for a in ("sample", "mutate", "crossover", "decisions", "to_decisions",
+                           "from_decisions", "encode", "parse", "save", "RESULT_FILE",
+                           "retrain_flags", "network")
+               if not hasattr(space, a)]
+    if missing:
+        raise ValueError(f"space {name!r} lacks {', '.join(missing)} (see darts.spaces)")
+    if getattr(space, "NAME", None) is None:
+        space.NAME = name
+    return SPACES.register(name, space, overwrite=overwrite)
+
+
+def get_space(name: str) -> Any:
+    """The space registered as `name`; an unknown name is one UserError listing the spaces."""
+    return SPACES.lookup(name)
+
+
+def to_text(space: Any, candidate: Any) -> str:
+    """A candidate's canonical text: the space's `to_text`, else `str`."""
+    return getattr(space, "to_text", str)(candidate)

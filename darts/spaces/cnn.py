@@ -301,3 +301,18 @@ class CNNNetwork(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
         return self.classifier(x)
+
+
+# -- what the runs need of the space (see darts.spaces) -----------------------------------------
+RESULT_FILE = "cnn.json"
+SCORED_BY_TABLE = False
+NETWORK_SIZES = None  # a spec fixes its widths and depth
+
+
+def retrain_flags(path: str) -> list[str]:
+    """The train_final.py flags that retrain the network saved at `path`."""
+    return ["--space", NAME, "--arch", path]
+
+
+def network(arch: CNNArch, num_classes: int, *_: Any, **__: Any) -> nn.Module:
+    return CNNNetwork(arch, num_classes)

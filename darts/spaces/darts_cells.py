@@ -204,3 +204,34 @@ def encode(g: Genotype) -> list[float]:
             for j in range(i + 2):
                 vector += [float(used.get((i, j)) == op) for op in OPS]
     return vector
+
+
+# -- what the runs need of the space (see darts.spaces) -----------------------------------------
+RESULT_FILE = "genotype.json"
+SCORED_BY_TABLE = False
+NETWORK_SIZES = (16, 8)  # the search's network: 8 cells of 16 channels
+MIN_LAYERS, LAYERS_NOUN = 3, "cells (two of them are reduction cells)"
+# The one-shot evaluator's supernet training: Li & Talwalkar's released code (the DARTS search
+# recipe for 100 epochs; darts.evaluators.oneshot's docstring).
+ONESHOT_DEFAULTS = {"epochs": 100, "layers": 8, "weight_decay": 3e-4, "nesterov": False}
+
+
+def retrain_flags(path: str) -> list[str]:
+    """The train_final.py flags that retrain the genotype saved at `path`."""
+    return ["--genotype", path]
+
+
+def network(g: Genotype, num_classes: int, channels: int, layers: int, *,
+            family: str = "cifar", auxiliary: bool = False):
+    """The discrete network of `g` (darts.network): the CIFAR or the ImageNet one."""
+    from darts.network import NetworkCIFAR, NetworkImageNet
+
+    cls = NetworkCIFAR if family == "cifar" else NetworkImageNet
+    return cls(channels, num_classes, layers, auxiliary, g)
+
+
+def supernet(num_classes: int, channels: int, layers: int):
+    """The one-shot supernet over the DARTS ops, whose `forward_path(x, g)` runs g's ops."""
+    from darts.supernet import SearchNetwork
+
+    return SearchNetwork(channels, num_classes, layers)

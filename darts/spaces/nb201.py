@@ -453,3 +453,29 @@ class NB201SearchNetwork(nn.Module):
         """The decoded cell of the current alphas (per edge the argmax, `none` included)."""
         with torch.no_grad():
             return decode(self.mixing_weights()[0])
+
+
+# -- what the runs need of the space (see darts.spaces) -----------------------------------------
+RESULT_FILE = "arch.json"
+SCORED_BY_TABLE = True  # a NAS-Bench-201 table (darts.nb201) lists every cell
+NETWORK_SIZES = (16, 5)  # the benchmark's C and N (cells per stage)
+MIN_LAYERS, LAYERS_NOUN = 1, "cells per stage"
+# The one-shot evaluator's supernet training: NAS-Bench-201's random search with parameter
+# sharing (AutoDL-Projects configs/nas-benchmark/algos/RANDOM.config): 250 epochs, C 16, N 5,
+# Nesterov, weight decay 5e-4 (darts.evaluators.oneshot's docstring).
+ONESHOT_DEFAULTS = {"epochs": 250, "layers": 5, "weight_decay": 5e-4, "nesterov": True}
+
+
+def retrain_flags(path: str) -> list[str]:
+    """The train_final.py flags that retrain the cell saved at `path`."""
+    return ["--space", NAME, "--genotype", path]
+
+
+def network(arch: NB201Arch, num_classes: int, channels: int, layers: int, **_: Any) -> nn.Module:
+    """The benchmark's network of `arch` (C = channels, N = layers)."""
+    return NB201Network(arch, num_classes, C=channels, N=layers)
+
+
+def supernet(num_classes: int, channels: int, layers: int) -> nn.Module:
+    """The one-shot supernet, whose `forward_path(x, arch)` runs one cell's ops alone."""
+    return NB201SearchNetwork(num_classes, C=channels, N=layers)
