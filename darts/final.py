@@ -124,7 +124,7 @@ class FinalConfig:
     RESUMABLE: ClassVar[tuple[str, ...]] = ("learning_rate", "grad_clip")
 
     genotype: str = field(default=DEFAULT_GENOTYPE, metadata=_f(
-        "a genotype JSON file or a published name from genotypes/ (e.g. darts_v2, pdarts); "
+        "a genotype JSON file or a published name from darts/genotypes/ (e.g. darts_v2, pdarts); "
         "--space nb201 or cnn: an arch string or a search's arch.json (or use --arch)"))
     arch: str | None = field(default=None, metadata=_f(
         "the candidate to train, in place of --genotype: --space nb201 or cnn, its text (e.g. "
