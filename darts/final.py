@@ -47,7 +47,7 @@ from darts.genotype import genotype_from_dict, resolve_genotype, save_genotype
 from darts.network import NetworkCIFAR, NetworkImageNet, count_multiply_adds, count_parameters
 from darts.spaces import cnn
 from darts.spaces.nb201 import NB201Arch, NB201Network, load_arch
-from darts.train import distributed
+from darts.train import cli, distributed
 from darts.train.checkpoint import (
     change_base_lr,
     diverged,
@@ -490,3 +490,10 @@ def _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger, ck
                 metrics.get("final", {}).get("top1", float("nan")), best["top1"], best["epoch"],
                 run_dir / "metrics.json")
     return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`train_final.py` and `darts-final`: flags -> FinalConfig -> `run`; the exit status."""
+    return cli.main(FinalConfig, run,
+                    "Retrain a DARTS genotype from scratch (the paper's recipe by default).",
+                    "run", argv)
