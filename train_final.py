@@ -6,20 +6,15 @@
     python train_final.py --dataset imagenet --data /path/to/imagenet --genotype darts_v2
     python train_final.py --dataset synthetic --epochs 2 --layers 6 --init_channels 8   # offline
     python train_final.py --resume runs/final-cifar10-darts_v2-...   # continue a stopped run
-"""
 
-from __future__ import annotations
+`darts-final` (installed by `pip install .`) is the same command.
+"""
 
 import sys
 
-from darts.final import FinalConfig, run
-from darts.train import cli
+from darts.final import main
 
-
-def main(argv: list[str] | None = None) -> int:
-    return cli.main(FinalConfig, run, "Retrain a DARTS genotype from scratch (the paper's recipe by default).",
-                    "run", argv)
-
+__all__ = ["main"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,43 +9,14 @@
     python train_search.py --method pc-darts                 # a published method's flag values
 
 The run directory ends with genotype.json; the last log line is the train_final.py command
-that retrains it.
+that retrains it. `darts-search` (installed by `pip install .`) is the same command.
 """
-
-from __future__ import annotations
 
 import sys
 
-from darts.errors import UserError
-from darts.methods import presets
-from darts.search import SearchConfig, run
-from darts.train import cli
+from darts.search import main
 
-DESCRIPTION = "DARTS architecture search (the paper's settings by default)."
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-
-    def run_method(cfg: SearchConfig, resume: str | None = None, **changes):
-        """`--method NAME` sets its preset's flags, except those given explicitly."""
-        if resume is None and cfg.method:
-            given = cli.given_flags(cli.parse_args(SearchConfig, DESCRIPTION, "search", argv),
-                                    SearchConfig)
-            cfg = presets.apply(cfg, explicit=given - {"method"})
-            try:
-                return run(cfg, resume=resume)
-            except UserError as e:  # a flag the preset set: say so
-                flags = [k for k in presets.PRESETS[cfg.method]
-                         if k not in given and f"--{k}" in str(e)]
-                if flags:
-                    raise UserError(f"{e} (--method {cfg.method} sets --{flags[0]}; an explicit "
-                                    f"--{flags[0]} overrides it)") from None
-                raise
-        return run(cfg, resume=resume, **changes)
-
-    return cli.main(SearchConfig, run_method, DESCRIPTION, "search", argv)
-
+__all__ = ["main"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -47,7 +47,7 @@ from darts.genotype import genotype_from_dict, resolve_genotype, save_genotype
 from darts.network import NetworkCIFAR, NetworkImageNet, count_multiply_adds, count_parameters
 from darts.spaces import cnn
 from darts.spaces.nb201 import NB201Arch, NB201Network, load_arch
-from darts.train import distributed
+from darts.train import cli, distributed
 from darts.train.checkpoint import (
     change_base_lr,
     diverged,
@@ -124,7 +124,7 @@ class FinalConfig:
     RESUMABLE: ClassVar[tuple[str, ...]] = ("learning_rate", "grad_clip")
 
     genotype: str = field(default=DEFAULT_GENOTYPE, metadata=_f(
-        "a genotype JSON file or a published name from genotypes/ (e.g. darts_v2, pdarts); "
+        "a genotype JSON file or a published name from darts/genotypes/ (e.g. darts_v2, pdarts); "
         "--space nb201 or cnn: an arch string or a search's arch.json (or use --arch)"))
     arch: str | None = field(default=None, metadata=_f(
         "the candidate to train, in place of --genotype: --space nb201 or cnn, its text (e.g. "
@@ -491,3 +491,10 @@ def _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger, ck
                 metrics.get("final", {}).get("top1", float("nan")), best["top1"], best["epoch"],
                 run_dir / "metrics.json")
     return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`train_final.py` and `darts-final`: flags -> FinalConfig -> `run`; the exit status."""
+    return cli.main(FinalConfig, run,
+                    "Retrain a DARTS genotype from scratch (the paper's recipe by default).",
+                    "run", argv)

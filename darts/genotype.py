@@ -29,8 +29,8 @@ from darts.train.files import save_json
 
 Edge = tuple[str, int]
 
-# Published genotypes shipped with the project, one JSON file each.
-GENOTYPE_DIR = Path(__file__).resolve().parent.parent / "genotypes"
+# Published genotypes shipped with the package (darts/genotypes/), one JSON file each.
+GENOTYPE_DIR = Path(__file__).resolve().parent / "genotypes"
 
 _KEYS = ("normal", "normal_concat", "reduce", "reduce_concat")
 
@@ -239,6 +239,10 @@ def resolve_genotype(spec: str | os.PathLike, directory: Path = GENOTYPE_DIR) ->
     except (OSError, ValueError):  # a name too long, a NUL, ...: load_genotype says which
         is_path = True
     if is_path:
+        # `genotypes/NAME.json`, where no such file is, names the published file
+        if (path.parent == Path("genotypes") and path.suffix == ".json"
+                and path.stem in available_genotypes(directory) and not path.exists()):
+            return load_genotype(directory / path.name)
         return load_genotype(path)
     wanted = _normalise(spec)
     for name in available_genotypes(directory):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import shlex
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,7 +55,7 @@ from darts.spaces.nb201 import EDGES as NB201_EDGES
 from darts.spaces.nb201 import NB201_OPS, NB201Arch, NB201SearchNetwork
 from darts.strategies import STRATEGIES
 from darts.supernet import MIXING_RULES, SearchNetwork
-from darts.train import distributed
+from darts.train import cli, distributed
 from darts.train.checkpoint import (
     change_base_lr,
     diverged,
@@ -952,3 +953,30 @@ class _NB201Cells(_DartsCells):
 
 def cell_kind(cfg: SearchConfig) -> _DartsCells:
     return _NB201Cells() if cfg.space == "nb201" else _DartsCells()
+
+
+DESCRIPTION = "DARTS architecture search (the paper's settings by default)."
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`train_search.py` and `darts-search`: flags -> SearchConfig -> `run`; the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+
+    def run_method(cfg: SearchConfig, resume: str | None = None, **changes):
+        """`--method NAME` sets its preset's flags, except those given explicitly."""
+        if resume is None and cfg.method:
+            given = cli.given_flags(cli.parse_args(SearchConfig, DESCRIPTION, "search", argv),
+                                    SearchConfig)
+            cfg = presets.apply(cfg, explicit=given - {"method"})
+            try:
+                return run(cfg, resume=resume)
+            except UserError as e:  # a flag the preset set: say so
+                flags = [k for k in presets.PRESETS[cfg.method]
+                         if k not in given and f"--{k}" in str(e)]
+                if flags:
+                    raise UserError(f"{e} (--method {cfg.method} sets --{flags[0]}; an explicit "
+                                    f"--{flags[0]} overrides it)") from None
+                raise
+        return run(cfg, resume=resume, **changes)
+
+    return cli.main(SearchConfig, run_method, DESCRIPTION, "search", argv)

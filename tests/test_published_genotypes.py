@@ -1,16 +1,18 @@
-"""The published cells shipped in genotypes/: every file loads, says where it comes from, and a
+"""The published cells shipped in darts/genotypes/: every file loads, says where it comes from, and a
 few facts about the best-known cells are pinned by hand (from the papers' cell figures and the
 reference repositories), so that a mis-transcribed edge shows up here."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 
 import pytest
 
 from darts.genotype import (
     GENOTYPE_DIR,
+    GenotypeError,
     available_genotypes,
     load_genotype,
     resolve_genotype,
@@ -149,3 +151,15 @@ def test_other_names_resolve_case_insensitively():
     assert resolve_genotype("PC-DARTS_cifar") == resolve_genotype("pc_darts_cifar")
     assert resolve_genotype("NASNet_A") == resolve_genotype("nasnet_a")
     assert resolve_genotype("GDAS") == resolve_genotype("gdas")
+
+
+def test_genotypes_folder_path_names_the_published_file(tmp_path, monkeypatch):
+    """`--genotype genotypes/darts_v2.json` resolves wherever no such file is; a file of the
+    user's at that path is read instead, and an unknown name is still an error."""
+    monkeypatch.chdir(tmp_path)
+    assert resolve_genotype("genotypes/darts_v2.json") == resolve_genotype("darts_v2")
+    with pytest.raises(GenotypeError, match="no such genotype file"):
+        resolve_genotype("genotypes/darts_v3.json")
+    (tmp_path / "genotypes").mkdir()
+    shutil.copy(GENOTYPE_DIR / "pdarts.json", tmp_path / "genotypes" / "darts_v2.json")
+    assert resolve_genotype("genotypes/darts_v2.json") == resolve_genotype("pdarts")
