@@ -33,9 +33,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from darts import plugins
 from darts.errors import UserError
 from darts.evaluators.benchmark import BenchmarkEvaluator
 from darts.nb201 import BenchmarkTable
+from darts.registry import Choices
+from darts.spaces import SPACES
 from darts.strategies import STRATEGIES
 from darts.strategies import run as run_strategy
 from darts.train.cli import Parser, report
@@ -45,21 +48,24 @@ from darts.train.files import atomic_open, write_error
 
 def compare(table: BenchmarkTable, strategies: Sequence[str], seeds: int, budget: int,
             metric: str = "cifar10_valid", report_metric: str = "cifar10_test",
-            budget_seconds: float | None = None, progress=None) -> list[dict[str, Any]]:
+            budget_seconds: float | None = None, progress=None, space: Any = None
+            ) -> list[dict[str, Any]]:
     """One record per (strategy, seed): the run's best and its best-so-far curve."""
     from darts.multitrial import make_strategy
     from darts.search import SearchConfig
     from darts.spaces import nb201, to_text
+
+    space = nb201 if space is None else space
 
     evaluator = BenchmarkEvaluator(table, metric, report_metric, budget_seconds=budget_seconds)
     optimum = max(r[report_metric] for r in table.rows.values() if not math.isnan(r[report_metric]))
     runs = []
     for name in strategies:
         for seed in range(seeds):
-            strategy = make_strategy(SearchConfig(strategy=name, seed=seed), nb201)
+            strategy = make_strategy(SearchConfig(strategy=name, seed=seed), space)
             records = run_strategy(strategy, evaluator, None if budget_seconds else budget,
                                    seconds=budget_seconds or None,
-                                   to_text=lambda c: to_text(nb201, c))
+                                   to_text=lambda c: to_text(space, c))
             curve, best = [], None
             for r in records:
                 if best is None or r["score"] > best["score"]:
@@ -190,7 +196,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = Parser(prog="python -m darts.compare",
                     description="Every strategy on every seed on one budget, scored by a "
                                 "NAS-Bench-201 table: summary.csv, summary.md, best_so_far.png.")
-    parser.add_argument("--space", default="nb201", choices=("nb201",),
+    try:
+        plugins.preload(argv)
+    except UserError as e:
+        return report(e)
+    parser.add_argument("--plugins", default="",
+                        help="Python files (or module names), comma-separated, imported first: "
+                             "they may register strategies (darts.strategies.register_strategy)")
+    parser.add_argument("--space", default="nb201",
+                        choices=Choices((), SPACES, lambda n: getattr(SPACES[n], "SCORED_BY_TABLE", False)),
                         help="the space (a NAS-Bench-201 table scores nb201)")
     parser.add_argument("--benchmark", required=True, help="a NAS-Bench-201 CSV table")
     parser.add_argument("--strategies", default=",".join(STRATEGIES),
@@ -225,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['rank']})", flush=True)
 
         runs = compare(table, names, args.seeds, args.budget, args.metric, args.report,
-                       args.budget_seconds or None, progress)
+                       args.budget_seconds or None, progress, space=SPACES[args.space])
         budget = (f"{args.budget_seconds:g} s of training time" if args.budget_seconds
                   else f"{args.budget} evaluations")
         title = (f"{Path(args.benchmark).name}: {args.seeds} seeds, {budget}, selected on "

@@ -40,7 +40,7 @@ from darts.accel.device_data import (
 )
 from darts.architect import ARCH_LOSSES, Architect
 from darts.errors import UserError
-from darts.genotype import genotype_from_dict, save_genotype
+from darts.evaluators import EVALUATORS
 from darts.methods import pieces as collapse
 from darts.methods import presets, schedule
 from darts.methods.mixing import SAMPLERS, build_sampler
@@ -50,11 +50,10 @@ from darts.methods.regularizers import REGULARIZERS, build_regularizer, check_fl
 from darts.nb201 import BenchmarkTable
 from darts.primitives import OPS, PRIMITIVES
 from darts.registry import Choices
-from darts.space import SearchSpace
-from darts.spaces.nb201 import EDGES as NB201_EDGES
-from darts.spaces.nb201 import NB201_OPS, NB201Arch, NB201SearchNetwork
+from darts.spaces import SPACES, darts_cells, get_space
+from darts.spaces.darts_cells import op_list
 from darts.strategies import STRATEGIES
-from darts.supernet import MIXING_RULES, SearchNetwork
+from darts.supernet import MIXING_RULES
 from darts.train import cli, distributed
 from darts.train.checkpoint import (
     change_base_lr,
@@ -87,7 +86,7 @@ from darts.train.engine import (
 )
 from darts.train.files import save_json
 from darts.train.rundir import RunClaim, claim_run_dir
-from darts.train.tb import EpochTimer, RunLogger, alpha_heatmap, draw_cells, format_duration
+from darts.train.tb import EpochTimer, RunLogger, alpha_heatmap, format_duration
 
 SEARCH_DATASETS = ("cifar10", "cifar100", "ImageNet16-120", "folder", "synthetic")
 CHECKPOINT_KEYS = ("epoch", "config", "model", "optimizer", "arch_optimizer", "scheduler", "split",
@@ -109,7 +108,7 @@ class SearchConfig:
         "the search space: darts (the paper's cell: 2 inputs, --nodes nodes, --ops), nb201 "
         "(NAS-Bench-201's cell: 4 nodes, 6 edges, 5 ops; its benchmark's network and recipe) "
         "or, for the multi-trial strategies only, cnn (a plain chain of conv layers)",
-        choices=("darts", "nb201", "cnn")))
+        choices=SPACES))
     # Multi-trial search (docs/strategies.md): another strategy than DARTS's gradients.
     strategy: str = field(default="darts", metadata=_f(
         "darts (the gradient-based search) or a multi-trial strategy: random, evolution "
@@ -120,7 +119,7 @@ class SearchConfig:
         "how a multi-trial strategy's candidates are scored: benchmark (a NAS-Bench-201 "
         "--benchmark table, free), oneshot (a weight-sharing supernet trained once by uniform "
         "single paths), train (each trained from scratch for --eval_epochs); default: benchmark "
-        "with --benchmark, else train", choices=("", "benchmark", "oneshot", "train")))
+        "with --benchmark, else train", choices=Choices(("",), EVALUATORS)))
     budget: int = field(default=100, metadata=_f("multi-trial: the number of evaluations"))
     budget_seconds: float = field(default=0.0, metadata=_f(
         "multi-trial: also stop once the evaluations' cost adds up to this many seconds (the "
@@ -298,19 +297,10 @@ class SearchConfig:
     tensorboard: bool = field(default=True, metadata=_f("TensorBoard event files in the run directory"))
 
 
-# The defaults that differ between the spaces: the DARTS paper's, and those of NAS-Bench-201's
-# published DARTS runs (AutoDL-Projects, configs/nas-benchmark/algos/DARTS.config: SGD 0.025
-# cosine to 0.001, momentum 0.9, Nesterov, weight decay 5e-4, batch 64, 50 epochs; C = 16,
-# N = 5; exps/NAS-Bench-201-algos/DARTS-V1.py: gradient clip 5, Adam 3e-4 / 1e-3 on the alphas).
-SPACE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "darts": {"layers": 8, "weight_decay": 3e-4, "nesterov": False},
-    "nb201": {"layers": 5, "weight_decay": 5e-4, "nesterov": True},
-}
-
-
 def resolved(cfg: SearchConfig) -> SearchConfig:
     """`cfg` with the fields left at None set to its space's defaults."""
-    values = SPACE_DEFAULTS.get(cfg.space, SPACE_DEFAULTS["darts"])
+    search = getattr(SPACES.get(cfg.space), "gradient", None)
+    values = getattr(search, "defaults", darts_cells.gradient.defaults)
     return dataclasses.replace(cfg, **{k: v for k, v in values.items()
                                        if getattr(cfg, k) is None})
 
@@ -319,17 +309,19 @@ def validate(cfg: SearchConfig) -> None:
     if cfg.strategy != "darts":
         raise UserError(f"--strategy {cfg.strategy}: this is a DARTS search's checkpoint; a "
                         f"multi-trial run resumes from its history.jsonl")
-    if cfg.space == "cnn":
-        raise UserError("--space cnn: the cnn space is searched by the multi-trial strategies; "
-                        "add e.g. --strategy evolution")
+    space = get_space(cfg.space)
+    if getattr(space, "gradient", None) is None:
+        raise UserError(f"--space {cfg.space}: the {cfg.space} space has no supernet for the "
+                        f"gradient search; it is searched by the multi-trial strategies: add "
+                        f"e.g. --strategy evolution")
     if cfg.dataset not in SEARCH_DATASETS:
         raise UserError(f"--dataset {cfg.dataset}: the search runs on {', '.join(SEARCH_DATASETS)} "
                         f"(the paper searches on CIFAR-10 and transfers the cell to ImageNet)")
     checks = [
         ("epochs", cfg.epochs >= 1, "at least 1"),
         ("batch_size", cfg.batch_size >= 1, "at least 1"),
-        ("layers", cfg.layers >= (1 if cfg.space == "nb201" else 3),
-         "at least 1 per stage" if cfg.space == "nb201" else "at least 3 (two of them are reduction cells)"),
+        ("layers", cfg.layers >= getattr(space, "MIN_LAYERS", 1),
+         f"at least {getattr(space, 'MIN_LAYERS', 1)} {getattr(space, 'LAYERS_NOUN', 'layers')}"),
         ("nodes", cfg.nodes >= 2, "at least 2"),
         ("init_channels", cfg.init_channels >= 2 and cfg.init_channels % 2 == 0, "an even number >= 2"),
         ("learning_rate", cfg.learning_rate > 0, "positive"),
@@ -367,16 +359,12 @@ def validate(cfg: SearchConfig) -> None:
                         f"(a rule of your own: register_mixing in a file given to --plugins)")
     if cfg.nesterov and cfg.momentum == 0:
         raise UserError("--nesterov needs a momentum: give --momentum > 0 or --no-nesterov")
-    if cfg.space == "nb201":
-        for flag, ok in (("checkpoint_cells", not cfg.checkpoint_cells),
-                         ("mixing", cfg.mixing == "softmax"),
-                         ("ops", op_list(cfg.ops) == PRIMITIVES), ("nodes", cfg.nodes == 4)):
-            if not ok:
-                raise UserError(f"--{flag}: not available with --space nb201 (its cell has "
-                                f"4 nodes and the benchmark's 5 ops; leave --{flag} out)")
-    elif cfg.benchmark:
-        raise UserError("--benchmark: a NAS-Bench-201 table scores --space nb201 searches; "
-                        "add --space nb201")
+    space.gradient.check(cfg)
+    if cfg.benchmark and not getattr(space, "SCORED_BY_TABLE", False):
+        scored = " or ".join(f"--space {n}" for n, s in SPACES.items()
+                             if getattr(s, "SCORED_BY_TABLE", False))
+        raise UserError(f"--benchmark: a NAS-Bench-201 table does not score --space "
+                        f"{cfg.space} searches; add {scored}")
     if cfg.arch_loss not in ARCH_LOSSES:
         raise UserError(f"--arch_loss {cfg.arch_loss}: known losses: {', '.join(ARCH_LOSSES)} "
                         f"(a loss of your own: register_arch_loss in a file given to --plugins)")
@@ -384,22 +372,11 @@ def validate(cfg: SearchConfig) -> None:
     collapse.validate(cfg)
 
 
-def op_list(ops: str) -> tuple[str, ...]:
-    """The op names of `--ops`, in order."""
-    return tuple(op.strip() for op in ops.split(",") if op.strip())
-
-
-def search_space(cfg: SearchConfig) -> SearchSpace:
-    """The cell space of `cfg`: its ops on every edge, `nodes` intermediate nodes, all
-    concatenated at the output."""
-    return SearchSpace(op_list(cfg.ops), steps=cfg.nodes, multiplier=cfg.nodes)
-
-
 def arch_statistics(model: nn.Module, genotype: Any, cells: Any = None) -> dict[str, float]:
     """What the search's collapse shows in: skip-connections in the decoded normal cell (the
     one cell of NAS-Bench-201) and the mean entropy of the mixing weights' rows (log(ops) at
     the start, 0 for one-hot choices)."""
-    cells = cells or _DartsCells()
+    cells = cells or darts_cells.gradient
     stats: dict[str, float] = {"arch/skip_connect_normal": cells.skip_connects(genotype)}
     with torch.no_grad():
         for kind, w in zip(cells.kinds, model.mixing_weights(), strict=False):
@@ -531,14 +508,7 @@ def build_supernet(cfg: SearchConfig, num_classes: int, device: torch.device) ->
     """The supernet of `cfg` on `device`, in its memory format (not yet compiled)."""
     cfg = resolved(cfg)
     sampler = build_sampler(cfg.sampler, tau_max=cfg.tau_max, tau_min=cfg.tau_min)
-    if cfg.space == "nb201":
-        model = NB201SearchNetwork(num_classes, C=cfg.init_channels, N=cfg.layers, sampler=sampler,
-                                   partial_channels=cfg.partial_channels)
-    else:
-        model = SearchNetwork(cfg.init_channels, num_classes, cfg.layers, search_space(cfg),
-                              partial_channels=cfg.partial_channels,
-                              checkpoint_cells=cfg.checkpoint_cells, mixing=cfg.mixing,
-                              sampler=sampler)
+    model = cell_kind(cfg).supernet(cfg, num_classes, sampler)
     model = collapse.prepare_supernet(model, cfg)
     model = accelerate(model, batch_edges=batch_edges(cfg.batch_edges, device)).to(device)
     if cfg.channels_last:
@@ -857,8 +827,9 @@ def _metrics(cfg: SearchConfig, history: list[dict[str, Any]], complete: bool) -
             **({"selection": {k: v for k, v in last["selection"].items() if k != "tune"}}
                if "selection" in last else {}),
             **({"benchmark": last["benchmark"]} if "benchmark" in last else {}),
-            # the DARTS genotype is in genotypes/epoch_NNN.json; an NB201 arch is one string
-            "history": [{k: v for k, v in r.items() if k != "genotype" or cfg.space == "nb201"}
+            # a genotype is in genotypes/epoch_NNN.json; a cell of one line stays in the record
+            "history": [{k: v for k, v in r.items()
+                         if k != "genotype" or cell_kind(cfg).inline_in_history}
                         for r in history]}
 
 
@@ -885,74 +856,9 @@ def _finish(cfg, run_dir, logger, history, d: Dist) -> dict[str, Any]:
     return metrics
 
 
-class _DartsCells:
-    """What the search does with the DARTS space's cells: decode, save, draw, show."""
-
-    noun, folder, result_file, kinds = "genotype", "genotypes", "genotype.json", ("normal", "reduce")
-
-    def decode(self, model, meta):
-        return model.genotype(**meta)
-
-    def from_dict(self, data, where):
-        return genotype_from_dict(data, where=where)
-
-    def save(self, genotype, path):
-        save_genotype(genotype, path)
-
-    def draw(self, genotype, logger, step, run_dir=None):
-        draw_cells(genotype, logger, step, run_dir)
-
-    def skip_connects(self, genotype) -> int:
-        return sum(op == "skip_connect" for op, _ in genotype.normal)
-
-    def edge_names(self, model):
-        return model.space.edge_names()
-
-    def ops_of(self, model):
-        return model.space.primitives
-
-    def nodes(self, cfg):
-        return cfg.nodes
-
-    def describe(self, cfg):
-        return f"{cfg.layers} cells"
-
-
-class _NB201Cells(_DartsCells):
-    """The same for NAS-Bench-201's cell: an arch string, saved as {"arch": ...}."""
-
-    noun, folder, result_file, kinds = "arch", "archs", "arch.json", ("cell",)
-
-    def decode(self, model, meta):
-        return model.arch()
-
-    def from_dict(self, data, where):
-        if not isinstance(data, dict) or not isinstance(data.get("arch"), str):
-            raise UserError(f"{where}: no NAS-Bench-201 arch string in the run's history")
-        return NB201Arch.from_string(data["arch"], where=where)
-
-    def save(self, arch, path):
-        save_json(arch.to_dict(), path)
-
-
-    def skip_connects(self, arch) -> int:
-        return arch.ops.count("skip_connect")
-
-    def edge_names(self, model):
-        return [f"{j}->{i}" for i, j in NB201_EDGES]
-
-    def ops_of(self, model):
-        return NB201_OPS
-
-    def nodes(self, cfg):
-        return 4
-
-    def describe(self, cfg):
-        return f"3 stages of {cfg.layers} cells"
-
-
-def cell_kind(cfg: SearchConfig) -> _DartsCells:
-    return _NB201Cells() if cfg.space == "nb201" else _DartsCells()
+def cell_kind(cfg: SearchConfig) -> Any:
+    """The gradient search of `cfg`'s space (its `gradient`: see darts.spaces)."""
+    return get_space(cfg.space).gradient
 
 
 DESCRIPTION = "DARTS architecture search (the paper's settings by default)."

@@ -210,3 +210,95 @@ def test_an_arch_loss_adds_its_own_gradient_to_the_alpha_gradient():
             register_arch_loss("test_square", square)
     finally:
         del ARCH_LOSSES["test_square"]
+
+
+# -- a space, a strategy and an evaluator from a plugin file alone ------------------------------
+MY_NAS = ROOT / "tests" / "plugins" / "my_nas.py"
+
+
+@pytest.fixture(autouse=True)
+def _registries_restored():
+    """What a test's plugins register is gone after it: other tests see the library's own."""
+    from darts.evaluators import EVALUATORS
+    from darts.spaces import SPACES
+    from darts.strategies import STRATEGIES
+
+    saved = [(r, dict(r)) for r in (SPACES, STRATEGIES, EVALUATORS)]
+    loaded = dict(plugins._loaded)
+    yield
+    for registry, items in saved:
+        registry.clear()
+        registry.update(items)
+    plugins._loaded.clear()
+    plugins._loaded.update(loaded)
+
+
+def test_a_plugin_space_is_searched_by_a_plugin_strategy_with_the_train_evaluator(tmp_path):
+    """--space chain and --strategy hill exist only in the plugin: the command line accepts
+    them, the train evaluator's spawned workers import the plugin to build its networks, and
+    the run resumes with the plugin recorded in its config."""
+    import train_search
+
+    args = ["--plugins", str(MY_NAS), "--space", "chain", "--strategy", "hill",
+            "--evaluator", "train", "--dataset", "synthetic", "--synthetic_size", "48",
+            "--image_size", "8", "--eval_epochs", "1", "--batch_size", "16", "--budget", "4",
+            "--workers", "2", "--threads", "1", "--device", "cpu", "--no-progress",
+            "--no-tensorboard", "--save", str(tmp_path), "--name", "chain"]
+    assert train_search.main(args) == 0
+    run_dir = tmp_path / "chain"
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert len(history) == 4 and all(0 <= r["score"] <= 100 for r in history)
+    kernels = [tuple(int(k) for k in r["candidate"].split("-")) for r in history]
+    assert all(1 <= len(c) <= 3 and set(c) <= {3, 5} for c in kernels)
+    # hill climbing: after the first, each candidate is one kernel away from the best before it
+    for n in range(1, 4):
+        best = max(history[:n], key=lambda r: r["score"])["candidate"].split("-")
+        here = history[n]["candidate"].split("-")
+        assert len(here) == len(best) and sum(a != b for a, b in zip(here, best, strict=True)) == 1
+    result = json.loads((run_dir / "result.json").read_text())
+    assert json.loads((run_dir / "chain.json").read_text()) == {"chain": result["best_arch"]}
+    assert "--space chain --arch" in (run_dir / "log.txt").read_text()
+    assert train_search.main(["--resume", str(run_dir)]) == 0  # finished: nothing to do
+
+
+def test_a_plugin_strategy_runs_in_darts_compare_beside_random(tmp_path):
+    from darts import compare
+    from darts.nb201 import synthetic_table
+
+    table = synthetic_table(tmp_path / "t.csv", seed=0)
+    out = tmp_path / "cmp"
+    assert compare.main(["--plugins", str(MY_NAS), "--benchmark", str(table),
+                         "--strategies", "random,hill", "--seeds", "2", "--budget", "15",
+                         "--out", str(out)]) == 0
+    rows = (out / "summary.csv").read_text().splitlines()
+    assert sorted(r.split(",")[0] for r in rows[1:]) == ["hill", "hill", "random", "random"]
+
+
+def test_a_plugin_evaluator_scores_a_plugin_space(tmp_path):
+    from darts.search import SearchConfig
+    from darts.search import run as search
+
+    plugins.load(str(MY_NAS))
+    result = search(SearchConfig(strategy="random", space="chain", evaluator="shallow",
+                                 plugins=str(MY_NAS), budget=20, seed=0, save=str(tmp_path),
+                                 name="s", progress=False, tensorboard=False))
+    assert len(result["best_arch"].split("-")) == 1 and result["best_score"] == -1.0
+    with pytest.raises(UserError, match="--evaluator shallow scores --space chain"):
+        search(SearchConfig(strategy="random", space="nb201", evaluator="shallow", budget=2,
+                            save=str(tmp_path), name="t", progress=False))
+
+
+def test_an_unknown_space_strategy_or_evaluator_names_the_flag_and_the_choices(capsys):
+    import train_search
+
+    for flag in ("--space", "--strategy", "--evaluator"):
+        with pytest.raises(SystemExit) as stop:
+            train_search.main([flag, "nope"])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and err.count("\n") == 1
+        assert f"argument {flag}: invalid choice: 'nope'" in err
+    # a plugin's names are choices once --plugins names it, on the same command line
+    with pytest.raises(SystemExit) as stop:
+        train_search.main(["--plugins", str(MY_NAS), "--space", "chain", "--strategy", "hill",
+                           "--evaluator", "shallow", "--help"])
+    assert stop.value.code == 0 and "chain" in capsys.readouterr().out

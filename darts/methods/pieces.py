@@ -52,7 +52,9 @@ def validate(cfg: Any) -> None:
     if cfg.warmup_epochs >= cfg.epochs:
         raise UserError(f"--warmup_epochs {cfg.warmup_epochs}: the alphas would never be "
                         f"updated in {cfg.epochs} epochs; give fewer than --epochs")
-    skip = "skip_connect" in [op.strip() for op in cfg.ops.split(",")] or cfg.space == "nb201"
+    from darts.spaces import get_space
+
+    skip = "skip_connect" in get_space(cfg.space).gradient.search_ops(cfg)
     for flag, on in (("aux_skip", cfg.aux_skip > 0), ("skip_dropout", cfg.skip_dropout > 0),
                      ("max_skip", cfg.max_skip is not None),
                      ("early_stop_skips", cfg.early_stop_skips is not None)):
@@ -69,10 +71,6 @@ def validate(cfg: Any) -> None:
         raise UserError("--skip_dropout with --order 2 --hessian fd: the two forwards of the "
                         "finite difference draw different dropout masks, and the difference "
                         "divided by 2 eps is noise; use --order 1 (P-DARTS's) or --hessian exact")
-    if cfg.perturb != "none" and cfg.partial_channels > 1 and cfg.space == "nb201":
-        raise UserError("--perturb with --partial_channels on --space nb201: SDARTS "
-                        "perturbs the op weights only, which this supernet's mixing "
-                        "weights do not set apart from PC-DARTS's edge weights; leave one out")
     if cfg.select == "pt" and cfg.partial_channels > 1:
         raise UserError("--select pt with --partial_channels: DARTS-PT projects plain DARTS "
                         "edges; leave --partial_channels out")

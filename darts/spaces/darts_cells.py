@@ -235,3 +235,69 @@ def supernet(num_classes: int, channels: int, layers: int):
     from darts.supernet import SearchNetwork
 
     return SearchNetwork(channels, num_classes, layers)
+
+
+# -- the gradient search of this space (darts.search) -------------------------------------------
+def op_list(ops: str) -> tuple[str, ...]:
+    """The op names of `--ops`, in order."""
+    return tuple(op.strip() for op in ops.split(",") if op.strip())
+
+
+class GradientSearch:
+    """What DARTS's gradient search does with this space: its supernet (eq. 2 on every edge of
+    the `--nodes` cell over `--ops`), decoding the alphas to a genotype, the files and
+    pictures of each epoch's cell."""
+
+    noun, folder, result_file, kinds = "genotype", "genotypes", RESULT_FILE, CELLS
+    inline_in_history = False  # metrics.json's history: each epoch's genotype is its own file
+    # The DARTS paper's search: 8 cells, weight decay 3e-4, no Nesterov.
+    defaults = {"layers": 8, "weight_decay": 3e-4, "nesterov": False}
+
+    def check(self, cfg) -> None:
+        """Refuses the flags this space cannot search with (one UserError)."""
+
+    def search_ops(self, cfg) -> tuple[str, ...]:
+        """The ops on every edge of the supernet (`--ops`)."""
+        return op_list(cfg.ops)
+
+    def supernet(self, cfg, num_classes: int, sampler):
+        from darts.space import SearchSpace
+        from darts.supernet import SearchNetwork
+
+        space = SearchSpace(op_list(cfg.ops), steps=cfg.nodes, multiplier=cfg.nodes)
+        return SearchNetwork(cfg.init_channels, num_classes, cfg.layers, space,
+                             partial_channels=cfg.partial_channels,
+                             checkpoint_cells=cfg.checkpoint_cells, mixing=cfg.mixing,
+                             sampler=sampler)
+
+    def decode(self, model, meta):
+        return model.genotype(**meta)
+
+    def from_dict(self, data, where):
+        return genotype_from_dict(data, where=where)
+
+    def save(self, genotype, path):
+        save_genotype(genotype, path)
+
+    def draw(self, genotype, logger, step, run_dir=None):
+        from darts.train.tb import draw_cells
+
+        draw_cells(genotype, logger, step, run_dir)
+
+    def skip_connects(self, genotype) -> int:
+        return sum(op == "skip_connect" for op, _ in genotype.normal)
+
+    def edge_names(self, model):
+        return model.space.edge_names()
+
+    def ops_of(self, model):
+        return model.space.primitives
+
+    def nodes(self, cfg):
+        return cfg.nodes
+
+    def describe(self, cfg):
+        return f"{cfg.layers} cells"
+
+
+gradient = GradientSearch()

@@ -479,3 +479,72 @@ def network(arch: NB201Arch, num_classes: int, channels: int, layers: int, **_: 
 def supernet(num_classes: int, channels: int, layers: int) -> nn.Module:
     """The one-shot supernet, whose `forward_path(x, arch)` runs one cell's ops alone."""
     return NB201SearchNetwork(num_classes, C=channels, N=layers)
+
+
+# -- the gradient search of this space (darts.search) -------------------------------------------
+from darts.spaces import darts_cells as _darts_cells  # noqa: E402 (the DARTS space's search, specialised)
+
+
+class GradientSearch(_darts_cells.GradientSearch):
+    """DARTS's gradient search of NAS-Bench-201's cell: its supernet (`NB201SearchNetwork`),
+    the benchmark's argmax decoding, an arch string saved as {"arch": ...}."""
+
+    noun, folder, result_file, kinds = "arch", "archs", RESULT_FILE, ("cell",)
+    inline_in_history = True  # an arch string is one short line
+    # NAS-Bench-201's published DARTS runs (AutoDL-Projects, configs/nas-benchmark/algos/
+    # DARTS.config: SGD 0.025 cosine to 0.001, momentum 0.9, Nesterov, weight decay 5e-4,
+    # batch 64, 50 epochs; C = 16, N = 5; exps/NAS-Bench-201-algos/DARTS-V1.py: gradient clip
+    # 5, Adam 3e-4 / 1e-3 on the alphas).
+    defaults = {"layers": 5, "weight_decay": 5e-4, "nesterov": True}
+
+    def check(self, cfg) -> None:
+        from darts.primitives import PRIMITIVES
+
+        for flag, ok in (("checkpoint_cells", not cfg.checkpoint_cells),
+                         ("mixing", cfg.mixing == "softmax"),
+                         ("ops", _darts_cells.op_list(cfg.ops) == PRIMITIVES),
+                         ("nodes", cfg.nodes == 4)):
+            if not ok:
+                raise UserError(f"--{flag}: not available with --space {NAME} (its cell has "
+                                f"4 nodes and the benchmark's 5 ops; leave --{flag} out)")
+        if cfg.perturb != "none" and cfg.partial_channels > 1:
+            raise UserError(f"--perturb with --partial_channels on --space {NAME}: SDARTS "
+                            f"perturbs the op weights only, which this supernet's mixing "
+                            f"weights do not set apart from PC-DARTS's edge weights; leave one "
+                            f"out")
+
+    def search_ops(self, cfg) -> tuple[str, ...]:
+        return NB201_OPS
+
+    def supernet(self, cfg, num_classes: int, sampler):
+        return NB201SearchNetwork(num_classes, C=cfg.init_channels, N=cfg.layers, sampler=sampler,
+                                  partial_channels=cfg.partial_channels)
+
+    def decode(self, model, meta):
+        return model.arch()
+
+    def from_dict(self, data, where):
+        if not isinstance(data, dict) or not isinstance(data.get("arch"), str):
+            raise UserError(f"{where}: no NAS-Bench-201 arch string in the run's history")
+        return NB201Arch.from_string(data["arch"], where=where)
+
+    def save(self, arch, path):
+        save(arch, path)
+
+    def skip_connects(self, arch) -> int:
+        return arch.ops.count("skip_connect")
+
+    def edge_names(self, model):
+        return [f"{j}->{i}" for i, j in EDGES]
+
+    def ops_of(self, model):
+        return NB201_OPS
+
+    def nodes(self, cfg):
+        return NODES
+
+    def describe(self, cfg):
+        return f"3 stages of {cfg.layers} cells"
+
+
+gradient = GradientSearch()
