@@ -32,10 +32,10 @@ from common import (
 
 from darts.accel.cuda_graph import cuda_graphs_enabled
 from darts.architect import Architect
-from darts.search import SearchConfig, _loaders, architect_side_step, build_supernet
+from darts.search import SearchConfig, _loaders, build_supernet
 from darts.train.data import build_datasets, search_split
 from darts.train.distributed import Dist
-from darts.train.engine import MetricSum, Precision, train_one_epoch
+from darts.train.engine import MetricSum, Precision, SideStep, train_one_epoch
 
 PRESETS = {
     "standard": {"init_channels": 16, "layers": 8, "nodes": 4, "batch_size": 64, "image_size": 32},
@@ -71,7 +71,8 @@ def measure(args, path: dict, device: torch.device) -> dict:
     architect = Architect(model, criterion, optimizer, order=cfg.order, hessian=cfg.hessian,
                           precision=precision, capturable=graphs)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    side_step = architect_side_step(architect, alpha_stream, 0.025, MetricSum(device))
+    side_step = SideStep(alpha_stream, lambda b, v: architect.step(b, v, xi=0.025),
+                         MetricSum(device))
 
     clock = StepClock(weight_data.epoch(0), args.warmup, args.steps, device)
     reset_peak_memory(device)

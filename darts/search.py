@@ -16,6 +16,7 @@ decay 1e-3; second order with the finite-difference Hessian-vector product (eq. 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import shlex
 import sys
 import time
@@ -81,6 +82,7 @@ from darts.train.engine import (
     configure_cpu_threads,
     evaluate,
     pick_device,
+    split_output,
     train_one_epoch,
     tune_malloc,
 )
@@ -516,6 +518,52 @@ def build_supernet(cfg: SearchConfig, num_classes: int, device: torch.device) ->
     return model
 
 
+@dataclass
+class Iteration:
+    """What one search iteration works on: the supernet, its two optimizers (the weights' SGD,
+    the architect's Adam on the alphas), the collapse pieces, the loss and its precision, the
+    weights' learning rate of this epoch (xi of the second-order step), the gradient clip and
+    the gradient average over ranks (torchrun)."""
+
+    model: nn.Module
+    architect: Architect
+    pieces: Any  # darts.methods.pieces.Pieces
+    optimizer: torch.optim.Optimizer
+    criterion: nn.Module
+    precision: Precision
+    lr: float
+    grad_clip: float
+    average_grads: Callable[[], None]
+
+
+def search_step(it: Iteration, x: torch.Tensor, y: torch.Tensor, x_val: torch.Tensor,
+                y_val: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One iteration of DARTS's Algorithm 1 (Liu et al., ICLR 2019); returns the training
+    loss, the training logits and the validation loss.
+
+    1. Update the alphas by descending grad_alpha L_val(w - xi grad_w L_train(w, alpha), alpha)
+       on a validation batch (xi = 0: first order; `Architect.step`). The collapse pieces hook
+       in here: a warm-up leaves the alphas alone, an alpha loss (regularizer) is added to
+       L_val, SDARTS perturbs the mixing weights the weight step will see.
+    2. Update the weights by descending grad_w L_train(w, alpha) on a training batch, the
+       supernet mixing its ops with the (detached) weights the pieces give: softmax(alpha),
+       a sampler's draw (GDAS, DrNAS), or SDARTS's perturbed ones.
+    """
+    alpha_loss = it.pieces.alpha_step(it.architect, (x, y), (x_val, y_val), it.lr)  # step 1
+    with it.precision.autocast():  # step 2
+        logits, _ = split_output(it.model(x, it.pieces.weight_step_weights()))
+        loss = it.criterion(logits, y)
+    it.optimizer.zero_grad(set_to_none=True)
+    it.precision.backward(loss)
+    it.average_grads()
+    if it.grad_clip > 0:
+        it.precision.unscale(it.optimizer)
+        nn.utils.clip_grad_norm_([p for g in it.optimizer.param_groups for p in g["params"]],
+                                 it.grad_clip)
+    it.precision.step(it.optimizer)
+    return loss.detach(), logits.detach(), alpha_loss.detach()
+
+
 def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d: Dist,
             graphs: bool, table: BenchmarkTable | None, claim: RunClaim,
             changed: dict[str, Any]):
@@ -657,13 +705,13 @@ def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d
         lr = scheduler.get_last_lr()[0]
         arch_meter = MetricSum(device)
         epoch_values = pieces.start_epoch(epoch)  # DARTS-'s beta, P-DARTS's dropout, SDARTS's eps
+        it = Iteration(model, architect, pieces, optimizer, criterion, precision, lr,
+                       cfg.grad_clip, average_weight_grads)
         train = train_one_epoch(
             model, weight_data.epoch(epoch), optimizer, criterion, device,
-            grad_clip=cfg.grad_clip,
-            side_step=pieces.side_step(architect, alpha_stream, lr, arch_meter),
-            forward=lambda x: model(x, pieces.weight_step_weights()),
+            side_step=SideStep(alpha_stream, None, arch_meter),  # the alpha half's batches
+            step=functools.partial(search_step, it),
             precision=precision, channels_last=cfg.channels_last,
-            after_backward=average_weight_grads,
             reduce=lambda m: distributed.reduce_meter(m, d), cuda_graph=graphs,
             log=logger.warning,
             progress=cfg.progress and d.is_main, desc=f"epoch {epoch + 1}/{cfg.epochs}")
@@ -791,13 +839,6 @@ def _loaders(cfg, info, train_set, weight_idx, alpha_idx, device, d: Dist):
     valid = make_loader(Subset(train_set, mine.tolist()), cfg.batch_size, shuffle=False,
                         workers=cfg.workers, pin_memory=pin)
     return weight_data, alpha_stream, valid, False
-
-
-def architect_side_step(architect: Architect, alpha_stream, lr: float,
-                        meter: MetricSum) -> SideStep:
-    """Algorithm 1's alpha step, run before each weight step on the next alpha-half batch;
-    xi = the weight step's current learning rate (Section 2.3)."""
-    return SideStep(alpha_stream, lambda batch, val: architect.step(batch, val, xi=lr), meter)
 
 
 def _log_epoch(logger, model, genotype, step, train, valid, lr, arch_loss, stats, cells,

@@ -149,19 +149,24 @@ class Pieces:
         return self.epoch < self.cfg.warmup_epochs
 
     # -- the step ------------------------------------------------------------------------------
+    def alpha_step(self, architect, batch, val, lr: float) -> torch.Tensor:
+        """Algorithm 1's alpha step on the validation batch `val` (xi = `lr`, the weights'
+        learning rate, for second order), except while warming up (the validation loss only);
+        then SDARTS's perturbation of the coming weight step's mixing weights. Returns the
+        validation loss."""
+        if self.warming_up:
+            with torch.no_grad():
+                loss = architect.loss(val, alphas=False).detach()
+        else:
+            loss = architect.step(batch, val, xi=lr)
+        if self.cfg.perturb != "none":
+            self.perturbed = self.perturb(batch, architect)
+        return loss
+
     def side_step(self, architect, alpha_stream, lr: float, meter: MetricSum) -> SideStep:
-        """The alpha step (none while warming up: the validation loss only), then SDARTS's
-        perturbation of the coming weight step's mixing weights."""
-        def step(batch, val):
-            if self.warming_up:
-                with torch.no_grad():
-                    loss = architect.loss(val, alphas=False).detach()
-            else:
-                loss = architect.step(batch, val, xi=lr)
-            if self.cfg.perturb != "none":
-                self.perturbed = self.perturb(batch, architect)
-            return loss
-        return SideStep(alpha_stream, step, meter)
+        """`alpha_step` before each weight step, on the next batch of `alpha_stream`."""
+        return SideStep(alpha_stream, lambda batch, val: self.alpha_step(architect, batch, val, lr),
+                        meter)
 
     def perturb(self, batch, architect) -> tuple[torch.Tensor, ...]:
         weights = self.model.mixing_weights(detach=True)

@@ -364,8 +364,14 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Batch], optimizer: torch.
                     after_backward: Callable[[], None] | None = None,
                     reduce: Callable[[MetricSum], None] | None = None,
                     cuda_graph: bool = False, log: Callable[[str], None] | None = None,
-                    progress: bool = False, desc: str = "train") -> EpochMetrics:
+                    progress: bool = False, desc: str = "train",
+                    step: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
+                    | None = None) -> EpochMetrics:
     """One pass over `loader`: forward, loss (+ weighted auxiliary loss), backward, clip, step.
+
+    `step(x, y, x_side, y_side) -> (loss, logits, side loss)` replaces that iteration whole
+    (the search's Algorithm 1, `darts.search.search_step`); `side_step` then only supplies the
+    side batches and the meter of their losses.
 
     `side_step` runs before each weight step (the search's architect step).
     `forward(x)` replaces `model(x)` (the search passes the supernet detached alphas).
@@ -382,7 +388,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Batch], optimizer: torch.
     bar = _progress(loader, desc, progress, total)
     forward = forward or model
 
-    def step(x, y, x_side, y_side):
+    def default_step(x, y, x_side, y_side):
         side_loss = None
         if side_step is not None:
             side_loss = side_step.step((x, y), (x_side, y_side)).detach()
@@ -402,7 +408,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Batch], optimizer: torch.
         precision.step(optimizer)
         return loss.detach(), logits.detach(), side_loss
 
-    graphed = StepGraph(step, enabled=cuda_graph, on_failure=log)
+    graphed = StepGraph(step or default_step, enabled=cuda_graph, on_failure=log)
     for index, (x, y) in enumerate(bar):
         watch_threads()
         x, y = to_device(x, y, device, channels_last)
