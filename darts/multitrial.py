@@ -44,6 +44,9 @@ from darts.train.rundir import RunClaim, claim_existing, claim_new
 from darts.train.tb import RunLogger, draw_cells, format_duration
 
 HISTORY = "history.jsonl"
+# What a multi-trial run refuses rather than ignore: they set the gradient search's alphas.
+GRADIENT_ONLY = ("method", "sampler", "regularizer", "mixing", "arch_loss", "order", "hessian",
+                 "partial_channels", "checkpoint_cells")
 
 
 def evaluator_name(cfg) -> str:
@@ -80,6 +83,8 @@ def validate(cfg) -> Any:
     space."""
     STRATEGIES.lookup(cfg.strategy)
     space = get_space(cfg.space)
+    if hasattr(space, "for_config"):  # e.g. the darts space over --ops
+        space = space.for_config(cfg)
     evaluator = EVALUATORS.lookup(evaluator_name(cfg))
     if cfg.budget < 1:
         raise UserError(f"--budget {cfg.budget}: must be at least 1 evaluation")
@@ -87,6 +92,13 @@ def validate(cfg) -> Any:
         raise UserError(f"--budget_seconds {cfg.budget_seconds}: must be 0 (off) or more")
     from darts.methods.pieces import refuse_with_multitrial
     refuse_with_multitrial(cfg)
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    for flag in GRADIENT_ONLY:
+        if getattr(cfg, flag) != defaults[flag]:
+            raise UserError(f"--{flag}: a setting of the gradient search (--strategy darts); "
+                            f"--strategy {cfg.strategy} has no alphas. Leave --{flag} out")
+    if cfg.ops != defaults["ops"] and not hasattr(space, "for_config"):
+        raise UserError(f"--ops: the {cfg.space} space has its own ops; leave --ops out")
     evaluator.check(cfg, space)
     if cfg.benchmark and not getattr(space, "SCORED_BY_TABLE", False):
         raise UserError(f"--benchmark: a NAS-Bench-201 table does not score --space {cfg.space}")

@@ -157,3 +157,33 @@ def test_a_oneshot_search_trains_its_supernet_once(tmp_path, table_path):
     assert "benchmark" in result  # a table given beside another evaluator still scores the best
     log = (run_dir / "log.txt").read_text()
     assert log.count("epoch 1/1") == 1
+
+
+def test_a_multitrial_search_of_the_darts_space_keeps_to_its_ops(tmp_path):
+    from darts.spaces import darts_cells
+
+    cfg = SearchConfig(strategy="evolution", space="darts", evaluator="oneshot",
+                       ops="none,skip_connect,sep_conv_3x3", dataset="synthetic",
+                       synthetic_size=32, image_size=8, layers=3, init_channels=4,
+                       oneshot_epochs=1, bn_batches=1, valid_batches=1, batch_size=8, budget=12,
+                       population=4, workers=0, device="cpu", save=str(tmp_path), name="ops",
+                       progress=False, tensorboard=False)
+    run(cfg)
+    ops = set()
+    for r in untimed(tmp_path / "ops" / "history.jsonl"):
+        g = darts_cells.DartsCellSpace(("skip_connect", "sep_conv_3x3")).parse(r["candidate"])
+        ops |= {op for op, _ in (*g.normal, *g.reduce)}
+    assert ops == {"skip_connect", "sep_conv_3x3"}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(sampler="gdas"), "--sampler: a setting of the gradient search"),
+    (dict(method="gdas"), "--method: a setting of the gradient search"),
+    (dict(order=1), "--order: a setting of the gradient search"),
+    (dict(ops="none,skip_connect"), "--ops: the nb201 space has its own ops"),
+    (dict(population=0), "--strategy evolution: need population >= 1"),
+])
+def test_a_flag_a_multitrial_run_would_ignore_is_refused(tmp_path, table_path, overrides, message):
+    with pytest.raises(UserError, match=message):
+        run(config(tmp_path, table_path, **overrides))
+    assert not (tmp_path / "run").exists()

@@ -19,6 +19,8 @@ and what the runs need of it:
     RESULT_FILE                 the file name a search's best candidate is saved as
     retrain_flags(path)         the train_final.py flags that retrain the file at `path`
     SCORED_BY_TABLE             whether a NAS-Bench-201 table scores it (`--evaluator benchmark`)
+    for_config(cfg)             optional: the space as the run's flags shape it (the darts
+                                space over `--ops`)
     NETWORK_SIZES               (channels, layers) of its network by default; None where a
                                 candidate fixes its own (then MIN_LAYERS, LAYERS_NOUN are unused)
     network(c, num_classes, channels, layers, family=, auxiliary=)   the discrete network
@@ -41,7 +43,7 @@ from typing import Any
 from darts.registry import Registry
 from darts.spaces import cnn, darts_cells, nb201
 
-SPACES = Registry("space", "--space", [(m.NAME, m) for m in (darts_cells, nb201, cnn)])
+SPACES = Registry("space", "--space", [(s.NAME, s) for s in (darts_cells.SPACE, nb201, cnn)])
 
 
 def register_space(name: str, space: Any, *, overwrite: bool = False) -> Any:

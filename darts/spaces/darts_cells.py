@@ -55,186 +55,195 @@ def _nodes(g: Genotype, kind: str) -> list[tuple[tuple[str, int], tuple[str, int
     return [(edges[2 * i], edges[2 * i + 1]) for i in range(len(edges) // 2)]
 
 
-def _check(g: Genotype) -> Genotype:
-    """`g` in this space's canonical form, or a UserError saying why it is not in the space."""
-    if not isinstance(g, Genotype):
-        raise UserError(f"a candidate of the darts space is a Genotype, got {type(g).__name__}")
-    cells = {}
-    for kind in CELLS:
-        nodes = _nodes(g, kind)
-        if len(nodes) != STEPS:
-            raise UserError(f"the darts space has {STEPS} nodes per cell; the {kind} cell has "
-                            f"{len(nodes)}")
-        for i, (a, b) in enumerate(nodes):
-            if a[1] == b[1]:
-                raise UserError(f"{kind} node {i + 2} takes input {a[1]} twice; the darts space's "
-                                f"nodes take two different inputs")
-            for op, _ in (a, b):
-                if op not in OPS:
-                    raise UserError(f"{kind} node {i + 2}: {op!r} is not an op of the darts "
-                                    f"space ({', '.join(OPS)})")
-        cells[kind] = nodes
-    if tuple(g.normal_concat) != CONCAT or tuple(g.reduce_concat) != CONCAT:
-        raise UserError(f"the darts space's cells concatenate nodes {list(CONCAT)}")
-    return _make(cells)
+class DartsCellSpace:
+    """The DARTS cell pair over `ops` (the 7 ops a decoded DARTS cell may hold by default;
+    `--ops` gives others): what strategies and the runs need of the space (darts.spaces)."""
 
+    NAME = NAME
+    RESULT_FILE = "genotype.json"
+    SCORED_BY_TABLE = False
+    NETWORK_SIZES = (16, 8)  # the search's network: 8 cells of 16 channels
+    MIN_LAYERS, LAYERS_NOUN = 3, "cells (two of them are reduction cells)"
+    # The one-shot evaluator's supernet training: Li & Talwalkar's released code (the DARTS
+    # search recipe for 100 epochs; darts.evaluators.oneshot's docstring).
+    ONESHOT_DEFAULTS = {"epochs": 100, "layers": 8, "weight_decay": 3e-4, "nesterov": False}
 
-def to_text(g: Genotype) -> str:
-    return " / ".join(
-        f"{kind}: " + " | ".join(" ".join(f"{op}~{j}" for op, j in node) for node in _nodes(g, kind))
-        for kind in CELLS)
+    def __init__(self, ops: tuple[str, ...] = OPS):
+        ops = tuple(ops)
+        if not ops or "none" in ops or len(set(ops)) != len(ops):
+            raise UserError(f"--ops: the darts space's candidates need at least one op other "
+                            f"than none, each once; got {', '.join(ops) or 'none'}")
+        self.ops = ops
 
+    def for_config(self, cfg) -> DartsCellSpace:
+        """The space over the ops of `--ops` (`none` left out: a genotype never holds it)."""
+        ops = tuple(op for op in op_list(cfg.ops) if op != "none")
+        return self if ops == self.ops else DartsCellSpace(ops)
 
-def parse(text: str) -> Genotype:
-    """The genotype `to_text` wrote; one UserError naming what is wrong."""
-    if not isinstance(text, str):
-        raise UserError(f"expected a darts cell text, got {type(text).__name__}")
-    shown = text if len(text) <= 80 else text[:77] + "..."
-    parts = [p.strip() for p in text.split("/")]
-    if len(parts) != 2:
-        raise UserError(f"darts cell text {shown!r}: expected 'normal: ... / reduce: ...'")
-    cells = {}
-    for kind, part in zip(CELLS, parts, strict=True):
-        label, sep, body = part.partition(":")
-        if not sep or label.strip() != kind:
-            raise UserError(f"darts cell text {shown!r}: expected the {kind} cell as '{kind}: ...'")
-        nodes = []
-        for node in body.split("|"):
-            edges = node.split()
-            if len(edges) != 2:
-                raise UserError(f"darts cell text {shown!r}: each {kind} node has two "
-                                f"'op~input' edges, got {node.strip()!r}")
-            pair = []
-            for edge in edges:
-                op, sep, index = edge.partition("~")
-                if not sep or not index.isdigit() or len(index) > 2:
-                    raise UserError(f"darts cell text {shown!r}: {edge!r} is not 'op~input'")
-                pair.append((op, int(index)))
-            nodes.append(tuple(pair))
-        cells[kind] = nodes
-    g = genotype_from_dict({kind: [list(e) for node in cells[kind] for e in node]
-                            for kind in CELLS} | {"normal_concat": list(CONCAT),
-                                                  "reduce_concat": list(CONCAT)},
-                           where=f"darts cell text {shown!r}")  # a GenotypeError is a UserError
-    return _check(g)
+    def _check(self, g: Genotype) -> Genotype:
+        """`g` in this space's canonical form, or a UserError saying why it is not in the space."""
+        if not isinstance(g, Genotype):
+            raise UserError(f"a candidate of the darts space is a Genotype, got {type(g).__name__}")
+        cells = {}
+        for kind in CELLS:
+            nodes = _nodes(g, kind)
+            if len(nodes) != STEPS:
+                raise UserError(f"the darts space has {STEPS} nodes per cell; the {kind} cell has "
+                                f"{len(nodes)}")
+            for i, (a, b) in enumerate(nodes):
+                if a[1] == b[1]:
+                    raise UserError(f"{kind} node {i + 2} takes input {a[1]} twice; the darts space's "
+                                    f"nodes take two different inputs")
+                for op, _ in (a, b):
+                    if op not in self.ops:
+                        raise UserError(f"{kind} node {i + 2}: {op!r} is not an op of the darts "
+                                        f"space ({', '.join(self.ops)})")
+            cells[kind] = nodes
+        if tuple(g.normal_concat) != CONCAT or tuple(g.reduce_concat) != CONCAT:
+            raise UserError(f"the darts space's cells concatenate nodes {list(CONCAT)}")
+        return _make(cells)
 
+    def to_text(self, g: Genotype) -> str:
+        return " / ".join(
+            f"{kind}: " + " | ".join(" ".join(f"{op}~{j}" for op, j in node) for node in _nodes(g, kind))
+            for kind in CELLS)
 
-def save(g: Genotype, path: str | Path) -> None:
-    """The genotype as the JSON file `train_final.py --genotype` takes."""
-    save_genotype(g, path)
+    def parse(self, text: str) -> Genotype:
+        """The genotype `to_text` wrote; one UserError naming what is wrong."""
+        if not isinstance(text, str):
+            raise UserError(f"expected a darts cell text, got {type(text).__name__}")
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        parts = [p.strip() for p in text.split("/")]
+        if len(parts) != 2:
+            raise UserError(f"darts cell text {shown!r}: expected 'normal: ... / reduce: ...'")
+        cells = {}
+        for kind, part in zip(CELLS, parts, strict=True):
+            label, sep, body = part.partition(":")
+            if not sep or label.strip() != kind:
+                raise UserError(f"darts cell text {shown!r}: expected the {kind} cell as '{kind}: ...'")
+            nodes = []
+            for node in body.split("|"):
+                edges = node.split()
+                if len(edges) != 2:
+                    raise UserError(f"darts cell text {shown!r}: each {kind} node has two "
+                                    f"'op~input' edges, got {node.strip()!r}")
+                pair = []
+                for edge in edges:
+                    op, sep, index = edge.partition("~")
+                    if not sep or not index.isdigit() or len(index) > 2:
+                        raise UserError(f"darts cell text {shown!r}: {edge!r} is not 'op~input'")
+                    pair.append((op, int(index)))
+                nodes.append(tuple(pair))
+            cells[kind] = nodes
+        g = genotype_from_dict({kind: [list(e) for node in cells[kind] for e in node]
+                                for kind in CELLS} | {"normal_concat": list(CONCAT),
+                                                      "reduce_concat": list(CONCAT)},
+                               where=f"darts cell text {shown!r}")  # a GenotypeError is a UserError
+        return self._check(g)
 
+    def save(self, g: Genotype, path: str | Path) -> None:
+        """The genotype as the JSON file `train_final.py --genotype` takes."""
+        save_genotype(g, path)
 
-# -- what strategies need (see darts.spaces) ----------------------------------------------------
-def decisions() -> list[tuple[str, ...]]:
-    """Per cell and node: the input pair (as 'j,k'), the op of input j, the op of input k."""
-    out = []
-    for _kind in CELLS:
-        for i in range(STEPS):
-            out += [tuple(f"{j},{k}" for j, k in _pairs(i)), OPS, OPS]
-    return out
+    def decisions(self) -> list[tuple[str, ...]]:
+        """Per cell and node: the input pair (as 'j,k'), the op of input j, the op of input k."""
+        out = []
+        for _kind in CELLS:
+            for i in range(STEPS):
+                out += [tuple(f"{j},{k}" for j, k in _pairs(i)), self.ops, self.ops]
+        return out
 
+    def to_decisions(self, g: Genotype) -> list[int]:
+        g = self._check(g)
+        choices = []
+        for kind in CELLS:
+            for i, (a, b) in enumerate(_nodes(g, kind)):
+                choices += [_pairs(i).index((a[1], b[1])), self.ops.index(a[0]), self.ops.index(b[0])]
+        return choices
 
-def to_decisions(g: Genotype) -> list[int]:
-    g = _check(g)
-    choices = []
-    for kind in CELLS:
-        for i, (a, b) in enumerate(_nodes(g, kind)):
-            choices += [_pairs(i).index((a[1], b[1])), OPS.index(a[0]), OPS.index(b[0])]
-    return choices
+    def from_decisions(self, choices: list[int]) -> Genotype:
+        if len(choices) != 3 * STEPS * len(CELLS):
+            raise ValueError(f"the darts space has {3 * STEPS * len(CELLS)} decisions, got "
+                             f"{len(choices)}")
+        it = iter(choices)
+        cells = {}
+        for kind in CELLS:
+            nodes = []
+            for i in range(STEPS):
+                (j, k), a, b = _pairs(i)[next(it)], self.ops[next(it)], self.ops[next(it)]
+                nodes.append(((a, j), (b, k)))
+            cells[kind] = nodes
+        return _make(cells)
 
+    def sample(self, rng) -> Genotype:
+        """A pair of cells drawn uniformly: per node an input pair, then two ops, each uniform."""
+        return self.from_decisions([rng.randrange(len(choices)) for choices in self.decisions()])
 
-def from_decisions(choices: list[int]) -> Genotype:
-    if len(choices) != 3 * STEPS * len(CELLS):
-        raise ValueError(f"the darts space has {3 * STEPS * len(CELLS)} decisions, got "
-                         f"{len(choices)}")
-    it = iter(choices)
-    cells = {}
-    for kind in CELLS:
-        nodes = []
-        for i in range(STEPS):
-            (j, k), a, b = _pairs(i)[next(it)], OPS[next(it)], OPS[next(it)]
-            nodes.append(((a, j), (b, k)))
-        cells[kind] = nodes
-    return _make(cells)
+    def mutate(self, g: Genotype, rng, rate: float | None = None) -> Genotype:
+        """AmoebaNet's mutation (one op or one input of one edge changes); with `rate`, each
+        decision independently changes with that probability, to a different choice."""
+        g = self._check(g)
+        if rate is not None:
+            choices = self.to_decisions(g)
+            for d, options in enumerate(self.decisions()):
+                if len(options) > 1 and rng.random() < rate:
+                    choices[d] = rng.choice([c for c in range(len(options)) if c != choices[d]])
+            return self.from_decisions(choices)
+        cells = {kind: [list(node) for node in _nodes(g, kind)] for kind in CELLS}
+        kind, i, e = rng.choice(CELLS), rng.randrange(STEPS), rng.randrange(2)
+        op, j = cells[kind][i][e]
+        other = cells[kind][i][1 - e][1]
+        inputs = [s for s in range(i + 2) if s not in (j, other)]
+        others = [o for o in self.ops if o != op]  # none where --ops gives one op
+        if inputs and (not others or rng.random() < 0.5):
+            cells[kind][i][e] = (op, rng.choice(inputs))
+        elif others:
+            cells[kind][i][e] = (rng.choice(others), j)
+        return _make({kind: [tuple(node) for node in nodes] for kind, nodes in cells.items()})
 
+    def crossover(self, a: Genotype, b: Genotype, rng) -> Genotype:
+        """Uniform crossover by node: each node (its two edges) from either parent, per cell."""
+        a, b = self._check(a), self._check(b)
+        return _make({kind: [x if rng.random() < 0.5 else y
+                             for x, y in zip(_nodes(a, kind), _nodes(b, kind), strict=True)]
+                      for kind in CELLS})
 
-def sample(rng) -> Genotype:
-    """A pair of cells drawn uniformly: per node an input pair, then two ops, each uniform."""
-    return from_decisions([rng.randrange(len(choices)) for choices in decisions()])
+    def encode(self, g: Genotype) -> list[float]:
+        """Per cell, a one-hot of the op on every (node, input) edge of the DARTS supernet
+        (14 edges x 7 ops), 0 on edges the cell does not use: 196 numbers."""
+        g = self._check(g)
+        vector = []
+        for kind in CELLS:
+            used = {(i, j): op for i, node in enumerate(_nodes(g, kind)) for op, j in node}
+            for i in range(STEPS):
+                for j in range(i + 2):
+                    vector += [float(used.get((i, j)) == op) for op in self.ops]
+        return vector
 
+    # -- what the runs need of the space (see darts.spaces) ---------------------------------
+    def retrain_flags(self, path: str) -> list[str]:
+        """The train_final.py flags that retrain the genotype saved at `path`."""
+        return ["--genotype", path]
 
-def mutate(g: Genotype, rng, rate: float | None = None) -> Genotype:
-    """AmoebaNet's mutation (one op or one input of one edge changes); with `rate`, each
-    decision independently changes with that probability, to a different choice."""
-    g = _check(g)
-    if rate is not None:
-        choices = to_decisions(g)
-        for d, options in enumerate(decisions()):
-            if len(options) > 1 and rng.random() < rate:
-                choices[d] = rng.choice([c for c in range(len(options)) if c != choices[d]])
-        return from_decisions(choices)
-    cells = {kind: [list(node) for node in _nodes(g, kind)] for kind in CELLS}
-    kind, i, e = rng.choice(CELLS), rng.randrange(STEPS), rng.randrange(2)
-    op, j = cells[kind][i][e]
-    other = cells[kind][i][1 - e][1]
-    inputs = [s for s in range(i + 2) if s not in (j, other)]
-    if inputs and rng.random() < 0.5:
-        cells[kind][i][e] = (op, rng.choice(inputs))
-    else:
-        cells[kind][i][e] = (rng.choice([o for o in OPS if o != op]), j)
-    return _make({kind: [tuple(node) for node in nodes] for kind, nodes in cells.items()})
+    def network(self, g: Genotype, num_classes: int, channels: int, layers: int, *,
+                family: str = "cifar", auxiliary: bool = False):
+        """The discrete network of `g` (darts.network): the CIFAR or the ImageNet one."""
+        from darts.network import NetworkCIFAR, NetworkImageNet
 
+        cls = NetworkCIFAR if family == "cifar" else NetworkImageNet
+        return cls(channels, num_classes, layers, auxiliary, g)
 
-def crossover(a: Genotype, b: Genotype, rng) -> Genotype:
-    """Uniform crossover by node: each node (its two edges) from either parent, per cell."""
-    a, b = _check(a), _check(b)
-    return _make({kind: [x if rng.random() < 0.5 else y
-                         for x, y in zip(_nodes(a, kind), _nodes(b, kind), strict=True)]
-                  for kind in CELLS})
+    def supernet(self, num_classes: int, channels: int, layers: int):
+        """The one-shot supernet over `none` and the ops, whose `forward_path(x, g)` runs
+        g's ops."""
+        from darts.space import SearchSpace
+        from darts.supernet import SearchNetwork
 
+        return SearchNetwork(channels, num_classes, layers, SearchSpace(("none", *self.ops)))
 
-def encode(g: Genotype) -> list[float]:
-    """Per cell, a one-hot of the op on every (node, input) edge of the DARTS supernet
-    (14 edges x 7 ops), 0 on edges the cell does not use: 196 numbers."""
-    g = _check(g)
-    vector = []
-    for kind in CELLS:
-        used = {(i, j): op for i, node in enumerate(_nodes(g, kind)) for op, j in node}
-        for i in range(STEPS):
-            for j in range(i + 2):
-                vector += [float(used.get((i, j)) == op) for op in OPS]
-    return vector
-
-
-# -- what the runs need of the space (see darts.spaces) -----------------------------------------
-RESULT_FILE = "genotype.json"
-SCORED_BY_TABLE = False
-NETWORK_SIZES = (16, 8)  # the search's network: 8 cells of 16 channels
-MIN_LAYERS, LAYERS_NOUN = 3, "cells (two of them are reduction cells)"
-# The one-shot evaluator's supernet training: Li & Talwalkar's released code (the DARTS search
-# recipe for 100 epochs; darts.evaluators.oneshot's docstring).
-ONESHOT_DEFAULTS = {"epochs": 100, "layers": 8, "weight_decay": 3e-4, "nesterov": False}
-
-
-def retrain_flags(path: str) -> list[str]:
-    """The train_final.py flags that retrain the genotype saved at `path`."""
-    return ["--genotype", path]
-
-
-def network(g: Genotype, num_classes: int, channels: int, layers: int, *,
-            family: str = "cifar", auxiliary: bool = False):
-    """The discrete network of `g` (darts.network): the CIFAR or the ImageNet one."""
-    from darts.network import NetworkCIFAR, NetworkImageNet
-
-    cls = NetworkCIFAR if family == "cifar" else NetworkImageNet
-    return cls(channels, num_classes, layers, auxiliary, g)
-
-
-def supernet(num_classes: int, channels: int, layers: int):
-    """The one-shot supernet over the DARTS ops, whose `forward_path(x, g)` runs g's ops."""
-    from darts.supernet import SearchNetwork
-
-    return SearchNetwork(channels, num_classes, layers)
+    @property
+    def gradient(self) -> GradientSearch:
+        return _GRADIENT
 
 
 # -- the gradient search of this space (darts.search) -------------------------------------------
@@ -248,7 +257,7 @@ class GradientSearch:
     the `--nodes` cell over `--ops`), decoding the alphas to a genotype, the files and
     pictures of each epoch's cell."""
 
-    noun, folder, result_file, kinds = "genotype", "genotypes", RESULT_FILE, CELLS
+    noun, folder, result_file, kinds = "genotype", "genotypes", "genotype.json", CELLS
     inline_in_history = False  # metrics.json's history: each epoch's genotype is its own file
     # The DARTS paper's search: 8 cells, weight decay 3e-4, no Nesterov.
     defaults = {"layers": 8, "weight_decay": 3e-4, "nesterov": False}
@@ -300,4 +309,16 @@ class GradientSearch:
         return f"{cfg.layers} cells"
 
 
-gradient = GradientSearch()
+_GRADIENT = GradientSearch()
+
+# The space over the default ops; the module's names are its own (darts.spaces registers it).
+SPACE = DartsCellSpace()
+(RESULT_FILE, SCORED_BY_TABLE, NETWORK_SIZES, MIN_LAYERS, LAYERS_NOUN, ONESHOT_DEFAULTS) = (
+    SPACE.RESULT_FILE, SPACE.SCORED_BY_TABLE, SPACE.NETWORK_SIZES, SPACE.MIN_LAYERS,
+    SPACE.LAYERS_NOUN, SPACE.ONESHOT_DEFAULTS)
+(to_text, parse, save, decisions, to_decisions, from_decisions, sample, mutate, crossover, encode,
+ retrain_flags, network, supernet, for_config) = (
+    SPACE.to_text, SPACE.parse, SPACE.save, SPACE.decisions, SPACE.to_decisions,
+    SPACE.from_decisions, SPACE.sample, SPACE.mutate, SPACE.crossover, SPACE.encode,
+    SPACE.retrain_flags, SPACE.network, SPACE.supernet, SPACE.for_config)
+gradient = _GRADIENT

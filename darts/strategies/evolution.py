@@ -20,7 +20,8 @@ from darts.strategies.base import Strategy
 class RegularizedEvolution(Strategy):
     @classmethod
     def options(cls, cfg: Any) -> dict[str, Any]:
-        return {"population": cfg.population or 10, "sample_size": cfg.sample_size}
+        return {"population": 10 if cfg.population is None else cfg.population,
+                "sample_size": cfg.sample_size}
 
     def __init__(self, space: ModuleType, seed: int = 0, population: int = 10,
                  sample_size: int = 3):

@@ -24,7 +24,8 @@ SELECTIONS = ("tournament", "roulette")
 class GeneticAlgorithm(Strategy):
     @classmethod
     def options(cls, cfg: Any) -> dict[str, Any]:
-        return {"population": cfg.population or 20, "crossover_rate": cfg.crossover_rate,
+        return {"population": 20 if cfg.population is None else cfg.population,
+                "crossover_rate": cfg.crossover_rate,
                 "mutation_rate": cfg.mutation_rate, "selection": cfg.selection,
                 "tournament_size": cfg.sample_size, "elites": cfg.elites}
 
