@@ -297,7 +297,7 @@ def _run(cfg, space, table, claim: RunClaim, logger, resumed: bool) -> dict[str,
                            sum(r["cost"] for r in records), complete=True)
     candidate = space.parse(best["candidate"])
     space.save(candidate, run_dir / space.RESULT_FILE)
-    draw_cells(candidate, logger, len(records), run_dir)
+    draw_cells(candidate, logger, len(records), run_dir, graphs=getattr(space, "graphs", None))
     logger.info("done: best %s %s (score %.3f, reported %.3f) of %d evaluations, written to %s",
                 cfg.space, best["candidate"], best["score"], best["reported"], len(records),
                 run_dir / space.RESULT_FILE)

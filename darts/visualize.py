@@ -173,6 +173,35 @@ def _graph(cell: Any, kind: str, format: str) -> graphviz.Digraph:
     return cell_graph(cell, kind == "reduce", format=format)
 
 
+def graphs_of(cell: Any, format: str = "png") -> dict[str, graphviz.Digraph]:
+    """The pictures of a candidate of the library's spaces, by kind (`kinds_of`)."""
+    return {kind: _graph(cell, kind, format) for kind in kinds_of(cell)}
+
+
+def render_graphs(graphs: dict[str, graphviz.Digraph], out_dir: str | os.PathLike,
+                  format: str = "png", prefix: str = "") -> dict[str, Path]:
+    """Writes each graph as `out_dir/<prefix><kind>.<format>`; all are rendered before any
+    is written, so a `dot` that fails on one leaves every file as it was."""
+    out_dir = Path(out_dir)
+    data = {kind: _pipe(graph, format) for kind, graph in graphs.items()}
+    paths = {}
+    for kind, picture in data.items():
+        path = out_dir / f"{prefix}{kind}.{format}"
+        try:
+            with atomic_open(path) as f:
+                f.write(picture)
+        except OSError as e:
+            raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+        paths[kind] = path
+    return paths
+
+
+def image_array(graph: graphviz.Digraph) -> np.ndarray:
+    """A graph rendered as an HxWx3 uint8 RGB array (for TensorBoard, dataformats="HWC")."""
+    with Image.open(io.BytesIO(_pipe(graph, "png"))) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
 def _pipe(graph: graphviz.Digraph, format: str) -> bytes:
     """Runs `dot` on the graph and returns the rendered bytes; user-facing errors if it can't."""
     if not dot_available():
@@ -212,27 +241,14 @@ def render_genotype(genotype: Genotype, out_dir: str | os.PathLike, format: str 
     Both pictures are rendered before either is written: if `dot` fails on one, neither
     file is touched.
     """
-    out_dir = Path(out_dir)
-    data = {kind: _pipe(_graph(genotype, kind, format), format) for kind in kinds_of(genotype)}
-    paths = {}
-    for kind, picture in data.items():
-        path = out_dir / f"{prefix}{kind}.{format}"
-        try:
-            with atomic_open(path) as f:
-                f.write(picture)
-        except OSError as e:
-            raise UserError(f"cannot write {path}: {e.strerror or e}") from None
-        paths[kind] = path
-    return paths
+    return render_graphs(graphs_of(genotype, format), out_dir, format, prefix)
 
 
 def cell_image_array(genotype: Any, reduction: bool = False, kind: str | None = None) -> np.ndarray:
     """The rendered cell as an HxWx3 uint8 RGB array (for TensorBoard, dataformats="HWC");
     `kind` one of kinds_of(genotype), else the normal or reduction cell."""
     kind = kind or ("reduce" if reduction else "normal")
-    data = _pipe(_graph(genotype, kind, "png"), "png")
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return image_array(_graph(genotype, kind, "png"))
 
 
 def _arch_file(spec: str) -> dict | None:

@@ -258,6 +258,8 @@ def test_a_plugin_space_is_searched_by_a_plugin_strategy_with_the_train_evaluato
     result = json.loads((run_dir / "result.json").read_text())
     assert json.loads((run_dir / "chain.json").read_text()) == {"chain": result["best_arch"]}
     assert "--space chain --arch" in (run_dir / "log.txt").read_text()
+    if visualize.dot_available():  # drawn by the plugin space's own `graphs`
+        assert (run_dir / "chain.png").stat().st_size > 0
     assert train_search.main(["--resume", str(run_dir)]) == 0  # finished: nothing to do
 
 

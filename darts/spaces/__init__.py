@@ -26,6 +26,10 @@ and what the runs need of it:
     network(c, num_classes, channels, layers, family=, auxiliary=)   the discrete network
     supernet(num_classes, channels, layers), ONESHOT_DEFAULTS        optional: a weight-sharing
                                 supernet with `forward_path(x, c)` (`--evaluator oneshot`)
+    graphs(c)                   optional: {kind: graphviz.Digraph}, the candidate's pictures
+                                (the library's own spaces are drawn by darts.visualize)
+    gradient                    optional: DARTS's gradient search of the space (its supernet,
+                                decoding, checks, defaults; darts.spaces.darts_cells.GradientSearch)
 
 Each is registered by name in `SPACES`; a plugin adds its own with `register_space(name,
 space)`, where `space` is any object with those attributes (a module of its own, a class

@@ -239,25 +239,38 @@ class EpochTimer:
         return self.elapsed / max(self.done, 1) * left
 
 
-def draw_cells(genotype: Any, logger: RunLogger, step: int, out_dir: Path | None = None) -> bool:
-    """The genotype's cell diagrams into TensorBoard (`cells/normal`, `cells/reduce`) and, with
-    `out_dir`, as normal.png and reduce.png there. Pictures are never worth a crashed run:
-    without graphviz (the `dot` program or the Python package) this warns once per logger
+def draw_cells(genotype: Any, logger: RunLogger, step: int, out_dir: Path | None = None,
+               graphs: Any = None) -> bool:
+    """The candidate's pictures into TensorBoard (`cells/<kind>`: a DARTS genotype's normal
+    and reduce cells, a NAS-Bench-201 cell, a plain CNN) and, with `out_dir`, as <kind>.png
+    there. `graphs(candidate) -> {kind: graphviz.Digraph}` draws a space's own candidates (a
+    plugin space's `graphs`). Pictures are never worth a crashed run: without graphviz (the
+    `dot` program or the Python package), or when drawing fails, this warns once per logger
     and returns False."""
     try:
         from darts import visualize
-
-        if not visualize.dot_available():
-            raise visualize.DotNotFoundError()
-        for kind in visualize.kinds_of(genotype):
-            logger.image(f"cells/{kind}", visualize.cell_image_array(genotype, kind=kind), step)
+    except ImportError as e:
+        return _skip_pictures(logger, f"{e}; install graphviz for them")
+    if not visualize.dot_available():
+        return _skip_pictures(logger, "graphviz's `dot` is not installed; install graphviz "
+                                      "for them")
+    try:
+        pictures = (graphs or visualize.graphs_of)(genotype)
+        for kind, graph in pictures.items():
+            logger.image(f"cells/{kind}", visualize.image_array(graph), step)
         if out_dir is not None:
-            for path in visualize.render_genotype(genotype, out_dir).values():
+            for path in visualize.render_graphs(pictures, out_dir).values():
                 logger.info("cell diagram: %s", path)
         return True
-    except Exception as e:  # ImportError, DotNotFoundError, a failing `dot`
-        if not getattr(logger, "_warned_cells", False):
-            logger.warning("cell diagrams skipped (%s: %s); install graphviz for them",
-                           type(e).__name__, e)
-            logger._warned_cells = True
-        return False
+    except Exception as e:  # noqa: BLE001 (a picture that cannot be drawn: say why, go on)
+        what = type(genotype).__name__
+        return _skip_pictures(logger, f"drawing a {what} failed: {type(e).__name__}: {e}"
+                                      + ("" if graphs else " (a space of one's own draws its "
+                                                           "candidates with `graphs`)"))
+
+
+def _skip_pictures(logger: RunLogger, why: str) -> bool:
+    if not getattr(logger, "_warned_cells", False):
+        logger.warning("cell diagrams skipped: %s", why)
+        logger._warned_cells = True
+    return False

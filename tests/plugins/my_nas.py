@@ -74,6 +74,16 @@ class Chain:
     def retrain_flags(self, path):
         return ["--space", "chain", "--arch", path]
 
+    def graphs(self, c):
+        """Its picture: input -> conv kxk -> ... -> classifier."""
+        import graphviz
+
+        g = graphviz.Digraph(graph_attr={"rankdir": "LR"})
+        names = ["input", *(f"{i}: conv {k}x{k}" for i, k in enumerate(c)), "classifier"]
+        for a, b in zip(names, names[1:], strict=False):
+            g.edge(a, b)
+        return {"chain": g}
+
     def network(self, c, num_classes, *_, **__):
         layers, channels = [], 3
         for k in c:
