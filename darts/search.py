@@ -591,8 +591,9 @@ def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d
                           fd_epsilon=cfg.fd_epsilon, precision=precision, dist=d,
                           capturable=graphs,
                           arch_loss=combine(ARCH_LOSSES[cfg.arch_loss], regularizer))
-    # What hears the epoch before it runs (darts.methods.schedule): samplers, alpha losses.
-    scheduled = [getattr(model, "sampler", None), architect.arch_loss]
+    # What hears the epoch before it runs (darts.methods.schedule): the sampler, the mixing
+    # rule (a plugin's may anneal a temperature), the alpha losses.
+    scheduled = [getattr(model, "sampler", None), MIXING_RULES[cfg.mixing], architect.arch_loss]
 
     if ckpt is not None:
         weight_idx, alpha_idx = restore(run_dir, lambda: _split_of(ckpt["split"]))

@@ -304,3 +304,34 @@ def test_an_unknown_space_strategy_or_evaluator_names_the_flag_and_the_choices(c
         train_search.main(["--plugins", str(MY_NAS), "--space", "chain", "--strategy", "hill",
                            "--evaluator", "shallow", "--help"])
     assert stop.value.code == 0 and "chain" in capsys.readouterr().out
+
+
+def test_a_plugin_mixing_rule_hears_every_epoch_and_resumes_with_its_schedule(tmp_path):
+    """A temperature-annealed softmax from a plugin: its `set_epoch` runs before every epoch
+    (also the first after a resume), its temperature is logged per epoch, and a stopped and
+    resumed search equals an uninterrupted one."""
+    from darts.search import SearchConfig
+    from darts.search import run as search
+
+    plugin = str(ROOT / "tests" / "plugins" / "annealed_softmax.py")
+    rule = plugins.load(plugin)[0].RULE
+    common = dict(dataset="synthetic", layers=3, nodes=2, init_channels=4, image_size=8,
+                  synthetic_size=32, batch_size=8, workers=0, progress=False, epochs=3,
+                  order=1, mixing="annealed_softmax", plugins=plugin, save=str(tmp_path),
+                  device="cpu", tensorboard=False)
+    whole = search(SearchConfig(name="whole", **common))
+    assert rule.epochs_seen == [0, 1, 2]
+    assert [r["temperature"] for r in whole["history"]] == [5.0, 3.0, 1.0]
+
+    def stop_after_first(epoch, metrics):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    rule.epochs_seen.clear()
+    with pytest.raises(KeyboardInterrupt):
+        search(SearchConfig(name="split", **common), on_epoch_end=stop_after_first)
+    resumed = search(None, resume=str(tmp_path / "split"))
+    assert rule.epochs_seen == [0, 1, 2]
+    drop = ("epoch_time_s",)
+    assert ([{k: v for k, v in r.items() if k not in drop} for r in resumed["history"]]
+            == [{k: v for k, v in r.items() if k not in drop} for r in whole["history"]])
