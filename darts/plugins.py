@@ -53,6 +53,23 @@ def _where(error: BaseException, path: str | None) -> str:
     return f" at line {frame.lineno}" if frame is not None and own else ""
 
 
+def blame(error: BaseException) -> str | None:
+    """One line naming the plugin whose code raised `error` (its file, line and function), or
+    None where no loaded plugin's code is in the traceback: a plugin's bug is reported as the
+    plugin's, not as the library's."""
+    files = {Path(m.__file__).resolve(): key for key, m in _loaded.items()
+             if getattr(m, "__file__", None)}
+    seen, frames = 0, []
+    while error is not None and seen < 8:  # the error and what it was raised from
+        frames = traceback.extract_tb(error.__traceback__) + frames
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    for frame in reversed(frames):
+        key = files.get(Path(frame.filename).resolve())
+        if key is not None:
+            return f"in {frame.name}() at line {frame.lineno} of the plugin {key}"
+    return None
+
+
 def load_saved(config: object, where: str) -> None:
     """Imports the plugins a saved config (a run's config.json or checkpoint) names, before
     the config is checked: its flags may name what they register."""

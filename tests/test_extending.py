@@ -335,3 +335,18 @@ def test_a_plugin_mixing_rule_hears_every_epoch_and_resumes_with_its_schedule(tm
     drop = ("epoch_time_s",)
     assert ([{k: v for k, v in r.items() if k not in drop} for r in resumed["history"]]
             == [{k: v for k, v in r.items() if k not in drop} for r in whole["history"]])
+
+
+def test_an_error_in_a_plugins_code_is_reported_as_that_plugins(tmp_path, capsys):
+    import train_search
+    from darts.nb201 import synthetic_table
+
+    plugin = ROOT / "tests" / "plugins" / "broken_strategy.py"
+    table = synthetic_table(tmp_path / "t.csv", seed=0)
+    assert train_search.main(["--plugins", str(plugin), "--strategy", "broken", "--space", "nb201",
+                              "--benchmark", str(table), "--budget", "5", "--save",
+                              str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    line = next(n for n, text in enumerate(plugin.read_text().splitlines(), 1) if "1 / 0" in text)
+    assert err.count("\n") == 1 and err.startswith("error: ZeroDivisionError in ask() at line "
+                                                   f"{line} of the plugin {plugin}")

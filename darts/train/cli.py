@@ -72,6 +72,13 @@ def main(cls: type, run: Callable[..., Any], description: str, what: str,
         run(cfg, resume=args.resume, **({"changes": changes} if changes else {}))
     except UserError as e:
         return report(e)
+    except Exception as e:  # a plugin's own code that fails: named as the plugin's
+        where = plugins.blame(e)
+        if where is None:
+            raise
+        message = " ".join(str(e).split()) or "(no message)"
+        print(f"error: {type(e).__name__} {where}: {message}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted: --resume RUN_DIR continues where the run stopped (the epoch or "
               "evaluation in progress is done again); a run that had not finished its first "
