@@ -473,6 +473,25 @@ def network_family(name: str, image_size: int | None = None) -> str:
     return "cifar"
 
 
+@dataclass(frozen=True)
+class _Request:
+    """What `build_datasets` was asked for, beside the data set's name and folder."""
+
+    root: str
+    cutout_length: int
+    image_size: int | None
+    num_classes: int | None
+    synthetic_size: int
+    seed: int
+    download: bool
+    train_augment: bool
+
+    def transforms(self, pair: tuple[Any, Any]) -> tuple[Any, Any]:
+        """(train, test) transforms; the training set takes the test one without augmentation."""
+        train_tf, test_tf = pair
+        return (train_tf if self.train_augment else test_tf), test_tf
+
+
 def build_datasets(
     name: str,
     root: str,
@@ -500,70 +519,76 @@ def build_datasets(
         raise UserError(f"--cutout_length must be >= 0, got {cutout_length}")
     if image_size is not None and image_size < 4:
         raise UserError(f"--image_size must be >= 4, got {image_size}")
-    root = os.path.abspath(os.path.expanduser(os.fspath(root)))
+    request = _Request(os.path.abspath(os.path.expanduser(os.fspath(root))), cutout_length,
+                       image_size, num_classes, synthetic_size, seed, download, train_augment)
+    build = {"cifar10": _cifar, "cifar100": _cifar, "ImageNet16-120": _imagenet16,
+             "synthetic": _synthetic, "imagenet": _imagenet, "folder": _folder}[name]
+    return build(name, request)
 
-    if name in ("cifar10", "cifar100"):
-        if image_size not in (None, 32):
-            raise UserError(f"{name} images are 32x32; --image_size {image_size} is not supported")
-        cls, label, mean, std, classes = {
-            "cifar10": (datasets.CIFAR10, "CIFAR-10", CIFAR10_MEAN, CIFAR10_STD, 10),
-            "cifar100": (datasets.CIFAR100, "CIFAR-100", CIFAR100_MEAN, CIFAR100_STD, 100),
-        }[name]
-        _check_num_classes(name, classes, num_classes)
-        train_tf, test_tf = _cifar_transforms(32, mean, std, cutout_length)
-        train_tf = train_tf if train_augment else test_tf
-        train, test = _load_cifar(cls, label, root, download, train_tf, test_tf)
-        return train, test, DatasetInfo(name, classes, 32, mean, std, "cifar")
 
-    if name == "ImageNet16-120":
-        if image_size not in (None, 16):
-            raise UserError(f"{name} images are 16x16; --image_size {image_size} is not supported")
-        _check_num_classes(name, 120, num_classes)
-        # NAS-Bench-201's augmentation: random crop with 2 pixels of padding, flip.
-        train_tf, test_tf = _cifar_transforms(16, IMAGENET16_MEAN, IMAGENET16_STD, cutout_length)
-        train_tf = train_tf if train_augment else test_tf
-        train = ImageNet16(root, True, transform=train_tf)
-        test = ImageNet16(root, False, transform=test_tf)
-        return train, test, DatasetInfo(name, 120, 16, IMAGENET16_MEAN, IMAGENET16_STD, "cifar")
+def _cifar(name: str, r: _Request) -> tuple[Dataset, Dataset, DatasetInfo]:
+    if r.image_size not in (None, 32):
+        raise UserError(f"{name} images are 32x32; --image_size {r.image_size} is not supported")
+    cls, label, mean, std, classes = {
+        "cifar10": (datasets.CIFAR10, "CIFAR-10", CIFAR10_MEAN, CIFAR10_STD, 10),
+        "cifar100": (datasets.CIFAR100, "CIFAR-100", CIFAR100_MEAN, CIFAR100_STD, 100),
+    }[name]
+    _check_num_classes(name, classes, r.num_classes)
+    train_tf, test_tf = r.transforms(_cifar_transforms(32, mean, std, r.cutout_length))
+    train, test = _load_cifar(cls, label, r.root, r.download, train_tf, test_tf)
+    return train, test, DatasetInfo(name, classes, 32, mean, std, "cifar")
 
-    if name == "synthetic":
-        size = image_size or 32
-        classes = num_classes if num_classes is not None else 10
-        if classes < 2:
-            raise UserError(f"--num_classes must be >= 2 for synthetic data, got {classes}")
-        if synthetic_size < 1:
-            raise UserError(f"--synthetic_size must be >= 1, got {synthetic_size}")
-        mean, std = SYNTHETIC_MEAN, SYNTHETIC_STD
-        train_tf, test_tf = _cifar_transforms(size, mean, std, cutout_length)
-        train_tf = train_tf if train_augment else test_tf
-        train = SyntheticImages(synthetic_size, classes, size, seed=seed, transform=train_tf)
-        test_size = max(synthetic_size // 5, classes)
-        test = SyntheticImages(test_size, classes, size, train=False, seed=seed, transform=test_tf)
-        return train, test, DatasetInfo(name, classes, size, mean, std, network_family(name, size))
 
-    if name == "imagenet":
-        size = image_size or 224
-        train_tf, test_tf = _imagenet_transforms(size, IMAGENET_MEAN, IMAGENET_STD)
-        train_tf = train_tf if train_augment else test_tf
-        train = _image_folder(os.path.join(root, "train"), "ImageNet", train_tf)
-        test = _image_folder(os.path.join(root, "val"), "ImageNet", test_tf)
-        _check_same_classes(train, test, root)
-        _check_num_classes(name, len(train.classes), num_classes)
-        info = DatasetInfo(name, len(train.classes), size, IMAGENET_MEAN, IMAGENET_STD, "imagenet")
-        return train, test, info
+def _imagenet16(name: str, r: _Request) -> tuple[Dataset, Dataset, DatasetInfo]:
+    if r.image_size not in (None, 16):
+        raise UserError(f"{name} images are 16x16; --image_size {r.image_size} is not supported")
+    _check_num_classes(name, 120, r.num_classes)
+    # NAS-Bench-201's augmentation: random crop with 2 pixels of padding, flip.
+    train_tf, test_tf = r.transforms(
+        _cifar_transforms(16, IMAGENET16_MEAN, IMAGENET16_STD, r.cutout_length))
+    train = ImageNet16(r.root, True, transform=train_tf)
+    test = ImageNet16(r.root, False, transform=test_tf)
+    return train, test, DatasetInfo(name, 120, 16, IMAGENET16_MEAN, IMAGENET16_STD, "cifar")
 
-    # name == "folder": the user's own images, resized to image_size.
+
+def _synthetic(name: str, r: _Request) -> tuple[Dataset, Dataset, DatasetInfo]:
+    size = r.image_size or 32
+    classes = r.num_classes if r.num_classes is not None else 10
+    if classes < 2:
+        raise UserError(f"--num_classes must be >= 2 for synthetic data, got {classes}")
+    if r.synthetic_size < 1:
+        raise UserError(f"--synthetic_size must be >= 1, got {r.synthetic_size}")
+    mean, std = SYNTHETIC_MEAN, SYNTHETIC_STD
+    train_tf, test_tf = r.transforms(_cifar_transforms(size, mean, std, r.cutout_length))
+    train = SyntheticImages(r.synthetic_size, classes, size, seed=r.seed, transform=train_tf)
+    test_size = max(r.synthetic_size // 5, classes)
+    test = SyntheticImages(test_size, classes, size, train=False, seed=r.seed, transform=test_tf)
+    return train, test, DatasetInfo(name, classes, size, mean, std, network_family(name, size))
+
+
+def _imagenet(name: str, r: _Request) -> tuple[Dataset, Dataset, DatasetInfo]:
+    size = r.image_size or 224
+    train_tf, test_tf = r.transforms(_imagenet_transforms(size, IMAGENET_MEAN, IMAGENET_STD))
+    train = _image_folder(os.path.join(r.root, "train"), "ImageNet", train_tf)
+    test = _image_folder(os.path.join(r.root, "val"), "ImageNet", test_tf)
+    _check_same_classes(train, test, r.root)
+    _check_num_classes(name, len(train.classes), r.num_classes)
+    return train, test, DatasetInfo(name, len(train.classes), size, IMAGENET_MEAN, IMAGENET_STD,
+                                    "imagenet")
+
+
+def _folder(name: str, r: _Request) -> tuple[Dataset, Dataset, DatasetInfo]:
+    """The user's own images, resized to image_size."""
+    root = r.root
     if not os.path.isdir(root):
         raise UserError(f"--data {root}: the folder does not exist; give the folder that holds "
                         f"train/ and test/ (or val/). {_FOLDER_LAYOUT}")
-    size = image_size or 32
+    size = r.image_size or 32
     network = network_family(name, size)
     if network == "cifar":
-        train_tf, test_tf = _cifar_transforms(
-            size, IMAGENET_MEAN, IMAGENET_STD, cutout_length, resize=True
-        )
+        pair = _cifar_transforms(size, IMAGENET_MEAN, IMAGENET_STD, r.cutout_length, resize=True)
     else:
-        train_tf, test_tf = _imagenet_transforms(size, IMAGENET_MEAN, IMAGENET_STD)
+        pair = _imagenet_transforms(size, IMAGENET_MEAN, IMAGENET_STD)
     test_dir = os.path.join(root, "test")
     if not os.path.isdir(test_dir) and os.path.isdir(os.path.join(root, "val")):
         test_dir = os.path.join(root, "val")
@@ -572,11 +597,11 @@ def build_datasets(
             f"dataset folder {root}: found neither {test_dir} nor {os.path.join(root, 'val')}; "
             f"it needs train/ and test/ (or val/). {_FOLDER_LAYOUT}"
         )
-    train_tf = train_tf if train_augment else test_tf
+    train_tf, test_tf = r.transforms(pair)
     train = _image_folder(os.path.join(root, "train"), "dataset folder", train_tf)
     test = _image_folder(test_dir, "dataset folder", test_tf)
     _check_same_classes(train, test, root)
-    _check_num_classes(root, len(train.classes), num_classes)
+    _check_num_classes(root, len(train.classes), r.num_classes)
     info = DatasetInfo(name, len(train.classes), size, IMAGENET_MEAN, IMAGENET_STD, network)
     return train, test, info
 
