@@ -3,8 +3,12 @@
     python benchmarks/bench_search.py --preset standard --order 1 --device cpu --steps 5 --json out.json
     python benchmarks/bench_search.py --preset standard --order 2 --hessian fd --device cuda \\
         --steps 20 --compare --json out.json
+    python benchmarks/bench_search.py --preset small --order 1 --methods darts,gdas,sdarts-rs \\
+        --json methods.json     # each method's step, side by side, ratios to the first
 
-The standard preset is the paper's search configuration (16 channels, 8 cells, 4 nodes,
+The step measured is the search's own, `darts.search.search_step` (the alpha step with the
+method's pieces, then the weight step), so `--method` or `--sampler` measure a published
+method's step. The standard preset is the paper's search configuration (16 channels, 8 cells, 4 nodes,
 batch 64, 32x32, 10 classes); `small` is a quick one. Data are CIFAR-shaped synthetic
 images held in memory (no download). `--compare` measures the plain path (float32, eager,
 contiguous tensors, torchvision DataLoader) and the fast path side by side in one process
@@ -15,6 +19,7 @@ loader, float32, channels_last, edge batching and CUDA graphs on a GPU).
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 
 import torch
@@ -31,8 +36,13 @@ from common import (
 )
 
 from darts.accel.cuda_graph import cuda_graphs_enabled
-from darts.architect import Architect
-from darts.search import SearchConfig, _loaders, build_supernet
+from darts.architect import ARCH_LOSSES, Architect
+from darts.methods import pieces as collapse
+from darts.methods import presets, schedule
+from darts.methods.mixing import SAMPLERS
+from darts.methods.presets import METHODS
+from darts.methods.regularizers import build_regularizer, combine
+from darts.search import Iteration, SearchConfig, _loaders, build_supernet, search_step
 from darts.train.data import build_datasets, search_split
 from darts.train.distributed import Dist
 from darts.train.engine import MetricSum, Precision, SideStep, train_one_epoch
@@ -43,9 +53,12 @@ PRESETS = {
 }
 
 
-def measure(args, path: dict, device: torch.device) -> dict:
+def measure(args, path: dict, device: torch.device, method: str | None = None) -> dict:
+    """The search's own iteration (`darts.search.search_step`: the pieces' alpha step, then
+    the weight step) of `method` (a --method preset; None: `args.method`), timed per step."""
     preset = PRESETS[args.preset]
     total = args.warmup + args.steps + 2
+    method = args.method if method is None else method
     cfg = SearchConfig(dataset="synthetic", synthetic_size=2 * preset["batch_size"] * total,
                        order=args.order, hessian=args.hessian, device=str(device),
                        workers=args.workers, loader=path["loader"], amp=path["amp"],
@@ -53,7 +66,10 @@ def measure(args, path: dict, device: torch.device) -> dict:
                        partial_channels=path.get("partial_channels", 1),
                        checkpoint_cells=path.get("checkpoint_cells", False),
                        batch_edges=path.get("batch_edges", "off"),
-                       cuda_graphs=path["cuda_graphs"], progress=False, **preset)
+                       cuda_graphs=path["cuda_graphs"], progress=False, method=method,
+                       sampler=args.sampler, **preset)
+    cfg = presets.apply(cfg, explicit={"order", "hessian", "partial_channels", "sampler"}
+                        if args.sampler != "softmax" else {"order", "hessian", "partial_channels"})
     torch.manual_seed(0)
     train_set, _, info = build_datasets("synthetic", "", image_size=cfg.image_size,
                                         synthetic_size=cfg.synthetic_size)
@@ -67,37 +83,34 @@ def measure(args, path: dict, device: torch.device) -> dict:
     optimizer = torch.optim.SGD(model.network_parameters(), 0.025, momentum=0.9, weight_decay=3e-4)
     precision = Precision.from_flag(cfg.amp, device)
     graphs = cuda_graphs_enabled(cfg.cuda_graphs, device, distributed=False, amp=cfg.amp,
-                                 compile=cfg.compile)
+                                 compile=cfg.compile) and cfg.sampler in ("softmax", "fairdarts")
+    regularizer = build_regularizer(cfg.regularizer, cfg.reg_weight)
     architect = Architect(model, criterion, optimizer, order=cfg.order, hessian=cfg.hessian,
-                          precision=precision, capturable=graphs)
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    side_step = SideStep(alpha_stream, lambda b, v: architect.step(b, v, xi=0.025),
-                         MetricSum(device))
+                          precision=precision, capturable=graphs,
+                          arch_loss=combine(ARCH_LOSSES[cfg.arch_loss], regularizer))
+    pieces = collapse.Pieces(cfg, model)
+    epoch = min(cfg.warmup_epochs, cfg.epochs - 1)  # a step that updates the alphas
+    schedule.set_epoch([getattr(model, "sampler", None), architect.arch_loss], epoch, cfg.epochs)
+    pieces.start_epoch(epoch)
+    it = Iteration(model, architect, pieces, optimizer, criterion, precision, 0.025, 5.0,
+                   lambda: None)
 
     clock = StepClock(weight_data.epoch(0), args.warmup, args.steps, device)
     reset_peak_memory(device)
-    train_one_epoch(model, clock, optimizer, criterion, device, grad_clip=5.0,
-                    side_step=side_step, precision=precision,
-                    channels_last=cfg.channels_last, cuda_graph=graphs, log=print,
-                    forward=lambda x: model(x, model.mixing_weights(detach=True)))
+    train_one_epoch(model, clock, optimizer, criterion, device,
+                    side_step=SideStep(alpha_stream, None, MetricSum(device)),
+                    step=functools.partial(search_step, it), precision=precision,
+                    channels_last=cfg.channels_last, cuda_graph=graphs, log=print)
     peak = peak_memory_mib(device)
     flops = None
     if not args.no_flops:
-        x, y = next(iter(weight_data.epoch(1)))
-        batch = (x.to(device, memory_format=fmt), y.to(device))
-
-        def one_step():
-            x_val, y_val = next(alpha_stream)
-            architect.step(batch, (x_val.to(device, memory_format=fmt), y_val.to(device)), xi=0.025)
-            optimizer.zero_grad()
-            with precision.autocast():
-                loss = criterion(model(batch[0], model.mixing_weights(detach=True)), batch[1])
-            loss.backward()
-            optimizer.step()
-
-        flops = count_flops(one_step)
-    return summary(clock.times, cfg.batch_size, flops, peak, path=path,
-                   loader_on_device=on_device, **peak_reserved(device))
+        fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        (x, y), (xv, yv) = next(iter(weight_data.epoch(1))), next(alpha_stream)
+        flops = count_flops(lambda: search_step(
+            it, x.to(device, memory_format=fmt), y.to(device),
+            xv.to(device, memory_format=fmt), yv.to(device)))
+    return summary(clock.times, cfg.batch_size, flops, peak, path=path, method=method or "darts",
+                   sampler=cfg.sampler, loader_on_device=on_device, **peak_reserved(device))
 
 
 def add_step_arguments(p) -> None:
@@ -105,6 +118,13 @@ def add_step_arguments(p) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS), default="standard")
     p.add_argument("--order", type=int, choices=(1, 2), default=1)
     p.add_argument("--hessian", choices=("fd", "exact"), default="fd")
+    p.add_argument("--method", choices=("", *METHODS), default="",
+                   help="a published method's pieces and sampler (train_search.py --method)")
+    p.add_argument("--sampler", choices=tuple(SAMPLERS), default="softmax",
+                   help="the mixing sampler (GDAS, DrNAS, ...) when no --method sets it")
+    p.add_argument("--methods", default="",
+                   help="instead: several methods, comma-separated ('darts' for plain DARTS), "
+                        "each on the fast path in this one process; ratios to the first")
 
 
 def main(argv=None) -> int:
@@ -125,7 +145,23 @@ def main(argv=None) -> int:
         return {"partial_channels": args.partial_channels, "checkpoint_cells": args.checkpoint_cells,
                 "batch_edges": args.batch_edges}
 
-    return run(p, argv, header, measure, memory_flags)
+    def measure_methods(args, path, device):
+        """`measure`, or with --methods each method in turn, on one path, in this process."""
+        names = [m.strip() for m in args.methods.split(",") if m.strip()]
+        if not names:
+            return measure(args, path, device)
+        unknown = [m for m in names if m != "darts" and m not in METHODS]
+        if unknown:
+            p.error(f"--methods: unknown {unknown[0]!r}; choose darts or {', '.join(METHODS)}")
+        each = {m: measure(args, path, device, method="" if m == "darts" else m) for m in names}
+        base = each[names[0]]["median_step_s"]
+        for m in names:
+            print(f"{m}: {each[m]['median_step_s']:.3f} s per step, "
+                  f"{each[m]['median_step_s'] / base:.2f}x {names[0]}'s", file=sys.stderr)
+        return {**each[names[0]], "methods": each,
+                "step_time_ratio": {m: each[m]["median_step_s"] / base for m in names}}
+
+    return run(p, argv, header, measure_methods, memory_flags)
 
 
 if __name__ == "__main__":
