@@ -1,0 +1,99 @@
+"""What a newcomer meets first: the space is the candidate's, a run directory names its cell,
+a finished run is not silently "extended", the logs say what they count, and an NB201
+search ends with the command that retrains its cell."""
+
+import json
+
+import pytest
+
+import train_final
+from darts.errors import UserError
+from darts.final import FinalConfig, with_candidate_space
+from darts.genotype import GENOTYPE_DIR
+from darts.spaces.nb201 import EXAMPLE
+
+CNN = "conv3x3-16-max|conv5x5-32-avg"
+# train_final.py flags that keep a run to a second or two on the CPU
+TINY_FINAL = ["--dataset", "synthetic", "--image_size", "8", "--synthetic_size", "32",
+              "--batch_size", "8", "--epochs", "1", "--workers", "0", "--threads", "1",
+              "--device", "cpu", "--no-progress", "--no-tensorboard"]
+
+
+def _one_line_exit_2(code, capsys, *expected):
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    for text in expected:
+        assert text in err, err
+    return err
+
+
+def _search_dir(path, space, name, content):
+    """A finished search's run directory as the search leaves it: config.json, its cell."""
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"space": space, "epochs": 50}))
+    (path / name).write_text(json.dumps(content))
+    return path
+
+
+# -- 1. the space is the candidate's; a run directory names its cell ---------------------------
+@pytest.mark.parametrize("name, content, space", [
+    ("arch.json", {"arch": EXAMPLE}, "nb201"),
+    ("cnn.json", {"arch": CNN}, "cnn"),
+    ("arch.json", {"arch": CNN}, "cnn"),  # train_final.py's own copy of a plain CNN
+    ("genotype.json", None, "darts"),
+])
+def test_the_space_is_read_from_the_file_or_the_run_directory(tmp_path, name, content, space):
+    if content is None:
+        content = json.loads((GENOTYPE_DIR / "darts_v2.json").read_text())
+    run_dir = _search_dir(tmp_path / "run", space, name, content)
+    for given in (str(run_dir / name), str(run_dir)):
+        for key in ("genotype", "arch"):
+            cfg = with_candidate_space(FinalConfig(**{key: given}))
+            assert cfg.space == space and getattr(cfg, key) == str(run_dir / name), (given, key)
+    # the recipe follows the space found
+    recipe = {"nb201": (200, True), "cnn": (90, True), "darts": (600, False)}[space]
+    network = space if space != "darts" else "cifar"
+    resolved = with_candidate_space(FinalConfig(genotype=str(run_dir))).resolved(network)
+    assert (resolved.epochs, resolved.nesterov) == recipe
+
+
+def test_an_arch_string_needs_no_space_flag_and_a_name_stays_darts():
+    assert with_candidate_space(FinalConfig(genotype=EXAMPLE)).space == "nb201"
+    assert with_candidate_space(FinalConfig(arch=CNN)).space == "cnn"
+    assert with_candidate_space(FinalConfig(genotype="darts_v2")).space == "darts"
+    assert with_candidate_space(FinalConfig(space="nb201", genotype=EXAMPLE)).space == "nb201"
+
+
+def test_a_search_run_directory_retrains_without_space_flag(tmp_path):
+    run_dir = _search_dir(tmp_path / "search", "nb201", "arch.json", {"arch": EXAMPLE})
+    argv = ["--genotype", str(run_dir), *TINY_FINAL, "--layers", "1", "--init_channels", "4",
+            "--save", str(tmp_path), "--name", "f"]
+    assert train_final.main(argv) == 0
+    config = json.loads((tmp_path / "f" / "config.json").read_text())
+    assert config["space"] == "nb201" and config["genotype"] == str(run_dir / "arch.json")
+    assert (config["nesterov"], config["weight_decay"], config["auxiliary"]) == (True, 5e-4, False)
+    assert json.loads((tmp_path / "f" / "arch.json").read_text()) == {"arch": EXAMPLE}
+
+
+@pytest.mark.parametrize("space, message", [
+    ("darts", "--space darts: --genotype {file} is a NAS-Bench-201 cell, not a DARTS genotype; "
+              "leave --space out"),
+    ("cnn", "--space cnn: --genotype {file} is a NAS-Bench-201 cell, not a plain CNN"),
+])
+def test_a_space_flag_that_contradicts_the_file_is_one_line(tmp_path, capsys, space, message):
+    _search_dir(tmp_path / "run", "nb201", "arch.json", {"arch": EXAMPLE})
+    file = tmp_path / "run" / "arch.json"
+    code = train_final.main(["--space", space, "--genotype", str(file), *TINY_FINAL,
+                             "--save", str(tmp_path), "--name", "x"])
+    _one_line_exit_2(code, capsys, message.format(file=file))
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_run_directory_without_a_cell_is_one_line(tmp_path):
+    (tmp_path / "run" / "genotypes").mkdir(parents=True)
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"space": "darts"}))
+    with pytest.raises(UserError, match=r"--genotype .*run: a folder without genotype\.json; a "
+                                        r"search writes its result there when it ends"):
+        with_candidate_space(FinalConfig(genotype=str(tmp_path / "run")))
+    with pytest.raises(UserError, match="without genotype.json or arch.json or cnn.json"):
+        with_candidate_space(FinalConfig(genotype=str(tmp_path / "run" / "genotypes")))
