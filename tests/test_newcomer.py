@@ -7,6 +7,7 @@ import json
 import pytest
 
 import train_final
+import train_search
 from darts.errors import UserError
 from darts.final import FinalConfig, with_candidate_space
 from darts.genotype import GENOTYPE_DIR
@@ -97,3 +98,47 @@ def test_a_run_directory_without_a_cell_is_one_line(tmp_path):
         with_candidate_space(FinalConfig(genotype=str(tmp_path / "run")))
     with pytest.raises(UserError, match="without genotype.json or arch.json or cnn.json"):
         with_candidate_space(FinalConfig(genotype=str(tmp_path / "run" / "genotypes")))
+
+
+# -- 2, 3. --epochs with --resume; the parameter line of the retraining log --------------------
+def test_resuming_with_other_epochs_is_refused_and_the_log_counts_params_truly(tmp_path, capsys):
+    run_dir = tmp_path / "f"
+    argv = ["--genotype", "darts_v2", *TINY_FINAL, "--layers", "3", "--init_channels", "4",
+            "--save", str(tmp_path), "--name", "f"]
+    assert train_final.main(argv) == 0
+    before = (run_dir / "checkpoint.pt").read_bytes()
+    code = train_final.main(["--resume", str(run_dir), "--epochs", "3"])
+    _one_line_exit_2(code, capsys, "--epochs 3 with --resume: a run's epochs fix its schedule",
+                     "start a new run with --epochs 3")
+    assert (run_dir / "checkpoint.pt").read_bytes() == before
+    # its own epochs again: the finished run is read back, nothing changes
+    assert train_final.main(["--resume", str(run_dir), "--epochs", "1"]) == 0
+    assert (run_dir / "checkpoint.pt").read_bytes() == before
+
+    # 3: the CIFAR recipe trains the auxiliary head; the count leaves it out, and says so
+    config = json.loads((run_dir / "config.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    line = next(x for x in (run_dir / "log.txt").read_text().splitlines() if "parameters" in x)
+    assert config["auxiliary"] and "no auxiliary head" not in line
+    assert (f"{metrics['params'] / 1e6:.3f}M parameters without the auxiliary head, as the paper "
+            f"counts them (the head is on, weight 0.4:") in line
+
+
+def test_the_parameter_line_says_when_the_head_is_off(tmp_path):
+    argv = ["--genotype", "darts_v2", *TINY_FINAL, "--layers", "3", "--init_channels", "4",
+            "--no-auxiliary", "--save", str(tmp_path), "--name", "f"]
+    assert train_final.main(argv) == 0
+    log = (tmp_path / "f" / "log.txt").read_text()
+    assert "M parameters (auxiliary head off)," in log
+
+
+def test_a_finished_search_is_not_extended_by_epochs(tmp_path, capsys):
+    argv = ["--dataset", "synthetic", "--layers", "3", "--nodes", "2", "--init_channels", "4",
+            "--image_size", "8", "--synthetic_size", "16", "--batch_size", "8", "--workers", "0",
+            "--epochs", "1", "--order", "1", "--device", "cpu", "--no-progress",
+            "--no-tensorboard", "--save", str(tmp_path), "--name", "s"]
+    assert train_search.main(argv) == 0
+    code = train_search.main(["--resume", str(tmp_path / "s"), "--epochs", "4"])
+    _one_line_exit_2(code, capsys, "--epochs 4 with --resume", "(the learning rate and the "
+                     "ramps end at its last epoch, 1)")
+    assert json.loads((tmp_path / "s" / "metrics.json").read_text())["epochs"] == 1
