@@ -76,8 +76,8 @@ def run_one(method: str, seed: int, args, save: Path) -> dict:
     metrics = json.loads((save / name / "metrics.json").read_text())
     history = metrics["history"]
     row = {"method": method, "seed": seed, "arch": metrics["genotype"],
-           "skip_connect": history[-1]["skip_connect_normal"],
-           "skips_per_epoch": [h["skip_connect_normal"] for h in history],
+           "skip_connect": history[-1]["skip_connect"],
+           "skips_per_epoch": [h["skip_connect"] for h in history],
            "archs_per_epoch": [h["genotype"] for h in history],
            "epochs_done": metrics["epochs_done"], "search_time_s": metrics["search_time_s"],
            "wall_s": wall, "command": " ".join(command[1:])}

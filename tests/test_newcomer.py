@@ -3,14 +3,18 @@ a finished run is not silently "extended", the logs say what they count, and an 
 search ends with the command that retrains its cell."""
 
 import json
+import shlex
+import shutil
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import train_final
 import train_search
 from darts.errors import UserError
 from darts.final import FinalConfig, with_candidate_space
 from darts.genotype import GENOTYPE_DIR
+from darts.search import SearchConfig, run
 from darts.spaces.nb201 import EXAMPLE
 
 CNN = "conv3x3-16-max|conv5x5-32-avg"
@@ -142,3 +146,35 @@ def test_a_finished_search_is_not_extended_by_epochs(tmp_path, capsys):
     _one_line_exit_2(code, capsys, "--epochs 4 with --resume", "(the learning rate and the "
                      "ramps end at its last epoch, 1)")
     assert json.loads((tmp_path / "s" / "metrics.json").read_text())["epochs"] == 1
+
+
+# -- 4, 5. an NB201 search: its skip count's name, and the command that retrains its cell --------
+def test_an_nb201_search_names_its_one_cell_and_prints_its_retrain_command(tmp_path):
+    cfg = SearchConfig(space="nb201", dataset="synthetic", layers=1, init_channels=4,
+                       image_size=8, synthetic_size=32, batch_size=8, workers=0, progress=False,
+                       epochs=1, order=1, save=str(tmp_path), name="s", device="cpu")
+    metrics = run(cfg)
+    run_dir = tmp_path / "s"
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert "arch/skip_connect" in scalars and "arch/entropy_cell" in scalars
+    assert not any("normal" in tag for tag in scalars)
+    assert "skip_connect" in metrics["history"][0] and "skip_connect" in metrics["final"]
+    assert not any("normal" in key for key in metrics["history"][0])
+    log = (run_dir / "log.txt").read_text()
+    assert " skip_connect " in log and "skip_connect_normal" not in log
+
+    command = log.split("retrain it with:\n")[1].strip().splitlines()[0].strip()
+    argv = shlex.split(command)
+    assert argv[:6] == ["python", "train_final.py", "--space", "nb201", "--genotype",
+                        str(run_dir / "arch.json")]
+    assert argv[6:] == ["--dataset", "synthetic", "--image_size", "8", "--synthetic_size", "32",
+                        "--layers", "1", "--init_channels", "4", "--epochs", "1",
+                        "--batch_size", "8"]
+    # it runs, and trains the searched cell
+    assert train_final.main([*argv[2:], "--workers", "0", "--device", "cpu", "--no-progress",
+                             "--no-tensorboard", "--save", str(tmp_path), "--name", "f"]) == 0
+    assert (json.loads((tmp_path / "f" / "arch.json").read_text())
+            == json.loads((run_dir / "arch.json").read_text()))
+    shutil.rmtree(tmp_path / "f")
