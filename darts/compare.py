@@ -11,8 +11,9 @@ as NAS-Bench-201's paper does. Written to DIR:
     curves.csv        strategy, seed, evaluation, best_score, best_reported (best so far)
     summary.md        per strategy: mean and standard deviation of the final reported metric,
                       median rank, runs that found the table's optimum, distance to random
-    best_so_far.png   the reported metric of the best so far against evaluations: the mean
-                      over seeds and a band of one standard deviation, one line per strategy
+    best_so_far.png   the reported metric of the incumbent (the best so far by --metric)
+                      against evaluations: the mean over seeds and a band of one standard
+                      deviation, one line per strategy; whole and zoomed on the last 3/4
 
 Strategies use their defaults (those of `train_search.py --strategy X`). Everything is checked
 before the first run (the table, its columns, that DIR can be made): a table with a gap in
@@ -113,32 +114,65 @@ def _csv_text(header: list[str], rows: list[list[Any]]) -> str:
     return out.getvalue()
 
 
-def plot(runs: list[dict[str, Any]], path: Path, report_metric: str, title: str) -> None:
-    """Mean and one-standard-deviation band of the best so far's reported metric."""
+# One look per strategy: colour, line style and marker differ, so curves that coincide (the
+# strategies that start from random samples share their first evaluations) stay apart.
+_STYLES = [("-", "o"), ("--", "s"), ("-.", "^"), (":", "D"), ("-", "v"), ("--", "P"),
+           ("-.", "X"), (":", "*")]
+
+
+def _mean_band(curves: list[list[float]]) -> tuple[list[float], list[float], list[float]]:
+    """(mean, mean - sd, mean + sd) over runs at each evaluation, up to the shortest run."""
+    length = min(len(c) for c in curves)
+    means = [statistics.mean(c[i] for c in curves) for i in range(length)]
+    sds = [statistics.pstdev([c[i] for c in curves]) for i in range(length)]
+    return (means, [m - s for m, s in zip(means, sds, strict=True)],
+            [m + s for m, s in zip(means, sds, strict=True)])
+
+
+def plot(runs: list[dict[str, Any]], path: Path, report_metric: str, title: str,
+         metric: str = "cifar10_valid") -> None:
+    """The reported metric of each run's incumbent (its best so far by the selection
+    `metric`): the mean over seeds and a band of one standard deviation per strategy. The
+    incumbent changes only when a better `metric` is found, and its reported metric may then
+    drop, so a curve may go down. Left: every evaluation, its y-range holding every curve and
+    band; right: the last three quarters, zoomed the same way."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for name in dict.fromkeys(r["strategy"] for r in runs):
-        curves = [[rep for _, rep in r["curve"]] for r in runs if r["strategy"] == name]
-        length = min(len(c) for c in curves)
-        xs = list(range(1, length + 1))
-        means = [statistics.mean(c[i] for c in curves) for i in range(length)]
-        sds = [statistics.pstdev([c[i] for c in curves]) for i in range(length)]
-        line, = ax.plot(xs, means, label=name, linewidth=1.6)
-        ax.fill_between(xs, [m - s for m, s in zip(means, sds, strict=True)],
-                        [m + s for m, s in zip(means, sds, strict=True)],
-                        color=line.get_color(), alpha=0.15, linewidth=0)
-    ax.set_xlabel("evaluations")
-    ax.set_ylabel(f"{report_metric} of the best so far (%)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    lows = [m for r in runs for _, m in r["curve"][len(r["curve"]) // 10:]]
-    if lows:
-        ax.set_ylim(bottom=max(min(lows) - 1.0, 0.0))
+    names = list(dict.fromkeys(r["strategy"] for r in runs))
+    bands = {n: _mean_band([[rep for _, rep in r["curve"]] for r in runs if r["strategy"] == n])
+             for n in names}
+    length = min(len(b[0]) for b in bands.values())
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=120)
+    for ax, first in zip(axes, (0, length // 4), strict=True):
+        lows, highs = [], []
+        for k, name in enumerate(names):
+            means, low, high = (v[first:] for v in bands[name])
+            xs = range(first + 1, first + len(means) + 1)
+            colour = plt.get_cmap("tab10")(k % 10)
+            style, marker = _STYLES[k % len(_STYLES)]
+            ax.fill_between(xs, low, high, color=colour, alpha=0.12, linewidth=0, zorder=1)
+            # markers at staggered evaluations, so that coinciding curves show each marker
+            every = max(1, len(means) // 8)
+            ax.plot(xs, means, label=name, color=colour, linestyle=style, linewidth=1.2,
+                    marker=marker, markersize=4, markevery=(k * every // len(names), every),
+                    zorder=3 + k)
+            lows += low
+            highs += high
+        pad = max(0.02 * (max(highs) - min(lows)), 0.05)
+        ax.set_ylim(min(lows) - pad, max(highs) + pad)
+        ax.set_xlabel("evaluations")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"{report_metric} of the best by {metric} so far (%)")
+    axes[0].set_title("every evaluation", fontsize=9)
+    axes[1].set_title(f"from evaluation {length // 4 + 1} on (zoomed)", fontsize=9)
+    handles, labels = axes[0].get_legend_handles_labels()  # below the plots: it hides nothing
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               ncol=min(len(names), 8), fontsize=8, frameon=False)
+    fig.suptitle(f"{title}; mean over seeds, band: one standard deviation", fontsize=10)
+    fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", bbox_inches="tight")
     plt.close(fig)
@@ -172,7 +206,8 @@ def check_out(out: Path) -> None:
         raise _out_error(out, e) from None
 
 
-def write(runs: list[dict[str, Any]], out: Path, report_metric: str, title: str) -> None:
+def write(runs: list[dict[str, Any]], out: Path, report_metric: str, title: str,
+          metric: str = "cifar10_valid") -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
@@ -189,7 +224,7 @@ def write(runs: list[dict[str, Any]], out: Path, report_metric: str, title: str)
         [[r["strategy"], r["seed"], n, score, rep] for r in runs
          for n, (score, rep) in enumerate(r["curve"], start=1)]))
     _write_text(out / "summary.md", f"{title}\n\n{summary_table(runs, report_metric)}")
-    plot(runs, out / "best_so_far.png", report_metric, title)
+    plot(runs, out / "best_so_far.png", report_metric, title, metric)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         title = (f"{Path(args.benchmark).name}: {args.seeds} seeds, {budget}, selected on "
                  f"{args.metric}")
         try:
-            write(runs, Path(args.out), args.report, title)
+            write(runs, Path(args.out), args.report, title, args.metric)
         except UserError as e:  # atomic_open's message names --save, the runs' flag
             raise UserError(str(e).replace("--save", "--out")) from None
     except UserError as e:

@@ -46,7 +46,7 @@ from darts.errors import UserError
 from darts.genotype import genotype_from_dict, resolve_genotype, save_genotype
 from darts.network import NetworkCIFAR, NetworkImageNet, count_multiply_adds, count_parameters
 from darts.spaces import cnn
-from darts.spaces.nb201 import NB201Arch, NB201Network, load_arch
+from darts.spaces.nb201 import NB201Arch, NB201Network, load_arch, read_arch_json
 from darts.train import cli, distributed
 from darts.train.checkpoint import (
     change_base_lr,
@@ -108,6 +108,13 @@ RECIPES = {"cifar": CIFAR_RECIPE, "imagenet": IMAGENET_RECIPE, "nb201": NB201_RE
            "cnn": CNN_RECIPE}
 # The spaces whose candidates are not DARTS genotypes, each with its own recipe (RECIPES).
 ARCH_SPACES = ("nb201", "cnn")
+SPACES = ("darts", *ARCH_SPACES)
+# The candidate file each space's runs write (a search's result: darts.search, darts.multitrial;
+# train_final.py's own copy: a plain CNN's is arch.json there), looked for in a run directory.
+RESULT_FILES = {"darts": ("genotype.json",), "nb201": ("arch.json",),
+                "cnn": ("cnn.json", "arch.json")}
+CANDIDATE_NOUNS = {"darts": "a DARTS genotype", "nb201": "a NAS-Bench-201 cell",
+                   "cnn": "a plain CNN"}
 DEFAULT_GENOTYPE = "darts_v2"
 CHECKPOINT_KEYS = ("epoch", "config", "genotype", "model", "optimizer", "scheduler", "history",
                    "best", "rng")
@@ -124,16 +131,19 @@ class FinalConfig:
     RESUMABLE: ClassVar[tuple[str, ...]] = ("learning_rate", "grad_clip")
 
     genotype: str = field(default=DEFAULT_GENOTYPE, metadata=_f(
-        "a genotype JSON file or a published name from darts/genotypes/ (e.g. darts_v2, pdarts); "
-        "--space nb201 or cnn: an arch string or a search's arch.json (or use --arch)"))
+        "a genotype JSON file, a published name from darts/genotypes/ (e.g. darts_v2, pdarts), an "
+        "NB201 arch string, a search's arch.json or cnn.json, or a search's run directory "
+        "(its result file is read; the space follows the candidate)"))
     arch: str | None = field(default=None, metadata=_f(
-        "the candidate to train, in place of --genotype: --space nb201 or cnn, its text (e.g. "
-        "conv3x3-32-max|conv5x5-64) or the JSON file a search saved (arch.json); --space "
-        "darts, a genotype file"))
-    space: str = field(default="darts", metadata=_f(
+        "the candidate to train, in place of --genotype: its text (e.g. "
+        "conv3x3-32-max|conv5x5-64), the JSON file a search saved (arch.json, cnn.json, "
+        "genotype.json) or the search's run directory"))
+    space: str | None = field(default=None, metadata=_f(
         "darts (the DARTS network and the paper's recipe), nb201 (NAS-Bench-201's network "
         "and the benchmark's 200-epoch recipe) or cnn (a plain CNN spec, NB201's recipe over "
-        "90 epochs: this project's choice)", choices=("darts", "nb201", "cnn")))
+        "90 epochs: this project's choice); default: the candidate's, read from its file "
+        "(genotype.json, arch.json, cnn.json) or its run directory's config.json, else darts",
+        choices=SPACES))
     dataset: str = field(default="cifar10", metadata=_f("dataset", choices=DATASETS))
     data: str = field(default="data", metadata=_f(
         "dataset root: CIFAR is read from (or downloaded into) it; imagenet/folder: a folder with train/ and val/ (or test/)"))
@@ -271,6 +281,8 @@ def run(cfg: FinalConfig, *, resume: str | None = None,
     # The plugins first: the genotype may use the ops they register.
     cfg = dataclasses.replace(cfg, plugins=plugins.absolute(cfg.plugins))
     plugins.load(cfg.plugins)
+    if ckpt is None:
+        cfg = with_candidate_space(cfg)
     spec, where = (cfg.genotype, "--genotype") if cfg.arch is None else (cfg.arch, "--arch")
     if cfg.space == "cnn" and ckpt is None and cfg.arch is None and spec == DEFAULT_GENOTYPE:
         raise UserError(f"--space cnn: give the network with --arch, its text (e.g. "
@@ -319,6 +331,71 @@ def run(cfg: FinalConfig, *, resume: str | None = None,
         distributed.teardown(d)
 
 
+def with_candidate_space(cfg: FinalConfig) -> FinalConfig:
+    """`cfg` with the space of its candidate (--genotype or --arch): the one its text or JSON
+    file reads as (a genotype's keys; an NB201 arch string; a plain CNN spec), else the one
+    the config.json of a run directory given in its place names; a run directory becomes
+    its result file. An explicit --space that the candidate contradicts is one UserError."""
+    key = "genotype" if cfg.arch is None else "arch"
+    spec = getattr(cfg, key)
+    where, from_run = f"--{key} {spec}", None
+    try:
+        is_dir = Path(spec).is_dir()
+    except (OSError, ValueError):  # a name too long, a NUL: the loader says what is wrong
+        is_dir = False
+    if is_dir:
+        spec, from_run = _run_result(Path(spec), where)
+    found, sure = _space_of(spec)
+    if not sure and from_run is not None:
+        found, sure = from_run, True
+    if cfg.space is not None and sure and found != cfg.space:
+        raise UserError(f"--space {cfg.space}: {where} is {CANDIDATE_NOUNS[found]}, not "
+                        f"{CANDIDATE_NOUNS[cfg.space]}; leave --space out (it is taken from "
+                        f"the candidate) or give --space {found}")
+    return dataclasses.replace(cfg, space=cfg.space or found or "darts", **{key: spec})
+
+
+def _run_result(run_dir: Path, where: str) -> tuple[str, str | None]:
+    """(the candidate file of a run directory, the space its config.json names, if any)."""
+    try:
+        space = json.loads((run_dir / "config.json").read_text(encoding="utf-8")).get("space")
+    except (OSError, ValueError, AttributeError):
+        space = None
+    space = space if isinstance(space, str) and space in RESULT_FILES else None
+    names = RESULT_FILES[space] if space else tuple(
+        dict.fromkeys(name for names in RESULT_FILES.values() for name in names))
+    for name in names:
+        if (run_dir / name).is_file():
+            return str(run_dir / name), space
+    raise UserError(f"{where}: a folder without {' or '.join(names)}; a search writes its "
+                    f"result there when it ends (an unfinished one: --resume it, or give one "
+                    f"of the cells it saves each epoch, genotypes/ or archs/epoch_NNN.json)")
+
+
+def _space_of(spec: str) -> tuple[str | None, bool]:
+    """(the space whose candidate `spec` is, whether it reads as one): by a JSON file's
+    content or by the text itself. An arch file whose text neither space reads is guessed
+    (NAS-Bench-201's strings have '~' marks), for that space's loader to say what is wrong."""
+    data: Any = spec
+    if spec.endswith(".json"):
+        try:
+            data = read_arch_json(spec, "--genotype")
+        except UserError:  # unreadable: the loader names the file and the problem
+            return None, False
+    if isinstance(data, dict) and ("normal" in data or "reduce" in data):
+        return "darts", True
+    text = data.get("arch") if isinstance(data, dict) else data
+    for space, kind in (("nb201", NB201Arch), ("cnn", cnn.CNNArch)):
+        try:
+            kind.from_string(text)
+            return space, True
+        except UserError:
+            pass
+    if isinstance(data, dict) and "arch" in data:
+        return ("nb201" if "~" in str(text) else "cnn"), False
+    return None, False
+
+
 def _genotype_label(spec: str, genotype: Any) -> str:
     """A short name of the trained cell for the run directory: a published cell's name, else
     the file's name without its folders; a search's `genotype.json` by the genotype's own
@@ -334,6 +411,18 @@ def _genotype_label(spec: str, genotype: Any) -> str:
     if label == "genotype":
         label = genotype.name or path.resolve().parent.name or label
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)[:60]
+
+
+def _auxiliary_note(model: nn.Module, cfg: FinalConfig, params: int) -> str:
+    """What the parameter count of the log leaves out: the auxiliary head, which the paper
+    does not count, and whether this run trains one."""
+    if cfg.space in ARCH_SPACES:
+        return ""  # these networks have no auxiliary head
+    if not cfg.auxiliary:
+        return " (auxiliary head off)"
+    head = count_parameters(model, exclude_auxiliary=False) - params
+    return (f" without the auxiliary head, as the paper counts them (the head is on, weight "
+            f"{cfg.auxiliary_weight:g}: {head / 1e6:.3f}M more in training)")
 
 
 def _loaders(cfg, info, train_set, test_set, device, d: Dist):
@@ -412,10 +501,10 @@ def _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger, ck
         logger.info("run directory %s", run_dir)
         if not isinstance(genotype, cnn.CNNArch):  # a chain of layers has no cell to draw
             draw_cells(genotype, logger, 0, run_dir)
-    logger.info("%s on %s (%d classes, %dpx): %.3fM parameters (no auxiliary head), "
+    logger.info("%s on %s (%d classes, %dpx): %.3fM parameters%s, "
                 "%.1fM multiply-adds per image, device %s%s; %s loader, amp %s%s%s%s",
                 type(model).__name__, cfg.dataset, info.num_classes, info.image_size,
-                params / 1e6, madds / 1e6, device,
+                params / 1e6, _auxiliary_note(model, cfg, params), madds / 1e6, device,
                 f" x {d.world_size} processes (batch {cfg.batch_size} each)" if d.enabled else "",
                 "device-resident" if on_device else "DataLoader", cfg.amp,
                 ", channels_last" if cfg.channels_last else "", ", compiled" if cfg.compile else "",

@@ -375,11 +375,11 @@ def validate(cfg: SearchConfig) -> None:
 
 
 def arch_statistics(model: nn.Module, genotype: Any, cells: Any = None) -> dict[str, float]:
-    """What the search's collapse shows in: skip-connections in the decoded normal cell (the
-    one cell of NAS-Bench-201) and the mean entropy of the mixing weights' rows (log(ops) at
-    the start, 0 for one-hot choices)."""
+    """What the search's collapse shows in: skip-connections in the decoded normal cell
+    (`skip_connect_normal`; NAS-Bench-201's one cell: `skip_connect`) and the mean entropy of
+    the mixing weights' rows (log(ops) at the start, 0 for one-hot choices)."""
     cells = cells or darts_cells.gradient
-    stats: dict[str, float] = {"arch/skip_connect_normal": cells.skip_connects(genotype)}
+    stats: dict[str, float] = {f"arch/{cells.skips}": cells.skip_connects(genotype)}
     with torch.no_grad():
         for kind, w in zip(cells.kinds, model.mixing_weights(), strict=False):
             w = w / w.sum(-1, keepdim=True)  # a rule other than softmax: its rows normalised
@@ -391,10 +391,10 @@ def arch_statistics(model: nn.Module, genotype: Any, cells: Any = None) -> dict[
 
 def paper_scale(cfg: SearchConfig) -> bool:
     """Whether the search is at least the paper's (a real data set, 8 cells of 16 channels,
-    50 epochs): its cell is then worth the paper's 600-epoch retraining."""
+    50 epochs; NB201: 5 cells per stage): its cell is then worth the paper's retraining."""
     cfg = resolved(cfg)
-    return (cfg.dataset != "synthetic" and cfg.layers >= 8 and cfg.init_channels >= 16
-            and cfg.epochs >= 50)
+    return (cfg.dataset != "synthetic" and cfg.layers >= cell_kind(cfg).paper_layers
+            and cfg.init_channels >= 16 and cfg.epochs >= 50)
 
 
 def data_args(cfg: SearchConfig) -> list[str]:
@@ -411,29 +411,32 @@ def data_args(cfg: SearchConfig) -> list[str]:
 
 
 def retrain_command(run_dir: Path, cfg: SearchConfig) -> tuple[str, str]:
-    """The train_final.py command that retrains this search's genotype on the same data, and
-    what it runs. After a search of the paper's size, the paper's recipe (600 epochs, 20
-    cells of 36 channels); after a smaller one, a network of the search's size for as many
-    epochs as the search had, which finishes in minutes where the search did."""
+    """The train_final.py command that retrains this search's cell on the same data, and
+    what it runs. After a search of the paper's size, the paper's recipe (DARTS: 600 epochs,
+    20 cells of 36 channels; NB201: its benchmark's 200 epochs); after a smaller one, a
+    network of the search's size for as many epochs as the search had, which finishes in
+    minutes where the search did."""
     cfg = resolved(cfg)
-    args = ["python", "train_final.py", "--genotype", str(run_dir / "genotype.json"),
-            "--dataset", cfg.dataset, *data_args(cfg)]
+    cells = cell_kind(cfg)
+    args = ["python", "train_final.py", *cells.space_flags, "--genotype",
+            str(run_dir / cells.result_file), "--dataset", cfg.dataset, *data_args(cfg)]
     if cfg.plugins:
         args += ["--plugins", cfg.plugins]
     if paper_scale(cfg):
-        return shlex.join(args), ("this search has the paper's size: the command below "
-                                  "retrains its cell with the paper's recipe (600 epochs, 20 "
-                                  "cells of 36 channels; about 1.5 GPU-days on CIFAR-10)")
+        return shlex.join(args), (f"this search has the paper's size: the command below "
+                                  f"retrains its cell with {cells.recipe} ({cells.recipe_size}; "
+                                  f"{cells.recipe_cost})")
     args += ["--layers", str(cfg.layers), "--init_channels", str(cfg.init_channels),
              "--epochs", str(cfg.epochs), "--batch_size", str(cfg.batch_size)]
-    small_images = cfg.image_size is not None and cfg.image_size < 32
-    if small_images:  # the paper's 16-pixel cutout would blank images this small
+    # the paper's 16-pixel cutout would blank images this small (NB201's recipe has none)
+    small_images = cells.cutout and cfg.image_size is not None and cfg.image_size < 32
+    if small_images:
         args += ["--cutout_length", str(cfg.image_size // 2)]
     return shlex.join(args), (
         f"this search is smaller than the paper's: the command below trains a network of its "
-        f"size ({cfg.layers} cells of {cfg.init_channels} channels, batch {cfg.batch_size}"
+        f"size ({cells.describe(cfg)} of {cfg.init_channels} channels, batch {cfg.batch_size}"
         f"{', cutout half the image' if small_images else ''}) for {cfg.epochs} epochs; "
-        f"for the paper's recipe (600 epochs, 20 cells of 36 channels) leave out --layers, "
+        f"for {cells.recipe} ({cells.recipe_size}) leave out --layers, "
         f"--init_channels, --epochs, --batch_size{' and --cutout_length' if small_images else ''}")
 
 
@@ -741,7 +744,7 @@ def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d
                   "epoch_time_s": dt, "genotype": genotype.to_dict(), **epoch_values}
         if cfg.max_skip is not None:
             record["skip_connect_uncapped"] = pieces.uncapped_skips(cells, meta, genotype)
-        skips = record.get("skip_connect_uncapped", record["skip_connect_normal"])
+        skips = record.get("skip_connect_uncapped", record[cells.skips])
         if cfg.early_stop_stable is not None:
             record["learnable_ranking"] = pieces.learnable_ranking(cells.ops_of(model))
         # DARTS+: skips counted before any --max_skip cap, or the ranking stable
@@ -757,10 +760,10 @@ def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d
             _log_epoch(logger, model, genotype, epoch + 1, train, valid, lr, arch_loss, stats,
                        cells, record.get("benchmark"))
         logger.info("epoch %d/%d train_loss %.4f train_top1 %.2f valid_loss %.4f valid_top1 %.2f "
-                    "arch_loss %.4f lr %.5f skip_connect %d entropy %.3f time %.1fs eta %s",
+                    "arch_loss %.4f lr %.5f %s %d entropy %.3f time %.1fs eta %s",
                     epoch + 1, cfg.epochs, train.loss, train.top1, valid.loss, valid.top1,
-                    arch_loss, lr, stats["arch/skip_connect_normal"], stats["arch/entropy"], dt,
-                    format_duration(timer.eta()))
+                    arch_loss, lr, cells.skips, stats[f"arch/{cells.skips}"],
+                    stats["arch/entropy"], dt, format_duration(timer.eta()))
         logger.info("%s %s", cells.noun, genotype)
         if table is not None:
             logger.info("benchmark %s", _benchmark_line(record["benchmark"]))
@@ -857,13 +860,13 @@ def _log_epoch(logger, model, genotype, step, train, valid, lr, arch_loss, stats
 
 
 def _metrics(cfg: SearchConfig, history: list[dict[str, Any]], complete: bool) -> dict[str, Any]:
-    last = history[-1]
+    last, skips = history[-1], cell_kind(cfg).skips
     return {"complete": complete, "dataset": cfg.dataset, "epochs_done": last["epoch"],
             "epochs": cfg.epochs, "order": cfg.order, "hessian": cfg.hessian,
             "final": {k: last[k] for k in ("train_loss", "train_top1", "valid_loss", "valid_top1",
-                                             "valid_top5", "skip_connect_normal", "entropy")},
+                                             "valid_top5", skips, "entropy")},
             "genotype": result_genotype(last), "search_time_s": sum(r["epoch_time_s"] for r in history),
-            **({"early_stop": {"epoch": last["epoch"], "skip_connect_normal": last["skip_connect_normal"],
+            **({"early_stop": {"epoch": last["epoch"], skips: last[skips],
                                "reason": last["early_stop"]}}
                if last.get("early_stop") else {}),
             **({"selection": {k: v for k, v in last["selection"].items() if k != "tune"}}
@@ -892,9 +895,8 @@ def _finish(cfg, run_dir, logger, history, d: Dist) -> dict[str, Any]:
     logger.info("done: %s %s written to %s", cells.noun, genotype, run_dir / cells.result_file)
     if "benchmark" in history[-1]:
         logger.info("its benchmark scores: %s", _benchmark_line(history[-1]["benchmark"]))
-    if cfg.space == "darts":
-        command, what = retrain_command(run_dir, cfg)
-        logger.info("%s; retrain it with:\n  %s", what, command)
+    command, what = retrain_command(run_dir, cfg)
+    logger.info("%s; retrain it with:\n  %s", what, command)
     return metrics
 
 

@@ -145,10 +145,14 @@ def test_the_collapse_table_averages_seeds_and_escapes_the_arch_strings():
 
     rows = [row(0, "|skip_connect~0|", [0, 2, 1], 90.0), row(1, "|none~0|", [0, 0], 92.0),
             {"method": "pc-darts", "seed": 0, "error": "refused"}]
-    lines = collapse_nb201.markdown(rows).splitlines()
+    measured, published = collapse_nb201.markdown(rows).split("\n\n")
+    lines = measured.splitlines()
     assert len(lines) == 4 and lines[0].startswith("| method |")
     gdas = [c.strip() for c in lines[2].split(" | ")]
     assert gdas[1] == r"`\|skip_connect~0\|`<br>`\|none~0\|`"  # a pipe would split the cell
-    assert gdas[2:6] == ["1, 0", "2, 0", "100", "91.00 ± 1.41"]  # sd of 90, 92: sqrt(2)
-    assert gdas[6].rstrip(" |") == "93.61"  # GDAS's published NAS-Bench-201 figure
-    assert lines[3].startswith("| pc-darts | refused")
+    assert gdas[2:6] == ["1, 0", "2, 0", "100", "91.00 ± 1.41 |"]  # sd of 90, 92: sqrt(2)
+    assert "published" not in lines[0] and lines[3].startswith("| pc-darts | refused")
+    # the papers' real figures: a table of their own, with their sources, never a column
+    # beside a score of the (synthetic) table
+    assert published.splitlines()[2] == "| gdas | 93.61 | Dong & Yang, ICLR 2020 (NAS-Bench-201) |"
+    assert len(published.splitlines()) == 3  # pc-darts: no published figure

@@ -476,8 +476,8 @@ def test_resume_after_a_diverged_epoch_with_a_smaller_learning_rate(tmp_path, mo
     log = (tmp_path / "d" / "log.txt").read_text()
     assert "resumed with --learning_rate 0.01 (was 0.025)" in log
     with pytest.raises(UserError, match="only --learning_rate, --arch_learning_rate, --grad_clip "
-                                        "may change, not --epochs"):
-        run(None, resume=str(tmp_path / "d"), changes={"epochs": 5})
+                                        "may change, not --layers"):
+        run(None, resume=str(tmp_path / "d"), changes={"layers": 5})
 
 
 # -- 4, 8. a table with a gap in a column the run uses is refused before anything is written ----

@@ -221,7 +221,8 @@ class Pieces:
         """Why DARTS+ stops the search after this epoch (None: it goes on). `rankings`: every
         epoch's learnable ranking so far, this one last."""
         if select.should_stop(skips, self.cfg.early_stop_skips):
-            return (f"the normal cell has {skips} skip-connections (--early_stop_skips "
+            cell = "cell" if self.cfg.space == "nb201" else "normal cell"  # NB201: one cell
+            return (f"the {cell} has {skips} skip-connections (--early_stop_skips "
                     f"{self.cfg.early_stop_skips})")
         n = self.cfg.early_stop_stable
         if select.ranking_stable(rankings, n):
@@ -286,7 +287,7 @@ def pt_select(pieces: Pieces, cells, *, architect, criterion, device, valid_load
         records.append({"tune_epoch": k + 1, "lr": lr, "train_loss": train.loss,
                         "valid_top1_train_mode": s.top1, "valid_loss_train_mode": s.loss,
                         "projections": len(projection.log),
-                        "skip_connect_normal": cells.skip_connects(genotype),
+                        cells.skips: cells.skip_connects(genotype),
                         "genotype": genotype.to_dict()})
         log(f"DARTS-PT tuning epoch {k + 1}/{total}: train_loss {train.loss:.4f} "
             f"valid_top1 {s.top1:.2f} (train-mode BatchNorm) lr {lr:.5f}; {cells.noun} {genotype}")
@@ -301,7 +302,7 @@ def pt_select(pieces: Pieces, cells, *, architect, criterion, device, valid_load
     genotype = decode()
     return {"method": "pt", "interval": cfg.pt_interval, "tune_epochs": total,
             "projections": projection.log, "tune": records,
-            "skip_connect_normal": cells.skip_connects(genotype), "genotype": genotype.to_dict()}
+            cells.skips: cells.skip_connects(genotype), "genotype": genotype.to_dict()}
 
 
 def _tuning(cfg: Any, model: nn.Module, architect, criterion, precision, total: int):

@@ -259,6 +259,13 @@ class GradientSearch:
 
     noun, folder, result_file, kinds = "genotype", "genotypes", "genotype.json", CELLS
     inline_in_history = False  # metrics.json's history: each epoch's genotype is its own file
+    skips = "skip_connect_normal"  # the name of skip_connects' count: scalars, records, log
+    # The retraining (darts.search.retrain_command): train_final.py's flags for the space,
+    # the recipe a search of `paper_layers` cells earns, whether that recipe has cutout.
+    space_flags: tuple[str, ...] = ()
+    paper_layers, cutout = 8, True
+    recipe, recipe_size = "the paper's recipe", "600 epochs, 20 cells of 36 channels"
+    recipe_cost = "about 1.5 GPU-days on CIFAR-10"
     # The DARTS paper's search: 8 cells, weight decay 3e-4, no Nesterov.
     defaults = {"layers": 8, "weight_decay": 3e-4, "nesterov": False}
 

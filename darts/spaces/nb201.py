@@ -491,6 +491,11 @@ class GradientSearch(_darts_cells.GradientSearch):
 
     noun, folder, result_file, kinds = "arch", "archs", RESULT_FILE, ("cell",)
     inline_in_history = True  # an arch string is one short line
+    skips = "skip_connect"  # one cell, no normal one
+    space_flags, paper_layers, cutout = ("--space", NAME), 5, False
+    recipe, recipe_size = ("NAS-Bench-201's recipe",
+                           "200 epochs, 3 stages of 5 cells of 16 channels")
+    recipe_cost = "as every cell of its table was trained"
     # NAS-Bench-201's published DARTS runs (AutoDL-Projects, configs/nas-benchmark/algos/
     # DARTS.config: SGD 0.025 cosine to 0.001, momentum 0.9, Nesterov, weight decay 5e-4,
     # batch 64, 50 epochs; C = 16, N = 5; exps/NAS-Bench-201-algos/DARTS-V1.py: gradient clip

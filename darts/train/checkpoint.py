@@ -126,8 +126,19 @@ def change_base_lr(optimizer: torch.optim.Optimizer, scheduler: Any, lr: float) 
 def resume_changes(saved: Any, changes: dict[str, Any] | None, allowed: tuple[str, ...]
                    ) -> dict[str, Any]:
     """The flags of `changes` that differ from the `saved` config; a flag outside `allowed`
-    is refused (the rest of a run's config is what its checkpoint was made with)."""
+    is refused (the rest of a run's config is what its checkpoint was made with).
+
+    `epochs` may be given, but only as the run's own: the epochs fix the run's schedules (the
+    cosine learning rate reaches its minimum at the last epoch; drop path, and the search's
+    ramped pieces, reach their final values there), so a finished run is not extended and
+    a running one is not stretched: a longer run is a new run."""
     changes = dict(changes or {})
+    epochs = changes.pop("epochs", None)
+    if epochs is not None and epochs != getattr(saved, "epochs", epochs):
+        raise UserError(f"--epochs {epochs} with --resume: a run's epochs fix its schedule (the "
+                        f"learning rate and the ramps end at its last epoch, {saved.epochs}), so "
+                        f"it cannot be extended; start a new run with --epochs {epochs}, or leave --epochs "
+                        f"out to continue this one")
     refused = sorted(set(changes) - set(allowed))
     if refused:
         raise UserError(f"--resume continues with the run's saved config; only "

@@ -9,6 +9,7 @@ standard error and exit status 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -52,7 +53,10 @@ def parse_args(cls: type, description: str, what: str,
                         help=f"continue the {what} in RUN_DIR (or from its checkpoint.pt) with the "
                              "config it was started with; other flags are ignored"
                              + (f", except {resumable}, which change it from the epoch "
-                                "reached (e.g. after a diverged epoch)" if resumable else ""))
+                                "reached (e.g. after a diverged epoch)" if resumable else "")
+                             + ("; --epochs, if given, must be the run's own: its epochs fix "
+                                "its schedule, so a longer run is a new run"
+                                if "epochs" in {f.name for f in dataclasses.fields(cls)} else ""))
     return parser.parse_args(argv)
 
 
@@ -61,7 +65,9 @@ def main(cls: type, run: Callable[..., Any], description: str, what: str,
     """Parses the flags into `cls` and calls `run(config, resume=...)`; returns the exit code."""
     args = parse_args(cls, description, what, argv)
     given = given_flags(args, cls)
-    resumable = set(getattr(cls, "RESUMABLE", ())) if args.resume else set()
+    # --epochs goes to the run with the changes, which refuses another number of epochs
+    # than the run's own (darts.train.checkpoint.resume_changes): never silently ignored.
+    resumable = set(getattr(cls, "RESUMABLE", ())) | {"epochs"} if args.resume else set()
     ignored = sorted(given - resumable)
     if args.resume and ignored:
         print(f"warning: --resume continues with the run's saved config; ignoring "
