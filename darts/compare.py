@@ -238,9 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plugins", default="",
                         help="Python files (or module names), comma-separated, imported first: "
                              "they may register strategies (darts.strategies.register_strategy)")
-    parser.add_argument("--space", default="nb201",
-                        choices=Choices((), SPACES, lambda n: getattr(SPACES[n], "SCORED_BY_TABLE", False)),
-                        help="the space (a NAS-Bench-201 table scores nb201)")
+    scored = Choices((), SPACES, lambda n: getattr(SPACES[n], "SCORED_BY_TABLE", False))
+    parser.add_argument("--space", default=next(iter(scored)), choices=scored,
+                        help="the space (one that a NAS-Bench-201 table scores)")
     parser.add_argument("--benchmark", required=True, help="a NAS-Bench-201 CSV table")
     parser.add_argument("--strategies", default=",".join(STRATEGIES),
                         help="comma-separated strategies")

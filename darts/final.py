@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,10 +42,9 @@ from darts.accel.device_data import (
     use_device_loader,
 )
 from darts.errors import UserError
-from darts.genotype import genotype_from_dict, resolve_genotype, save_genotype
-from darts.network import NetworkCIFAR, NetworkImageNet, count_multiply_adds, count_parameters
-from darts.spaces import cnn
-from darts.spaces.nb201 import NB201Arch, NB201Network, load_arch, read_arch_json
+from darts.network import count_multiply_adds, count_parameters
+from darts.spaces import SPACES, get_space
+from darts.spaces.nb201 import read_arch_json
 from darts.train import cli, distributed
 from darts.train.checkpoint import (
     change_base_lr,
@@ -79,42 +77,6 @@ from darts.train.files import save_json
 from darts.train.rundir import RunClaim, claim_run_dir
 from darts.train.tb import EpochTimer, RunLogger, draw_cells, format_duration
 
-CIFAR_RECIPE: dict[str, Any] = dict(
-    init_channels=36, layers=20, batch_size=96, learning_rate=0.025, lr_schedule="cosine",
-    momentum=0.9, weight_decay=3e-4, epochs=600, auxiliary=True, auxiliary_weight=0.4,
-    cutout=True, cutout_length=16, drop_path_prob=0.2, grad_clip=5.0, label_smooth=0.0,
-    lr_gamma=0.97, nesterov=False,
-)
-IMAGENET_RECIPE: dict[str, Any] = dict(
-    init_channels=48, layers=14, batch_size=128, learning_rate=0.1, lr_schedule="step",
-    momentum=0.9, weight_decay=3e-5, epochs=250, auxiliary=True, auxiliary_weight=0.4,
-    cutout=False, cutout_length=16, drop_path_prob=0.0, grad_clip=5.0, label_smooth=0.1,
-    lr_gamma=0.97, nesterov=False,
-)
-# NAS-Bench-201's training of every cell (Dong & Yang 2020, Section 2.3; AutoDL-Projects,
-# configs/nas-benchmark/hyper-opts/200E.config): SGD 0.1 Nesterov, momentum 0.9, weight decay
-# 5e-4, cosine to 0 over 200 epochs, batch 256, random crop and flip only; C = 16, N = 5.
-NB201_RECIPE: dict[str, Any] = dict(
-    init_channels=16, layers=5, batch_size=256, learning_rate=0.1, lr_schedule="cosine",
-    momentum=0.9, weight_decay=5e-4, epochs=200, auxiliary=False, auxiliary_weight=0.0,
-    cutout=False, cutout_length=16, drop_path_prob=0.0, grad_clip=0.0, label_smooth=0.0,
-    lr_gamma=0.97, nesterov=True,
-)
-# A plain CNN (--space cnn): no paper trains this space, so this is the project's choice,
-# NATS-Bench's 90-epoch schedule (90E.config: NB201's recipe over 90 epochs). The spec fixes
-# depth and widths: no init_channels or layers.
-CNN_RECIPE: dict[str, Any] = dict(NB201_RECIPE, epochs=90, init_channels=None, layers=None)
-RECIPES = {"cifar": CIFAR_RECIPE, "imagenet": IMAGENET_RECIPE, "nb201": NB201_RECIPE,
-           "cnn": CNN_RECIPE}
-# The spaces whose candidates are not DARTS genotypes, each with its own recipe (RECIPES).
-ARCH_SPACES = ("nb201", "cnn")
-SPACES = ("darts", *ARCH_SPACES)
-# The candidate file each space's runs write (a search's result: darts.search, darts.multitrial;
-# train_final.py's own copy: a plain CNN's is arch.json there), looked for in a run directory.
-RESULT_FILES = {"darts": ("genotype.json",), "nb201": ("arch.json",),
-                "cnn": ("cnn.json", "arch.json")}
-CANDIDATE_NOUNS = {"darts": "a DARTS genotype", "nb201": "a NAS-Bench-201 cell",
-                   "cnn": "a plain CNN"}
 DEFAULT_GENOTYPE = "darts_v2"
 CHECKPOINT_KEYS = ("epoch", "config", "genotype", "model", "optimizer", "scheduler", "history",
                    "best", "rng")
@@ -207,25 +169,24 @@ class FinalConfig:
     tensorboard: bool = field(default=True, metadata=_f("TensorBoard event files in the run directory"))
 
     def resolved(self, network: str) -> FinalConfig:
-        """A copy whose recipe fields left at None take the paper's values for `network`."""
-        recipe = RECIPES[network]
+        """A copy whose recipe fields left at None take the values of the space's recipe for
+        the network family `network` (cifar, imagenet) of the data."""
+        recipe = get_space(self.space or "darts").final.recipe(network)
         values = {k: (recipe[k] if getattr(self, k) is None else getattr(self, k)) for k in recipe}
         return dataclasses.replace(self, **values)
 
 
 def validate(cfg: FinalConfig) -> None:
-    if cfg.space == "cnn":
-        for flag in ("layers", "init_channels"):
-            if getattr(cfg, flag) is not None:
-                raise UserError(f"--{flag}: a plain CNN's depth and widths are its spec's; leave "
-                                f"--{flag} out with --space cnn")
+    space = get_space(cfg.space)
+    space.final.check(cfg)  # the space's own refusals first
+    sized = getattr(space, "NETWORK_SIZES", None) is not None
+    least = getattr(space, "MIN_LAYERS", 1)
     checks = [
         ("epochs", cfg.epochs is not None and cfg.epochs >= 1, "at least 1"),
         ("batch_size", cfg.batch_size is not None and cfg.batch_size >= 1, "at least 1"),
-        ("layers", cfg.space == "cnn" or cfg.layers is not None
-         and cfg.layers >= (1 if cfg.space == "nb201" else 3),
-         "at least 1 per stage" if cfg.space == "nb201" else "at least 3 (two of them are reduction cells)"),
-        ("init_channels", cfg.space == "cnn" or cfg.init_channels is not None
+        ("layers", not sized or cfg.layers is not None and cfg.layers >= least,
+         f"at least {least} {getattr(space, 'LAYERS_NOUN', 'layers')}"),
+        ("init_channels", not sized or cfg.init_channels is not None
          and cfg.init_channels >= 2 and cfg.init_channels % 2 == 0, "an even number >= 2"),
         ("learning_rate", cfg.learning_rate is not None and cfg.learning_rate > 0, "positive"),
         ("momentum", cfg.momentum is not None and 0 <= cfg.momentum < 1, "in [0, 1)"),
@@ -245,21 +206,13 @@ def validate(cfg: FinalConfig) -> None:
             raise UserError(f"--{flag} {getattr(cfg, flag)}: must be {need}")
     if cfg.nesterov and not cfg.momentum:
         raise UserError("--nesterov needs a momentum: give --momentum > 0 or --no-nesterov")
-    if cfg.space in ARCH_SPACES:
-        network = {"nb201": "NAS-Bench-201's network", "cnn": "a plain CNN"}[cfg.space]
-        for flag, ok in (("auxiliary", not cfg.auxiliary), ("drop_path_prob", not cfg.drop_path_prob)):
-            if not ok:
-                raise UserError(f"--{flag}: {network} has no auxiliary head and no drop path; "
-                                f"leave --{flag} out with --space {cfg.space}")
 
 
 def build_network(genotype: Any, cfg: FinalConfig, num_classes: int, network: str) -> nn.Module:
-    if cfg.space == "nb201":
-        return accelerate(NB201Network(genotype, num_classes, C=cfg.init_channels, N=cfg.layers))
-    if cfg.space == "cnn":
-        return accelerate(cnn.CNNNetwork(genotype, num_classes))
-    cls = NetworkCIFAR if network == "cifar" else NetworkImageNet
-    return accelerate(cls(cfg.init_channels, num_classes, cfg.layers, cfg.auxiliary, genotype))
+    """The candidate's network (its space's), accelerated; `network` the family of the data."""
+    return accelerate(get_space(cfg.space or "darts").network(
+        genotype, num_classes, cfg.init_channels, cfg.layers, family=network,
+        auxiliary=cfg.auxiliary))
 
 
 def run(cfg: FinalConfig, *, resume: str | None = None,
@@ -284,25 +237,16 @@ def run(cfg: FinalConfig, *, resume: str | None = None,
     if ckpt is None:
         cfg = with_candidate_space(cfg)
     spec, where = (cfg.genotype, "--genotype") if cfg.arch is None else (cfg.arch, "--arch")
-    if cfg.space == "cnn" and ckpt is None and cfg.arch is None and spec == DEFAULT_GENOTYPE:
-        raise UserError(f"--space cnn: give the network with --arch, its text (e.g. "
-                        f"--arch '{cnn.EXAMPLE}') or the arch.json a search saved")
-    if cfg.space in ARCH_SPACES:
-        load = load_arch if cfg.space == "nb201" else cnn.load_arch
-        genotype = (load(ckpt["genotype"], f"{resume} (arch)") if ckpt is not None
-                    else load(spec, where))
-    elif ckpt is not None:
-        genotype = genotype_from_dict(ckpt["genotype"], where=f"{resume} (genotype)")
-    else:
-        genotype = resolve_genotype(spec)
+    final = get_space(cfg.space).final
+    genotype = (final.load(ckpt["genotype"], f"{resume} (the trained candidate)")
+                if ckpt is not None else final.load(spec, where))
     if ckpt is not None:
         run_dir = run_dir_of(resume)
 
     d, device = distributed.setup(pick_device(cfg.device))
     try:
         seed_everything(cfg.seed)
-        cfg = cfg.resolved(cfg.space if cfg.space in ARCH_SPACES
-                           else network_family(cfg.dataset, cfg.image_size))
+        cfg = cfg.resolved(network_family(cfg.dataset, cfg.image_size))
         cfg = dataclasses.replace(cfg, channels_last=channels_last_on(cfg.channels_last, device))
         if cfg.tune_malloc:
             tune_malloc(device)
@@ -316,7 +260,7 @@ def run(cfg: FinalConfig, *, resume: str | None = None,
             synthetic_size=cfg.synthetic_size, seed=cfg.seed)
 
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        name = cfg.name or f"final-{cfg.dataset}-{_genotype_label(spec, genotype)}-{stamp}"
+        name = cfg.name or f"final-{cfg.dataset}-{final.label(spec, genotype)}-{stamp}"
         claim = claim_run_dir(d, None if ckpt is None else run_dir, cfg.save, name,
                               numbered=not cfg.name)
         run_dir = claim.path
@@ -349,8 +293,8 @@ def with_candidate_space(cfg: FinalConfig) -> FinalConfig:
     if not sure and from_run is not None:
         found, sure = from_run, True
     if cfg.space is not None and sure and found != cfg.space:
-        raise UserError(f"--space {cfg.space}: {where} is {CANDIDATE_NOUNS[found]}, not "
-                        f"{CANDIDATE_NOUNS[cfg.space]}; leave --space out (it is taken from "
+        raise UserError(f"--space {cfg.space}: {where} is {SPACES[found].final.noun}, not "
+                        f"{SPACES[cfg.space].final.noun}; leave --space out (it is taken from "
                         f"the candidate) or give --space {found}")
     return dataclasses.replace(cfg, space=cfg.space or found or "darts", **{key: spec})
 
@@ -361,9 +305,10 @@ def _run_result(run_dir: Path, where: str) -> tuple[str, str | None]:
         space = json.loads((run_dir / "config.json").read_text(encoding="utf-8")).get("space")
     except (OSError, ValueError, AttributeError):
         space = None
-    space = space if isinstance(space, str) and space in RESULT_FILES else None
-    names = RESULT_FILES[space] if space else tuple(
-        dict.fromkeys(name for names in RESULT_FILES.values() for name in names))
+    files = {name: s.final.result_files for name, s in SPACES.items() if hasattr(s, "final")}
+    space = space if isinstance(space, str) and space in files else None
+    names = files[space] if space else tuple(
+        dict.fromkeys(name for names in files.values() for name in names))
     for name in names:
         if (run_dir / name).is_file():
             return str(run_dir / name), space
@@ -382,42 +327,21 @@ def _space_of(spec: str) -> tuple[str | None, bool]:
             data = read_arch_json(spec, "--genotype")
         except UserError:  # unreadable: the loader names the file and the problem
             return None, False
-    if isinstance(data, dict) and ("normal" in data or "reduce" in data):
-        return "darts", True
-    text = data.get("arch") if isinstance(data, dict) else data
-    for space, kind in (("nb201", NB201Arch), ("cnn", cnn.CNNArch)):
-        try:
-            kind.from_string(text)
-            return space, True
-        except UserError:
-            pass
-    if isinstance(data, dict) and "arch" in data:
-        return ("nb201" if "~" in str(text) else "cnn"), False
+    finals = [(name, s.final) for name, s in SPACES.items() if hasattr(s, "final")]
+    for name, final in finals:
+        if final.reads(data):
+            return name, True
+    for name, final in finals:
+        if final.claims(data):
+            return name, False
     return None, False
-
-
-def _genotype_label(spec: str, genotype: Any) -> str:
-    """A short name of the trained cell for the run directory: a published cell's name, else
-    the file's name without its folders; a search's `genotype.json` by the genotype's own
-    name (its search run's) or its folder's."""
-    if isinstance(genotype, NB201Arch):
-        return "nb201"
-    if isinstance(genotype, cnn.CNNArch):
-        return "cnn"
-    if not spec.endswith(".json") and os.sep not in spec:
-        return spec
-    path = Path(spec)
-    label = path.name.removesuffix(".json")
-    if label == "genotype":
-        label = genotype.name or path.resolve().parent.name or label
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)[:60]
 
 
 def _auxiliary_note(model: nn.Module, cfg: FinalConfig, params: int) -> str:
     """What the parameter count of the log leaves out: the auxiliary head, which the paper
     does not count, and whether this run trains one."""
-    if cfg.space in ARCH_SPACES:
-        return ""  # these networks have no auxiliary head
+    if not get_space(cfg.space).final.has_auxiliary:
+        return ""  # this space's networks have no auxiliary head
     if not cfg.auxiliary:
         return " (auxiliary head off)"
     head = count_parameters(model, exclude_auxiliary=False) - params
@@ -488,19 +412,12 @@ def _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger, ck
     elif d.is_main:
         save_json(to_dict(cfg), run_dir / "config.json")
         logger.config(to_dict(cfg))
-        if isinstance(genotype, NB201Arch):
-            save_json(genotype.to_dict(), run_dir / "arch.json")
-            logger.info("NAS-Bench-201 cell %s", genotype)
-        elif isinstance(genotype, cnn.CNNArch):
-            save_json(genotype.to_dict(), run_dir / "arch.json")
-            logger.info("plain CNN %s", genotype)
-        else:
-            save_genotype(genotype, run_dir / "genotype.json")
-            logger.info("genotype %s: %s", cfg.genotype if cfg.arch is None else cfg.arch,
-                        genotype)
+        space = get_space(cfg.space)
+        space.save(genotype, run_dir / space.final.saved_as)
+        logger.info("%s %s: %s", space.final.noun, cfg.genotype if cfg.arch is None else cfg.arch,
+                    genotype)
         logger.info("run directory %s", run_dir)
-        if not isinstance(genotype, cnn.CNNArch):  # a chain of layers has no cell to draw
-            draw_cells(genotype, logger, 0, run_dir)
+        draw_cells(genotype, logger, 0, run_dir, graphs=getattr(space, "graphs", None))
     logger.info("%s on %s (%d classes, %dpx): %.3fM parameters%s, "
                 "%.1fM multiply-adds per image, device %s%s; %s loader, amp %s%s%s%s",
                 type(model).__name__, cfg.dataset, info.num_classes, info.image_size,

@@ -221,7 +221,10 @@ class Pieces:
         """Why DARTS+ stops the search after this epoch (None: it goes on). `rankings`: every
         epoch's learnable ranking so far, this one last."""
         if select.should_stop(skips, self.cfg.early_stop_skips):
-            cell = "cell" if self.cfg.space == "nb201" else "normal cell"  # NB201: one cell
+            from darts.spaces import get_space
+
+            kinds = get_space(self.cfg.space).gradient.kinds  # NB201: one cell
+            cell = "cell" if len(kinds) == 1 else f"{kinds[0]} cell"
             return (f"the {cell} has {skips} skip-connections (--early_stop_skips "
                     f"{self.cfg.early_stop_skips})")
         n = self.cfg.early_stop_stable

@@ -316,3 +316,55 @@ def retrain_flags(path: str) -> list[str]:
 
 def network(arch: CNNArch, num_classes: int, *_: Any, **__: Any) -> nn.Module:
     return CNNNetwork(arch, num_classes)
+
+
+# -- the retraining of a network (darts.final) --------------------------------------------------
+def _final_training():
+    from darts.spaces.nb201 import NB201_RECIPE
+    from darts.spaces.nb201 import FinalTraining as NB201Training
+
+    # No paper trains this space, so this is the project's choice, NATS-Bench's 90-epoch
+    # schedule (90E.config: NB201's recipe over 90 epochs). The spec fixes depth and widths.
+    recipe_ = dict(NB201_RECIPE, epochs=90, init_channels=None, layers=None)
+
+    class FinalTraining(NB201Training):
+        """train_final.py's plain CNNs: the spec's network, NATS-Bench's 90-epoch recipe."""
+
+        noun = network_noun = "a plain CNN"
+        result_files, saved_as = ("cnn.json", "arch.json"), "arch.json"
+
+        def recipe(self, family: str) -> dict:
+            return recipe_
+
+        def reads(self, data) -> bool:
+            text = data.get("arch") if isinstance(data, dict) else data
+            try:
+                CNNArch.from_string(text)
+                return True
+            except UserError:
+                return False
+
+        def claims(self, data) -> bool:
+            return isinstance(data, dict) and "arch" in data and "~" not in str(data["arch"])
+
+        def load(self, spec, where: str) -> CNNArch:
+            if spec == "darts_v2":  # train_final.py's default --genotype: no CNN of its own
+                raise UserError(f"--space {NAME}: give the network with --arch, its text (e.g. "
+                                f"--arch '{EXAMPLE}') or the arch.json a search saved")
+            return load_arch(spec, where)
+
+        def check(self, cfg) -> None:
+            for flag in ("layers", "init_channels"):
+                if getattr(cfg, flag) is not None:
+                    raise UserError(f"--{flag}: a plain CNN's depth and widths are its spec's; "
+                                    f"leave --{flag} out with --space {NAME}")
+            super().check(cfg)
+
+        def label(self, spec: str, arch: CNNArch) -> str:
+            return NAME
+
+    return FinalTraining()
+
+
+final = _final_training()
+CNN_RECIPE = final.recipe("cifar")

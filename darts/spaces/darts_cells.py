@@ -329,3 +329,70 @@ SPACE = DartsCellSpace()
     SPACE.from_decisions, SPACE.sample, SPACE.mutate, SPACE.crossover, SPACE.encode,
     SPACE.retrain_flags, SPACE.network, SPACE.supernet, SPACE.for_config)
 gradient = _GRADIENT
+
+
+# -- the retraining of a genotype (darts.final) -------------------------------------------------
+# The paper's retraining: CIFAR-10 (Appendix A.2; quark0/darts cnn/train.py) and ImageNet
+# (Section 3.4; cnn/train_imagenet.py).
+CIFAR_RECIPE: dict = dict(
+    init_channels=36, layers=20, batch_size=96, learning_rate=0.025, lr_schedule="cosine",
+    momentum=0.9, weight_decay=3e-4, epochs=600, auxiliary=True, auxiliary_weight=0.4,
+    cutout=True, cutout_length=16, drop_path_prob=0.2, grad_clip=5.0, label_smooth=0.0,
+    lr_gamma=0.97, nesterov=False,
+)
+IMAGENET_RECIPE: dict = dict(
+    init_channels=48, layers=14, batch_size=128, learning_rate=0.1, lr_schedule="step",
+    momentum=0.9, weight_decay=3e-5, epochs=250, auxiliary=True, auxiliary_weight=0.4,
+    cutout=False, cutout_length=16, drop_path_prob=0.0, grad_clip=5.0, label_smooth=0.1,
+    lr_gamma=0.97, nesterov=False,
+)
+
+
+class FinalTraining:
+    """What train_final.py does with this space's candidates: read them, the recipe, the
+    file it keeps, the run's name."""
+
+    noun = "a DARTS genotype"
+    result_files: tuple[str, ...] = ("genotype.json",)  # what a search leaves in its folder
+    saved_as = "genotype.json"  # the candidate's copy in the retraining's folder
+    has_auxiliary = True  # the networks have an auxiliary head (--auxiliary) and drop path
+
+    def recipe(self, family: str) -> dict:
+        """The paper's recipe for the network `family` the data set takes (cifar, imagenet)."""
+        return CIFAR_RECIPE if family == "cifar" else IMAGENET_RECIPE
+
+    def reads(self, data) -> bool:
+        """Whether `data` (a text, or a JSON file's content) is one of this space's."""
+        return isinstance(data, dict) and ("normal" in data or "reduce" in data)
+
+    def claims(self, data) -> bool:
+        """Whether `data`, read by no space, is most likely meant for this one."""
+        return False
+
+    def load(self, spec, where: str) -> Genotype:
+        """A genotype: a published name, a JSON file, or (a checkpoint's) dict."""
+        from darts.genotype import resolve_genotype
+
+        if isinstance(spec, dict):
+            return genotype_from_dict(spec, where=where)
+        return resolve_genotype(spec)
+
+    def check(self, cfg) -> None:
+        """Refuses the flags this space's retraining cannot take (one UserError)."""
+
+    def label(self, spec: str, g: Genotype) -> str:
+        """A short name for the run directory: a published cell's name, else the file's name
+        without its folders; a search's `genotype.json` by the genotype's own name (its search
+        run's) or its folder's."""
+        import os
+
+        if not spec.endswith(".json") and os.sep not in spec:
+            return spec
+        path = Path(spec)
+        label = path.name.removesuffix(".json")
+        if label == "genotype":
+            label = g.name or path.resolve().parent.name or label
+        return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)[:60]
+
+
+SPACE.final = FinalTraining()

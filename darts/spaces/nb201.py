@@ -553,3 +553,51 @@ class GradientSearch(_darts_cells.GradientSearch):
 
 
 gradient = GradientSearch()
+
+
+# -- the retraining of a cell (darts.final) -----------------------------------------------------
+# NAS-Bench-201's training of every cell (Dong & Yang 2020, Section 2.3; AutoDL-Projects,
+# configs/nas-benchmark/hyper-opts/200E.config): SGD 0.1 Nesterov, momentum 0.9, weight decay
+# 5e-4, cosine to 0 over 200 epochs, batch 256, random crop and flip only; C = 16, N = 5.
+NB201_RECIPE: dict[str, Any] = dict(
+    init_channels=16, layers=5, batch_size=256, learning_rate=0.1, lr_schedule="cosine",
+    momentum=0.9, weight_decay=5e-4, epochs=200, auxiliary=False, auxiliary_weight=0.0,
+    cutout=False, cutout_length=16, drop_path_prob=0.0, grad_clip=0.0, label_smooth=0.0,
+    lr_gamma=0.97, nesterov=True,
+)
+
+
+class FinalTraining(_darts_cells.FinalTraining):
+    """train_final.py's NAS-Bench-201 cells: the benchmark's network and recipe."""
+
+    noun, network_noun = "a NAS-Bench-201 cell", "NAS-Bench-201's network"
+    result_files, saved_as, has_auxiliary = ("arch.json",), "arch.json", False
+
+    def recipe(self, family: str) -> dict:
+        return NB201_RECIPE
+
+    def reads(self, data) -> bool:
+        text = data.get("arch") if isinstance(data, dict) else data
+        try:
+            NB201Arch.from_string(text)
+            return True
+        except UserError:
+            return False
+
+    def claims(self, data) -> bool:
+        return isinstance(data, dict) and "arch" in data and "~" in str(data["arch"])
+
+    def load(self, spec, where: str) -> NB201Arch:
+        return load_arch(spec, where)
+
+    def check(self, cfg) -> None:
+        for flag, ok in (("auxiliary", not cfg.auxiliary), ("drop_path_prob", not cfg.drop_path_prob)):
+            if not ok:
+                raise UserError(f"--{flag}: {self.network_noun} has no auxiliary head and no "
+                                f"drop path; leave --{flag} out with --space {NAME}")
+
+    def label(self, spec: str, arch: NB201Arch) -> str:
+        return NAME
+
+
+final = FinalTraining()
