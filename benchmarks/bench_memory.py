@@ -23,7 +23,7 @@ from common import environment, write_json
 
 from darts.accel import accelerate, kernels
 from darts.accel.fused import MaxPool2d
-from darts.space import SearchSpace
+from darts.cell_topology import SearchSpace
 from darts.supernet import SearchNetwork, saved_activation_bytes
 from darts.train.engine import pick_device
 

@@ -41,7 +41,7 @@ else:
     torch.set_num_threads(int({threads!r}))
 from darts.accel import accelerate
 from darts.architect import Architect
-from darts.space import SearchSpace
+from darts.cell_topology import SearchSpace
 from darts.supernet import SearchNetwork
 
 torch.manual_seed(0)

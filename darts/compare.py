@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from darts import plugins
+from darts.benchmarks.nb201 import BenchmarkTable
 from darts.errors import UserError
 from darts.evaluators.benchmark import BenchmarkEvaluator
-from darts.nb201 import BenchmarkTable
 from darts.registry import Choices
 from darts.spaces import SPACES
 from darts.strategies import STRATEGIES

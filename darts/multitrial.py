@@ -32,9 +32,9 @@ from types import ModuleType
 from typing import Any
 
 from darts import plugins
+from darts.benchmarks.nb201 import BenchmarkTable
 from darts.errors import UserError
 from darts.evaluators import EVALUATORS
-from darts.nb201 import BenchmarkTable
 from darts.spaces import get_space, to_text
 from darts.strategies import STRATEGIES, Strategy
 from darts.strategies import run as run_strategy

@@ -40,6 +40,7 @@ from darts.accel.device_data import (
     use_device_loader,
 )
 from darts.architect import ARCH_LOSSES, Architect
+from darts.benchmarks.nb201 import BenchmarkTable
 from darts.errors import UserError
 from darts.evaluators import EVALUATORS
 from darts.methods import pieces as collapse
@@ -48,7 +49,6 @@ from darts.methods.mixing import SAMPLERS, build_sampler
 from darts.methods.perturb import PERTURBATIONS
 from darts.methods.presets import METHODS
 from darts.methods.regularizers import REGULARIZERS, build_regularizer, check_flags, combine
-from darts.nb201 import BenchmarkTable
 from darts.primitives import OPS, PRIMITIVES
 from darts.registry import Choices
 from darts.spaces import SPACES, darts_cells, get_space
@@ -159,7 +159,7 @@ class SearchConfig:
         "bo: Optuna's sampler, tpe (multivariate) or gp", choices=("tpe", "gp")))
     bo_startup: int = field(default=10, metadata=_f("bo: random candidates before the model proposes"))
     benchmark: str = field(default="", metadata=_f(
-        "nb201: a NAS-Bench-201 CSV table (python -m darts.nb201 convert); the decoded cell "
+        "nb201: a NAS-Bench-201 CSV table (python -m darts.benchmarks.nb201 convert); the decoded cell "
         "is looked up after every epoch (log, TensorBoard benchmark/*, metrics.json)"))
     data: str = field(default="data", metadata=_f(
         "dataset root: CIFAR is read from (or downloaded into) it; folder: a folder with train/ and test/ (or val/)"))

@@ -61,10 +61,10 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint
 
+from darts.cell_topology import DARTS_SPACE, SearchSpace
 from darts.genotype import Genotype
 from darts.ops import FactorizedReduce, PoolBN, ReLUConvBN
 from darts.primitives import build_op
-from darts.space import DARTS_SPACE, SearchSpace
 
 # (ops normal, ops reduce), or with partial channels (ops normal, ops reduce, edges normal,
 # edges reduce): softmax(alpha) rows and the normalised edge weights.

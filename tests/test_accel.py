@@ -12,9 +12,9 @@ from darts.accel import accelerate, kernels
 from darts.accel.cell import CellExecutor
 from darts.accel.fused import BatchNorm2d, Conv2d
 from darts.architect import Architect
+from darts.cell_topology import SearchSpace
 from darts.ops import ReLUConvBN
 from darts.primitives import OPS, PRIMITIVES, register_op
-from darts.space import SearchSpace
 from darts.supernet import MixedOp, SearchNetwork
 from darts.train.engine import channels_last_on
 

@@ -15,8 +15,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from darts.accel import accelerate
 from darts.architect import Architect
+from darts.cell_topology import SearchSpace
 from darts.primitives import register_op
-from darts.space import SearchSpace
 from darts.supernet import SearchNetwork
 
 

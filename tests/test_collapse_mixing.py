@@ -17,6 +17,7 @@ from test_architect import SMOOTH_SPACE, XI, _rel_err, _smooth
 
 from darts.accel import accelerate
 from darts.architect import Architect
+from darts.cell_topology import SearchSpace
 from darts.errors import UserError
 from darts.methods import schedule
 from darts.methods.mixing import (
@@ -36,7 +37,6 @@ from darts.methods.regularizers import (
     combine,
 )
 from darts.search import SearchConfig, build_supernet, run
-from darts.space import SearchSpace
 from darts.spaces.nb201 import (
     NB201_OPS,
     NB201Arch,

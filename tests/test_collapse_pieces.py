@@ -13,12 +13,12 @@ import torch.nn as nn
 import train_search
 from darts.accel import accelerate
 from darts.architect import Architect
+from darts.cell_topology import SearchSpace
 from darts.errors import UserError
 from darts.methods import perturb, pieces, presets, select
-from darts.methods.supernet import AuxiliarySkip, add_skip_dropout, beta_at, skip_dropout_at
+from darts.methods.transforms import AuxiliarySkip, add_skip_dropout, beta_at, skip_dropout_at
 from darts.primitives import PRIMITIVES
 from darts.search import SearchConfig, run
-from darts.space import SearchSpace
 from darts.spaces.nb201 import NB201_OPS, NB201Arch, NB201SearchNetwork
 from darts.supernet import SearchNetwork
 from darts.train.engine import MetricSum
@@ -325,7 +325,7 @@ class _Signal(nn.Module):
 
 
 def test_pt_on_a_hand_built_supernet_picks_the_op_whose_removal_hurts_most():
-    from darts.methods.supernet import WeightTransforms
+    from darts.methods.transforms import WeightTransforms
     model = _Signal()
     x = torch.linspace(-1, 1, 40).unsqueeze(1)
     y = (x[:, 0] > 0).long()

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from darts import compare
-from darts.nb201 import BenchmarkTable, synthetic_table
+from darts.benchmarks.nb201 import BenchmarkTable, synthetic_table
 
 
 @pytest.fixture(scope="module")

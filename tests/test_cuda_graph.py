@@ -10,11 +10,11 @@ import torch.nn as nn
 from darts.accel import accelerate
 from darts.accel.cuda_graph import StepGraph, cuda_graphs_enabled
 from darts.architect import Architect
+from darts.cell_topology import SearchSpace
 from darts.errors import UserError
 from darts.genotype import resolve_genotype
 from darts.network import NetworkCIFAR
 from darts.ops import drop_path
-from darts.space import SearchSpace
 from darts.supernet import SearchNetwork
 from darts.train.engine import MetricSum, Precision, SideStep, evaluate, train_one_epoch
 

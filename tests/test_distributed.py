@@ -9,8 +9,8 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 
 from darts.architect import Architect
+from darts.cell_topology import SearchSpace
 from darts.search import SearchConfig, run
-from darts.space import SearchSpace
 from darts.supernet import SearchNetwork
 from darts.train import distributed
 from darts.train.checkpoint import load_checkpoint

@@ -17,10 +17,10 @@ from torch.func import functional_call
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from darts.accel import accelerate, edge_batch
+from darts.cell_topology import SearchSpace
 from darts.ops import FactorizedReduce, SepConv
 from darts.primitives import OPS, PRIMITIVES, register_op
 from darts.search import batch_edges
-from darts.space import SearchSpace
 from darts.supernet import SearchNetwork, saved_activation_bytes
 
 TOL = {"rtol": 1e-11, "atol": 1e-12}

@@ -17,8 +17,8 @@ from conftest import ROOT
 
 from darts import plugins, visualize
 from darts.architect import ARCH_LOSSES, Architect, register_arch_loss
+from darts.cell_topology import SearchSpace
 from darts.errors import UserError
-from darts.space import SearchSpace
 from darts.supernet import MIXING_RULES, SearchNetwork, register_mixing
 from darts.train.checkpoint import load_checkpoint
 
@@ -265,7 +265,7 @@ def test_a_plugin_space_is_searched_by_a_plugin_strategy_with_the_train_evaluato
 
 def test_a_plugin_strategy_runs_in_darts_compare_beside_random(tmp_path):
     from darts import compare
-    from darts.nb201 import synthetic_table
+    from darts.benchmarks.nb201 import synthetic_table
 
     table = synthetic_table(tmp_path / "t.csv", seed=0)
     out = tmp_path / "cmp"
@@ -339,7 +339,7 @@ def test_a_plugin_mixing_rule_hears_every_epoch_and_resumes_with_its_schedule(tm
 
 def test_an_error_in_a_plugins_code_is_reported_as_that_plugins(tmp_path, capsys):
     import train_search
-    from darts.nb201 import synthetic_table
+    from darts.benchmarks.nb201 import synthetic_table
 
     plugin = ROOT / "tests" / "plugins" / "broken_strategy.py"
     table = synthetic_table(tmp_path / "t.csv", seed=0)
@@ -350,3 +350,24 @@ def test_an_error_in_a_plugins_code_is_reported_as_that_plugins(tmp_path, capsys
     line = next(n for n, text in enumerate(plugin.read_text().splitlines(), 1) if "1 / 0" in text)
     assert err.count("\n") == 1 and err.startswith("error: ZeroDivisionError in ask() at line "
                                                    f"{line} of the plugin {plugin}")
+
+
+def test_the_readme_section_on_spaces_and_strategies_runs_as_written(tmp_path):
+    section = readme_section("Extending: spaces, strategies, evaluators")
+    (plugin,) = code_blocks(section, "python")
+    (commands,) = code_blocks(section, "bash")
+    table, compare, chain = [line for line in commands.splitlines() if line.strip()]
+    (tmp_path / "my_strategy.py").write_text(plugin)
+    assert run(as_run_here(table), tmp_path).returncode == 0
+    argv = as_run_here(compare)
+    argv[argv.index("--seeds") + 1], argv[argv.index("--budget") + 1] = "2", "20"
+    done = run(argv, tmp_path)
+    assert done.returncode == 0, done.stderr
+    strategies = {row.split(",")[0] for row in
+                  (tmp_path / "compare-hill" / "summary.csv").read_text().splitlines()[1:]}
+    assert strategies == {"random", "hill"}
+    argv = [str(ROOT / a) if a.startswith("tests/") else a for a in as_run_here(chain)]
+    argv[argv.index("--budget") + 1], argv[argv.index("--eval_epochs") + 1] = "3", "1"
+    done = run(argv + ["--workers", "1", "--synthetic_size", "48", "--image_size", "8"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "runs" / "chain" / "chain.json").exists()

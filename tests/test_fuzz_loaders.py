@@ -404,8 +404,8 @@ def test_a_table_with_gaps_loads_and_evaluates_or_is_a_user_error(bom, cells, me
                                                                   budget_seconds):
     import math
 
+    from darts.benchmarks.nb201 import BenchmarkTable
     from darts.evaluators.benchmark import BenchmarkEvaluator
-    from darts.nb201 import BenchmarkTable
     from darts.spaces.nb201 import NB201Arch
 
     rows = [",".join([str(i), arch, *row]) for i, (arch, row) in

@@ -8,9 +8,9 @@ import pytest
 from conftest import ROOT
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from darts.benchmarks.nb201 import BenchmarkTable, synthetic_table
 from darts.errors import UserError
 from darts.evaluators.benchmark import BenchmarkEvaluator
-from darts.nb201 import BenchmarkTable, synthetic_table
 from darts.search import SearchConfig, run
 from darts.spaces.nb201 import load_arch, read_arch_json
 

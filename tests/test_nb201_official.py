@@ -1,4 +1,4 @@
-"""`python -m darts.nb201 convert` on a tiny benchmark file in NATS-Bench's own format: the
+"""`python -m darts.benchmarks.nb201 convert` on a tiny benchmark file in NATS-Bench's own format: the
 topology API's pickled dict (meta_archs, arch2infos of ArchResults state dicts,
 evaluated_indexes), written here with nats_bench's own result classes, then read by the real
 nats_bench reader. Accuracies are made up; the layout is the official one."""
@@ -9,8 +9,8 @@ import pickle
 
 import pytest
 
-from darts import nb201
-from darts.nb201 import BenchmarkTable
+from darts.benchmarks import nb201
+from darts.benchmarks.nb201 import BenchmarkTable
 from darts.spaces.nb201 import EXAMPLE
 
 nats_bench = pytest.importorskip("nats_bench")

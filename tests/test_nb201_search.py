@@ -6,8 +6,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from darts.benchmarks.nb201 import BenchmarkTable, synthetic_table
 from darts.errors import UserError
-from darts.nb201 import BenchmarkTable, synthetic_table
 from darts.search import SearchConfig, resolved, run
 from darts.spaces.nb201 import NB201Arch
 

@@ -9,9 +9,9 @@ import sys
 import pytest
 from conftest import ROOT
 
-from darts import nb201
+from darts.benchmarks import nb201
+from darts.benchmarks.nb201 import BenchmarkTable, convert, synthetic_table
 from darts.errors import UserError
-from darts.nb201 import BenchmarkTable, convert, synthetic_table
 from darts.spaces.nb201 import EXAMPLE, NB201_OPS, NB201Arch
 
 A = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|"
@@ -126,11 +126,11 @@ def test_the_synthetic_table_has_the_benchmarks_shape(tmp_path):
 
 def test_query_prints_the_row_as_json(tiny):
     env = {"PYTHONPATH": str(ROOT)}
-    ok = subprocess.run([sys.executable, "-m", "darts.nb201", "query", "--benchmark", str(tiny), A],
+    ok = subprocess.run([sys.executable, "-m", "darts.benchmarks.nb201", "query", "--benchmark", str(tiny), A],
                         capture_output=True, text=True, env=env, timeout=60)
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["rank_cifar10_test"] == 1
-    bad = subprocess.run([sys.executable, "-m", "darts.nb201", "query", "--benchmark", str(tiny),
+    bad = subprocess.run([sys.executable, "-m", "darts.benchmarks.nb201", "query", "--benchmark", str(tiny),
                           "|nor_conv_1x1~0|"], capture_output=True, text=True, env=env, timeout=60)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "expected 3" in bad.stderr
 

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 
 from darts.accel import accelerate
 from darts.architect import Architect
+from darts.cell_topology import DARTS_SPACE
 from darts.genotype import decode_genotype, genotype_from_dict
 from darts.primitives import PRIMITIVES
-from darts.space import DARTS_SPACE
 from darts.supernet import (
     MixedOp,
     SearchNetwork,
@@ -164,7 +164,7 @@ def test_a_partial_channel_cell_is_the_beta_weighted_sum_of_its_edges(reduction,
     # node_j = sum_e beta_e * shuffle(cat(sum_o w[e, o] * o(s_i[:, :C/K]), bypass(s_i[:, C/K:])))
     # with bypass a 2x2 max pool on a stride-2 edge. Outputs, gradients (inputs, alphas,
     # betas, op weights) and every running statistic, in training and in eval mode.
-    from darts.space import SearchSpace
+    from darts.cell_topology import SearchSpace
     from darts.supernet import SearchCell
     torch.manual_seed(0)
     space = SearchSpace(steps=3, multiplier=3)

@@ -24,11 +24,11 @@ import torch
 from conftest import ROOT
 
 import train_search
+from darts.benchmarks.nb201 import synthetic_table
 from darts.errors import UserError
 from darts.evaluators.benchmark import BenchmarkEvaluator
 from darts.evaluators.oneshot import OneShotEvaluator
 from darts.multitrial import _History, make_strategy
-from darts.nb201 import synthetic_table
 from darts.primitives import OPS, build_op, register_op
 from darts.search import SearchConfig, run
 from darts.spaces import nb201

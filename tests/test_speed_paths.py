@@ -9,13 +9,13 @@ import torch.nn as nn
 
 from darts.accel import accelerate
 from darts.architect import Architect
+from darts.cell_topology import SearchSpace
 from darts.final import FinalConfig
 from darts.final import run as run_final
 from darts.genotype import load_genotype
 from darts.ops import DilConv, SepConv
 from darts.search import SearchConfig
 from darts.search import run as run_search
-from darts.space import SearchSpace
 from darts.supernet import SearchNetwork
 from darts.train.engine import (
     MetricSum,

@@ -6,9 +6,9 @@ from collections import Counter
 
 import pytest
 
+from darts.benchmarks.nb201 import BenchmarkTable, synthetic_table
 from darts.errors import UserError
 from darts.evaluators.benchmark import BenchmarkEvaluator
-from darts.nb201 import BenchmarkTable, synthetic_table
 from darts.spaces import nb201
 from darts.spaces.nb201 import NB201_OPS, NB201Arch
 from darts.strategies import (

@@ -8,11 +8,11 @@ import torch.nn as nn
 
 from darts.accel import accelerate
 from darts.accel.cell import FastEdge
+from darts.cell_topology import DARTS_SPACE, SearchSpace
 from darts.genotype import decode_genotype, genotype_from_edges, load_genotype
 from darts.network import NetworkCIFAR
 from darts.ops import PoolBN
 from darts.primitives import PRIMITIVES
-from darts.space import DARTS_SPACE, SearchSpace
 from darts.supernet import MixedOp, SearchNetwork
 
 # ------------------------------------------------------------------------------------------

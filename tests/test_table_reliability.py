@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from darts import compare, nb201
+from darts import compare
+from darts.benchmarks import nb201
+from darts.benchmarks.nb201 import BenchmarkTable, synthetic_table
 from darts.errors import UserError
 from darts.evaluators.benchmark import BenchmarkEvaluator
-from darts.nb201 import BenchmarkTable, synthetic_table
 from darts.spaces.nb201 import EXAMPLE, NB201Arch
 
 
@@ -196,7 +197,7 @@ def test_compare_out_failing_when_written_is_one_line(synthetic, tmp_path, capsy
     assert "read-only" in io.err and "--out" in io.err
 
 
-# --- python -m darts.nb201 convert on the official files ----------------------------------
+# --- python -m darts.benchmarks.nb201 convert on the official files ----------------------------------
 
 nats_bench = pytest.importorskip("nats_bench")
 from nats_bench.api_utils import ArchResults, ResultsCount  # noqa: E402

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from darts.errors import UserError
-from darts.evaluators.train import TrainEvaluator, candidate_seed, from_search_config
+from darts.evaluators.training import TrainEvaluator, candidate_seed, from_search_config
 from darts.spaces import cnn, nb201
 
 # Seconds on two cores: 8x8 synthetic images, 100 of them, 2 epochs, one thread each.

@@ -7,7 +7,7 @@ its own with `register_evaluator(name, EvaluatorKind(build, check))`.
 
     benchmark   a NAS-Bench-201 table lookup (darts.evaluators.benchmark)
     oneshot     a supernet trained once by uniform single paths (darts.evaluators.oneshot)
-    train       training from scratch, in parallel processes (darts.evaluators.train)
+    train       training from scratch, in parallel processes (darts.evaluators.training)
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ def _check_benchmark(cfg: Any, space: Any) -> None:
         raise UserError(f"--evaluator benchmark: a NAS-Bench-201 table does not score --space "
                         f"{cfg.space}; use --evaluator train or oneshot")
     if not cfg.benchmark:
-        raise UserError("--evaluator benchmark needs --benchmark TABLE (python -m darts.nb201 "
-                        "convert, or python -m darts.nb201 synthetic for a made-up one)")
+        raise UserError("--evaluator benchmark needs --benchmark TABLE (python -m darts.benchmarks.nb201 "
+                        "convert, or python -m darts.benchmarks.nb201 synthetic for a made-up one)")
 
 
 def _benchmark(cfg: Any, space: Any, table: Any, run_dir: Path, logger: Any):
@@ -58,7 +58,7 @@ def _oneshot(cfg: Any, space: Any, table: Any, run_dir: Path, logger: Any):
 
 
 def _train(cfg: Any, space: Any, table: Any, run_dir: Path, logger: Any):
-    from darts.evaluators.train import from_search_config
+    from darts.evaluators.training import from_search_config
     return from_search_config(cfg, space, logger)
 
 

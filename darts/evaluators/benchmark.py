@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import math
 
+from darts.benchmarks.nb201 import BenchmarkTable
 from darts.errors import UserError
 from darts.evaluators.base import Evaluation
-from darts.nb201 import BenchmarkTable
 from darts.spaces.nb201 import NB201Arch
 
 

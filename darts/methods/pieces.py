@@ -23,7 +23,7 @@ from darts.errors import UserError
 from darts.methods import perturb as perturbation
 from darts.methods import select
 from darts.methods.regularizers import op_alphas
-from darts.methods.supernet import (
+from darts.methods.transforms import (
     AuxiliarySkip,
     WeightTransforms,
     add_skip_dropout,

@@ -236,7 +236,7 @@ class DartsCellSpace:
     def supernet(self, num_classes: int, channels: int, layers: int):
         """The one-shot supernet over `none` and the ops, whose `forward_path(x, g)` runs
         g's ops."""
-        from darts.space import SearchSpace
+        from darts.cell_topology import SearchSpace
         from darts.supernet import SearchNetwork
 
         return SearchNetwork(channels, num_classes, layers, SearchSpace(("none", *self.ops)))
@@ -277,7 +277,7 @@ class GradientSearch:
         return op_list(cfg.ops)
 
     def supernet(self, cfg, num_classes: int, sampler):
-        from darts.space import SearchSpace
+        from darts.cell_topology import SearchSpace
         from darts.supernet import SearchNetwork
 
         space = SearchSpace(op_list(cfg.ops), steps=cfg.nodes, multiplier=cfg.nodes)

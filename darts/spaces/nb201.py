@@ -457,7 +457,7 @@ class NB201SearchNetwork(nn.Module):
 
 # -- what the runs need of the space (see darts.spaces) -----------------------------------------
 RESULT_FILE = "arch.json"
-SCORED_BY_TABLE = True  # a NAS-Bench-201 table (darts.nb201) lists every cell
+SCORED_BY_TABLE = True  # a NAS-Bench-201 table (darts.benchmarks.nb201) lists every cell
 NETWORK_SIZES = (16, 5)  # the benchmark's C and N (cells per stage)
 MIN_LAYERS, LAYERS_NOUN = 1, "cells per stage"
 # The one-shot evaluator's supernet training: NAS-Bench-201's random search with parameter

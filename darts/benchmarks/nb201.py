@@ -1,8 +1,8 @@
 """NAS-Bench-201 tables: convert the official files once, then read and query a plain CSV.
 
-    python -m darts.nb201 convert --from NATS-tss-v1_0-3ffb9-simple --out nb201.csv
-    python -m darts.nb201 query --benchmark nb201.csv '|nor_conv_3x3~0|+|...|'
-    python -m darts.nb201 synthetic --out synthetic.csv     # made-up numbers, the table's shape
+    python -m darts.benchmarks.nb201 convert --from NATS-tss-v1_0-3ffb9-simple --out nb201.csv
+    python -m darts.benchmarks.nb201 query --benchmark nb201.csv '|nor_conv_3x3~0|+|...|'
+    python -m darts.benchmarks.nb201 synthetic --out synthetic.csv     # made-up numbers, the table's shape
 
 The official NATS-Bench topology files (a pickled archive, downloaded by the user) are read
 through the maintained `nats_bench` package (`pip install nats_bench`), only by `convert`. The
@@ -88,17 +88,17 @@ class BenchmarkTable:
             data = path.read_bytes()
         except FileNotFoundError:
             raise UserError(f"--benchmark {path}: no such file (make one with `python -m "
-                            f"darts.nb201 convert --from NATS_FILES --out {path}`)") from None
+                            f"darts.benchmarks.nb201 convert --from NATS_FILES --out {path}`)") from None
         except IsADirectoryError:
             raise UserError(f"--benchmark {path}: a folder; give the CSV table (the official "
-                            f"files convert with `python -m darts.nb201 convert`)") from None
+                            f"files convert with `python -m darts.benchmarks.nb201 convert`)") from None
         except OSError as e:
             raise UserError(f"--benchmark {path}: cannot read it ({e.strerror})") from None
         try:
             text = data.decode("utf-8-sig")  # a byte-order mark is not part of the header
         except UnicodeDecodeError:
             raise UserError(f"--benchmark {path}: not a CSV text file (the official pickled "
-                            f"files convert with `python -m darts.nb201 convert`)") from None
+                            f"files convert with `python -m darts.benchmarks.nb201 convert`)") from None
         try:
             return cls._parse(text, path)
         except csv.Error as e:
@@ -403,7 +403,7 @@ def _restricted_pickles(source: str) -> Iterator[None]:
 
 
 def convert_official(source: str, out: str | Path) -> int:
-    """`python -m darts.nb201 convert`: the official files at `source` -> the CSV table
+    """`python -m darts.benchmarks.nb201 convert`: the official files at `source` -> the CSV table
     `out`, every pickle read with the restricted unpickler (fast mode reads them lazily)."""
     with _restricted_pickles(source):
         return convert(_open_official(source), out, source)
@@ -429,7 +429,7 @@ def _open_official(path: str) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = Parser(prog="python -m darts.nb201",
+    parser = Parser(prog="python -m darts.benchmarks.nb201",
                     description="NAS-Bench-201 tables: convert the official files, query a table.")
     sub = parser.add_subparsers(dest="command", required=True)
     conv = sub.add_parser("convert", help="official NATS-Bench topology files -> CSV table")
