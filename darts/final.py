@@ -392,32 +392,8 @@ def _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger, ck
 
     train_loader, test_loader, on_device = _loaders(cfg, info, train_set, test_set, device, d)
 
-    start_epoch, history, best = 0, [], {"top1": -1.0, "epoch": -1}
-    if ckpt is not None:
-        def load() -> tuple[int, list, dict]:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            set_rng_state(ckpt["rng"])
-            return (*epoch_history(ckpt), dict(ckpt["best"]))
-
-        start_epoch, history, best = restore(run_dir, load)
-        logger.info("resumed %s at epoch %d/%d", run_dir, start_epoch, cfg.epochs)
-        if "learning_rate" in changed:
-            change_base_lr(optimizer, scheduler, cfg.learning_rate)
-        for k, v in changed.items():
-            logger.info("resumed with --%s %s (was %s)", k, v, ckpt["config"].get(k))
-        if changed and d.is_main:
-            save_json(to_dict(cfg), run_dir / "config.json")
-    elif d.is_main:
-        save_json(to_dict(cfg), run_dir / "config.json")
-        logger.config(to_dict(cfg))
-        space = get_space(cfg.space)
-        space.save(genotype, run_dir / space.final.saved_as)
-        logger.info("%s %s: %s", space.final.noun, cfg.genotype if cfg.arch is None else cfg.arch,
-                    genotype)
-        logger.info("run directory %s", run_dir)
-        draw_cells(genotype, logger, 0, run_dir, graphs=getattr(space, "graphs", None))
+    start_epoch, history, best = _restore(cfg, genotype, run_dir, logger, ckpt, changed, d,
+                                          model, optimizer, scheduler)
     logger.info("%s on %s (%d classes, %dpx): %.3fM parameters%s, "
                 "%.1fM multiply-adds per image, device %s%s; %s loader, amp %s%s%s%s",
                 type(model).__name__, cfg.dataset, info.num_classes, info.image_size,
@@ -476,15 +452,7 @@ def _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger, ck
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "history": history, "best": best, "rng": rng_state(),
         }
-        metrics = {
-            "complete": epoch + 1 == cfg.epochs, "dataset": cfg.dataset,
-            "genotype": cfg.genotype if cfg.arch is None else cfg.arch,
-            "epochs_done": epoch + 1, "epochs": cfg.epochs,
-            "final": {"top1": valid.top1, "top5": valid.top5, "loss": valid.loss},
-            "best": best, "params": params, "params_M": round(params / 1e6, 6),
-            "multiply_adds": madds, "multiply_adds_M": round(madds / 1e6, 3),
-            "image_size": info.image_size, "train_time_s": sum(r["epoch_time_s"] for r in history),
-        }
+        metrics = _final_metrics(cfg, info, epoch, valid, best, params, madds, history)
         if d.is_main:
             claim.check()
             save_checkpoint(state, run_dir / "checkpoint.pt")
@@ -497,6 +465,54 @@ def _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger, ck
                 metrics.get("final", {}).get("top1", float("nan")), best["top1"], best["epoch"],
                 run_dir / "metrics.json")
     return metrics
+
+
+def _restore(cfg, genotype, run_dir, logger, ckpt, changed, d: Dist, model, optimizer,
+             scheduler) -> tuple[int, list, dict]:
+    """(epochs done, records, best) from the checkpoint; a new run writes its config, its
+    candidate's file and picture instead."""
+    if ckpt is None:
+        if d.is_main:
+            save_json(to_dict(cfg), run_dir / "config.json")
+            logger.config(to_dict(cfg))
+            space = get_space(cfg.space)
+            space.save(genotype, run_dir / space.final.saved_as)
+            logger.info("%s %s: %s", space.final.noun,
+                        cfg.genotype if cfg.arch is None else cfg.arch, genotype)
+            logger.info("run directory %s", run_dir)
+            draw_cells(genotype, logger, 0, run_dir, graphs=getattr(space, "graphs", None))
+        return 0, [], {"top1": -1.0, "epoch": -1}
+
+    def load() -> tuple[int, list, dict]:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        set_rng_state(ckpt["rng"])
+        return (*epoch_history(ckpt), dict(ckpt["best"]))
+
+    start_epoch, history, best = restore(run_dir, load)
+    logger.info("resumed %s at epoch %d/%d", run_dir, start_epoch, cfg.epochs)
+    if "learning_rate" in changed:
+        change_base_lr(optimizer, scheduler, cfg.learning_rate)
+    for k, v in changed.items():
+        logger.info("resumed with --%s %s (was %s)", k, v, ckpt["config"].get(k))
+    if changed and d.is_main:
+        save_json(to_dict(cfg), run_dir / "config.json")
+    return start_epoch, history, best
+
+
+def _final_metrics(cfg, info, epoch: int, valid, best: dict, params: int, madds: float,
+                   history: list) -> dict[str, Any]:
+    """metrics.json after epoch `epoch` (0-based)."""
+    return {
+        "complete": epoch + 1 == cfg.epochs, "dataset": cfg.dataset,
+        "genotype": cfg.genotype if cfg.arch is None else cfg.arch,
+        "epochs_done": epoch + 1, "epochs": cfg.epochs,
+        "final": {"top1": valid.top1, "top5": valid.top5, "loss": valid.loss},
+        "best": best, "params": params, "params_M": round(params / 1e6, 6),
+        "multiply_adds": madds, "multiply_adds_M": round(madds / 1e6, 3),
+        "image_size": info.image_size, "train_time_s": sum(r["epoch_time_s"] for r in history),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -567,13 +567,58 @@ def search_step(it: Iteration, x: torch.Tensor, y: torch.Tensor, x_val: torch.Te
     return loss.detach(), logits.detach(), alpha_loss.detach()
 
 
-def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d: Dist,
-            graphs: bool, table: BenchmarkTable | None, claim: RunClaim,
-            changed: dict[str, Any]):
-    configure_cpu_threads(cfg.threads, logger.warning if device.type == "cpu" else None,
-                          logger.info, adapt=cfg.adapt_threads)
+@dataclass
+class _Search:
+    """One gradient search: its settings, the objects it trains, its data and its records."""
+
+    cfg: SearchConfig
+    run_dir: Path
+    logger: RunLogger
+    d: Dist
+    device: torch.device
+    graphs: bool
+    table: BenchmarkTable | None
+    claim: RunClaim
+    model: nn.Module
+    cells: Any  # the space's gradient search (darts.spaces)
+    pieces: Any  # darts.methods.pieces.Pieces
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    precision: Precision
+    architect: Architect
+    scheduled: list  # what hears the epoch before it runs (darts.methods.schedule)
+    split: tuple[torch.Tensor, torch.Tensor] = None  # (weight half, alpha half) of the images
+    weight_data: Any = None
+    alpha_stream: Any = None
+    valid_loader: Any = None
+    on_device: bool = False
+    history: list = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+    def state(self, **extra: Any) -> dict[str, Any]:
+        """The checkpoint after the last epoch, with `extra` (DARTS-PT's progress)."""
+        return {"kind": "search", "epoch": len(self.history), "config": to_dict(self.cfg),
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "arch_optimizer": self.architect.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "split": {"weights": self.split[0], "alphas": self.split[1]},
+                "alpha_stream": self.alpha_stream.state_dict(), "history": self.history,
+                "rng": rng_state(), **extra}
+
+    def save(self, metrics: dict[str, Any] | None = None, **extra: Any) -> None:
+        """The checkpoint (and metrics.json), written by rank 0 into a directory still its."""
+        if self.d.is_main:
+            self.claim.check()
+            save_checkpoint(self.state(**extra), self.run_dir / "checkpoint.pt")
+            if metrics is not None:
+                save_json(metrics, self.run_dir / "metrics.json")
+            self.logger.flush()
+
+
+def _build(cfg, info, device, run_dir, logger, d: Dist, graphs: bool, table, claim) -> _Search:
+    """The supernet, its optimizers and schedule, the architect and the collapse pieces."""
     model = build_supernet(cfg, info.num_classes, device)
-    cells = cell_kind(cfg)
     if cfg.select == "pt" and d.enabled:
         raise UserError("--select pt runs on one process (each rank would measure its own "
                         "shard); leave out torchrun or --select pt")
@@ -594,200 +639,211 @@ def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d
                           fd_epsilon=cfg.fd_epsilon, precision=precision, dist=d,
                           capturable=graphs,
                           arch_loss=combine(ARCH_LOSSES[cfg.arch_loss], regularizer))
-    # What hears the epoch before it runs (darts.methods.schedule): the sampler, the mixing
-    # rule (a plugin's may anneal a temperature), the alpha losses.
+    # What hears the epoch before it runs: the sampler, the mixing rule (a plugin's may
+    # anneal a temperature), the alpha losses.
     scheduled = [getattr(model, "sampler", None), MIXING_RULES[cfg.mixing], architect.arch_loss]
+    return _Search(cfg, run_dir, logger, d, device, graphs, table, claim, model, cell_kind(cfg),
+                   pieces, criterion, optimizer, scheduler, precision, architect, scheduled,
+                   meta={"name": run_dir.name, "source": f"train_search.py, run {run_dir}"})
 
+
+def _split_data(s: _Search, info, train_set, ckpt) -> None:
+    """The weight and alpha halves of the images (the checkpoint's on a resume), loaders."""
+    cfg = s.cfg
     if ckpt is not None:
-        weight_idx, alpha_idx = restore(run_dir, lambda: _split_of(ckpt["split"]))
+        weight_idx, alpha_idx = restore(s.run_dir, lambda: _split_of(ckpt["split"]))
         if int(max(weight_idx.max(), alpha_idx.max())) >= len(train_set):
-            raise UserError(f"{run_dir}: the checkpoint's data split indexes {len(weight_idx) + len(alpha_idx)} "
-                            f"images but the training set has {len(train_set)}; resume on the same data")
+            raise UserError(f"{s.run_dir}: the checkpoint's data split indexes "
+                            f"{len(weight_idx) + len(alpha_idx)} images but the training set "
+                            f"has {len(train_set)}; resume on the same data")
     else:
         weight_idx, alpha_idx = search_split(len(train_set), cfg.train_portion, cfg.seed)
-    weight_data, alpha_stream, valid_loader, on_device = _loaders(
-        cfg, info, train_set, weight_idx, alpha_idx, device, d)
+    s.split = (weight_idx, alpha_idx)
+    s.weight_data, s.alpha_stream, s.valid_loader, s.on_device = _loaders(
+        cfg, info, train_set, weight_idx, alpha_idx, s.device, s.d)
 
-    start_epoch, history = 0, []
-    if ckpt is not None:
-        def load() -> tuple[int, list]:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            architect.load_state_dict(ckpt["arch_optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            alpha_stream.load_state_dict(ckpt["alpha_stream"])
-            set_rng_state(ckpt["rng"])
-            return epoch_history(ckpt)
 
-        start_epoch, history = restore(run_dir, load)
-        logger.info("resumed %s at epoch %d/%d", run_dir, start_epoch, cfg.epochs)
-        if "learning_rate" in changed:
-            change_base_lr(optimizer, scheduler, cfg.learning_rate)
-        if "arch_learning_rate" in changed:
-            for group in architect.optimizer.param_groups:
-                group["lr"] = cfg.arch_learning_rate
-        for k, v in changed.items():
-            logger.info("resumed with --%s %s (was %s)", k, v, ckpt["config"].get(k))
-        if changed and d.is_main:
-            save_json(to_dict(cfg), run_dir / "config.json")
-    elif d.is_main:
-        save_json(to_dict(cfg), run_dir / "config.json")
-        logger.config(to_dict(cfg))
-        logger.info("run directory %s", run_dir)
-        for line in presets.describe(cfg):
-            logger.info("%s", line)
-    distributed.broadcast_state(model, d)  # identical replicas, whatever each rank drew
-    compile_model(model, cfg.compile, logger.warning)
+def _restore(s: _Search, ckpt, changed: dict[str, Any]) -> int:
+    """Everything from the checkpoint (a new run: its config written); the epochs done."""
+    cfg, logger = s.cfg, s.logger
+    if ckpt is None:
+        if s.d.is_main:
+            save_json(to_dict(cfg), s.run_dir / "config.json")
+            logger.config(to_dict(cfg))
+            logger.info("run directory %s", s.run_dir)
+            for line in presets.describe(cfg):
+                logger.info("%s", line)
+        return 0
+
+    def load() -> tuple[int, list]:
+        s.model.load_state_dict(ckpt["model"])
+        s.optimizer.load_state_dict(ckpt["optimizer"])
+        s.architect.load_state_dict(ckpt["arch_optimizer"])
+        s.scheduler.load_state_dict(ckpt["scheduler"])
+        s.alpha_stream.load_state_dict(ckpt["alpha_stream"])
+        set_rng_state(ckpt["rng"])
+        return epoch_history(ckpt)
+
+    start_epoch, s.history = restore(s.run_dir, load)
+    logger.info("resumed %s at epoch %d/%d", s.run_dir, start_epoch, cfg.epochs)
+    if "learning_rate" in changed:
+        change_base_lr(s.optimizer, s.scheduler, cfg.learning_rate)
+    if "arch_learning_rate" in changed:
+        for group in s.architect.optimizer.param_groups:
+            group["lr"] = cfg.arch_learning_rate
+    for k, v in changed.items():
+        logger.info("resumed with --%s %s (was %s)", k, v, ckpt["config"].get(k))
+    if changed and s.d.is_main:
+        save_json(to_dict(cfg), s.run_dir / "config.json")
+    return start_epoch
+
+
+def _describe(s: _Search, info) -> None:
+    """The log line of what is searched, how, on what."""
+    cfg, model, cells = s.cfg, s.model, s.cells
     n_weights = sum(p.numel() for p in model.network_parameters())
-    speed = [f"{'device-resident' if on_device else 'DataLoader'} loader", f"amp {cfg.amp}"]
+    speed = [f"{'device-resident' if s.on_device else 'DataLoader'} loader", f"amp {cfg.amp}"]
     speed += [name for name, on in (
         ("channels_last", cfg.channels_last), ("compiled", cfg.compile),
         (f"partial channels 1/{cfg.partial_channels}", cfg.partial_channels > 1),
-        ("cell checkpointing", cfg.checkpoint_cells), ("CUDA graphs", graphs),
+        ("cell checkpointing", cfg.checkpoint_cells), ("CUDA graphs", s.graphs),
         ("edges batched", edges_batched(model))) if on]
-    logger.info("%s on %s (%d classes, %dpx): %s of %d channels, %d nodes, "
-                "%d ops; %.3fM weights; %d/%d images train the weights/alphas; order %d%s; "
-                "device %s%s; %s", type(model).__name__, cfg.dataset, info.num_classes,
-                info.image_size, cells.describe(cfg),
-                cfg.init_channels, cells.nodes(cfg), len(cells.ops_of(model)), n_weights / 1e6, len(weight_idx),
-                len(alpha_idx), cfg.order, f" ({cfg.hessian} Hessian)" if cfg.order == 2 else "",
-                device, f" x {d.world_size} processes (batch {cfg.batch_size} each)" if d.enabled else "",
-                ", ".join(speed))
+    s.logger.info(
+        "%s on %s (%d classes, %dpx): %s of %d channels, %d nodes, %d ops; %.3fM weights; "
+        "%d/%d images train the weights/alphas; order %d%s; device %s%s; %s",
+        type(model).__name__, cfg.dataset, info.num_classes, info.image_size,
+        cells.describe(cfg), cfg.init_channels, cells.nodes(cfg), len(cells.ops_of(model)),
+        n_weights / 1e6, len(s.split[0]), len(s.split[1]), cfg.order,
+        f" ({cfg.hessian} Hessian)" if cfg.order == 2 else "", s.device,
+        f" x {s.d.world_size} processes (batch {cfg.batch_size} each)" if s.d.enabled else "",
+        ", ".join(speed))
 
-    meta = {"name": run_dir.name, "source": f"train_search.py, run {run_dir}"}
 
-    def search_state(**extra: Any) -> dict[str, Any]:
-        """The checkpoint after the last epoch, with `extra` (DARTS-PT's progress)."""
-        return {"kind": "search", "epoch": len(history), "config": to_dict(cfg),
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "arch_optimizer": architect.state_dict(), "scheduler": scheduler.state_dict(),
-                "split": {"weights": weight_idx, "alphas": alpha_idx},
-                "alpha_stream": alpha_stream.state_dict(), "history": history,
-                "rng": rng_state(), **extra}
-
-    def select_cell() -> None:
-        """DARTS-PT's projection after the last epoch (once: recorded in the last record),
-        checkpointed after each projection step: a resumed run goes on at the next undone step,
-        and the checkpoint written at its end holds the selection (never redone)."""
-        if cfg.select != "pt" or "selection" in history[-1]:
-            return
-        last = history[-1]["epoch"] - 1  # the last epoch's schedules, also after a --resume
-        schedule.set_epoch(scheduled, last, cfg.epochs)
-        pieces.start_epoch(last)
-
-        def save(progress: dict[str, Any]) -> None:
-            if d.is_main:
-                claim.check()
-                save_checkpoint(search_state(projection=progress), run_dir / "checkpoint.pt")
-                logger.flush()
-
-        history[-1]["selection"] = collapse.pt_select(
-            pieces, cells, architect=architect, criterion=criterion, device=device,
-            valid_loader=valid_loader, weight_data=weight_data, alpha_stream=alpha_stream,
-            precision=precision, meta=meta, log=logger.info,
-            resume=ckpt.get("projection") if ckpt is not None else None, checkpoint=save)
-        if d.is_main:
-            claim.check()
-            save_checkpoint(search_state(), run_dir / "checkpoint.pt")
-            save_json(_metrics(cfg, history, complete=True), run_dir / "metrics.json")
-
-    stopped = bool(history) and history[-1].get("early_stop", False)
-    if start_epoch >= cfg.epochs or stopped:
-        logger.info("%s already finished (%d epochs)", run_dir, len(history))
-        select_cell()
-        return _finish(cfg, run_dir, logger, history, d)
-
-    weights = model.network_parameters()
-
-    def average_weight_grads() -> None:
-        distributed.average_grads(weights, d)
-
+def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d: Dist,
+            graphs: bool, table: BenchmarkTable | None, claim: RunClaim,
+            changed: dict[str, Any]):
+    """The search in `run_dir`: build, restore, the epochs (each: `_epoch`, then `_record`
+    and the checkpoint), DARTS-PT's projection, the result."""
+    configure_cpu_threads(cfg.threads, logger.warning if device.type == "cpu" else None,
+                          logger.info, adapt=cfg.adapt_threads)
+    s = _build(cfg, info, device, run_dir, logger, d, graphs, table, claim)
+    _split_data(s, info, train_set, ckpt)
+    start_epoch = _restore(s, ckpt, changed)
+    distributed.broadcast_state(s.model, d)  # identical replicas, whatever each rank drew
+    compile_model(s.model, cfg.compile, logger.warning)
+    _describe(s, info)
+    projection = ckpt.get("projection") if ckpt is not None else None
+    if start_epoch >= cfg.epochs or (s.history and s.history[-1].get("early_stop", False)):
+        logger.info("%s already finished (%d epochs)", run_dir, len(s.history))
+        _select_cell(s, projection)
+        return _finish(cfg, run_dir, logger, s.history, d)
     timer = EpochTimer(cfg.epochs, start_epoch)
     for epoch in range(start_epoch, cfg.epochs):
-        schedule.set_epoch(scheduled, epoch, cfg.epochs)
-        timer.start()
-        lr = scheduler.get_last_lr()[0]
-        arch_meter = MetricSum(device)
-        epoch_values = pieces.start_epoch(epoch)  # DARTS-'s beta, P-DARTS's dropout, SDARTS's eps
-        it = Iteration(model, architect, pieces, optimizer, criterion, precision, lr,
-                       cfg.grad_clip, average_weight_grads)
-        train = train_one_epoch(
-            model, weight_data.epoch(epoch), optimizer, criterion, device,
-            side_step=SideStep(alpha_stream, None, arch_meter),  # the alpha half's batches
-            step=functools.partial(search_step, it),
-            precision=precision, channels_last=cfg.channels_last,
-            reduce=lambda m: distributed.reduce_meter(m, d), cuda_graph=graphs,
-            log=logger.warning,
-            progress=cfg.progress and d.is_main, desc=f"epoch {epoch + 1}/{cfg.epochs}")
-        # BatchNorm statistics are per rank; rank 0's become everyone's once an epoch.
-        distributed.broadcast_buffers(model, d)
-        valid = evaluate(model, valid_loader, criterion, device, precision=precision,
-                         channels_last=cfg.channels_last,
-                         reduce=lambda m: distributed.reduce_meter(m, d), cuda_graph=graphs,
-                         log=logger.warning, progress=cfg.progress and d.is_main)
-        distributed.reduce_meter(arch_meter, d)
-        scheduler.step()
-        dt = timer.stop()
-        diverged(epoch, {"train_loss": train.loss, "valid_loss": valid.loss,
-                         "arch_loss": arch_meter.result().loss}, run_dir,
-                 "lower --learning_rate or --arch_learning_rate, or keep --grad_clip on")
-
-        genotype = pieces.decode(cells, meta)  # the same on every rank: the alphas are
-        if d.is_main:
-            cells.save(genotype, run_dir / cells.folder / f"epoch_{epoch + 1:03d}.json")
-        stats = arch_statistics(model, genotype, cells)
-        stats.update({f"arch/{k}": v for k, v in schedule.scalars(scheduled).items()})
-        arch_loss = arch_meter.result().loss
-        record = {"epoch": epoch + 1, "lr": lr, "train_loss": train.loss, "train_top1": train.top1,
-                  "valid_loss": valid.loss, "valid_top1": valid.top1, "valid_top5": valid.top5,
-                  "arch_loss": arch_loss, **{k.split("/")[1]: v for k, v in stats.items()},
-                  "epoch_time_s": dt, "genotype": genotype.to_dict(), **epoch_values}
-        if cfg.max_skip is not None:
-            record["skip_connect_uncapped"] = pieces.uncapped_skips(cells, meta, genotype)
-        skips = record.get("skip_connect_uncapped", record[cells.skips])
-        if cfg.early_stop_stable is not None:
-            record["learnable_ranking"] = pieces.learnable_ranking(cells.ops_of(model))
-        # DARTS+: skips counted before any --max_skip cap, or the ranking stable
-        why = pieces.stop(skips, [r.get("learnable_ranking") for r in history] +
-                          [record.get("learnable_ranking")])
-        stopped = why is not None
-        if stopped:
-            record["early_stop"] = why
-        if table is not None:
-            record["benchmark"] = table.score(genotype)
-        history.append(record)
-        if d.is_main:
-            _log_epoch(logger, model, genotype, epoch + 1, train, valid, lr, arch_loss, stats,
-                       cells, record.get("benchmark"))
-        logger.info("epoch %d/%d train_loss %.4f train_top1 %.2f valid_loss %.4f valid_top1 %.2f "
-                    "arch_loss %.4f lr %.5f %s %d entropy %.3f time %.1fs eta %s",
-                    epoch + 1, cfg.epochs, train.loss, train.top1, valid.loss, valid.top1,
-                    arch_loss, lr, cells.skips, stats[f"arch/{cells.skips}"],
-                    stats["arch/entropy"], dt, format_duration(timer.eta()))
-        logger.info("%s %s", cells.noun, genotype)
-        if table is not None:
-            logger.info("benchmark %s", _benchmark_line(record["benchmark"]))
-        state = {
-            "kind": "search", "epoch": epoch + 1, "config": to_dict(cfg),
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "arch_optimizer": architect.state_dict(), "scheduler": scheduler.state_dict(),
-            "split": {"weights": weight_idx, "alphas": alpha_idx},
-            "alpha_stream": alpha_stream.state_dict(), "history": history, "rng": rng_state(),
-        }
-        metrics = _metrics(cfg, history, complete=epoch + 1 == cfg.epochs or stopped)
-        if d.is_main:
-            claim.check()
-            save_checkpoint(state, run_dir / "checkpoint.pt")
-            save_json(metrics, run_dir / "metrics.json")
-            logger.flush()
+        train, valid, arch_loss, lr, dt, epoch_values = _epoch(s, epoch, timer)
+        why = _record(s, epoch, train, valid, arch_loss, lr, dt, timer, epoch_values)
+        metrics = _metrics(cfg, s.history, complete=epoch + 1 == cfg.epochs or why is not None)
+        s.save(metrics)
         distributed.barrier(d)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, metrics)
-        if stopped:
+        if why is not None:
             logger.info("DARTS+: %s: the search stops after epoch %d", why, epoch + 1)
             break
-    select_cell()
-    return _finish(cfg, run_dir, logger, history, d)
+    _select_cell(s, projection)
+    return _finish(cfg, run_dir, logger, s.history, d)
+
+
+def _epoch(s: _Search, epoch: int, timer: EpochTimer):
+    """One epoch: `search_step` over the weight half, then the alpha half's validation;
+    (train metrics, valid metrics, alpha loss, learning rate, seconds, the pieces' values)."""
+    cfg, d = s.cfg, s.d
+    schedule.set_epoch(s.scheduled, epoch, cfg.epochs)
+    timer.start()
+    lr = s.scheduler.get_last_lr()[0]
+    arch_meter = MetricSum(s.device)
+    epoch_values = s.pieces.start_epoch(epoch)  # DARTS-'s beta, P-DARTS's dropout, SDARTS's eps
+    weights = s.model.network_parameters()
+    it = Iteration(s.model, s.architect, s.pieces, s.optimizer, s.criterion, s.precision, lr,
+                   cfg.grad_clip, lambda: distributed.average_grads(weights, d))
+    train = train_one_epoch(
+        s.model, s.weight_data.epoch(epoch), s.optimizer, s.criterion, s.device,
+        side_step=SideStep(s.alpha_stream, None, arch_meter),  # the alpha half's batches
+        step=functools.partial(search_step, it),
+        precision=s.precision, channels_last=cfg.channels_last,
+        reduce=lambda m: distributed.reduce_meter(m, d), cuda_graph=s.graphs,
+        log=s.logger.warning,
+        progress=cfg.progress and d.is_main, desc=f"epoch {epoch + 1}/{cfg.epochs}")
+    # BatchNorm statistics are per rank; rank 0's become everyone's once an epoch.
+    distributed.broadcast_buffers(s.model, d)
+    valid = evaluate(s.model, s.valid_loader, s.criterion, s.device, precision=s.precision,
+                     channels_last=cfg.channels_last,
+                     reduce=lambda m: distributed.reduce_meter(m, d), cuda_graph=s.graphs,
+                     log=s.logger.warning, progress=cfg.progress and d.is_main)
+    distributed.reduce_meter(arch_meter, d)
+    s.scheduler.step()
+    dt = timer.stop()
+    arch_loss = arch_meter.result().loss
+    diverged(epoch, {"train_loss": train.loss, "valid_loss": valid.loss,
+                     "arch_loss": arch_loss}, s.run_dir,
+             "lower --learning_rate or --arch_learning_rate, or keep --grad_clip on")
+    return train, valid, arch_loss, lr, dt, epoch_values
+
+
+def _record(s: _Search, epoch: int, train, valid, arch_loss: float, lr: float, dt: float,
+            timer: EpochTimer, epoch_values: dict[str, float]) -> str | None:
+    """The epoch's cell, record and log; why DARTS+ stops here (None: the search goes on)."""
+    cfg, cells, pieces, logger = s.cfg, s.cells, s.pieces, s.logger
+    genotype = pieces.decode(cells, s.meta)  # the same on every rank: the alphas are
+    if s.d.is_main:
+        cells.save(genotype, s.run_dir / cells.folder / f"epoch_{epoch + 1:03d}.json")
+    stats = arch_statistics(s.model, genotype, cells)
+    stats.update({f"arch/{k}": v for k, v in schedule.scalars(s.scheduled).items()})
+    record = {"epoch": epoch + 1, "lr": lr, "train_loss": train.loss, "train_top1": train.top1,
+              "valid_loss": valid.loss, "valid_top1": valid.top1, "valid_top5": valid.top5,
+              "arch_loss": arch_loss, **{k.split("/")[1]: v for k, v in stats.items()},
+              "epoch_time_s": dt, "genotype": genotype.to_dict(), **epoch_values}
+    if cfg.max_skip is not None:
+        record["skip_connect_uncapped"] = pieces.uncapped_skips(cells, s.meta, genotype)
+    skips = record.get("skip_connect_uncapped", record[cells.skips])
+    if cfg.early_stop_stable is not None:
+        record["learnable_ranking"] = pieces.learnable_ranking(cells.ops_of(s.model))
+    # DARTS+: skips counted before any --max_skip cap, or the ranking stable
+    why = pieces.stop(skips, [r.get("learnable_ranking") for r in s.history] +
+                      [record.get("learnable_ranking")])
+    if why is not None:
+        record["early_stop"] = why
+    if s.table is not None:
+        record["benchmark"] = s.table.score(genotype)
+    s.history.append(record)
+    if s.d.is_main:
+        _log_epoch(logger, s.model, genotype, epoch + 1, train, valid, lr, arch_loss, stats,
+                   cells, record.get("benchmark"))
+    logger.info("epoch %d/%d train_loss %.4f train_top1 %.2f valid_loss %.4f valid_top1 %.2f "
+                "arch_loss %.4f lr %.5f %s %d entropy %.3f time %.1fs eta %s",
+                epoch + 1, cfg.epochs, train.loss, train.top1, valid.loss, valid.top1,
+                arch_loss, lr, cells.skips, stats[f"arch/{cells.skips}"],
+                stats["arch/entropy"], dt, format_duration(timer.eta()))
+    logger.info("%s %s", cells.noun, genotype)
+    if s.table is not None:
+        logger.info("benchmark %s", _benchmark_line(record["benchmark"]))
+    return why
+
+
+def _select_cell(s: _Search, resume: dict | None) -> None:
+    """DARTS-PT's projection after the last epoch (once: recorded in the last record),
+    checkpointed after each projection step: a resumed run goes on at the next undone step,
+    and the checkpoint written at its end holds the selection (never redone)."""
+    if s.cfg.select != "pt" or "selection" in s.history[-1]:
+        return
+    last = s.history[-1]["epoch"] - 1  # the last epoch's schedules, also after a --resume
+    schedule.set_epoch(s.scheduled, last, s.cfg.epochs)
+    s.pieces.start_epoch(last)
+    s.history[-1]["selection"] = collapse.pt_select(
+        s.pieces, s.cells, architect=s.architect, criterion=s.criterion, device=s.device,
+        valid_loader=s.valid_loader, weight_data=s.weight_data, alpha_stream=s.alpha_stream,
+        precision=s.precision, meta=s.meta, log=s.logger.info, resume=resume,
+        checkpoint=lambda progress: s.save(projection=progress))
+    s.save(_metrics(s.cfg, s.history, complete=True))
 
 
 def _benchmark_line(score: dict[str, Any]) -> str:
