@@ -53,7 +53,7 @@ def compare(table: BenchmarkTable, strategies: Sequence[str], seeds: int, budget
             ) -> list[dict[str, Any]]:
     """One record per (strategy, seed): the run's best and its best-so-far curve."""
     from darts.multitrial import make_strategy
-    from darts.search import SearchConfig
+    from darts.search_config import SearchConfig
     from darts.spaces import nb201, to_text
 
     space = nb201 if space is None else space

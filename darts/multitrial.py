@@ -192,7 +192,7 @@ def _benchmark_result(table: BenchmarkTable | None, space: ModuleType, best: Any
 
 def _retrain_command(cfg, space: Any, run_dir: Path) -> str:
     args = ["python", "train_final.py", *space.retrain_flags(str(run_dir / space.RESULT_FILE))]
-    from darts.search import data_args
+    from darts.search_config import data_args
 
     if cfg.dataset != "cifar10":
         args += ["--dataset", cfg.dataset]
@@ -205,7 +205,7 @@ def _seconds(cost: float) -> str:
 
 def run(cfg, *, resume: str | os.PathLike | None = None) -> dict[str, Any]:
     """Runs (or, with `resume`, continues) a multi-trial search; returns result.json's dict."""
-    from darts.search import SearchConfig, resolved
+    from darts.search_config import SearchConfig, resolved
 
     if resume is not None:
         path = Path(resume)

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -31,9 +31,8 @@ from torch.utils.data import Subset
 
 from darts import plugins
 from darts.accel import accelerate, edges_batched
-from darts.accel.cuda_graph import CUDA_GRAPH_FLAGS, cuda_graphs_enabled
+from darts.accel.cuda_graph import cuda_graphs_enabled
 from darts.accel.device_data import (
-    LOADERS,
     DeviceEvalLoader,
     DeviceImages,
     DeviceSplitLoader,
@@ -42,18 +41,19 @@ from darts.accel.device_data import (
 from darts.architect import ARCH_LOSSES, Architect
 from darts.benchmarks.nb201 import BenchmarkTable
 from darts.errors import UserError
-from darts.evaluators import EVALUATORS
 from darts.methods import pieces as collapse
 from darts.methods import presets, schedule
-from darts.methods.mixing import SAMPLERS, build_sampler
-from darts.methods.perturb import PERTURBATIONS
-from darts.methods.presets import METHODS
-from darts.methods.regularizers import REGULARIZERS, build_regularizer, check_flags, combine
-from darts.primitives import OPS, PRIMITIVES
-from darts.registry import Choices
+from darts.methods.mixing import build_sampler
+from darts.methods.regularizers import build_regularizer, check_flags, combine
+from darts.primitives import OPS
+from darts.search_config import (  # the settings (re-exported: darts.search.SearchConfig)
+    SEARCH_DATASETS,
+    SearchConfig,
+    data_args,
+    resolved,
+)
 from darts.spaces import SPACES, darts_cells, get_space
 from darts.spaces.darts_cells import op_list
-from darts.strategies import STRATEGIES
 from darts.supernet import MIXING_RULES
 from darts.train import cli, distributed
 from darts.train.checkpoint import (
@@ -88,223 +88,10 @@ from darts.train.engine import (
 )
 from darts.train.files import save_json
 from darts.train.rundir import RunClaim, claim_run_dir
-from darts.train.tb import EpochTimer, RunLogger, alpha_heatmap, format_duration
+from darts.train.tb import EpochTimer, RunLogger, alpha_heatmap, draw_cells, format_duration
 
-SEARCH_DATASETS = ("cifar10", "cifar100", "ImageNet16-120", "folder", "synthetic")
 CHECKPOINT_KEYS = ("epoch", "config", "model", "optimizer", "arch_optimizer", "scheduler", "split",
                    "alpha_stream", "history", "rng")
-
-
-def _f(help: str, **meta: Any) -> dict[str, Any]:
-    return {"help": help, **meta}
-
-
-@dataclass
-class SearchConfig:
-    # What `--resume RUN_DIR` may change: a run that diverged goes on from its last good
-    # checkpoint with a smaller step (darts.train.checkpoint.change_base_lr).
-    RESUMABLE: ClassVar[tuple[str, ...]] = ("learning_rate", "arch_learning_rate", "grad_clip")
-
-    dataset: str = field(default="cifar10", metadata=_f("dataset", choices=SEARCH_DATASETS))
-    space: str = field(default="darts", metadata=_f(
-        "the search space: darts (the paper's cell: 2 inputs, --nodes nodes, --ops), nb201 "
-        "(NAS-Bench-201's cell: 4 nodes, 6 edges, 5 ops; its benchmark's network and recipe) "
-        "or, for the multi-trial strategies only, cnn (a plain chain of conv layers)",
-        choices=SPACES))
-    # Multi-trial search (docs/strategies.md): another strategy than DARTS's gradients.
-    strategy: str = field(default="darts", metadata=_f(
-        "darts (the gradient-based search) or a multi-trial strategy: random, evolution "
-        "(regularized), ga (genetic algorithm), anneal (simulated annealing), reinforce "
-        "(policy gradient), bo (Bayesian optimisation, Optuna)",
-        choices=Choices(("darts",), STRATEGIES)))
-    evaluator: str = field(default="", metadata=_f(
-        "how a multi-trial strategy's candidates are scored: benchmark (a NAS-Bench-201 "
-        "--benchmark table, free), oneshot (a weight-sharing supernet trained once by uniform "
-        "single paths), train (each trained from scratch for --eval_epochs); default: benchmark "
-        "with --benchmark, else train", choices=Choices(("",), EVALUATORS)))
-    budget: int = field(default=100, metadata=_f("multi-trial: the number of evaluations"))
-    budget_seconds: float = field(default=0.0, metadata=_f(
-        "multi-trial: also stop once the evaluations' cost adds up to this many seconds (the "
-        "benchmark evaluator: the table's training times, simulated as NAS-Bench-201's paper "
-        "does); 0 = off"))
-    metric: str = field(default="cifar10_valid", metadata=_f(
-        "benchmark evaluator: the table column a strategy maximises"))
-    report: str = field(default="cifar10_test", metadata=_f(
-        "benchmark evaluator: the table column reported for each candidate"))
-    eval_epochs: int = field(default=12, metadata=_f(
-        "train evaluator: epochs each candidate trains from scratch (NATS-Bench's 12-epoch "
-        "proxy)"))
-    oneshot_epochs: int | None = field(default=None, metadata=_f(
-        "oneshot evaluator: epochs of the supernet's uniform single-path training (nb201 250, "
-        "NAS-Bench-201's RSPS; darts 100, Li & Talwalkar's code)"))
-    bn_batches: int = field(default=100, metadata=_f(
-        "oneshot evaluator: training batches that recompute a candidate's BatchNorm statistics"))
-    valid_batches: int = field(default=10, metadata=_f(
-        "oneshot evaluator: held-out batches that score a candidate"))
-    population: int | None = field(default=None, metadata=_f(
-        "evolution: population (10, NAS-Bench-201's REA); ga: population (20)"))
-    sample_size: int = field(default=3, metadata=_f(
-        "evolution: candidates sampled per tournament (3); ga: tournament size"))
-    crossover_rate: float = field(default=0.7, metadata=_f("ga: probability of crossover"))
-    mutation_rate: float = field(default=0.1, metadata=_f("ga: per-decision mutation probability"))
-    selection: str = field(default="tournament", metadata=_f(
-        "ga: parent selection", choices=("tournament", "roulette")))
-    elites: int = field(default=1, metadata=_f("ga: best members kept unchanged per generation"))
-    temperature: float = field(default=1.0, metadata=_f("anneal: initial temperature (score units)"))
-    cooling: float = field(default=0.99, metadata=_f("anneal: temperature factor per evaluation"))
-    controller_lr: float = field(default=0.001, metadata=_f("reinforce: Adam learning rate of the policy"))
-    baseline_momentum: float = field(default=0.9, metadata=_f("reinforce: moving-average baseline momentum"))
-    entropy_weight: float = field(default=0.0, metadata=_f("reinforce: weight of the entropy bonus"))
-    bo_sampler: str = field(default="tpe", metadata=_f(
-        "bo: Optuna's sampler, tpe (multivariate) or gp", choices=("tpe", "gp")))
-    bo_startup: int = field(default=10, metadata=_f("bo: random candidates before the model proposes"))
-    benchmark: str = field(default="", metadata=_f(
-        "nb201: a NAS-Bench-201 CSV table (python -m darts.benchmarks.nb201 convert); the decoded cell "
-        "is looked up after every epoch (log, TensorBoard benchmark/*, metrics.json)"))
-    data: str = field(default="data", metadata=_f(
-        "dataset root: CIFAR is read from (or downloaded into) it; folder: a folder with train/ and test/ (or val/)"))
-    # The search recipe (Section 3.1.1, Appendix A.1.1).
-    batch_size: int = field(default=64, metadata=_f("batch size of both the weight and the alpha steps"))
-    learning_rate: float = field(default=0.025, metadata=_f("initial weight learning rate"))
-    learning_rate_min: float = field(default=0.001, metadata=_f("final weight learning rate (cosine)"))
-    momentum: float = field(default=0.9, metadata=_f("SGD momentum of the weights"))
-    weight_decay: float | None = field(default=None, metadata=_f(
-        "weight decay of the weights (darts 3e-4; nb201 5e-4, its benchmark's DARTS runs)"))
-    nesterov: bool | None = field(default=None, metadata=_f(
-        "Nesterov momentum of the weights (darts off; nb201 on, as its benchmark's DARTS runs)"))
-    grad_clip: float = field(default=5.0, metadata=_f("gradient norm clip of the weights, 0 = off"))
-    epochs: int = field(default=50, metadata=_f("search epochs"))
-    init_channels: int = field(default=16, metadata=_f("channels of the first cell"))
-    layers: int | None = field(default=None, metadata=_f(
-        "darts: cells of the supernet (8); nb201: cells per stage (5, three stages)"))
-    nodes: int = field(default=4, metadata=_f("intermediate nodes per cell"))
-    ops: str = field(default=",".join(PRIMITIVES), metadata=_f(
-        "comma-separated ops of every edge (the DARTS 8 by default); an op of your own: "
-        "register_op in a --plugins file"))
-    mixing: str = field(default="softmax", metadata=_f(
-        "how an edge's alphas become its ops' weights: softmax (eq. 2), or a rule registered "
-        "with register_mixing in a --plugins file"))
-    arch_loss: str = field(default="none", metadata=_f(
-        "a term added to the loss the alphas minimise: none, or one registered with "
-        "register_arch_loss in a --plugins file"))
-    # Collapse fixes, I: how mixing weights are made, what the alpha loss adds (docs/collapse.md)
-    sampler: str = field(default="softmax", metadata=_f(
-        "how the alphas become mixing weights: softmax (DARTS), gdas (a hard Gumbel-softmax "
-        "sample, one op per edge), drnas (a Dirichlet sample), fairdarts (sigmoid)",
-        choices=SAMPLERS))
-    tau_max: float = field(default=10.0, metadata=_f(
-        "gdas: Gumbel-softmax temperature at the first epoch, falling linearly to --tau_min"))
-    tau_min: float = field(default=0.1, metadata=_f("gdas: temperature at the last epoch"))
-    regularizer: str = field(default="none", metadata=_f(
-        "a published term added to the alpha loss: none, beta (beta-DARTS, weight rising "
-        "linearly), zero-one (FairDARTS), drnas-kl, drnas-l2 (DrNAS)", choices=REGULARIZERS))
-    reg_weight: float | None = field(default=None, metadata=_f(
-        "the regularizer's weight (beta 50, reached linearly; zero-one 10; drnas-kl and "
-        "drnas-l2 1e-3)"))
-    # Collapse fixes, II: perturbation, supernet, selection (docs/collapse.md)
-    method: str = field(default="", metadata=_f(
-        "a published method's flag values (an explicit flag overrides them; the log lists "
-        "them with their sources): darts, pdarts, pc-darts, sdarts-rs, sdarts-adv, "
-        "darts-minus, gdas, drnas, fairdarts, beta-darts", choices=("", *METHODS)))
-    perturb: str = field(default="none", metadata=_f(
-        "SDARTS: what perturbs the mixing weights of the weight step: none, random (SDARTS-RS, "
-        "uniform in [-eps, eps]) or adversarial (SDARTS-ADV, 7 steps of L-inf PGD); the "
-        "alphas are not changed", choices=PERTURBATIONS))
-    perturb_epsilon: float = field(default=0.3, metadata=_f(
-        "SDARTS: the largest eps, reached at the end of the linear ramp from 0.03 (their 0.3)"))
-    aux_skip: float = field(default=0.0, metadata=_f(
-        "DARTS-: beta0 of the auxiliary skip beta * x on every stride-1 edge, decaying "
-        "linearly to 0 over the search (theirs 1.0); 0 = off"))
-    skip_dropout: float = field(default=0.0, metadata=_f(
-        "P-DARTS: initial dropout rate on the skip-connections' outputs, decayed per epoch "
-        "as theirs (the pdarts preset: 0.7); 0 = off"))
-    warmup_epochs: int = field(default=0, metadata=_f(
-        "the alphas are not updated in the first N epochs (PC-DARTS 15, P-DARTS 10)"))
-    max_skip: int | None = field(default=None, metadata=_f(
-        "P-DARTS: at most K skip-connections in the decoded normal cell, the weakest skip "
-        "edges taking their next-best op (theirs 2); default: no cap"))
-    select: str = field(default="argmax", metadata=_f(
-        "how the cell is chosen at the end: argmax (DARTS's decoding) or pt (DARTS-PT's "
-        "perturbation-based projection, edge by edge on the validation accuracy)",
-        choices=("argmax", "pt")))
-    pt_interval: int = field(default=5, metadata=_f(
-        "DARTS-PT: epochs of tuning between two projections (their scripts' 5); 0 = none"))
-    early_stop_skips: int | None = field(default=None, metadata=_f(
-        "DARTS+: stop once the decoded normal cell has K or more skip-connections (theirs 2 "
-        "on CIFAR); default: never"))
-    early_stop_stable: int | None = field(default=None, metadata=_f(
-        "DARTS+'s second criterion: stop once the ranking of the learnable ops' alphas on "
-        "every edge has been the same for N epochs (theirs 10); default: never"))
-    plugins: str = field(default="", metadata=_f(
-        "comma-separated Python files (or module names) imported first, whose register_op, "
-        "register_mixing and register_arch_loss calls --ops, --mixing and --arch_loss can "
-        "name; recorded, so --resume and the printed retrain command import them again"))
-    train_portion: float = field(default=0.5, metadata=_f(
-        "fraction of the training set that trains the weights; the rest trains the alphas"))
-    arch_learning_rate: float = field(default=3e-4, metadata=_f("Adam learning rate of the alphas"))
-    arch_weight_decay: float = field(default=1e-3, metadata=_f("Adam weight decay of the alphas"))
-    order: int = field(default=2, metadata=_f(
-        "1: first-order alpha gradient (xi = 0); 2: second order through a virtual weight step (eq. 7)",
-        choices=(1, 2)))
-    hessian: str = field(default="fd", metadata=_f(
-        "second-order Hessian-vector product: fd (central difference, eq. 8) or exact (double backprop)",
-        choices=("fd", "exact")))
-    fd_epsilon: float = field(default=0.01, metadata=_f(
-        "norm of the weight perturbation of the finite difference (eq. 8: eps = 0.01 / ||v||)"))
-    cutout: bool = field(default=False, metadata=_f("cutout augmentation during the search (off)"))
-    cutout_length: int = field(default=16, metadata=_f("cutout square side"))
-    # Data options.
-    image_size: int | None = field(default=None, metadata=_f("input resolution for folder/synthetic data (default 32)"))
-    num_classes: int | None = field(default=None, metadata=_f("classes of the synthetic dataset (10)"))
-    synthetic_size: int = field(default=5000, metadata=_f("training images of the synthetic dataset"))
-    workers: int = field(default=2, metadata=_f("data-loading worker processes"))
-    threads: int = field(default=0, metadata=_f(
-        "CPU threads of the training process; 0: the CPUs it may use (its affinity mask and "
-        "CPU quota), or OMP_NUM_THREADS where set"))
-    adapt_threads: bool = field(default=False, metadata=_f(
-        "on the CPU, follow the machine's load: every 10 s the threads become the CPUs other "
-        "processes leave free (at least 1, at most --threads). Robust on a shared machine, but "
-        "the thread count changes how sums are split, so the run is not bit-reproducible"))
-    # Speed and memory (none changes the search's mathematics except --amp and
-    # --partial_channels; see docs/options.md and docs/performance.md).
-    loader: str = field(default="auto", metadata=_f(
-        "auto: the device-resident pipeline on a GPU for in-memory data sets (CIFAR, synthetic), "
-        "else the DataLoader; device; torch (DataLoader)", choices=LOADERS))
-    amp: str = field(default="off", metadata=_f(
-        "mixed precision of the forward passes: off (float32, the paper), bf16, fp16 (with loss "
-        "scaling); the Hessian-vector product stays float32", choices=tuple(AMP_DTYPES)))
-    channels_last: bool | None = field(default=None, metadata=_f(
-        "channels-last (NHWC) memory format; default: on on the CPU (where the C kernels need it), off elsewhere; --no-channels_last to turn it off"))
-    tune_malloc: bool = field(default=True, metadata=_f(
-        "on the CPU with glibc: keep freed tensor memory in the process (one malloc arena, no trimming) instead of faulting fresh pages in for every tensor; --no-tune_malloc for glibc's defaults"))
-    compile: bool = field(default=False, metadata=_f("torch.compile the supernet (eager where it cannot)"))
-    partial_channels: int = field(default=1, metadata=_f(
-        "PC-DARTS: 1/K of the channels pass through each mixed op, with edge normalization; 1 = DARTS"))
-    checkpoint_cells: bool = field(default=False, metadata=_f(
-        "recompute each cell in the backward pass instead of storing its activations"))
-    cuda_graphs: str = field(default="auto", metadata=_f(
-        "capture each whole search step (alpha step and weight step) in a CUDA graph and replay "
-        "it: the same kernels, one launch; auto: on a GPU, one process, amp off or bf16, no "
-        "--compile", choices=CUDA_GRAPH_FLAGS))
-    batch_edges: str = field(default="auto", metadata=_f(
-        "compute the edges that leave one state together (the same function in fewer, larger "
-        "kernels): on, off (edge by edge), auto (on on a GPU, where it is faster)",
-        choices=("auto", "on", "off")))
-    # Run options.
-    seed: int = field(default=0, metadata=_f("random seed"))
-    save: str = field(default="runs", metadata=_f("parent folder of the run directory"))
-    name: str | None = field(default=None, metadata=_f("run directory name (default: search-<dataset>-<time>)"))
-    device: str = field(default="auto", metadata=_f("cpu, cuda, cuda:N or auto"))
-    progress: bool = field(default=True, metadata=_f("progress bar per epoch (when stdout is a terminal)"))
-    tensorboard: bool = field(default=True, metadata=_f("TensorBoard event files in the run directory"))
-
-
-def resolved(cfg: SearchConfig) -> SearchConfig:
-    """`cfg` with the fields left at None set to its space's defaults."""
-    search = getattr(SPACES.get(cfg.space), "gradient", None)
-    values = getattr(search, "defaults", darts_cells.gradient.defaults)
-    return dataclasses.replace(cfg, **{k: v for k, v in values.items()
-                                       if getattr(cfg, k) is None})
 
 
 def validate(cfg: SearchConfig) -> None:
@@ -395,19 +182,6 @@ def paper_scale(cfg: SearchConfig) -> bool:
     cfg = resolved(cfg)
     return (cfg.dataset != "synthetic" and cfg.layers >= cell_kind(cfg).paper_layers
             and cfg.init_channels >= 16 and cfg.epochs >= 50)
-
-
-def data_args(cfg: SearchConfig) -> list[str]:
-    """The data flags (beside --dataset) that make train_final.py read the search's data."""
-    args = []
-    if cfg.dataset != "synthetic" and cfg.data != "data":
-        args += ["--data", cfg.data]
-    for flag in ("image_size", "num_classes"):
-        if getattr(cfg, flag) is not None:
-            args += [f"--{flag}", str(getattr(cfg, flag))]
-    if cfg.dataset == "synthetic" and cfg.synthetic_size != 5000:
-        args += ["--synthetic_size", str(cfg.synthetic_size)]
-    return args
 
 
 def retrain_command(run_dir: Path, cfg: SearchConfig) -> tuple[str, str]:
@@ -912,7 +686,7 @@ def _log_epoch(logger, model, genotype, step, train, valid, lr, arch_loss, stats
         logger.image(f"alphas/{kind}", alpha_heatmap(w, edges, ops, f"{kind} cell, epoch {step}"),
                      step)
     logger.text(cells.noun, f"`{genotype}`", step)
-    cells.draw(genotype, logger, step)
+    draw_cells(genotype, logger, step)
 
 
 def _metrics(cfg: SearchConfig, history: list[dict[str, Any]], complete: bool) -> dict[str, Any]:
@@ -945,7 +719,7 @@ def _finish(cfg, run_dir, logger, history, d: Dist) -> dict[str, Any]:
     genotype = cells.from_dict(result_genotype(history[-1]), str(run_dir))
     if d.is_main:
         cells.save(genotype, run_dir / cells.result_file)
-        cells.draw(genotype, logger, len(history), run_dir)
+        draw_cells(genotype, logger, len(history), run_dir)
     metrics = _metrics(cfg, history, complete=len(history) >= cfg.epochs
                        or history[-1].get("early_stop", False))
     logger.info("done: %s %s written to %s", cells.noun, genotype, run_dir / cells.result_file)

@@ -1,9 +1,8 @@
 """`--method NAME`: a published method as the flag values its paper and code use.
 
 A preset sets flags; a flag given explicitly overrides it. Each value carries its source.
-Presets of pieces from the other half of the collapse work (`--sampler`, `--regularizer`:
-GDAS, DrNAS, beta-DARTS) are listed too; a build without those flags refuses them with a
-message naming the flags it lacks.
+A preset naming a flag the config lacks (a config other than train_search.py's) is refused
+with a message naming the flags.
 """
 
 from __future__ import annotations
@@ -51,7 +50,7 @@ PRESETS: dict[str, dict[str, tuple[Any, str]]] = {
         "aux_skip": (1.0, "Meituan-AutoML/DARTS- scripts/run_darts_minus.sh: --auxiliary_skip --skip_beta 1 --decay linear"),
         "order": (1, "Meituan-AutoML/DARTS- src/search/args.py: --unrolled off"),
     },
-    # The other half of the collapse work (--sampler, --regularizer).
+    # Methods that change how the mixing weights are made or what the alphas minimise.
     "gdas": {
         "sampler": ("gdas", "Dong & Yang, CVPR 2019: Gumbel-softmax sampling of one op per edge"),
         "order": (1, "D-X-Y/AutoDL-Projects exps/NAS-Bench-201-algos/GDAS.py: a first-order "
@@ -91,7 +90,7 @@ def apply(cfg: Any, explicit: set[str] | None = None) -> Any:
     missing = [k for k in preset if k not in fields]
     if missing:
         raise UserError(f"--method {cfg.method} sets {', '.join('--' + k for k in missing)}, "
-                        f"which this build does not have (they come with the mixing-rule pieces: "
+                        f"which this command does not have (they are train_search.py's: "
                         f"docs/collapse-pieces.md)")
     if explicit is None:
         explicit = {k for k in preset if getattr(cfg, k) != fields[k].default}

@@ -295,11 +295,6 @@ class GradientSearch:
     def save(self, genotype, path):
         save_genotype(genotype, path)
 
-    def draw(self, genotype, logger, step, run_dir=None):
-        from darts.train.tb import draw_cells
-
-        draw_cells(genotype, logger, step, run_dir)
-
     def skip_connects(self, genotype) -> int:
         return sum(op == "skip_connect" for op, _ in genotype.normal)
 
