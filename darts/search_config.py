@@ -44,9 +44,11 @@ class RunConfig:
         "or, for the multi-trial strategies only, cnn (a plain chain of conv layers)",
         choices=SPACES))
     plugins: str = field(default="", metadata=_f(
-        "comma-separated Python files (or module names) imported first, whose register_op, "
-        "register_mixing and register_arch_loss calls --ops, --mixing and --arch_loss can "
-        "name; recorded, so --resume and the printed retrain command import them again"))
+        "comma-separated Python files (or module names) imported first, before the flags are "
+        "read: the spaces, strategies, evaluators, ops, mixing rules and architecture losses "
+        "they register are then choices of --space, --strategy, --evaluator, --ops, --mixing "
+        "and --arch_loss; recorded, so --resume and the printed retrain command import them "
+        "again"))
     # Run options.
     seed: int = field(default=0, metadata=_f("random seed"))
     save: str = field(default="runs", metadata=_f("parent folder of the run directory"))

@@ -328,18 +328,26 @@ def test_a_plugin_op_of_the_wrong_shape_is_named_when_the_supernet_is_built():
 
 
 # -- 7. a NaN loss stops the run --------------------------------------------------------------
-def test_a_nan_loss_stops_the_search_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    import darts.search as search
-    real, calls = search.evaluate, [0]
+def nan_validation_loss(monkeypatch, module, from_call: int):
+    """`module.evaluate` (the epoch's validation) gives a NaN loss from its `from_call`-th call;
+    returns the real one."""
+    real, calls = module.evaluate, [0]
 
-    def nan_in_epoch_2(*args, **kwargs):
+    def evaluate(*args, **kwargs):
         calls[0] += 1
         metrics = real(*args, **kwargs)
-        if calls[0] == 2:
+        if calls[0] >= from_call:
             metrics.loss = float("nan")
         return metrics
 
-    monkeypatch.setattr(search, "evaluate", nan_in_epoch_2)
+    monkeypatch.setattr(module, "evaluate", evaluate)
+    return real
+
+
+def test_a_nan_loss_stops_the_search_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    import darts.search as search
+
+    nan_validation_loss(monkeypatch, search, from_call=2)
     with pytest.raises(UserError, match=r"diverged in epoch 2 \(valid_loss nan\).*checkpoint of "
                                         r"epoch 1 .* is kept"):
         run(tiny_search(tmp_path, name="nan", epochs=3))
@@ -351,15 +359,8 @@ def test_a_nan_loss_stops_the_search_and_keeps_the_last_good_checkpoint(tmp_path
 
 def test_a_nan_loss_stops_final_training(tmp_path, monkeypatch):
     import darts.final as final
-    real, calls = final.evaluate, [0]
 
-    def nan_at_once(*args, **kwargs):
-        calls[0] += 1
-        metrics = real(*args, **kwargs)
-        metrics.loss = float("nan")
-        return metrics
-
-    monkeypatch.setattr(final, "evaluate", nan_at_once)
+    nan_validation_loss(monkeypatch, final, from_call=1)
     cfg = final.FinalConfig(dataset="synthetic", genotype="darts_v2", epochs=2, layers=3,
                             init_channels=4, batch_size=50, synthetic_size=100, workers=0,
                             progress=False, device="cpu", save=str(tmp_path), name="f",
@@ -446,16 +447,8 @@ def test_a_new_base_learning_rate_continues_the_schedule_from_the_epoch_reached(
 
 def test_resume_after_a_diverged_epoch_with_a_smaller_learning_rate(tmp_path, monkeypatch, capsys):
     import darts.search as search
-    real, calls = search.evaluate, [0]
 
-    def nan_in_epoch_2(*args, **kwargs):
-        calls[0] += 1
-        metrics = real(*args, **kwargs)
-        if calls[0] == 2:
-            metrics.loss = float("nan")
-        return metrics
-
-    monkeypatch.setattr(search, "evaluate", nan_in_epoch_2)
+    real = nan_validation_loss(monkeypatch, search, from_call=2)
     args = ["--dataset", "synthetic", "--layers", "3", "--nodes", "2", "--init_channels", "4",
             "--image_size", "16", "--synthetic_size", "32", "--batch_size", "8", "--workers", "0",
             "--epochs", "2", "--order", "1", "--device", "cpu", "--no-progress",

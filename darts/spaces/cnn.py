@@ -332,17 +332,10 @@ def _final_training():
 
         noun = network_noun = "a plain CNN"
         result_files, saved_as = ("cnn.json", "arch.json"), "arch.json"
+        arch_type = CNNArch
 
         def recipe(self, family: str) -> dict:
             return recipe_
-
-        def reads(self, data) -> bool:
-            text = data.get("arch") if isinstance(data, dict) else data
-            try:
-                CNNArch.from_string(text)
-                return True
-            except UserError:
-                return False
 
         def claims(self, data) -> bool:
             return isinstance(data, dict) and "arch" in data and "~" not in str(data["arch"])

@@ -572,6 +572,7 @@ class FinalTraining(_darts_cells.FinalTraining):
 
     noun, network_noun = "a NAS-Bench-201 cell", "NAS-Bench-201's network"
     result_files, saved_as, has_auxiliary = ("arch.json",), "arch.json", False
+    arch_type: Any = NB201Arch  # its from_string reads a candidate's text
 
     def recipe(self, family: str) -> dict:
         return NB201_RECIPE
@@ -579,7 +580,7 @@ class FinalTraining(_darts_cells.FinalTraining):
     def reads(self, data) -> bool:
         text = data.get("arch") if isinstance(data, dict) else data
         try:
-            NB201Arch.from_string(text)
+            self.arch_type.from_string(text)
             return True
         except UserError:
             return False
