@@ -42,7 +42,7 @@ from darts.registry import Choices
 from darts.spaces import SPACES
 from darts.strategies import STRATEGIES
 from darts.strategies import run as run_strategy
-from darts.train.cli import Parser, report
+from darts.train.cli import Parser, command, report
 from darts.train.config import finite_float
 from darts.train.files import atomic_open, write_error
 
@@ -228,7 +228,7 @@ def write(runs: list[dict[str, Any]], out: Path, report_metric: str, title: str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = Parser(prog="python -m darts.compare",
+    parser = Parser(prog=" ".join(command("python -m darts.compare", "darts-compare")),
                     description="Every strategy on every seed on one budget, scored by a "
                                 "NAS-Bench-201 table: summary.csv, summary.md, best_so_far.png.")
     try:

@@ -191,7 +191,10 @@ def _benchmark_result(table: BenchmarkTable | None, space: ModuleType, best: Any
 
 
 def _retrain_command(cfg, space: Any, run_dir: Path) -> str:
-    args = ["python", "train_final.py", *space.retrain_flags(str(run_dir / space.RESULT_FILE))]
+    from darts.train import cli
+
+    args = [*cli.command("python train_final.py", "darts-final"),
+            *space.retrain_flags(str(run_dir / space.RESULT_FILE))]
     from darts.search_config import data_args
 
     if cfg.dataset != "cifar10":

@@ -192,7 +192,7 @@ def retrain_command(run_dir: Path, cfg: SearchConfig) -> tuple[str, str]:
     minutes where the search did."""
     cfg = resolved(cfg)
     cells = cell_kind(cfg)
-    args = ["python", "train_final.py", *cells.space_flags, "--genotype",
+    args = [*cli.command("python train_final.py", "darts-final"), *cells.space_flags, "--genotype",
             str(run_dir / cells.result_file), "--dataset", cfg.dataset, *data_args(cfg)]
     if cfg.plugins:
         args += ["--plugins", cfg.plugins]

@@ -29,7 +29,7 @@ from darts.genotype import Genotype, resolve_genotype
 from darts.spaces.nb201 import EDGES as NB201_EDGES
 from darts.spaces.nb201 import NODES as NB201_NODES
 from darts.spaces.nb201 import NB201Arch, load_arch, read_arch_json
-from darts.train.cli import Parser, report
+from darts.train.cli import Parser, command, report
 from darts.train.files import atomic_open
 
 INPUT_NAMES = ("c_{k-2}", "c_{k-1}")
@@ -273,7 +273,7 @@ def _default_out_dir(spec: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = Parser(prog="python -m darts.visualize",
+    parser = Parser(prog=" ".join(command("python -m darts.visualize", "darts-visualize")),
                     description="Draw a genotype's normal and reduction cells with graphviz.")
     parser.add_argument("genotype", metavar="GENOTYPE",
                         help="a genotype JSON file, or a published name such as darts_v2; "

@@ -5,6 +5,7 @@ search ends with the command that retrains its cell."""
 import json
 import shlex
 import shutil
+import sys
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -178,3 +179,18 @@ def test_an_nb201_search_names_its_one_cell_and_prints_its_retrain_command(tmp_p
     assert (json.loads((tmp_path / "f" / "arch.json").read_text())
             == json.loads((run_dir / "arch.json").read_text()))
     shutil.rmtree(tmp_path / "f")
+
+
+def test_an_installed_command_prints_installed_commands(monkeypatch, tmp_path):
+    """Run as `darts-search`, the search's retrain hint is `darts-final ...` (an installed
+    user has no train_final.py); from a checkout it stays `python train_final.py ...`."""
+    from darts.search import SearchConfig, retrain_command
+    from darts.train import cli
+
+    cfg = SearchConfig(dataset="synthetic")
+    monkeypatch.setattr(sys, "argv", ["train_search.py"])
+    assert retrain_command(tmp_path, cfg)[0].startswith("python train_final.py --genotype")
+    assert cli.command("python -m darts.compare", "darts-compare") == ["python", "-m", "darts.compare"]
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/darts-search"])
+    assert retrain_command(tmp_path, cfg)[0].startswith("darts-final --genotype")
+    assert cli.command("python -m darts.compare", "darts-compare") == ["darts-compare"]

@@ -44,7 +44,7 @@ from typing import Any
 
 from darts.errors import UserError
 from darts.spaces.nb201 import ArchStringError, NB201Arch
-from darts.train.cli import Parser, report
+from darts.train.cli import Parser, command, report
 from darts.train.files import atomic_open
 
 # column -> (nats_bench dataset, key of get_more_info's dict)
@@ -429,7 +429,7 @@ def _open_official(path: str) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = Parser(prog="python -m darts.benchmarks.nb201",
+    parser = Parser(prog=" ".join(command("python -m darts.benchmarks.nb201", "darts-nb201")),
                     description="NAS-Bench-201 tables: convert the official files, query a table.")
     sub = parser.add_subparsers(dest="command", required=True)
     conv = sub.add_parser("convert", help="official NATS-Bench topology files -> CSV table")

@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from darts import plugins
@@ -32,6 +33,13 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USER_ERROR, f"error: {' '.join(message.split())} "
                                    f"(`{self.prog} --help` lists the flags)\n")
+
+
+def command(module_form: str, installed: str) -> list[str]:
+    """How to call a command in what this process prints: `installed` (e.g. darts-final)
+    where this process was started as an installed command itself, else `module_form` (e.g.
+    "python train_final.py" or "python -m darts.compare") from a checkout."""
+    return [installed] if Path(sys.argv[0]).name.startswith("darts-") else module_form.split()
 
 
 def report(error: UserError) -> int:
