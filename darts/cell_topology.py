@@ -11,7 +11,7 @@ branch in their code.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from darts.genotype import Genotype, decode_genotype
 from darts.primitives import OPS, PRIMITIVES
@@ -33,6 +33,34 @@ class SearchSpace:
         if self.steps < 1 or not 1 <= self.multiplier <= self.steps:
             raise ValueError(f"need steps >= 1 and 1 <= multiplier <= steps, got "
                              f"{self.steps}, {self.multiplier}")
+
+    # What the collapse pieces ask of a supernet's cell (its `topology`; NAS-Bench-201's is
+    # darts.spaces.nb201.NB201Topology): two op matrices, normal then reduce; each node
+    # chooses two of its inputs, and a decoded cell never holds `none`.
+    kinds: ClassVar[tuple[str, ...]] = ("normal", "reduce")
+    none_selectable: ClassVar[bool] = False
+
+    @property
+    def ops(self) -> tuple[str, ...]:
+        return tuple(self.primitives)
+
+    @property
+    def nodes(self) -> int:
+        """The nodes that choose their inputs (DARTS-PT projects their edges)."""
+        return self.steps
+
+    def stride_two(self, matrix: int, edge: int) -> bool:
+        """Whether edge `edge` of op matrix `matrix` (0 normal, 1 reduce) has stride 2: a
+        reduction cell's edges from its two inputs."""
+        return matrix == 1 and self.edges()[edge][1] < 2
+
+    def decode_weights(self, weights: tuple, **meta: str) -> Genotype:
+        """The genotype of the (normal, reduce, ...) mixing weights."""
+        return self.decode(*weights[:2], **meta)
+
+    def pt_tune_epochs(self, interval: int) -> int:
+        """DARTS-PT's tuning epochs on this cell (its code's count)."""
+        return interval * (self.num_edges + self.steps - 1) + 1
 
     @property
     def num_ops(self) -> int:

@@ -292,10 +292,15 @@ def _checkpointed_cell(cell: SearchCell, s0: torch.Tensor, s1: torch.Tensor,
 
 class SearchNetwork(nn.Module):
     """The supernet: stem (3*C channels), `layers` search cells, global pooling, classifier.
+    Its `topology` (the cell's SearchSpace) is what the collapse pieces ask of it.
 
     `partial_channels` (K) and `checkpoint_cells` are the memory options described in the
     module docstring; K = 1 and False are the DARTS supernet.
     """
+
+    @property
+    def topology(self) -> SearchSpace:
+        return self.space
 
     def __init__(self, C: int = 16, num_classes: int = 10, layers: int = 8,
                  space: SearchSpace = DARTS_SPACE, stem_multiplier: int = 3,

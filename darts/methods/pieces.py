@@ -201,8 +201,9 @@ class Pieces:
             return cells.decode(self.model, meta)
         with torch.no_grad():
             weights = self.model.mixing_weights()
-        if hasattr(self.model, "space"):
-            return select.capped_darts_genotype(self.model.space, weights, cap, **meta)
+        topology = self.model.topology
+        if topology.nodes:  # a cell whose nodes choose their inputs: the DARTS cell
+            return select.capped_darts_genotype(topology, weights, cap, **meta)
         return select.capped_nb201_arch(weights[0], cap)
 
     def uncapped_skips(self, cells, meta, genotype) -> int:
@@ -262,10 +263,7 @@ def pt_select(pieces: Pieces, cells, *, architect, criterion, device, valid_load
     def decode():
         with torch.no_grad():
             weights = projection(model.mixing_weights())
-        if hasattr(model, "space"):
-            return model.space.decode(*weights[:2], **meta)
-        from darts.spaces.nb201 import decode as nb201_decode
-        return nb201_decode(weights[0])
+        return model.topology.decode_weights(weights, **meta)
 
     total = select.tune_epochs(model, cfg.pt_interval)
     optimizer, scheduler, tuner = _tuning(cfg, model, architect, criterion, precision, total)

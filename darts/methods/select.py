@@ -195,10 +195,8 @@ def projection_steps(model: nn.Module, rng: random.Random) -> list[list[tuple[st
     """DARTS-PT's order, one list per projection (each projects every op matrix once, their
     normal then reduce): ("op", matrix, edge) for every edge, each matrix's edges in random
     order, then for the DARTS cell ("edge", matrix, node) for every node, in random order."""
-    if hasattr(model, "space"):
-        n_edges, nodes, matrices = model.space.num_edges, model.space.steps, 2
-    else:
-        n_edges, nodes, matrices = model.mixing_weights(detach=True)[0].size(0), 0, 1
+    topology = model.topology
+    n_edges, nodes, matrices = topology.num_edges, topology.nodes, len(topology.kinds)
     orders = [rng.sample(range(n_edges), n_edges) for _ in range(matrices)]
     events = [[("op", m, orders[m][i]) for m in range(matrices)] for i in range(n_edges)]
     node_orders = [rng.sample(range(nodes), nodes) for _ in range(matrices)]
@@ -278,12 +276,11 @@ def run_projection(model: nn.Module, projection: Projection, score: Callable[[],
     (`steps`, else drawn from `seed`) and the `done` steps, whose decisions `projection` and
     whose tuning the model (and what `tune` steps) already hold: it goes on at step done + 1.
     """
-    from darts.spaces.nb201 import NB201_OPS
+    topology = model.topology
     steps = projection_steps(model, random.Random(seed)) if steps is None else steps
-    ops = tuple(model.space.primitives) if hasattr(model, "space") else NB201_OPS
-    kinds = ("normal", "reduce") if hasattr(model, "space") else ("cell",)
-    columns = [k for k, op in enumerate(ops) if not (hasattr(model, "space") and op == "none")]
-    plan = projection_plan(steps, interval, tune is not None, hasattr(model, "space"))
+    ops, kinds = topology.ops, topology.kinds
+    columns = [k for k, op in enumerate(ops) if topology.none_selectable or op != "none"]
+    plan = projection_plan(steps, interval, tune is not None, topology.nodes > 0)
     n = len(plan)
     if done:
         log(f"DARTS-PT: resuming after projection step {done}/{n} "
@@ -306,6 +303,4 @@ def tune_epochs(model: nn.Module, interval: int) -> int:
     """The number of DARTS-PT's tuning epochs (the cosine schedule's length)."""
     if interval <= 0:
         return 0
-    if hasattr(model, "space"):
-        return interval * (model.space.num_edges + model.space.steps - 1) + 1
-    return interval * (model.mixing_weights(detach=True)[0].size(0) - 1)
+    return model.topology.pt_tune_epochs(interval)

@@ -68,32 +68,19 @@ def skip_rows(model: nn.Module) -> list[torch.Tensor]:
     """Per op-weight matrix of the supernet (normal, reduce; NB201's one cell): a 0/1 mask,
     1 at (edge, skip_connect) where the edge's skip_connect is the identity (stride 1).
     Raises ValueError where the space has no skip_connect."""
-    ops = _primitives(model)
+    topology = model.topology
+    ops = topology.ops
     if "skip_connect" not in ops:
         raise ValueError("the space has no skip_connect op")
     col = ops.index("skip_connect")
     masks = []
-    if hasattr(model, "space"):  # the DARTS cell: reduction cells' edges from inputs 0, 1 have stride 2
-        edges = model.space.edges()
-        for reduction in (False, True):
-            m = torch.zeros(len(edges), len(ops))
-            for e, (_, j) in enumerate(edges):
-                if not (reduction and j < 2):
-                    m[e, col] = 1.0
-            masks.append(m)
-    else:  # NAS-Bench-201: every edge has stride 1
-        w = model.mixing_weights(detach=True)[0]
-        m = torch.zeros(w.shape)
-        m[:, col] = 1.0
+    for matrix in range(len(topology.kinds)):  # the DARTS cell: a reduction cell's edges
+        m = torch.zeros(topology.num_edges, len(ops))  # from its inputs have stride 2
+        for e in range(topology.num_edges):
+            if not topology.stride_two(matrix, e):
+                m[e, col] = 1.0
         masks.append(m)
     return masks
-
-
-def _primitives(model: nn.Module) -> tuple[str, ...]:
-    if hasattr(model, "space"):
-        return tuple(model.space.primitives)
-    from darts.spaces.nb201 import NB201_OPS
-    return NB201_OPS
 
 
 class AuxiliarySkip:

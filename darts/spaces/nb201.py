@@ -363,6 +363,23 @@ class NB201Network(nn.Module):
         return self.classifier(x)
 
 
+class NB201Topology:
+    """What the collapse pieces ask of NAS-Bench-201's supernet (as of the DARTS cell's
+    SearchSpace): one op matrix, six stride-1 edges, no input choice, `none` selectable."""
+
+    kinds, none_selectable, ops, nodes, num_edges = ("cell",), True, NB201_OPS, 0, len(EDGES)
+
+    def stride_two(self, matrix: int, edge: int) -> bool:
+        return False
+
+    def decode_weights(self, weights: tuple, **meta: str) -> NB201Arch:
+        return decode(weights[0])
+
+    def pt_tune_epochs(self, interval: int) -> int:
+        """DARTS-PT's tuning epochs on this cell (its code's count)."""
+        return interval * (self.num_edges - 1)
+
+
 class NB201SearchNetwork(nn.Module):
     """The supernet: the benchmark's network with every edge a mixed op, one (6, 5) alpha
     matrix shared by all cells (1e-3 * N(0, 1), as DARTS), softmax mixing (eq. 2).
@@ -371,6 +388,8 @@ class NB201SearchNetwork(nn.Module):
     its edge normalisation: arch parameters `betas` (one per edge, 1e-3 * N(0, 1)); node i's
     input is sum_j softmax_j(betas of i's incoming edges) * edge_j(node j). The decoded cell
     is the alphas' (NAS-Bench-201 keeps every edge)."""
+
+    topology = NB201Topology()  # what the collapse pieces ask of it
 
     def __init__(self, num_classes: int = 10, C: int = 16, N: int = 5, sampler=None,
                  partial_channels: int = 1):
