@@ -360,6 +360,10 @@ class SearchNetwork(nn.Module):
             return [self.alphas_normal, self.alphas_reduce, self.betas_normal, self.betas_reduce]
         return [self.alphas_normal, self.alphas_reduce]
 
+
+    def op_alpha_parameters(self) -> list[nn.Parameter]:
+        """The arch parameters that weight ops (not PC-DARTS's edge betas)."""
+        return [self.alphas_normal, self.alphas_reduce]
     def named_network_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         arch = {id(p) for p in self.arch_parameters()}
         return ((n, p) for n, p in self.named_parameters() if id(p) not in arch)

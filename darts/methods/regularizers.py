@@ -42,9 +42,10 @@ REGULARIZERS = ("none", "beta", "zero-one", "drnas-kl", "drnas-l2")
 
 def op_alphas(model: nn.Module) -> list[torch.Tensor]:
     """The alphas that weight ops (not PC-DARTS's edge betas)."""
-    if hasattr(model, "op_alpha_parameters"):  # NAS-Bench-201's supernet
-        return list(model.op_alpha_parameters())
-    return list(model.arch_parameters())[:2]
+    ops_only = getattr(model, "op_alpha_parameters", None)
+    if ops_only is not None:  # the library's supernets
+        return list(ops_only())
+    return list(model.arch_parameters())[:2]  # a model with its op alphas first
 
 
 class Regularizer:
