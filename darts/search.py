@@ -311,6 +311,10 @@ class Iteration:
     lr: float
     grad_clip: float
     average_grads: Callable[[], None]
+    weights: list = field(init=False)  # what the gradient clip takes: the SGD's parameters
+
+    def __post_init__(self) -> None:
+        self.weights = [p for g in self.optimizer.param_groups for p in g["params"]]
 
 
 def search_step(it: Iteration, x: torch.Tensor, y: torch.Tensor, x_val: torch.Tensor,
@@ -335,8 +339,7 @@ def search_step(it: Iteration, x: torch.Tensor, y: torch.Tensor, x_val: torch.Te
     it.average_grads()
     if it.grad_clip > 0:
         it.precision.unscale(it.optimizer)
-        nn.utils.clip_grad_norm_([p for g in it.optimizer.param_groups for p in g["params"]],
-                                 it.grad_clip)
+        nn.utils.clip_grad_norm_(it.weights, it.grad_clip)
     it.precision.step(it.optimizer)
     return loss.detach(), logits.detach(), alpha_loss.detach()
 

@@ -319,45 +319,42 @@ def network(arch: CNNArch, num_classes: int, *_: Any, **__: Any) -> nn.Module:
 
 
 # -- the retraining of a network (darts.final) --------------------------------------------------
-def _final_training():
-    from darts.spaces.nb201 import NB201_RECIPE
-    from darts.spaces.nb201 import FinalTraining as NB201Training
+from darts.spaces.nb201 import NB201_RECIPE  # noqa: E402 (the recipe this one stretches)
+from darts.spaces.nb201 import FinalTraining as _NB201Training  # noqa: E402
 
-    # No paper trains this space, so this is the project's choice, NATS-Bench's 90-epoch
-    # schedule (90E.config: NB201's recipe over 90 epochs). The spec fixes depth and widths.
-    recipe_ = dict(NB201_RECIPE, epochs=90, init_channels=None, layers=None)
-
-    class FinalTraining(NB201Training):
-        """train_final.py's plain CNNs: the spec's network, NATS-Bench's 90-epoch recipe."""
-
-        noun = network_noun = "a plain CNN"
-        result_files, saved_as = ("cnn.json", "arch.json"), "arch.json"
-        arch_type = CNNArch
-
-        def recipe(self, family: str) -> dict:
-            return recipe_
-
-        def claims(self, data) -> bool:
-            return isinstance(data, dict) and "arch" in data and "~" not in str(data["arch"])
-
-        def load(self, spec, where: str) -> CNNArch:
-            if spec == "darts_v2":  # train_final.py's default --genotype: no CNN of its own
-                raise UserError(f"--space {NAME}: give the network with --arch, its text (e.g. "
-                                f"--arch '{EXAMPLE}') or the arch.json a search saved")
-            return load_arch(spec, where)
-
-        def check(self, cfg) -> None:
-            for flag in ("layers", "init_channels"):
-                if getattr(cfg, flag) is not None:
-                    raise UserError(f"--{flag}: a plain CNN's depth and widths are its spec's; "
-                                    f"leave --{flag} out with --space {NAME}")
-            super().check(cfg)
-
-        def label(self, spec: str, arch: CNNArch) -> str:
-            return NAME
-
-    return FinalTraining()
+# No paper trains this space, so this is the project's choice, NATS-Bench's 90-epoch schedule
+# (90E.config: NB201's recipe over 90 epochs). The spec fixes depth and widths.
+CNN_RECIPE: dict[str, Any] = dict(NB201_RECIPE, epochs=90, init_channels=None, layers=None)
 
 
-final = _final_training()
-CNN_RECIPE = final.recipe("cifar")
+class FinalTraining(_NB201Training):
+    """train_final.py's plain CNNs: the spec's network, NATS-Bench's 90-epoch recipe."""
+
+    noun = network_noun = "a plain CNN"
+    result_files, saved_as = ("cnn.json", "arch.json"), "arch.json"
+    arch_type = CNNArch
+
+    def recipe(self, family: str) -> dict:
+        return CNN_RECIPE
+
+    def claims(self, data) -> bool:
+        return isinstance(data, dict) and "arch" in data and "~" not in str(data["arch"])
+
+    def load(self, spec, where: str) -> CNNArch:
+        if spec == "darts_v2":  # train_final.py's default --genotype: no CNN of its own
+            raise UserError(f"--space {NAME}: give the network with --arch, its text (e.g. "
+                            f"--arch '{EXAMPLE}') or the arch.json a search saved")
+        return load_arch(spec, where)
+
+    def check(self, cfg) -> None:
+        for flag in ("layers", "init_channels"):
+            if getattr(cfg, flag) is not None:
+                raise UserError(f"--{flag}: a plain CNN's depth and widths are its spec's; "
+                                f"leave --{flag} out with --space {NAME}")
+        super().check(cfg)
+
+    def label(self, spec: str, arch: CNNArch) -> str:
+        return NAME
+
+
+final = FinalTraining()
