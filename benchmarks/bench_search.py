@@ -35,14 +35,21 @@ from common import (
     summary,
 )
 
+from darts import plugins
 from darts.accel.cuda_graph import cuda_graphs_enabled
-from darts.architect import ARCH_LOSSES, Architect
 from darts.methods import pieces as collapse
 from darts.methods import presets, schedule
-from darts.methods.mixing import SAMPLERS
-from darts.methods.presets import METHODS
-from darts.methods.regularizers import build_regularizer, combine
-from darts.search import Iteration, SearchConfig, _loaders, build_supernet, search_step
+from darts.methods.mixing import build_mixing
+from darts.methods.presets import PRESETS as METHODS
+from darts.search import (
+    Iteration,
+    SearchConfig,
+    _loaders,
+    build_architect,
+    build_supernet,
+    cell_kind,
+    search_step,
+)
 from darts.train.data import build_datasets, search_split
 from darts.train.distributed import Dist
 from darts.train.engine import MetricSum, Precision, SideStep, train_one_epoch
@@ -67,30 +74,33 @@ def measure(args, path: dict, device: torch.device, method: str | None = None) -
                        checkpoint_cells=path.get("checkpoint_cells", False),
                        batch_edges=path.get("batch_edges", "off"),
                        cuda_graphs=path["cuda_graphs"], progress=False, method=method,
-                       sampler=args.sampler, **preset)
-    cfg = presets.apply(cfg, explicit={"order", "hessian", "partial_channels", "sampler"}
-                        if args.sampler != "softmax" else {"order", "hessian", "partial_channels"})
+                       mixing=args.mixing, pieces=tuple(args.pieces or ()), **preset)
+    explicit = {"order", "hessian", "partial_channels"} | (
+        {"mixing"} if args.mixing != "softmax" else set())
+    cfg = presets.apply(cfg, explicit=explicit)
+    collapse.validate(cfg)
     torch.manual_seed(0)
     train_set, _, info = build_datasets("synthetic", "", image_size=cfg.image_size,
                                         synthetic_size=cfg.synthetic_size)
     weight_idx, alpha_idx = search_split(len(train_set), 0.5, 0)
     weight_data, alpha_stream, _, on_device = _loaders(cfg, info, train_set, weight_idx,
                                                        alpha_idx, device, Dist())
-    model = build_supernet(cfg, info.num_classes, device)
+    pieces = collapse.Pieces(cfg)
+    model = build_supernet(cfg, info.num_classes, device, pieces)
+    pieces.attach(model, cell_kind(cfg))
     if cfg.compile:
         model.compile()
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(model.network_parameters(), 0.025, momentum=0.9, weight_decay=3e-4)
     precision = Precision.from_flag(cfg.amp, device)
     graphs = cuda_graphs_enabled(cfg.cuda_graphs, device, distributed=False, amp=cfg.amp,
-                                 compile=cfg.compile) and cfg.sampler in ("softmax", "fairdarts")
-    regularizer = build_regularizer(cfg.regularizer, cfg.reg_weight)
-    architect = Architect(model, criterion, optimizer, order=cfg.order, hessian=cfg.hessian,
-                          precision=precision, capturable=graphs,
-                          arch_loss=combine(ARCH_LOSSES[cfg.arch_loss], regularizer))
-    pieces = collapse.Pieces(cfg, model)
+                                 compile=cfg.compile)
+    rule = build_mixing(cfg)
+    graphs = graphs and (rule is None or rule.cuda_graphs)
+    architect, scheduled = build_architect(cfg, model, pieces, optimizer, criterion, precision,
+                                           Dist(), graphs)
     epoch = min(cfg.warmup_epochs, cfg.epochs - 1)  # a step that updates the alphas
-    schedule.set_epoch([getattr(model, "sampler", None), architect.arch_loss], epoch, cfg.epochs)
+    schedule.set_epoch(scheduled, epoch, cfg.epochs)
     pieces.start_epoch(epoch)
     it = Iteration(model, architect, pieces, optimizer, criterion, precision, 0.025, 5.0,
                    lambda: None)
@@ -110,7 +120,7 @@ def measure(args, path: dict, device: torch.device, method: str | None = None) -
             it, x.to(device, memory_format=fmt), y.to(device),
             xv.to(device, memory_format=fmt), yv.to(device)))
     return summary(clock.times, cfg.batch_size, flops, peak, path=path, method=method or "darts",
-                   sampler=cfg.sampler, loader_on_device=on_device, **peak_reserved(device))
+                   mixing=cfg.mixing, pieces=list(cfg.pieces), loader_on_device=on_device, **peak_reserved(device))
 
 
 def add_step_arguments(p) -> None:
@@ -118,10 +128,15 @@ def add_step_arguments(p) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS), default="standard")
     p.add_argument("--order", type=int, choices=(1, 2), default=1)
     p.add_argument("--hessian", choices=("fd", "exact"), default="fd")
-    p.add_argument("--method", choices=("", *METHODS), default="",
-                   help="a published method's pieces and sampler (train_search.py --method)")
-    p.add_argument("--sampler", choices=tuple(SAMPLERS), default="softmax",
-                   help="the mixing sampler (GDAS, DrNAS, ...) when no --method sets it")
+    p.add_argument("--plugins", default="",
+                   help="Python files registering pieces, mixing rules, ... (train_search.py's)")
+    p.add_argument("--method", default="",
+                   help="a published method's pieces and mixing rule (train_search.py --method)")
+    p.add_argument("--mixing", "--sampler", default="softmax",
+                   help="the mixing rule (gdas, drnas, ...) when no --method sets it")
+    p.add_argument("--pieces", "--piece", action="append", metavar="PIECE",
+                   help="a collapse piece NAME[:KEY=VALUE,...] (train_search.py --pieces); "
+                        "repeatable")
     p.add_argument("--methods", default="",
                    help="instead: several methods, comma-separated ('darts' for plain DARTS), "
                         "each on the fast path in this one process; ratios to the first")
@@ -147,6 +162,7 @@ def main(argv=None) -> int:
 
     def measure_methods(args, path, device):
         """`measure`, or with --methods each method in turn, on one path, in this process."""
+        plugins.load(args.plugins)  # their pieces, rules and presets, before any is named
         names = [m.strip() for m in args.methods.split(",") if m.strip()]
         if not names:
             return measure(args, path, device)

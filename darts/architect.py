@@ -44,26 +44,13 @@ ARCH_BETAS = (0.5, 0.999)
 # `arch_parameters()` or `mixing_weights()`) returning a scalar.
 ArchLoss = Callable[[nn.Module], torch.Tensor]
 
-ARCH_LOSSES: dict[str, ArchLoss | None] = {"none": None}
-
-
-def register_arch_loss(name: str, loss: ArchLoss, *, overwrite: bool = False) -> None:
-    """Adds an architecture loss, chosen by name (`--arch_loss name`). The alpha step then
-    minimises L_val + loss(model): its alpha gradient is added to the first- or second-order
-    gradient of L_val (a term of the alphas alone has no second-order part). It runs at every
-    alpha step, inside the step's CUDA graph where one is captured."""
-    if name in ARCH_LOSSES and not overwrite:
-        raise ValueError(f"architecture loss {name!r} is already registered")
-    ARCH_LOSSES[name] = loss
-
-
 class Architect:
     """Owns the alpha optimizer and computes the alpha gradient of one search step.
 
     `model` exposes `named_network_parameters()` and `arch_parameters()` (a SearchNetwork);
     `weight_optimizer` is the SGD optimizer of the network weights, read for the virtual
     step's learning rate, momentum buffers and weight decay. `arch_loss(model)`, if given, is
-    added to what the alphas minimise (see `register_arch_loss`).
+    added to what the alphas minimise (darts.methods.regularizers).
     """
 
     def __init__(self, model: nn.Module, criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],

@@ -45,7 +45,7 @@ from darts.train.tb import RunLogger, draw_cells, format_duration
 
 HISTORY = "history.jsonl"
 # What a multi-trial run refuses rather than ignore: they set the gradient search's alphas.
-GRADIENT_ONLY = ("method", "sampler", "regularizer", "mixing", "arch_loss", "order", "hessian",
+GRADIENT_ONLY = ("method", "mixing", "regularizer", "order", "hessian",
                  "partial_channels", "checkpoint_cells")
 
 

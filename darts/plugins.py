@@ -3,12 +3,18 @@
 A plugin is a Python file (or an importable module name) whose top level registers what the
 library should know by name:
 
+- spaces: `darts.spaces.register_space(name, space)`, chosen with `--space name`;
+- strategies: `darts.strategies.register_strategy(name, cls)`, `--strategy name`;
+- evaluators: `darts.evaluators.register_evaluator(name, kind)`, `--evaluator name`;
 - ops: `darts.primitives.register_op(name, factory)`, then `--ops ...,name` searches over it
   and genotypes may use it;
-- mixing rules: `darts.supernet.register_mixing(name, rule)`, chosen with `--mixing name`
-  (how an edge's alpha row becomes the weights of its ops; softmax in DARTS);
-- architecture losses: `darts.architect.register_arch_loss(name, loss)`, chosen with
-  `--arch_loss name` (a term added to the validation loss that the alphas minimise).
+- mixing rules: `darts.methods.mixing.register_mixing(name, rule)`, chosen with `--mixing
+  name` (how an edge's alpha row becomes the weights of its ops; softmax in DARTS);
+- regularizers: `darts.methods.regularizers.register_regularizer(name, loss)`, chosen with
+  `--regularizer name` (a term added to the validation loss that the alphas minimise);
+- collapse pieces: `darts.methods.pieces.register_piece(name, cls)`, switched on with
+  `--pieces name[:key=value,...]` (hooks of the gradient search);
+- presets: `darts.methods.presets.register_preset(name, settings)`, `--method name`.
 
 The search, the retraining, `--resume` and `python -m darts.visualize` all take `--plugins`;
 a run records the plugins' absolute paths in config.json, so its resume and the printed

@@ -38,12 +38,12 @@ from darts.accel.device_data import (
     DeviceSplitLoader,
     use_device_loader,
 )
-from darts.architect import ARCH_LOSSES, Architect
+from darts.architect import Architect
 from darts.benchmarks.nb201 import BenchmarkTable
 from darts.errors import UserError
 from darts.methods import pieces as collapse
 from darts.methods import presets, schedule
-from darts.methods.mixing import build_sampler
+from darts.methods.mixing import build_mixing
 from darts.methods.regularizers import build_regularizer, check_flags, combine
 from darts.primitives import OPS
 from darts.search_config import (  # the settings (re-exported: darts.search.SearchConfig)
@@ -54,7 +54,6 @@ from darts.search_config import (  # the settings (re-exported: darts.search.Sea
 )
 from darts.spaces import SPACES, darts_cells, get_space
 from darts.spaces.darts_cells import op_list
-from darts.supernet import MIXING_RULES
 from darts.train import cli, distributed
 from darts.train.checkpoint import (
     change_base_lr,
@@ -143,9 +142,6 @@ def validate(cfg: SearchConfig) -> None:
         raise UserError(f"--ops {cfg.ops}: an op is listed twice")
     if not [op for op in ops if op != "none"]:
         raise UserError(f"--ops {cfg.ops}: give at least one op other than none")
-    if cfg.mixing not in MIXING_RULES:
-        raise UserError(f"--mixing {cfg.mixing}: known rules: {', '.join(MIXING_RULES)} "
-                        f"(a rule of your own: register_mixing in a file given to --plugins)")
     if cfg.nesterov and cfg.momentum == 0:
         raise UserError("--nesterov needs a momentum: give --momentum > 0 or --no-nesterov")
     space.gradient.check(cfg)
@@ -154,10 +150,7 @@ def validate(cfg: SearchConfig) -> None:
                              if getattr(s, "SCORED_BY_TABLE", False))
         raise UserError(f"--benchmark: a NAS-Bench-201 table does not score --space "
                         f"{cfg.space} searches; add {scored}")
-    if cfg.arch_loss not in ARCH_LOSSES:
-        raise UserError(f"--arch_loss {cfg.arch_loss}: known losses: {', '.join(ARCH_LOSSES)} "
-                        f"(a loss of your own: register_arch_loss in a file given to --plugins)")
-    check_flags(cfg)  # --sampler, --regularizer (darts.methods)
+    check_flags(cfg)  # --mixing, --regularizer (darts.methods)
     collapse.validate(cfg)
 
 
@@ -239,7 +232,7 @@ def run(cfg: SearchConfig, *, resume: str | None = None,
         changed = resume_changes(cfg, changes, SearchConfig.RESUMABLE)
         cfg = dataclasses.replace(cfg, **changed)
         run_dir = run_dir_of(resume)
-    # The plugins first: --ops, --mixing and --arch_loss may name what they register.
+    # The plugins first: --ops, --mixing, --regularizer, --pieces may name what they register.
     cfg = resolved(dataclasses.replace(cfg, plugins=plugins.absolute(cfg.plugins)))
     plugins.load(cfg.plugins)
     validate(cfg)
@@ -256,7 +249,8 @@ def run(cfg: SearchConfig, *, resume: str | None = None,
         # Checked before the run directory is made: a flag that cannot work leaves nothing.
         graphs = cuda_graphs_enabled(cfg.cuda_graphs, device, distributed=d.enabled,
                                      amp=cfg.amp, compile=cfg.compile)
-        graphs = graphs and cfg.sampler in ("softmax", "fairdarts")  # samplers draw per step
+        rule = build_mixing(cfg)  # a rule that draws per step (or keeps Python-side state)
+        graphs = graphs and (rule is None or rule.cuda_graphs)
         seed_everything(cfg.seed)
         train_set, _, info = build_datasets(
             cfg.dataset, cfg.data, cutout_length=cfg.cutout_length if cfg.cutout else 0,
@@ -283,16 +277,35 @@ def batch_edges(flag: str, device: torch.device) -> bool:
     return flag == "on" or (flag == "auto" and device.type == "cuda")
 
 
-def build_supernet(cfg: SearchConfig, num_classes: int, device: torch.device) -> nn.Module:
-    """The supernet of `cfg` on `device`, in its memory format (not yet compiled)."""
+def build_supernet(cfg: SearchConfig, num_classes: int, device: torch.device,
+                   pieces: collapse.Pieces | None = None) -> nn.Module:
+    """The supernet of `cfg` on `device`, in its memory format (not yet compiled), with what
+    the collapse pieces (`cfg`'s unless given) build into it before acceleration."""
     cfg = resolved(cfg)
-    sampler = build_sampler(cfg.sampler, tau_max=cfg.tau_max, tau_min=cfg.tau_min)
-    model = cell_kind(cfg).supernet(cfg, num_classes, sampler)
-    model = collapse.prepare_supernet(model, cfg)
+    model = cell_kind(cfg).supernet(cfg, num_classes, build_mixing(cfg))
+    model = (pieces or collapse.Pieces(cfg)).prepare(model)
     model = accelerate(model, batch_edges=batch_edges(cfg.batch_edges, device)).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def build_architect(cfg: SearchConfig, model: nn.Module, pieces: collapse.Pieces,
+                    optimizer: torch.optim.Optimizer, criterion: nn.Module, precision: Precision,
+                    d: Dist, graphs: bool) -> tuple[Architect, list]:
+    """The alpha step's `Architect`, minimising L_val plus `--regularizer`'s and the pieces'
+    terms, and what hears the epoch before it runs (the mixing rule: GDAS's temperature, a
+    plugin's; the alpha losses)."""
+    regularizer = build_regularizer(cfg.regularizer, cfg.reg_weight)
+    # DrNAS's terms take the place of Adam's weight decay on the alphas (their architect).
+    replaces = getattr(regularizer, "replaces_arch_weight_decay", False)
+    architect = Architect(model, criterion, optimizer, order=cfg.order, hessian=cfg.hessian,
+                          lr=cfg.arch_learning_rate,
+                          weight_decay=0.0 if replaces else cfg.arch_weight_decay,
+                          fd_epsilon=cfg.fd_epsilon, precision=precision, dist=d,
+                          capturable=graphs,
+                          arch_loss=combine(regularizer, pieces.arch_loss()))
+    return architect, [getattr(model, "sampler", None), architect.arch_loss]
 
 
 @dataclass
@@ -328,7 +341,7 @@ def search_step(it: Iteration, x: torch.Tensor, y: torch.Tensor, x_val: torch.Te
        L_val, SDARTS perturbs the mixing weights the weight step will see.
     2. Update the weights by descending grad_w L_train(w, alpha) on a training batch, the
        supernet mixing its ops with the (detached) weights the pieces give: softmax(alpha),
-       a sampler's draw (GDAS, DrNAS), or SDARTS's perturbed ones.
+       a mixing rule's draw (GDAS, DrNAS), or SDARTS's perturbed ones.
     """
     alpha_loss = it.pieces.alpha_step(it.architect, (x, y), (x_val, y_val), it.lr)  # step 1
     with it.precision.autocast():  # step 2
@@ -381,7 +394,7 @@ class _Search:
                 "scheduler": self.scheduler.state_dict(),
                 "split": {"weights": self.split[0], "alphas": self.split[1]},
                 "alpha_stream": self.alpha_stream.state_dict(), "history": self.history,
-                "rng": rng_state(), **extra}
+                "pieces": self.pieces.state_dict(), "rng": rng_state(), **extra}
 
     def save(self, metrics: dict[str, Any] | None = None, **extra: Any) -> None:
         """The checkpoint (and metrics.json), written by rank 0 into a directory still its."""
@@ -395,11 +408,12 @@ class _Search:
 
 def _build(cfg, info, device, run_dir, logger, d: Dist, graphs: bool, table, claim) -> _Search:
     """The supernet, its optimizers and schedule, the architect and the collapse pieces."""
-    model = build_supernet(cfg, info.num_classes, device)
     if cfg.select == "pt" and d.enabled:
         raise UserError("--select pt runs on one process (each rank would measure its own "
                         "shard); leave out torchrun or --select pt")
-    pieces = collapse.Pieces(cfg, model)  # the collapse pieces (darts.methods)
+    pieces = collapse.Pieces(cfg)  # the collapse pieces (darts.methods.pieces)
+    model = build_supernet(cfg, info.num_classes, device, pieces)
+    pieces.attach(model, cell_kind(cfg))
     criterion = nn.CrossEntropyLoss().to(device)
     optimizer = torch.optim.SGD(model.network_parameters(), cfg.learning_rate,
                                 momentum=cfg.momentum, weight_decay=cfg.weight_decay,
@@ -407,18 +421,8 @@ def _build(cfg, info, device, run_dir, logger, d: Dist, graphs: bool, table, cla
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, float(cfg.epochs),
                                                            eta_min=cfg.learning_rate_min)
     precision = Precision.from_flag(cfg.amp, device)
-    regularizer = build_regularizer(cfg.regularizer, cfg.reg_weight)
-    # DrNAS's terms take the place of Adam's weight decay on the alphas (their architect).
-    replaces = getattr(regularizer, "replaces_arch_weight_decay", False)
-    architect = Architect(model, criterion, optimizer, order=cfg.order, hessian=cfg.hessian,
-                          lr=cfg.arch_learning_rate,
-                          weight_decay=0.0 if replaces else cfg.arch_weight_decay,
-                          fd_epsilon=cfg.fd_epsilon, precision=precision, dist=d,
-                          capturable=graphs,
-                          arch_loss=combine(ARCH_LOSSES[cfg.arch_loss], regularizer))
-    # What hears the epoch before it runs: the sampler, the mixing rule (a plugin's may
-    # anneal a temperature), the alpha losses.
-    scheduled = [getattr(model, "sampler", None), MIXING_RULES[cfg.mixing], architect.arch_loss]
+    architect, scheduled = build_architect(cfg, model, pieces, optimizer, criterion, precision,
+                                           d, graphs)
     return _Search(cfg, run_dir, logger, d, device, graphs, table, claim, model, cell_kind(cfg),
                    pieces, criterion, optimizer, scheduler, precision, architect, scheduled,
                    meta={"name": run_dir.name, "source": f"train_search.py, run {run_dir}"})
@@ -458,6 +462,7 @@ def _restore(s: _Search, ckpt, changed: dict[str, Any]) -> int:
         s.architect.load_state_dict(ckpt["arch_optimizer"])
         s.scheduler.load_state_dict(ckpt["scheduler"])
         s.alpha_stream.load_state_dict(ckpt["alpha_stream"])
+        s.pieces.load_state_dict(ckpt.get("pieces", {}))
         set_rng_state(ckpt["rng"])
         return epoch_history(ckpt)
 
@@ -524,7 +529,7 @@ def _search(cfg, info, train_set, device, run_dir, logger, ckpt, on_epoch_end, d
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, metrics)
         if why is not None:
-            logger.info("DARTS+: %s: the search stops after epoch %d", why, epoch + 1)
+            logger.info("early stop: %s: the search stops after epoch %d", why, epoch + 1)
             break
     _select_cell(s, projection)
     return _finish(cfg, run_dir, logger, s.history, d)
@@ -579,14 +584,8 @@ def _record(s: _Search, epoch: int, train, valid, arch_loss: float, lr: float, d
               "valid_loss": valid.loss, "valid_top1": valid.top1, "valid_top5": valid.top5,
               "arch_loss": arch_loss, **{k.split("/")[1]: v for k, v in stats.items()},
               "epoch_time_s": dt, "genotype": genotype.to_dict(), **epoch_values}
-    if cfg.max_skip is not None:
-        record["skip_connect_uncapped"] = pieces.uncapped_skips(cells, s.meta, genotype)
-    skips = record.get("skip_connect_uncapped", record[cells.skips])
-    if cfg.early_stop_stable is not None:
-        record["learnable_ranking"] = pieces.learnable_ranking(cells.ops_of(s.model))
-    # DARTS+: skips counted before any --max_skip cap, or the ranking stable
-    why = pieces.stop(skips, [r.get("learnable_ranking") for r in s.history] +
-                      [record.get("learnable_ranking")])
+    pieces.record(record)  # P-DARTS's uncapped skips, DARTS+'s ranking, a plugin's values
+    why = pieces.stop([*s.history, record])  # DARTS+
     if why is not None:
         record["early_stop"] = why
     if s.table is not None:
@@ -611,6 +610,7 @@ def _select_cell(s: _Search, resume: dict | None) -> None:
     checkpointed after each projection step: a resumed run goes on at the next undone step,
     and the checkpoint written at its end holds the selection (never redone)."""
     if s.cfg.select != "pt" or "selection" in s.history[-1]:
+        s.pieces.after_search()
         return
     last = s.history[-1]["epoch"] - 1  # the last epoch's schedules, also after a --resume
     schedule.set_epoch(s.scheduled, last, s.cfg.epochs)

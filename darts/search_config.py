@@ -17,9 +17,9 @@ from typing import Any, ClassVar
 from darts.accel.cuda_graph import CUDA_GRAPH_FLAGS
 from darts.accel.device_data import LOADERS
 from darts.evaluators import EVALUATORS
-from darts.methods.mixing import SAMPLERS
+from darts.methods.mixing import MIXINGS
 from darts.methods.perturb import PERTURBATIONS
-from darts.methods.presets import METHODS
+from darts.methods.presets import PRESETS
 from darts.methods.regularizers import REGULARIZERS
 from darts.primitives import PRIMITIVES
 from darts.registry import Choices
@@ -45,9 +45,9 @@ class RunConfig:
         choices=SPACES))
     plugins: str = field(default="", metadata=_f(
         "comma-separated Python files (or module names) imported first, before the flags are "
-        "read: the spaces, strategies, evaluators, ops, mixing rules and architecture losses "
-        "they register are then choices of --space, --strategy, --evaluator, --ops, --mixing "
-        "and --arch_loss; recorded, so --resume and the printed retrain command import them "
+        "read: the spaces, strategies, evaluators, ops, mixing rules, regularizers, collapse "
+        "pieces and presets they register are then choices of --space, --strategy, "
+        "--evaluator, --ops, --mixing, --regularizer, --pieces and --method; recorded, so --resume and the printed retrain command import them "
         "again"))
     # Run options.
     seed: int = field(default=0, metadata=_f("random seed"))
@@ -112,12 +112,6 @@ class GradientConfig:
     ops: str = field(default=",".join(PRIMITIVES), metadata=_f(
         "comma-separated ops of every edge (the DARTS 8 by default); an op of your own: "
         "register_op in a --plugins file"))
-    mixing: str = field(default="softmax", metadata=_f(
-        "how an edge's alphas become its ops' weights: softmax (eq. 2), or a rule registered "
-        "with register_mixing in a --plugins file"))
-    arch_loss: str = field(default="none", metadata=_f(
-        "a term added to the loss the alphas minimise: none, or one registered with "
-        "register_arch_loss in a --plugins file"))
     arch_learning_rate: float = field(default=3e-4, metadata=_f("Adam learning rate of the alphas"))
     arch_weight_decay: float = field(default=1e-3, metadata=_f("Adam weight decay of the alphas"))
     order: int = field(default=2, metadata=_f(
@@ -156,18 +150,22 @@ class PiecesConfig:
     method: str = field(default="", metadata=_f(
         "a published method's flag values (an explicit flag overrides them; the log lists "
         "them with their sources): darts, pdarts, pc-darts, sdarts-rs, sdarts-adv, "
-        "darts-minus, gdas, drnas, fairdarts, beta-darts", choices=("", *METHODS)))
+        "darts-minus, gdas, drnas, fairdarts, beta-darts, or one registered with register_preset "
+        "in a --plugins file", choices=Choices(("",), PRESETS)))
     # How mixing weights are made, what the alpha loss adds
-    sampler: str = field(default="softmax", metadata=_f(
-        "how the alphas become mixing weights: softmax (DARTS), gdas (a hard Gumbel-softmax "
-        "sample, one op per edge), drnas (a Dirichlet sample), fairdarts (sigmoid)",
-        choices=SAMPLERS))
+    mixing: str = field(default="softmax", metadata=_f(
+        "the mixing rule, how an edge's alphas become its ops' weights: softmax (DARTS, eq. "
+        "2), gdas (a hard Gumbel-softmax sample, one op per edge), drnas (a Dirichlet sample), "
+        "fairdarts (sigmoid), or a rule registered with register_mixing in a --plugins file",
+        choices=MIXINGS, aliases=("--sampler",)))
     tau_max: float = field(default=10.0, metadata=_f(
         "gdas: Gumbel-softmax temperature at the first epoch, falling linearly to --tau_min"))
     tau_min: float = field(default=0.1, metadata=_f("gdas: temperature at the last epoch"))
     regularizer: str = field(default="none", metadata=_f(
-        "a published term added to the alpha loss: none, beta (beta-DARTS, weight rising "
-        "linearly), zero-one (FairDARTS), drnas-kl, drnas-l2 (DrNAS)", choices=REGULARIZERS))
+        "a term added to the loss the alphas minimise: none, beta (beta-DARTS, weight rising "
+        "linearly), zero-one (FairDARTS), drnas-kl, drnas-l2 (DrNAS), or one registered with "
+        "register_regularizer in a --plugins file", choices=REGULARIZERS,
+        aliases=("--arch_loss",)))
     reg_weight: float | None = field(default=None, metadata=_f(
         "the regularizer's weight (beta 50, reached linearly; zero-one 10; drnas-kl and "
         "drnas-l2 1e-3)"))
@@ -188,6 +186,10 @@ class PiecesConfig:
     max_skip: int | None = field(default=None, metadata=_f(
         "P-DARTS: at most K skip-connections in the decoded normal cell, the weakest skip "
         "edges taking their next-best op (theirs 2); default: no cap"))
+    pieces: tuple[str, ...] = field(default=(), metadata=_f(
+        "more collapse pieces, each NAME or NAME:KEY=VALUE,... (repeat the flag for several): "
+        "a piece registered with register_piece in a --plugins file, or a published one by "
+        "its registry name", action="append", metavar="PIECE", aliases=("--piece",)))
     select: str = field(default="argmax", metadata=_f(
         "how the cell is chosen at the end: argmax (DARTS's decoding) or pt (DARTS-PT's "
         "perturbation-based projection, edge by edge on the validation accuracy)",
@@ -273,6 +275,13 @@ class SearchConfig(EvaluatorConfig, StrategyConfig, PiecesConfig, GradientConfig
     # What `--resume RUN_DIR` may change: a run that diverged goes on from its last good
     # checkpoint with a smaller step (darts.train.checkpoint.change_base_lr).
     RESUMABLE: ClassVar[tuple[str, ...]] = ("learning_rate", "arch_learning_rate", "grad_clip")
+    # Keys of older config.json files, each merged into the field that holds its notion now:
+    # old key -> (field, the value that meant "not set").
+    MERGED: ClassVar[dict[str, tuple[str, Any]]] = {"sampler": ("mixing", "softmax"),
+                                                    "arch_loss": ("regularizer", "none")}
+
+    def __post_init__(self) -> None:
+        self.pieces = tuple(self.pieces)  # a list from the command line or config.json
 
 
 def resolved(cfg: SearchConfig) -> SearchConfig:

@@ -70,28 +70,9 @@ from darts.primitives import build_op
 # edges reduce): softmax(alpha) rows and the normalised edge weights.
 MixingWeights = tuple[torch.Tensor, ...]
 
-# How an (edges, ops) alpha matrix becomes the weights that mix each edge's ops: a function
-# of the alphas, differentiable where the alphas are to learn through it.
-MixingRule = Callable[[torch.Tensor], torch.Tensor]
-
-
 def softmax_rows(alphas: torch.Tensor) -> torch.Tensor:
     """DARTS's relaxation (eq. 2): softmax over the ops of each edge."""
     return F.softmax(alphas, dim=-1)
-
-
-MIXING_RULES: dict[str, MixingRule] = {"softmax": softmax_rows}
-
-
-def register_mixing(name: str, rule: MixingRule, *, overwrite: bool = False) -> None:
-    """Adds a mixing rule, chosen by name (`SearchNetwork(mixing=name)`, `--mixing name`).
-    `rule(alphas)` maps the (edges, ops) alphas to mixing weights of the same shape; the
-    supernet multiplies each op's output by its weight and sums (eq. 2), and the decoder
-    ranks ops and edges by the same weights. Every fast path runs any rule: they take the
-    weights, not the rule."""
-    if name in MIXING_RULES and not overwrite:
-        raise ValueError(f"mixing rule {name!r} is already registered")
-    MIXING_RULES[name] = rule
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -305,19 +286,15 @@ class SearchNetwork(nn.Module):
     def __init__(self, C: int = 16, num_classes: int = 10, layers: int = 8,
                  space: SearchSpace = DARTS_SPACE, stem_multiplier: int = 3,
                  in_channels: int = 3, partial_channels: int = 1,
-                 checkpoint_cells: bool = False, mixing: str = "softmax", sampler=None):
+                 checkpoint_cells: bool = False, sampler=None):
         super().__init__()
-        if mixing not in MIXING_RULES:
-            raise ValueError(f"unknown mixing rule {mixing!r}; known: {', '.join(MIXING_RULES)}")
-        self.mixing = mixing
-        # A stochastic rule of darts.methods.mixing (GDAS, DrNAS, FairDARTS) in place of the
-        # mixing rule; None: the rule (DARTS's softmax).
+        # The mixing rule of darts.methods.mixing (GDAS, DrNAS, FairDARTS, a plugin's);
+        # None: DARTS's softmax.
         self.sampler = sampler
-        if sampler is not None and (mixing != "softmax" or (sampler.single_path and (
-                partial_channels > 1 or checkpoint_cells))):
-            raise ValueError(f"sampler {sampler.name!r} takes the place of the mixing rule"
-                             + (" and runs one op per edge: not with partial channels or "
-                                "checkpointed cells" if sampler.single_path else ""))
+        if sampler is not None and sampler.single_path and (partial_channels > 1
+                                                            or checkpoint_cells):
+            raise ValueError(f"mixing rule {sampler.name!r} runs one op per edge: not with "
+                             f"partial channels or checkpointed cells")
         if partial_channels < 1 or C % partial_channels:
             raise ValueError(f"partial_channels={partial_channels} must be a positive divisor "
                              f"of the {C} initial channels (each edge's ops get C / "
@@ -375,15 +352,15 @@ class SearchNetwork(nn.Module):
     def mixing_weights(self, detach: bool = False, *, forward: bool = False) -> MixingWeights:
         """The mixing rule of the alphas (softmax over the ops of each edge in DARTS), for the
         normal and the reduction cells; with K > 1 followed by both cells' edge weights
-        (`normalized_edge_weights`). With a sampler: a sample in training with gradients on,
-        else its deterministic weights (`forward`: those the supernet runs in evaluation)."""
+        (`normalized_edge_weights`). With a rule that draws: a sample in training with
+        gradients on, else its deterministic weights (`forward`: those the supernet runs in
+        evaluation)."""
         arch = [p.detach() if detach else p for p in self.arch_parameters()]
         if self.sampler is not None:
             ops = self.sampler(arch[:2], sample=self.training and torch.is_grad_enabled(),
                                forward=forward)
         else:
-            rule = MIXING_RULES[self.mixing]
-            ops = (rule(arch[0]), rule(arch[1]))
+            ops = (softmax_rows(arch[0]), softmax_rows(arch[1]))
         if self.partial_channels == 1:
             return ops
         steps = self.space.steps

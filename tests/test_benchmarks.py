@@ -36,6 +36,19 @@ def test_benchmark_writes_the_contract_json(tmp_path, script, flags):
             result["plain"]["median_step_s"] / result["fast"]["median_step_s"])
 
 
+def test_the_search_benchmark_times_a_plugins_piece_and_a_mixing_rule(tmp_path):
+    out = tmp_path / "result.json"
+    plugin = ROOT / "tests" / "plugins" / "my_pieces.py"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_search.py"), "--preset",
+                    "small", "--device", "cpu", "--steps", "1", "--warmup", "0", "--json",
+                    str(out), "--threads", "1", "--order", "1", "--plugins", str(plugin),
+                    "--pieces", "trace", "--mixing", "fairdarts", "--no_flops"],
+                   check=True, capture_output=True, timeout=300)
+    result = json.loads(out.read_text())
+    assert result["pieces"] == ["trace"] and result["mixing"] == "fairdarts"
+    assert result["median_step_s"] > 0
+
+
 def test_memory_benchmark_finds_bf16_halving_the_saved_activations(tmp_path):
     out = tmp_path / "memory.json"
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_memory.py"), "--preset",

@@ -1,4 +1,4 @@
-"""--sampler and --regularizer (darts.methods) against each method's definition, on tiny cases:
+"""--mixing and --regularizer (darts.methods) against each method's definition, on tiny cases:
 GDAS's hard Gumbel-softmax sample, DrNAS's Dirichlet, FairDARTS's sigmoid and zero-one loss,
 beta-DARTS's Beta-Decay, DrNAS's KL and L2 terms, the epoch hook, tiny searches of both spaces,
 and the flag combinations that are refused."""
@@ -379,7 +379,7 @@ SEARCHES = [("nb201", "gdas", "none", 1), ("nb201", "gdas", "none", 2),
 @pytest.mark.parametrize("space, sampler, regularizer, order", SEARCHES)
 def test_a_tiny_search_runs_with_each_sampler_and_regularizer(tmp_path, space, sampler,
                                                                 regularizer, order):
-    metrics = run(tiny(tmp_path, space, sampler=sampler, regularizer=regularizer, order=order))
+    metrics = run(tiny(tmp_path, space, mixing=sampler, regularizer=regularizer, order=order))
     history = metrics["history"]
     assert metrics["complete"] and all(math.isfinite(r["train_loss"]) for r in history)
     if sampler == "gdas":
@@ -401,15 +401,15 @@ def test_softmax_builds_the_darts_supernet_without_a_sampler():
 
 # -- flags that cannot go together -------------------------------------------------------------
 @pytest.mark.parametrize("overrides, message", [
-    (dict(sampler="gdas", partial_channels=2), "leave --partial_channels out"),
-    (dict(sampler="gdas", checkpoint_cells=True), "leave --checkpoint_cells out"),
-    (dict(sampler="gdas", compile=True), "leave --compile out"),
-    (dict(sampler="drnas", cuda_graphs="on"), "--cuda_graphs on: --sampler drnas"),
-    (dict(regularizer="zero-one"), "add --sampler fairdarts"),
-    (dict(regularizer="drnas-kl", sampler="gdas"), "add --sampler drnas"),
+    (dict(mixing="gdas", partial_channels=2), "leave --partial_channels out"),
+    (dict(mixing="gdas", checkpoint_cells=True), "leave --checkpoint_cells out"),
+    (dict(mixing="gdas", compile=True), "leave --compile out"),
+    (dict(mixing="drnas", cuda_graphs="on"), "--cuda_graphs on: --mixing drnas"),
+    (dict(regularizer="zero-one"), "add --mixing fairdarts"),
+    (dict(regularizer="drnas-kl", mixing="gdas"), "add --mixing drnas"),
     (dict(reg_weight=1.0), "--reg_weight weights a --regularizer"),
     (dict(regularizer="beta", reg_weight=-1.0), "must be 0 or more"),
-    (dict(sampler="gdas", tau_min=2.0, tau_max=1.0), "0 < tau_min <= tau_max"),
+    (dict(mixing="gdas", tau_min=2.0, tau_max=1.0), "0 < tau_min <= tau_max"),
     (dict(regularizer="drnas-l2", arch_weight_decay=0.0), "leave --arch_weight_decay out"),
 ])
 def test_flags_that_cannot_go_together_are_one_user_error(tmp_path, overrides, message):
@@ -424,5 +424,5 @@ def test_the_command_line_says_it_in_one_line(tmp_path):
             "--sampler", "gdas", "--partial_channels", "2", "--save", str(tmp_path)]
     result = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and "--sampler gdas" in result.stderr
+    assert result.stderr.count("\n") == 1 and "--mixing gdas" in result.stderr
     assert not any(tmp_path.iterdir())

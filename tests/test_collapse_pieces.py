@@ -104,7 +104,7 @@ def test_a_perturbed_weight_step_leaves_the_alphas_and_trains_at_the_perturbed_w
     w = p.weight_step_weights()
     plain = model.mixing_weights(detach=True)
     gap = max((u - v).abs().max().item() for u, v in zip(w, plain, strict=True))
-    assert 0 < gap <= 2 * p.epsilon + 1e-6  # moved, by eps and the renormalisation at most
+    assert 0 < gap <= 2 * p.of(pieces.Perturb).epsilon + 1e-6  # moved, by eps and the renormalisation at most
 
 
 # -- DARTS- ------------------------------------------------------------------------------------
@@ -144,7 +144,7 @@ def test_the_auxiliary_skip_is_the_papers_and_zero_beta_is_plain_darts(fast):
             h.remove()
         torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
         assert not torch.allclose(plain(x), expected, rtol=1e-2, atol=1e-3)
-        p.aux.beta = 0.0
+        p.of(pieces.AuxSkip).aux.beta = 0.0
         torch.testing.assert_close(model(x), plain(x), rtol=1e-4, atol=1e-5)
 
 
@@ -191,12 +191,12 @@ def test_skip_dropout_runs_inside_the_accelerated_cell():
     skip[:, PRIMITIVES.index("skip_connect")] = 1.0
     weights = (skip, torch.softmax(torch.zeros_like(skip), -1))
     model.train()
-    for d in p.dropouts:
+    for d in p.of(pieces.SkipDropout).dropouts:
         d.p = 0.0
     with torch.no_grad():
         a, b = model(x, weights), model(x, weights)
         assert torch.equal(a, b)
-        for d in p.dropouts:
+        for d in p.of(pieces.SkipDropout).dropouts:
             d.p = 0.5
         assert not torch.equal(model(x, weights), model(x, weights))
 
@@ -406,7 +406,7 @@ def test_the_learnable_ranking_orders_each_edges_convolutions_by_alpha():
     with torch.no_grad():  # columns: none, skip, conv 1x1, conv 3x3, avg pool
         model.alphas.copy_(torch.tensor([[9.0, 9.0, 0.2, 0.1, 9.0]] + [[0.0, 0.0, 0.1, 0.3, 0.0]] * 5))
     cfg = tiny_cfg("unused", space="nb201", early_stop_stable=2)
-    ranking = pieces.Pieces(cfg, model).learnable_ranking(NB201_OPS)
+    ranking = pieces.Pieces(cfg, model).of(pieces.EarlyStop).ranking(NB201_OPS)
     assert ranking == [[[2, 3]] + [[3, 2]] * 5]  # the other ops' alphas do not count
     assert select.learnable_ranking([torch.zeros(1, 8)], [4, 5, 6, 7]) == [[[4, 5, 6, 7]]]  # ties
 
@@ -421,7 +421,7 @@ def test_a_ranking_is_stable_once_it_has_held_for_n_epochs():
 def test_early_stopping_on_a_stable_ranking(tmp_path, monkeypatch):
     a, b = [[[2, 3]] * 6], [[[3, 2]] * 6]
     rankings = iter([a, b, b, b, b, b])
-    monkeypatch.setattr(pieces.Pieces, "learnable_ranking", lambda self, ops: next(rankings))
+    monkeypatch.setattr(pieces.EarlyStop, "ranking", lambda self, ops: next(rankings))
     cfg = tiny_cfg(tmp_path, space="nb201", name="stable", epochs=6, order=1, early_stop_stable=3)
     metrics = run(cfg)
     assert [r["learnable_ranking"] for r in metrics["history"]] == [a, b, b, b]
@@ -441,7 +441,7 @@ def test_every_preset_sets_config_fields():
             assert source, (name, key)
 
 
-@pytest.mark.parametrize("name", presets.METHODS)
+@pytest.mark.parametrize("name", list(presets.PUBLISHED))
 def test_a_preset_equals_its_explicit_flags(name):
     preset = presets.PRESETS[name]
     fields = {f.name for f in dataclasses.fields(SearchConfig)}
@@ -487,8 +487,8 @@ def test_the_cli_applies_and_logs_a_preset(tmp_path):
     (dict(skip_dropout=1.0), "--skip_dropout 1.0"),
     (dict(early_stop_skips=0), "--early_stop_skips 0"),
     (dict(early_stop_stable=0), "--early_stop_stable 0"),
-    (dict(sampler="gdas", perturb="random", order=1), "--sampler gdas: --perturb"),
-    (dict(sampler="drnas", aux_skip=1.0), "--sampler drnas: --perturb"),
+    (dict(mixing="gdas", perturb="random", order=1), "--mixing gdas: --perturb"),
+    (dict(mixing="drnas", aux_skip=1.0), "--mixing drnas: --perturb"),
 ])
 def test_bad_combinations_are_one_clear_user_error(tmp_path, overrides, message):
     with pytest.raises(UserError, match=message.replace("-", r"\-").replace(".", r"\.")):

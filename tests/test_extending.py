@@ -16,10 +16,13 @@ import torch.nn as nn
 from conftest import ROOT
 
 from darts import plugins, visualize
-from darts.architect import ARCH_LOSSES, Architect, register_arch_loss
+from darts.architect import Architect
 from darts.cell_topology import SearchSpace
 from darts.errors import UserError
-from darts.supernet import MIXING_RULES, SearchNetwork, register_mixing
+from darts.methods.mixing import MIXINGS, build_mixing, register_mixing
+from darts.methods.regularizers import REGULARIZERS, build_regularizer, register_regularizer
+from darts.search_config import SearchConfig
+from darts.supernet import SearchNetwork
 from darts.train.checkpoint import load_checkpoint
 
 # What the README's commands become here: the same flags at a size that runs in seconds.
@@ -86,7 +89,7 @@ def test_the_readme_extending_section_runs_as_written(tmp_path):
     config = json.loads((run_dir / "config.json").read_text())
     assert config["ops"] == "none,skip_connect,max_pool_3x3,sep_conv_3x3,conv_3x3"
     assert config["plugins"] == str(tmp_path / "my_ops.py")
-    assert config["arch_loss"] == "beta_decay"
+    assert config["regularizer"] == "beta_decay" and config["pieces"] == ["skip_penalty:weight=2"]
     assert ckpt["model"]["alphas_normal"].shape == (14, 5)
 
     # --resume, in a fresh process: it imports my_ops.py again from the recorded path.
@@ -94,6 +97,7 @@ def test_the_readme_extending_section_runs_as_written(tmp_path):
     assert done.returncode == 0, done.stderr
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["complete"] and len(metrics["history"]) == 3
+    assert [r["skip_penalty"] for r in metrics["history"]] == [0.0, 2 / 3, 4 / 3]  # weight * t / T
     genotype = json.loads((run_dir / "genotype.json").read_text())
     used = {op for op, _ in genotype["normal"] + genotype["reduce"]}
     assert used <= {"skip_connect", "max_pool_3x3", "sep_conv_3x3", "conv_3x3"}
@@ -167,7 +171,8 @@ def test_a_mixing_rule_of_ones_own_is_used_by_forward_and_decoding():
     register_mixing("test_sigmoid", torch.sigmoid)
     try:
         torch.manual_seed(0)
-        model = SearchNetwork(4, 3, 3, SearchSpace(), mixing="test_sigmoid").double()
+        rule = build_mixing(SearchConfig(mixing="test_sigmoid"))
+        model = SearchNetwork(4, 3, 3, SearchSpace(), sampler=rule).double()
         with torch.no_grad():
             for a in model.arch_parameters():
                 a.normal_()
@@ -181,10 +186,10 @@ def test_a_mixing_rule_of_ones_own_is_used_by_forward_and_decoding():
         genotype = model.genotype()
         want = model.space.decode(torch.sigmoid(a_n).detach(), torch.sigmoid(a_r).detach())
         assert genotype.normal == want.normal and genotype.reduce == want.reduce
-        with pytest.raises(ValueError, match="unknown mixing rule"):
-            SearchNetwork(4, 3, 3, SearchSpace(), mixing="not_registered")
+        with pytest.raises(UserError, match="--mixing not_registered: unknown mixing rule"):
+            build_mixing(SearchConfig(mixing="not_registered"))
     finally:
-        del MIXING_RULES["test_sigmoid"]
+        del MIXINGS["test_sigmoid"]
 
 
 def test_an_arch_loss_adds_its_own_gradient_to_the_alpha_gradient():
@@ -198,18 +203,19 @@ def test_an_arch_loss_adds_its_own_gradient_to_the_alpha_gradient():
     def square(m):
         return c * sum((a ** 2).sum() for a in m.arch_parameters())
 
-    register_arch_loss("test_square", square)
+    register_regularizer("test_square", square)
     try:
+        loss = build_regularizer("test_square")
         for order in (1, 2):
             plain = Architect(model, crit, opt, order=order).gradient(batch, batch, 0.1)[0]
             with_loss = Architect(model, crit, opt, order=order,
-                                  arch_loss=ARCH_LOSSES["test_square"]).gradient(batch, batch, 0.1)[0]
+                                  arch_loss=loss).gradient(batch, batch, 0.1)[0]
             for a, g0, g1 in zip(model.arch_parameters(), plain, with_loss, strict=True):
                 torch.testing.assert_close(g1 - g0, 2 * c * a.detach())  # d/da c a^2 = 2 c a
         with pytest.raises(ValueError, match="already registered"):
-            register_arch_loss("test_square", square)
+            register_regularizer("test_square", square)
     finally:
-        del ARCH_LOSSES["test_square"]
+        del REGULARIZERS["test_square"]
 
 
 # -- a space, a strategy and an evaluator from a plugin file alone ------------------------------
@@ -371,3 +377,108 @@ def test_the_readme_section_on_spaces_and_strategies_runs_as_written(tmp_path):
     done = run(argv + ["--workers", "1", "--synthetic_size", "48", "--image_size", "8"], tmp_path)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "runs" / "chain" / "chain.json").exists()
+
+
+# -- collapse pieces and presets from a plugin file ---------------------------------------------
+PIECES_PLUGIN = ROOT / "tests" / "plugins" / "my_pieces.py"
+
+
+def _tiny_search(tmp_path, **kw):
+    from darts.search import SearchConfig
+
+    common = dict(dataset="synthetic", layers=3, nodes=2, init_channels=4, image_size=8,
+                  synthetic_size=32, batch_size=8, workers=0, progress=False, epochs=3,
+                  order=1, plugins=str(PIECES_PLUGIN), save=str(tmp_path), device="cpu",
+                  tensorboard=False)
+    return SearchConfig(**{**common, **kw})
+
+
+def test_every_hook_of_a_plugin_piece_is_called(tmp_path):
+    """`trace` overrides every hook of darts.methods.pieces.Piece: each is called by a search
+    that it stops after epoch 2, then resumed (a stopped search stays stopped)."""
+    from darts.methods.pieces import Piece
+    from darts.search import run as search
+
+    mine = plugins.load(str(PIECES_PLUGIN))[0]
+    mine.CALLS.clear()
+    metrics = search(_tiny_search(tmp_path, name="trace", pieces=("trace:stop_at=2",)))
+    assert len(metrics["history"]) == 2
+    assert metrics["early_stop"]["reason"] == "trace stops after epoch 2"
+    again = search(None, resume=str(tmp_path / "trace"))
+    assert len(again["history"]) == 2
+    hooks = {name for name, f in vars(Piece).items()
+             if callable(f) and not name.startswith("_")} - {"from_config"}
+    assert hooks == set(mine.CALLS), hooks ^ set(mine.CALLS)
+
+
+def test_a_plugin_piece_with_state_is_used_and_resumed(tmp_path):
+    """`entropy`: an alpha-loss term whose weight follows the epoch and a count of alpha steps
+    kept in its state. It changes the alphas; a search stopped after its first epoch and
+    resumed equals an uninterrupted one, the count included (restored from the checkpoint)."""
+    from darts.search import run as search
+
+    plugins.load(str(PIECES_PLUGIN))
+    whole = search(_tiny_search(tmp_path, name="whole", pieces=("entropy:weight=2",)))
+    assert [r["entropy_weight"] for r in whole["history"]] == [0.0, 1.0, 2.0]
+    assert [r["entropy_steps"] for r in whole["history"]] == [2, 4, 6]  # 16 images, batch 8
+    search(_tiny_search(tmp_path, name="plain"))
+    alphas = [load_checkpoint(tmp_path / n / "checkpoint.pt")["model"]["alphas_normal"]
+              for n in ("whole", "plain")]
+    assert not torch.equal(*alphas)
+
+    def stop_after_first(epoch, metrics):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        search(_tiny_search(tmp_path, name="split", pieces=("entropy:weight=2",)),
+               on_epoch_end=stop_after_first)
+    resumed = search(None, resume=str(tmp_path / "split"))
+    drop = ("epoch_time_s",)
+    assert ([{k: v for k, v in r.items() if k not in drop} for r in resumed["history"]]
+            == [{k: v for k, v in r.items() if k not in drop} for r in whole["history"]])
+
+
+def test_a_plugin_preset_sets_its_pieces_and_explicit_pieces_add_to_them(tmp_path):
+    import train_search
+
+    argv = ["--plugins", str(PIECES_PLUGIN), "--method", "sharp-darts", "--pieces", "trace",
+            "--dataset", "synthetic", "--layers", "3", "--nodes", "2", "--init_channels", "4",
+            "--image_size", "8", "--synthetic_size", "32", "--batch_size", "8", "--workers",
+            "0", "--epochs", "1", "--no-progress", "--no-tensorboard", "--save", str(tmp_path),
+            "--name", "sharp"]
+    assert train_search.main(argv) == 0
+    config = json.loads((tmp_path / "sharp" / "config.json").read_text())
+    assert config["pieces"] == ["trace", "entropy:weight=0.5"] and config["order"] == 1
+    metrics = json.loads((tmp_path / "sharp" / "metrics.json").read_text())
+    assert "entropy_weight" in metrics["history"][0]
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(pieces=("nope",)), "--pieces nope: unknown collapse piece; choose one of"),
+    (dict(pieces=("entropy:wieght=1",)), "--pieces entropy:wieght=1: entropy has no option "
+                                         "'wieght' (it takes weight)"),
+    (dict(pieces=("entropy:weight",)), "options are KEY=VALUE"),
+    (dict(pieces=("entropy",), strategy="random", space="nb201"), "--pieces: a piece of the "
+                                                                  "gradient search"),
+])
+def test_a_bad_piece_is_one_user_error(tmp_path, kw, message):
+    from darts.search import run as search
+
+    plugins.load(str(PIECES_PLUGIN))
+    with pytest.raises(UserError, match=re.escape(message)):
+        search(_tiny_search(tmp_path, name="bad", **kw))
+    assert not (tmp_path / "bad").exists()
+
+
+def test_an_old_config_with_sampler_and_arch_loss_reads_as_mixing_and_regularizer():
+    from darts.search import SearchConfig
+    from darts.train.config import config_from_dict, to_dict
+
+    old = {k: v for k, v in to_dict(SearchConfig()).items()
+           if k not in ("mixing", "regularizer", "pieces")}
+    cfg = config_from_dict(SearchConfig, {**old, "sampler": "gdas", "mixing": "softmax",
+                                          "arch_loss": "none", "regularizer": "beta"}, "old")
+    assert (cfg.mixing, cfg.regularizer, cfg.pieces) == ("gdas", "beta", ())
+    with pytest.raises(UserError, match="sets both 'sampler'"):
+        config_from_dict(SearchConfig, {**old, "sampler": "gdas", "mixing": "drnas"}, "old")

@@ -177,7 +177,7 @@ def test_a_multitrial_search_of_the_darts_space_keeps_to_its_ops(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(sampler="gdas"), "--sampler: a setting of the gradient search"),
+    (dict(mixing="gdas"), "--mixing: a setting of the gradient search"),
     (dict(method="gdas"), "--method: a setting of the gradient search"),
     (dict(order=1), "--order: a setting of the gradient search"),
     (dict(ops="none,skip_connect"), "--ops: the nb201 space has its own ops"),

@@ -1,7 +1,8 @@
-"""How the alphas become the weights that mix each edge's ops (`--sampler`).
+"""How the alphas become the weights that mix each edge's ops: the mixing rule, `--mixing`
+(also spelled `--sampler`). One registry, `MIXINGS`, holds every rule, deterministic or drawn.
 
 DARTS (eq. 2) mixes by softmax(alpha); the default, `softmax`, is that exact code path (the
-supernet is built without a sampler). The others:
+supernet is built without a rule object). The others:
 
 - `gdas` (Dong & Yang, CVPR 2019, "Searching for a robust neural architecture in four GPU
   hours"; AutoDL-Projects' GDAS code): a hard Gumbel-softmax sample per forward. With Gumbel
@@ -21,6 +22,9 @@ supernet is built without a sampler). The others:
 - `fairdarts` (Chu et al., ECCV 2020, "Fair DARTS"): sigmoid(alpha), every op weighted
   independently (no competition between an edge's ops); its regulariser is the zero-one
   loss (`--regularizer zero-one`, darts.methods.regularizers).
+- a plugin's rule: `register_mixing(name, rule)` with `rule(alphas)` -> weights of the same
+  shape (a function or an object; its `set_epoch(epoch, epochs)` and `scalars()`, where it
+  has them, hear each epoch), or a `Sampler` subclass or object for a rule that draws.
 
 A sampler draws in training mode with gradients on (the alpha step and the weight step) and
 is deterministic otherwise (evaluation, decoding, heatmaps, statistics, all under no_grad or
@@ -36,13 +40,15 @@ a GDAS sample runs the plain cell definition, one op per edge (the executors dec
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.distributions.dirichlet import _Dirichlet_backward
+
+from darts.registry import Registry
 
 Weights = tuple[torch.Tensor, ...]
 
@@ -61,13 +67,19 @@ class HardSample(tuple):
 
 
 class Sampler:
-    """The base: a stochastic rule drawn per forward. Subclasses give `noise` (the randomness,
-    independent of the alphas' graph), `draw` (weights of the alphas at that noise) and
-    `probabilities` (the deterministic weights for decoding and evaluation)."""
+    """The base of every mixing rule other than DARTS's softmax: a rule drawn per forward.
+    Subclasses give `noise` (the randomness, independent of the alphas' graph), `draw`
+    (weights of the alphas at that noise) and `probabilities` (the deterministic weights for
+    decoding and evaluation); a deterministic rule overrides `sample` (see `Rule`)."""
 
     name = ""
     single_path = False  # a sample runs one op per edge (HardSample)
     cuda_graphs = False  # a captured step would replay one Python-side choice
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Sampler:
+        """The rule of a run's settings (`cfg`: a darts.search_config.SearchConfig)."""
+        return cls()
 
     def __init__(self) -> None:
         self._fixed: dict[int, torch.Tensor] | None = None
@@ -134,6 +146,10 @@ class GumbelHard(Sampler):
         super().__init__()
         self.tau_max, self.tau_min = tau_max, tau_min
         self.tau = tau_max
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> GumbelHard:
+        return cls(cfg.tau_max, cfg.tau_min)
 
     def set_epoch(self, epoch: int, epochs: int) -> None:
         """tau_max at the first epoch, tau_min at the last, linear between (GDAS.py)."""
@@ -223,20 +239,77 @@ class Sigmoid(Sampler):
         return tuple(self.probabilities(a) for a in alphas)
 
 
-SAMPLERS = ("softmax", "gdas", "drnas", "fairdarts")
+class Rule(Sampler):
+    """A deterministic rule of a plugin: `fn(alphas)` -> mixing weights of the same shape, the
+    same in training and evaluation. `fn`'s `set_epoch` and `scalars`, where it has them, are
+    the rule's; `fn.cuda_graphs = True` says a captured step may replay it (its state lives in
+    tensors, not in Python numbers)."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], name: str = ""):
+        super().__init__()
+        self.fn, self.name = fn, name
+        self.cuda_graphs = bool(getattr(fn, "cuda_graphs", False))
+
+    def probabilities(self, alphas: torch.Tensor) -> torch.Tensor:
+        return self.fn(alphas)
+
+    def sample(self, alphas: Sequence[torch.Tensor]) -> Weights:
+        return tuple(self.fn(a) for a in alphas)
+
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        hook = getattr(self.fn, "set_epoch", None)
+        if callable(hook):
+            hook(epoch, epochs)
+
+    def scalars(self) -> dict[str, float]:
+        values = getattr(self.fn, "scalars", None)
+        return values() if callable(values) else {}
+
+
+# name -> a function of the run's settings giving the rule (None: DARTS's softmax path)
+MIXINGS = Registry("mixing rule", "--mixing", [
+    ("softmax", lambda cfg: None),
+    ("gdas", GumbelHard.from_config),
+    ("drnas", Dirichlet.from_config),
+    ("fairdarts", Sigmoid.from_config),
+])
+
+
+def register_mixing(name: str, rule: Any, *, overwrite: bool = False) -> Any:
+    """Adds a mixing rule, chosen with `--mixing name`: a function (or callable object) of an
+    (edges, ops) alpha matrix giving mixing weights of the same shape, differentiable where
+    the alphas learn through it; or a `Sampler` subclass (made per run with `from_config`) or
+    object, for a rule that draws. The supernet multiplies each op's output by its weight and
+    sums (eq. 2); the decoder ranks ops and edges by the rule's deterministic weights. Every
+    fast path runs any rule: they take the weights, not the rule."""
+    if isinstance(rule, type) and issubclass(rule, Sampler):
+        make = rule.from_config
+    elif isinstance(rule, Sampler):
+        def make(cfg: Any) -> Sampler:
+            return rule
+    elif callable(rule):
+        wrapped = Rule(rule, name)
+
+        def make(cfg: Any) -> Sampler:
+            return wrapped
+    else:
+        raise ValueError(f"mixing rule {name!r}: give a function of the alphas or a Sampler, "
+                         f"not {type(rule).__name__}")
+    MIXINGS.register(name, make, overwrite=overwrite)
+    return rule
+
+
+def build_mixing(cfg: Any) -> Sampler | None:
+    """The mixing rule of `cfg.mixing` (a darts.search_config.SearchConfig, or any object with
+    `mixing` and the rule's settings); None for softmax (DARTS's own code path)."""
+    return MIXINGS.lookup(cfg.mixing)(cfg)
 
 
 def build_sampler(name: str, *, tau_max: float = 10.0, tau_min: float = 0.1) -> Sampler | None:
-    """The sampler of `--sampler name`; None for softmax (DARTS's own code path)."""
-    if name == "softmax":
-        return None
-    if name == "gdas":
-        return GumbelHard(tau_max, tau_min)
-    if name == "drnas":
-        return Dirichlet()
-    if name == "fairdarts":
-        return Sigmoid()
-    raise ValueError(f"unknown sampler {name!r}; known: {', '.join(SAMPLERS)}")
+    """The built-in rule `name` at these temperatures (GDAS's); None for softmax."""
+    from types import SimpleNamespace
+
+    return build_mixing(SimpleNamespace(mixing=name, tau_max=tau_max, tau_min=tau_min))
 
 
 def one_sample(model: nn.Module) -> contextlib.AbstractContextManager[Any]:

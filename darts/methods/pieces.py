@@ -1,19 +1,39 @@
-"""The collapse pieces of one search, put together (docs/collapse-pieces.md): what the search
-loop asks of them each epoch and step.
+"""The collapse pieces: hook objects the gradient search calls (docs/collapse-pieces.md).
 
-- `validate(cfg)`: bad combinations, one UserError each;
-- `prepare_supernet(model, cfg)`: P-DARTS's skip dropout wrapped in (before acceleration);
-- `Pieces(cfg, model)`: installs the weight transforms (DARTS-'s auxiliary skip, DARTS-PT's
-  projection), sets each epoch's schedules (beta, dropout rate, eps), wraps the alpha step
-  (warm-up; SDARTS's perturbation of the following weight step), decodes (P-DARTS's skip cap)
-  and says when DARTS+ stops.
+A piece is a `Piece`: each hook below is a no-op unless the piece overrides it, and the search
+calls every hook a piece overrides, at the place named (`darts.search.search_step` and the
+epoch loop):
+
+- `prepare(model)`        once, on the plain supernet, before acceleration (P-DARTS's dropout)
+- `attach(model, cells)`  once, on the supernet as it runs (what the piece acts on)
+- `start_epoch(epoch, epochs)` before each epoch, also the first after a `--resume`; returns
+                          the values it uses this epoch (logged, and kept in the history)
+- `transform(weights)`    the mixing weights of every forward (DARTS-'s auxiliary skip)
+- `arch_loss(model)`      a term added to what the alphas minimise
+- `freezes_alphas()`      before the alpha step: True skips it (a warm-up)
+- `after_alpha_step(batch, architect)` after it (SDARTS draws its perturbation)
+- `weight_step_weights(weights)` the mixing weights of the weight step (SDARTS's perturbed
+                          ones); `weights` None stands for the model's own
+- `decode(model, cells, meta)` the epoch's cell (P-DARTS's skip cap); None: the next piece's,
+                          else the space's decoding
+- `record(record)`        adds to the epoch's history record
+- `stop(history)`         why the search stops after this epoch (DARTS+), None: it goes on
+- `after_search()`        the epochs are over (DARTS-PT's tuning follows)
+- `state_dict()`, `load_state_dict(state)` what a piece keeps beyond the epoch's schedule,
+                          saved in every checkpoint and given back on `--resume`
+
+The published pieces are switched on by their flags (`--aux_skip`, `--skip_dropout`, ...),
+which `validate` checks against each other; a plugin's piece by `--pieces
+NAME[:KEY=VALUE,...]` (repeatable).
+`register_piece(name, cls)` adds one; `cls(**options)` makes it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -30,7 +50,136 @@ from darts.methods.transforms import (
     skip_dropout_at,
 )
 from darts.ops import Identity
+from darts.registry import Registry
 from darts.train.engine import MetricSum, SideStep
+
+Weights = tuple[torch.Tensor, ...]
+
+
+class Piece:
+    """A collapse piece; see the module docstring for the hooks and when each runs."""
+
+    name = ""
+    flag = ""  # a published piece: the flag that switches it on (not `--pieces`)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Piece | None:
+        """The piece as a run's flags configure it; None where they leave it off. A plugin's
+        piece is made from `--pieces` instead."""
+        return None
+
+    def prepare(self, model: nn.Module) -> None:
+        pass
+
+    def attach(self, model: nn.Module, cells: Any) -> None:
+        pass
+
+    def start_epoch(self, epoch: int, epochs: int) -> dict[str, float]:
+        return {}
+
+    def transform(self, weights: Weights) -> Weights:
+        return weights
+
+    def arch_loss(self, model: nn.Module) -> torch.Tensor:
+        raise NotImplementedError
+
+    def freezes_alphas(self) -> bool:
+        return False
+
+    def after_alpha_step(self, batch: Any, architect: Any) -> None:
+        pass
+
+    def weight_step_weights(self, weights: Weights | None) -> Weights | None:
+        return weights
+
+    def decode(self, model: nn.Module, cells: Any, meta: dict[str, str]) -> Any:
+        return None
+
+    def record(self, record: dict[str, Any]) -> None:
+        pass
+
+    def stop(self, history: Sequence[dict[str, Any]]) -> str | None:
+        return None
+
+    def after_search(self) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def overrides(piece: Piece, hook: str) -> bool:
+    """Whether `piece`'s class gives hook `hook` a body of its own."""
+    return getattr(type(piece), hook) is not getattr(Piece, hook)
+
+
+PIECES = Registry("collapse piece", "--pieces")
+
+
+def register_piece(name: str, cls: type[Piece] | None = None, *, overwrite: bool = False):
+    """Adds a collapse piece, switched on with `--pieces name[:key=value,...]` (the options are
+    `cls`'s keyword arguments); as a decorator without `cls`."""
+    def add(c: type[Piece]) -> type[Piece]:
+        if not (isinstance(c, type) and issubclass(c, Piece)):
+            raise ValueError(f"collapse piece {name!r}: give a subclass of "
+                             f"darts.methods.pieces.Piece, not {c!r:.60}")
+        c.name = c.name or name
+        return PIECES.register(name, c, overwrite=overwrite)
+    return add if cls is None else add(cls)
+
+
+def _value(text: str) -> Any:
+    """An option's value: an int, a float, true/false, else the text (never evaluated)."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def parse_piece(spec: str) -> tuple[str, dict[str, Any]]:
+    """`NAME[:KEY=VALUE,...]` -> (name, options); one UserError for a malformed spec."""
+    name, _, rest = spec.partition(":")
+    options: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise UserError(f"--pieces {spec}: options are KEY=VALUE separated by commas, "
+                            f"e.g. --pieces {name}:t0=5,t1=1")
+        options[key.strip()] = _value(value.strip())
+    return name.strip(), options
+
+
+def make_piece(spec: str) -> Piece:
+    """The piece of one `--pieces` spec; one UserError naming the spec for an unknown piece
+    or option."""
+    name, options = parse_piece(spec)
+    cls = PIECES.lookup(name)
+    if cls.flag:
+        raise UserError(f"--pieces {spec}: {name} is a published piece, switched on (and "
+                        f"checked against the other flags) by --{cls.flag}")
+    params = inspect.signature(cls).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    unknown = [k for k in options if k not in params and not takes_any]
+    if unknown:
+        known = ", ".join(params) or "no options"
+        raise UserError(f"--pieces {spec}: {name} has no option {unknown[0]!r} (it takes "
+                        f"{known})")
+    try:
+        return cls(**options)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"--pieces {spec}: {e}") from None
+
+
+def pieces_of(cfg: Any) -> list[Piece]:
+    """The pieces a run's settings switch on: the published ones by their flags, in registry
+    order, then `--pieces`'s in the order given."""
+    made = [p for cls in PIECES.values() if (p := cls.from_config(cfg)) is not None]
+    return made + [make_piece(spec) for spec in getattr(cfg, "pieces", ())]
 
 
 def validate(cfg: Any) -> None:
@@ -79,28 +228,20 @@ def validate(cfg: Any) -> None:
                         "leave one out")
     if cfg.mixing != "softmax" and (cfg.perturb != "none" or cfg.aux_skip > 0 or cfg.select == "pt"):
         raise UserError(f"--mixing {cfg.mixing}: --perturb, --aux_skip and --select pt act on "
-                        f"softmax weights (their papers'); use --mixing softmax")
-    sampler = getattr(cfg, "sampler", "softmax")
-    if sampler != "softmax" and (cfg.perturb != "none" or cfg.aux_skip > 0 or cfg.select == "pt"):
-        raise UserError(f"--sampler {sampler}: --perturb, --aux_skip and --select pt act on "
-                        f"DARTS's softmax weights (their papers'); use --sampler softmax")
+                        f"DARTS's softmax weights (their papers'); use --mixing softmax")
+    for spec in cfg.pieces:
+        make_piece(spec)
 
 
 def refuse_with_multitrial(cfg: Any) -> None:
     """The pieces act on the gradient search; a multi-trial strategy has no alphas."""
     defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
     given = [k for k in ("perturb", "aux_skip", "skip_dropout", "warmup_epochs", "max_skip",
-                         "select", "early_stop_skips", "early_stop_stable") if getattr(cfg, k) != defaults[k]]
+                         "select", "early_stop_skips", "early_stop_stable", "pieces")
+             if getattr(cfg, k) != defaults[k]]
     if given:
         raise UserError(f"--{given[0]}: a piece of the gradient search (--strategy darts); "
                         f"--strategy {cfg.strategy} has no alphas. Leave --{given[0]} out")
-
-
-def prepare_supernet(model: nn.Module, cfg: Any) -> nn.Module:
-    """The supernet with what must be built into it before acceleration (skip dropout)."""
-    if cfg.skip_dropout > 0:
-        add_skip_dropout(model)
-    return model
 
 
 def skip_dropouts(model: nn.Module) -> list[nn.Dropout]:
@@ -108,59 +249,285 @@ def skip_dropouts(model: nn.Module) -> list[nn.Dropout]:
             and type(m[0]) is Identity and isinstance(m[1], nn.Dropout)]
 
 
-class Pieces:
-    """The pieces of one search; see the module docstring."""
+# -- the published pieces, switched on by their flags ----------------------------------------
+@register_piece("aux_skip")
+class AuxSkip(Piece):
+    """DARTS- (`--aux_skip BETA0`): the auxiliary skip beta * x on every stride-1 edge, beta
+    decaying linearly from beta0 to 0 (darts.methods.transforms.AuxiliarySkip)."""
 
-    def __init__(self, cfg: Any, model: nn.Module):
-        self.cfg = cfg
-        self.model = model
-        self.transforms = WeightTransforms(model)
-        self.aux = AuxiliarySkip(model, cfg.aux_skip) if cfg.aux_skip > 0 else None
-        if self.aux is not None:
-            self.transforms.transforms.append(self.aux)
+    flag = "aux_skip"
+
+    def __init__(self, beta0: float = 1.0):
+        self.beta0 = float(beta0)
+        self.aux: AuxiliarySkip | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> AuxSkip | None:
+        return cls(cfg.aux_skip) if cfg.aux_skip > 0 else None
+
+    def attach(self, model: nn.Module, cells: Any) -> None:
+        self.aux = AuxiliarySkip(model, self.beta0)
+
+    def start_epoch(self, epoch: int, epochs: int) -> dict[str, float]:
+        self.aux.start_epoch(epoch, epochs)
+        return {"aux_skip_beta": self.aux.beta}
+
+    def transform(self, weights: Weights) -> Weights:
+        return self.aux(weights)
+
+    def after_search(self) -> None:
+        self.aux.beta = 0.0  # DARTS-'s beta has decayed to 0 by the search's end
+
+
+@register_piece("skip_dropout")
+class SkipDropout(Piece):
+    """P-DARTS (`--skip_dropout P0`): dropout on the identity skip-connections' outputs, its
+    rate decayed per epoch as their stage loop does (`skip_dropout_at`)."""
+
+    flag = "skip_dropout"
+
+    def __init__(self, p0: float = 0.7, warmup: int = 0):
+        self.p0, self.warmup = float(p0), int(warmup)
+        self.dropouts: list[nn.Dropout] = []
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> SkipDropout | None:
+        return cls(cfg.skip_dropout, cfg.warmup_epochs) if cfg.skip_dropout > 0 else None
+
+    def prepare(self, model: nn.Module) -> None:
+        add_skip_dropout(model)
+
+    def attach(self, model: nn.Module, cells: Any) -> None:
         self.dropouts = skip_dropouts(model)
-        self.epoch = 0
-        self.epsilon = 0.0
-        self.perturbed: tuple[torch.Tensor, ...] | None = None
-        self.learnable: list[int] | None = None  # DARTS+'s learnable op columns, found once
 
-    # -- schedules -----------------------------------------------------------------------------
+    def start_epoch(self, epoch: int, epochs: int) -> dict[str, float]:
+        p = skip_dropout_at(epoch, epochs, self.p0, self.warmup)
+        for d in self.dropouts:
+            d.p = p
+        return {"skip_dropout_p": p}
+
+
+@register_piece("perturb")
+class Perturb(Piece):
+    """SDARTS (`--perturb random|adversarial`): after each alpha step, a perturbation of the
+    mixing weights that the following weight step trains at; the alphas are not changed."""
+
+    flag = "perturb"
+
+    def __init__(self, kind: str = "random", epsilon: float = 0.3):
+        if kind not in perturbation.PERTURBATIONS or kind == "none":
+            raise ValueError(f"kind {kind!r}: random or adversarial")
+        self.kind, self.max_epsilon = kind, float(epsilon)
+        self.epsilon = 0.0
+        self.perturbed: Weights | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Perturb | None:
+        return cls(cfg.perturb, cfg.perturb_epsilon) if cfg.perturb != "none" else None
+
+    def attach(self, model: nn.Module, cells: Any) -> None:
+        self.model = model
+
+    def start_epoch(self, epoch: int, epochs: int) -> dict[str, float]:
+        self.epsilon = perturbation.epsilon_at(epoch, epochs, self.max_epsilon)
+        return {"perturb_epsilon": self.epsilon}
+
+    def after_alpha_step(self, batch: Any, architect: Any) -> None:
+        weights = self.model.mixing_weights(detach=True)
+        if self.kind == "random":
+            self.perturbed = perturbation.random_perturbation(weights, self.epsilon)[0]
+            return
+        x, y = batch
+        model, criterion = self.model, architect.criterion
+        training = model.training
+        model.eval()  # SDARTS attacks with BatchNorm on running statistics
+
+        def loss_of(w):
+            with architect.precision.autocast():
+                out = model(x, w)
+                return criterion(out[0] if isinstance(out, tuple) else out, y).float()
+        try:
+            self.perturbed = perturbation.adversarial_perturbation(loss_of, weights,
+                                                                   self.epsilon)[0]
+        finally:
+            model.train(training)
+
+    def weight_step_weights(self, weights: Weights | None) -> Weights | None:
+        return self.perturbed if self.perturbed is not None else weights
+
+
+@register_piece("warmup")
+class Warmup(Piece):
+    """`--warmup_epochs N` (PC-DARTS, P-DARTS): the alphas are not updated in the first N
+    epochs; the alpha step then only measures the validation loss."""
+
+    flag = "warmup_epochs"
+
+    def __init__(self, epochs: int = 15):
+        self.epochs, self.epoch = int(epochs), 0
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Warmup | None:
+        return cls(cfg.warmup_epochs) if cfg.warmup_epochs else None
+
+    def start_epoch(self, epoch: int, epochs: int) -> dict[str, float]:
+        self.epoch = epoch
+        return {"alphas_frozen": float(self.freezes_alphas())}
+
+    def freezes_alphas(self) -> bool:
+        return self.epoch < self.epochs
+
+    def after_search(self) -> None:
+        self.epoch = self.epochs  # no warm-up while DARTS-PT tunes
+
+
+@register_piece("max_skip")
+class SkipCap(Piece):
+    """P-DARTS (`--max_skip K`): at most K skip-connections in the decoded normal cell, the
+    weakest skip edges taking their next-best op; the record keeps the uncapped count."""
+
+    flag = "max_skip"
+
+    def __init__(self, max_skip: int = 2):
+        self.max_skip = int(max_skip)
+        self.uncapped: int | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> SkipCap | None:
+        return cls(cfg.max_skip) if cfg.max_skip is not None else None
+
+    def decode(self, model: nn.Module, cells: Any, meta: dict[str, str]) -> Any:
+        self.uncapped = cells.skip_connects(cells.decode(model, meta))  # what DARTS+ counts
+        with torch.no_grad():
+            weights = model.mixing_weights()
+        topology = model.topology
+        if topology.nodes:  # a cell whose nodes choose their inputs: the DARTS cell
+            return select.capped_darts_genotype(topology, weights, self.max_skip, **meta)
+        return select.capped_nb201_arch(weights[0], self.max_skip)
+
+    def record(self, record: dict[str, Any]) -> None:
+        record["skip_connect_uncapped"] = self.uncapped
+
+
+@register_piece("early_stop")
+class EarlyStop(Piece):
+    """DARTS+ (`--early_stop_skips K`, `--early_stop_stable N`): the search stops once the
+    decoded normal cell has K skip-connections (before any cap), or once the ranking of the
+    learnable ops' alphas has held for N epochs."""
+
+    flag = "early_stop_skips / --early_stop_stable"
+
+    def __init__(self, skips: int | None = None, stable: int | None = None):
+        self.skips, self.stable = skips, stable
+        self.learnable: list[int] | None = None  # the learnable op columns, found once
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> EarlyStop | None:
+        if cfg.early_stop_skips is None and cfg.early_stop_stable is None:
+            return None
+        return cls(cfg.early_stop_skips, cfg.early_stop_stable)
+
+    def attach(self, model: nn.Module, cells: Any) -> None:
+        self.model, self.cells = model, cells
+
+    def ranking(self, ops: Sequence[str]) -> list[list[list[int]]]:
+        """This epoch's ranking of the learnable ops' alphas (DARTS+'s criterion 2)."""
+        if self.learnable is None:
+            self.learnable = select.learnable_columns(ops)
+        return select.learnable_ranking(op_alphas(self.model), self.learnable)
+
+    def record(self, record: dict[str, Any]) -> None:
+        if self.stable is not None:
+            record["learnable_ranking"] = self.ranking(self.cells.ops_of(self.model))
+
+    def stop(self, history: Sequence[dict[str, Any]]) -> str | None:
+        last, cells = history[-1], self.cells
+        skips = last.get("skip_connect_uncapped", last[cells.skips])
+        if select.should_stop(skips, self.skips):
+            cell = "cell" if len(cells.kinds) == 1 else f"{cells.kinds[0]} cell"  # NB201: one
+            return f"the {cell} has {skips} skip-connections (--early_stop_skips {self.skips})"
+        n = self.stable
+        if select.ranking_stable([r.get("learnable_ranking") for r in history], n):
+            return (f"the ranking of the learnable ops' alphas has been the same for {n} "
+                    f"epoch{'s' * (n != 1)} (--early_stop_stable {n})")
+        return None
+
+
+# -- the pieces of one search ------------------------------------------------------------------
+class _PiecesLoss:
+    """The pieces' architecture losses, added (one term of the architect's alpha loss)."""
+
+    def __init__(self, pieces: list[Piece]):
+        self.pieces = pieces
+
+    def __call__(self, model: nn.Module) -> torch.Tensor:
+        return sum(p.arch_loss(model) for p in self.pieces)
+
+
+class Pieces:
+    """The pieces of one search (`pieces_of(cfg)` unless given) and the calls the search
+    makes on them, each reaching every piece that overrides the hook, in order. With `model`,
+    attached at once (to the space's gradient search of `cfg`)."""
+
+    def __init__(self, cfg: Any, model: nn.Module | None = None,
+                 pieces: Sequence[Piece] | None = None):
+        self.cfg = cfg
+        self.pieces = pieces_of(cfg) if pieces is None else list(pieces)
+        self.model: nn.Module | None = None
+        self.transforms: WeightTransforms | None = None
+        self.epoch = 0
+        if model is not None:
+            from darts.spaces import get_space
+
+            self.attach(model, get_space(cfg.space).gradient)
+
+    def _with(self, hook: str) -> list[Piece]:
+        return [p for p in self.pieces if overrides(p, hook)]
+
+    def of(self, cls: type[Piece]) -> Piece | None:
+        """The first piece of class `cls` (None: none)."""
+        return next((p for p in self.pieces if isinstance(p, cls)), None)
+
+    # -- built ---------------------------------------------------------------------------------
+    def prepare(self, model: nn.Module) -> nn.Module:
+        for p in self._with("prepare"):
+            p.prepare(model)
+        return model
+
+    def attach(self, model: nn.Module, cells: Any) -> None:
+        self.model, self.cells = model, cells
+        self.transforms = WeightTransforms(model)
+        for p in self.pieces:
+            p.attach(model, cells)
+        self.transforms.transforms.extend(p.transform for p in self._with("transform"))
+
+    def arch_loss(self) -> _PiecesLoss | None:
+        """The pieces' terms of the alpha loss, as one architecture loss (None: none)."""
+        losses = self._with("arch_loss")
+        return _PiecesLoss(losses) if losses else None
+
+    # -- each epoch ----------------------------------------------------------------------------
     def start_epoch(self, epoch: int) -> dict[str, float]:
         """Sets epoch `epoch`'s (0-based) schedules; returns them (for the log and history)."""
-        cfg, self.epoch = self.cfg, epoch
+        self.epoch = epoch
         values: dict[str, float] = {}
-        if self.aux is not None:
-            self.aux.start_epoch(epoch, cfg.epochs)
-            values["aux_skip_beta"] = self.aux.beta
-        if self.dropouts:
-            p = skip_dropout_at(epoch, cfg.epochs, cfg.skip_dropout, cfg.warmup_epochs)
-            for d in self.dropouts:
-                d.p = p
-            values["skip_dropout_p"] = p
-        if cfg.perturb != "none":
-            self.epsilon = perturbation.epsilon_at(epoch, cfg.epochs, cfg.perturb_epsilon)
-            values["perturb_epsilon"] = self.epsilon
-        if cfg.warmup_epochs:
-            values["alphas_frozen"] = float(self.warming_up)
+        for p in self._with("start_epoch"):
+            values.update(p.start_epoch(epoch, self.cfg.epochs))
         return values
 
-    @property
-    def warming_up(self) -> bool:
-        return self.epoch < self.cfg.warmup_epochs
-
-    # -- the step ------------------------------------------------------------------------------
+    # -- each step -----------------------------------------------------------------------------
     def alpha_step(self, architect, batch, val, lr: float) -> torch.Tensor:
         """Algorithm 1's alpha step on the validation batch `val` (xi = `lr`, the weights'
-        learning rate, for second order), except while warming up (the validation loss only);
-        then SDARTS's perturbation of the coming weight step's mixing weights. Returns the
-        validation loss."""
-        if self.warming_up:
+        learning rate, for second order), unless a piece freezes the alphas (then the
+        validation loss only); then each piece's `after_alpha_step`. Returns the validation
+        loss."""
+        if any(p.freezes_alphas() for p in self._with("freezes_alphas")):
             with torch.no_grad():
                 loss = architect.loss(val, alphas=False).detach()
         else:
             loss = architect.step(batch, val, xi=lr)
-        if self.cfg.perturb != "none":
-            self.perturbed = self.perturb(batch, architect)
+        for p in self._with("after_alpha_step"):
+            p.after_alpha_step(batch, architect)
         return loss
 
     def side_step(self, architect, alpha_stream, lr: float, meter: MetricSum) -> SideStep:
@@ -168,71 +535,52 @@ class Pieces:
         return SideStep(alpha_stream, lambda batch, val: self.alpha_step(architect, batch, val, lr),
                         meter)
 
-    def perturb(self, batch, architect) -> tuple[torch.Tensor, ...]:
-        weights = self.model.mixing_weights(detach=True)
-        if self.cfg.perturb == "random":
-            return perturbation.random_perturbation(weights, self.epsilon)[0]
-        x, y = batch
-        criterion = architect.criterion
-        training = self.model.training
-        self.model.eval()  # SDARTS attacks with BatchNorm on running statistics
+    def weight_step_weights(self) -> Weights:
+        """The mixing weights of the weight step's forward: what the pieces give (SDARTS's
+        perturbed ones), else the detached current ones."""
+        weights = None
+        for p in self._with("weight_step_weights"):
+            weights = p.weight_step_weights(weights)
+        return self.model.mixing_weights(detach=True) if weights is None else weights
 
-        def loss_of(w):
-            with architect.precision.autocast():
-                out = self.model(x, w)
-                return criterion(out[0] if isinstance(out, tuple) else out, y).float()
-        try:
-            return perturbation.adversarial_perturbation(loss_of, weights, self.epsilon)[0]
-        finally:
-            self.model.train(training)
-
-    def weight_step_weights(self) -> tuple[torch.Tensor, ...]:
-        """The mixing weights of the weight step's forward: the perturbed ones (SDARTS) or
-        the detached current ones."""
-        if self.perturbed is not None:
-            return self.perturbed
-        return self.model.mixing_weights(detach=True)
-
-    # -- decoding ------------------------------------------------------------------------------
+    # -- each epoch's end ----------------------------------------------------------------------
     def decode(self, cells, meta: dict[str, str]):
-        """The epoch's cell: the space's decoding, with P-DARTS's skip cap where asked."""
-        cap = self.cfg.max_skip
-        if cap is None:
-            return cells.decode(self.model, meta)
-        with torch.no_grad():
-            weights = self.model.mixing_weights()
-        topology = self.model.topology
-        if topology.nodes:  # a cell whose nodes choose their inputs: the DARTS cell
-            return select.capped_darts_genotype(topology, weights, cap, **meta)
-        return select.capped_nb201_arch(weights[0], cap)
+        """The epoch's cell: the first piece's that decodes (P-DARTS's skip cap), else the
+        space's decoding."""
+        for p in self._with("decode"):
+            candidate = p.decode(self.model, cells, meta)
+            if candidate is not None:
+                return candidate
+        return cells.decode(self.model, meta)
 
-    def uncapped_skips(self, cells, meta, genotype) -> int:
-        """Skip-connections of the normal cell before any cap (what DARTS+ counts)."""
-        if self.cfg.max_skip is None:
-            return cells.skip_connects(genotype)
-        return cells.skip_connects(cells.decode(self.model, meta))
+    def record(self, record: dict[str, Any]) -> None:
+        for p in self._with("record"):
+            p.record(record)
 
-    def learnable_ranking(self, ops) -> list[list[list[int]]]:
-        """This epoch's ranking of the learnable ops' alphas (DARTS+'s criterion 2)."""
-        if self.learnable is None:
-            self.learnable = select.learnable_columns(ops)
-        return select.learnable_ranking(op_alphas(self.model), self.learnable)
-
-    def stop(self, skips: int, rankings: list[Any]) -> str | None:
-        """Why DARTS+ stops the search after this epoch (None: it goes on). `rankings`: every
-        epoch's learnable ranking so far, this one last."""
-        if select.should_stop(skips, self.cfg.early_stop_skips):
-            from darts.spaces import get_space
-
-            kinds = get_space(self.cfg.space).gradient.kinds  # NB201: one cell
-            cell = "cell" if len(kinds) == 1 else f"{kinds[0]} cell"
-            return (f"the {cell} has {skips} skip-connections (--early_stop_skips "
-                    f"{self.cfg.early_stop_skips})")
-        n = self.cfg.early_stop_stable
-        if select.ranking_stable(rankings, n):
-            return (f"the ranking of the learnable ops' alphas has been the same for {n} "
-                    f"epoch{'s' * (n != 1)} (--early_stop_stable {n})")
+    def stop(self, history: Sequence[dict[str, Any]]) -> str | None:
+        """Why a piece stops the search after the last record of `history` (None: none)."""
+        for p in self._with("stop"):
+            why = p.stop(history)
+            if why is not None:
+                return why
         return None
+
+    def after_search(self) -> None:
+        self.epoch = self.cfg.epochs
+        for p in self._with("after_search"):
+            p.after_search()
+
+    # -- resume --------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Each piece's state (those that keep one), by position and name."""
+        states = {f"{i}:{p.name}": p.state_dict() for i, p in enumerate(self.pieces)}
+        return {k: v for k, v in states.items() if v}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for i, p in enumerate(self.pieces):
+            saved = state.get(f"{i}:{p.name}")
+            if saved:
+                p.load_state_dict(saved)
 
 
 def pt_select(pieces: Pieces, cells, *, architect, criterion, device, valid_loader, weight_data,
@@ -253,9 +601,7 @@ def pt_select(pieces: Pieces, cells, *, architect, criterion, device, valid_load
     cfg, model = pieces.cfg, pieces.model
     projection = select.Projection.empty(len(cells.kinds))
     pieces.transforms.transforms.insert(0, projection)
-    if pieces.aux is not None:
-        pieces.aux.beta = 0.0  # DARTS-'s beta has decayed to 0 by the search's end
-    pieces.epoch = cfg.epochs  # no warm-up while tuning
+    pieces.after_search()  # DARTS-'s beta at 0, no warm-up while tuning
 
     def score() -> select.Score:
         return select.measure(model, valid_loader, device, criterion, cfg.channels_last)

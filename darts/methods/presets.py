@@ -1,8 +1,12 @@
-"""`--method NAME`: a published method as the flag values its paper and code use.
+"""`--method NAME`: a published method as the pieces and settings its paper and code use.
 
-A preset sets flags; a flag given explicitly overrides it. Each value carries its source.
-A preset naming a flag the config lacks (a config other than train_search.py's) is refused
-with a message naming the flags.
+A preset is a list of configured pieces with the search's settings: the published pieces are
+configured by their flags (`--skip_dropout 0.7` is P-DARTS's dropout at 0.7), the mixing rule
+and regularizer by `--mixing` and `--regularizer`, any other piece by `pieces` (the
+`--pieces` specs). A preset sets those flags; a flag given explicitly overrides it. Each value
+carries its source. `register_preset(name, settings)` adds one (a plugin's: its own pieces
+and settings). A preset naming a flag the config lacks (a config other than
+train_search.py's) is refused with a message naming the flags.
 """
 
 from __future__ import annotations
@@ -11,9 +15,10 @@ import dataclasses
 from typing import Any
 
 from darts.errors import UserError
+from darts.registry import Registry
 
 # name -> {field: (value, source)}
-PRESETS: dict[str, dict[str, tuple[Any, str]]] = {
+PUBLISHED: dict[str, dict[str, tuple[Any, str]]] = {
     "darts": {
         "order": (2, "Liu et al. 2019, Table 1: second order is DARTS's best CIFAR-10 cell"),
     },
@@ -52,17 +57,17 @@ PRESETS: dict[str, dict[str, tuple[Any, str]]] = {
     },
     # Methods that change how the mixing weights are made or what the alphas minimise.
     "gdas": {
-        "sampler": ("gdas", "Dong & Yang, CVPR 2019: Gumbel-softmax sampling of one op per edge"),
+        "mixing": ("gdas", "Dong & Yang, CVPR 2019: Gumbel-softmax sampling of one op per edge"),
         "order": (1, "D-X-Y/AutoDL-Projects exps/NAS-Bench-201-algos/GDAS.py: a first-order "
                      "alpha step"),
     },
     "drnas": {
-        "sampler": ("drnas", "Chen et al., ICLR 2021: Dirichlet mixing weights; their code's "
+        "mixing": ("drnas", "Chen et al., ICLR 2021: Dirichlet mixing weights; their code's "
                              "default regulariser (--reg_type l2) is Adam's weight decay 1e-3 "
                              "on the alphas, DARTS's own"),
     },
     "fairdarts": {
-        "sampler": ("fairdarts", "Chu et al., ECCV 2020: a sigmoid per op"),
+        "mixing": ("fairdarts", "Chu et al., ECCV 2020: a sigmoid per op"),
         "regularizer": ("zero-one", "Chu et al., ECCV 2020: the zero-one loss, weight 10"),
     },
     "beta-darts": {
@@ -70,7 +75,24 @@ PRESETS: dict[str, dict[str, tuple[Any, str]]] = {
     },
 }
 
-METHODS = tuple(PRESETS)
+PRESETS = Registry("method", "--method")
+
+
+def register_preset(name: str, settings: dict[str, tuple[Any, str]], *,
+                    overwrite: bool = False) -> dict[str, tuple[Any, str]]:
+    """Adds `--method name`: `settings` maps each flag (a config field: a piece's flag, or
+    `pieces` with a tuple of `--pieces` specs) to (value, its source)."""
+    bad = [k for k, v in settings.items()
+           if not (isinstance(k, str) and isinstance(v, tuple) and len(v) == 2
+                   and isinstance(v[1], str))]
+    if bad:
+        raise ValueError(f"preset {name!r}: each setting is flag -> (value, source); "
+                         f"{bad[0]!r} is not")
+    return PRESETS.register(name, dict(settings), overwrite=overwrite)
+
+
+for _name, _settings in PUBLISHED.items():
+    register_preset(_name, _settings)
 
 
 def _fields(cfg: Any) -> dict[str, dataclasses.Field]:
@@ -83,10 +105,8 @@ def apply(cfg: Any, explicit: set[str] | None = None) -> Any:
     preset. A preset naming a field this config lacks is a UserError."""
     if not getattr(cfg, "method", ""):
         return cfg
-    if cfg.method not in PRESETS:
-        raise UserError(f"--method {cfg.method}: known methods: {', '.join(METHODS)}")
+    preset = PRESETS.lookup(cfg.method)
     fields = _fields(cfg)
-    preset = PRESETS[cfg.method]
     missing = [k for k in preset if k not in fields]
     if missing:
         raise UserError(f"--method {cfg.method} sets {', '.join('--' + k for k in missing)}, "
@@ -94,7 +114,10 @@ def apply(cfg: Any, explicit: set[str] | None = None) -> Any:
                         f"docs/collapse-pieces.md)")
     if explicit is None:
         explicit = {k for k in preset if getattr(cfg, k) != fields[k].default}
-    return dataclasses.replace(cfg, **{k: v for k, (v, _) in preset.items() if k not in explicit})
+    values = {k: v for k, (v, _) in preset.items() if k not in explicit or k == "pieces"}
+    if "pieces" in values:  # --pieces adds to the preset's pieces, before them
+        values["pieces"] = (*cfg.pieces, *values["pieces"])
+    return dataclasses.replace(cfg, **values)
 
 
 def describe(cfg: Any) -> list[str]:
@@ -103,6 +126,9 @@ def describe(cfg: Any) -> list[str]:
     lines = []
     for k, (v, source) in PRESETS.get(cfg.method, {}).items():
         now = getattr(cfg, k, None)
-        how = "set" if now == v else f"overridden by --{k} {now}"
+        if k == "pieces":  # --pieces adds to them
+            how = "set" if set(v) <= set(now or ()) else f"overridden by --{k} {now}"
+        else:
+            how = "set" if now == v else f"overridden by --{k} {now}"
         lines.append(f"--method {cfg.method}: --{k} {v} {how} ({source})")
     return lines

@@ -1,4 +1,6 @@
-"""What the alpha loss adds (`--regularizer`): terms of the alphas that fight DARTS's collapse.
+"""What the alpha loss adds: `--regularizer` (also spelled `--arch_loss`), terms of the alphas
+that fight DARTS's collapse. One registry, `REGULARIZERS`, holds the published terms and a
+plugin's (`register_regularizer`).
 
 Each regularizer is an architecture loss (darts.architect's contract: `loss(model)` -> a
 scalar added to what the alphas minimise; its alpha gradient is added to the first- or
@@ -29,6 +31,8 @@ The two DrNAS terms take the place of Adam's weight decay on the alphas
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 from torch.distributions import Dirichlet
@@ -36,8 +40,7 @@ from torch.distributions.kl import kl_divergence
 
 from darts.methods import schedule
 from darts.methods.mixing import dirichlet_concentration
-
-REGULARIZERS = ("none", "beta", "zero-one", "drnas-kl", "drnas-l2")
+from darts.registry import Registry
 
 
 def op_alphas(model: nn.Module) -> list[torch.Tensor]:
@@ -121,18 +124,45 @@ class DirichletL2(Regularizer):
         return 0.5 * sum((p * p).sum() for p in model.arch_parameters())
 
 
-def build_regularizer(name: str, weight: float | None = None) -> Regularizer | None:
-    """The regulariser of `--regularizer name` (None for none), at `weight` or its own."""
-    kinds = {cls.name: cls for cls in (BetaDecay, ZeroOne, DirichletKL, DirichletL2)}
-    if name == "none":
-        return None
-    if name not in kinds:
-        raise ValueError(f"unknown regularizer {name!r}; known: {', '.join(REGULARIZERS)}")
-    return kinds[name](weight)
+# name -> a function of the run's settings giving the architecture loss (None: none)
+REGULARIZERS = Registry("regularizer", "--regularizer", [("none", lambda cfg: None)])
+
+
+def register_regularizer(name: str, loss: Any, *, overwrite: bool = False) -> Any:
+    """Adds an architecture loss, chosen with `--regularizer name`: a function (or callable
+    object) of the supernet giving a scalar, or a `Regularizer` subclass (made per run at
+    `--reg_weight` or its `default_weight`). The alpha step then minimises L_val +
+    loss(model): its alpha gradient is added to the first- or second-order gradient of L_val
+    (a term of the alphas alone has no second-order part). It runs at every alpha step,
+    inside the step's CUDA graph where one is captured. Its `set_epoch(epoch, epochs)` and
+    `scalars()`, where it has them, hear each epoch."""
+    if isinstance(loss, type) and issubclass(loss, Regularizer):
+        def make(cfg: Any) -> Regularizer:
+            return loss(getattr(cfg, "reg_weight", None))
+    elif callable(loss):
+        def make(cfg: Any) -> Any:
+            return loss
+    else:
+        raise ValueError(f"regularizer {name!r}: give a function of the supernet or a "
+                         f"Regularizer subclass, not {type(loss).__name__}")
+    REGULARIZERS.register(name, make, overwrite=overwrite)
+    return loss
+
+
+for _published in (BetaDecay, ZeroOne, DirichletKL, DirichletL2):
+    register_regularizer(_published.name, _published)
+
+
+def build_regularizer(name: str, weight: float | None = None) -> Any:
+    """The architecture loss of `--regularizer name` (None for none), at `weight` or its own
+    (a Regularizer's)."""
+    from types import SimpleNamespace
+
+    return REGULARIZERS.lookup(name)(SimpleNamespace(regularizer=name, reg_weight=weight))
 
 
 class SumOfLosses:
-    """Architecture losses added up (`--arch_loss` and `--regularizer` together); the epoch
+    """Architecture losses added up (`--regularizer` and the collapse pieces' terms); the epoch
     hook reaches each."""
 
     def __init__(self, *losses):
@@ -157,43 +187,42 @@ def combine(*losses):
 
 
 def check_flags(cfg) -> None:
-    """One UserError for a combination of `--sampler` and `--regularizer` flags (of a
+    """One UserError for a combination of `--mixing` and `--regularizer` flags (of a
     darts.search.SearchConfig) that cannot run or means nothing."""
     from darts.errors import UserError
-    from darts.methods.mixing import SAMPLERS
+    from darts.methods.mixing import MIXINGS, build_mixing
 
-    if cfg.sampler not in SAMPLERS:
-        raise UserError(f"--sampler {cfg.sampler}: choose one of {', '.join(SAMPLERS)}")
-    if cfg.regularizer not in REGULARIZERS:
-        raise UserError(f"--regularizer {cfg.regularizer}: choose one of {', '.join(REGULARIZERS)}")
-    gdas = cfg.sampler == "gdas"
+    MIXINGS.lookup(cfg.mixing)
+    REGULARIZERS.lookup(cfg.regularizer)
+    rule = build_mixing(cfg)
+    single = rule is not None and rule.single_path  # one op per edge (GDAS)
+    m = f"--mixing {cfg.mixing}"
+    published = ", ".join(n for n in REGULARIZERS if n != "none")
     checks = [
-        (cfg.sampler != "softmax" and cfg.mixing != "softmax",
-         f"--mixing {cfg.mixing} with --sampler {cfg.sampler}: the sampler makes the mixing "
-         f"weights itself; leave one of them out"),
-        (gdas and cfg.partial_channels > 1,
-         "--sampler gdas runs one op per edge; a PC-DARTS edge (--partial_channels) mixes by "
+        (single and cfg.partial_channels > 1,
+         f"{m} runs one op per edge; a PC-DARTS edge (--partial_channels) mixes by "
          "design: leave --partial_channels out"),
-        (gdas and cfg.checkpoint_cells,
-         "--sampler gdas keeps one op per edge's activations already; leave "
+        (single and cfg.checkpoint_cells,
+         f"{m} keeps one op per edge's activations already; leave "
          "--checkpoint_cells out"),
-        (gdas and cfg.compile,
-         "--sampler gdas picks each step's ops in Python (a new graph per choice); leave "
+        (single and cfg.compile,
+         f"{m} picks each step's ops in Python (a new graph per choice); leave "
          "--compile out"),
-        (cfg.sampler in ("gdas", "drnas") and cfg.cuda_graphs == "on",
-         f"--cuda_graphs on: --sampler {cfg.sampler} draws a sample per step that a captured "
-         f"graph would replay unchanged; use --cuda_graphs auto (off for it) or off"),
+        (rule is not None and not rule.cuda_graphs and cfg.cuda_graphs == "on",
+         f"--cuda_graphs on: --mixing {cfg.mixing} draws a sample per step (or keeps Python-side "
+         f"state) that a captured graph would replay unchanged; use --cuda_graphs auto (off "
+         f"for it) or off"),
         (not (0 < cfg.tau_min <= cfg.tau_max),
          f"--tau_min {cfg.tau_min} --tau_max {cfg.tau_max}: need 0 < tau_min <= tau_max"),
         (cfg.reg_weight is not None and cfg.regularizer == "none",
-         "--reg_weight weights a --regularizer; name one (beta, zero-one, drnas-kl, drnas-l2)"),
+         f"--reg_weight weights a --regularizer; name one ({published})"),
         (cfg.reg_weight is not None and cfg.reg_weight < 0,
          f"--reg_weight {cfg.reg_weight}: must be 0 or more"),
-        (cfg.regularizer == "zero-one" and cfg.sampler != "fairdarts",
+        (cfg.regularizer == "zero-one" and cfg.mixing != "fairdarts",
          "--regularizer zero-one pushes FairDARTS's sigmoid weights to 0 or 1: add "
-         "--sampler fairdarts"),
-        (cfg.regularizer == "drnas-kl" and cfg.sampler != "drnas",
-         "--regularizer drnas-kl pulls DrNAS's Dirichlet towards its prior: add --sampler drnas"),
+         "--mixing fairdarts"),
+        (cfg.regularizer == "drnas-kl" and cfg.mixing != "drnas",
+         "--regularizer drnas-kl pulls DrNAS's Dirichlet towards its prior: add --mixing drnas"),
         (cfg.regularizer in ("drnas-kl", "drnas-l2") and cfg.arch_weight_decay != 1e-3,
          f"--arch_weight_decay {cfg.arch_weight_decay} with --regularizer {cfg.regularizer}: "
          f"DrNAS's term replaces Adam's weight decay on the alphas (off); leave "

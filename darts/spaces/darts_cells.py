@@ -283,8 +283,7 @@ class GradientSearch:
         space = SearchSpace(op_list(cfg.ops), steps=cfg.nodes, multiplier=cfg.nodes)
         return SearchNetwork(cfg.init_channels, num_classes, cfg.layers, space,
                              partial_channels=cfg.partial_channels,
-                             checkpoint_cells=cfg.checkpoint_cells, mixing=cfg.mixing,
-                             sampler=sampler)
+                             checkpoint_cells=cfg.checkpoint_cells, sampler=sampler)
 
     def decode(self, model, meta):
         return model.genotype(**meta)

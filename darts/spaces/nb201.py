@@ -525,7 +525,6 @@ class GradientSearch(_darts_cells.GradientSearch):
         from darts.primitives import PRIMITIVES
 
         for flag, ok in (("checkpoint_cells", not cfg.checkpoint_cells),
-                         ("mixing", cfg.mixing == "softmax"),
                          ("ops", _darts_cells.op_list(cfg.ops) == PRIMITIVES),
                          ("nodes", cfg.nodes == 4)):
             if not ok:

@@ -54,8 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             continue
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
-        parser.add_argument(f"--{f.name}", type=finite_float if tp is float else tp,
-                            default=argparse.SUPPRESS,
+        if f.metadata.get("action") == "append":  # a list field: the flag repeated
+            parser.add_argument(f"--{f.name}", *f.metadata.get("aliases", ()), action="append",
+                                type=str, default=argparse.SUPPRESS,
+                                metavar=f.metadata.get("metavar"), **kwargs)
+            continue
+        parser.add_argument(f"--{f.name}", *f.metadata.get("aliases", ()),
+                            type=finite_float if tp is float else tp, default=argparse.SUPPRESS,
                             metavar=f.metadata.get("metavar"), **kwargs)
 
 
@@ -108,11 +113,30 @@ def _check_value(f: dataclasses.Field, tp: Any, value: Any, where: str) -> None:
                         f"{', '.join(map(str, choices))}")
 
 
+def _merged(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
+    """`data` with the keys of an older config (`cls.MERGED`: old key -> (field, unset value))
+    moved into the field that holds their notion now; both set to different values: one
+    UserError."""
+    data = dict(data)
+    for old, (new, unset) in getattr(cls, "MERGED", {}).items():
+        if old not in data:
+            continue
+        value = data.pop(old)
+        if value == unset:
+            continue
+        if data.get(new, unset) not in (unset, value):
+            raise UserError(f"{where}: the config sets both {old!r} ({value!r:.40}) and {new!r} "
+                            f"({data[new]!r:.40}), one setting now (--{new}); keep one of them")
+        data[new] = value
+    return data
+
+
 def config_from_dict(cls: type, data: Any, where: str):
     """The config `cls` of a JSON-like dict (a checkpoint's or a config.json's); every key
     known and every value of its field's type, else one UserError naming `where`."""
     if not isinstance(data, dict):
         raise UserError(f"{where}: the config is not a JSON object of settings")
+    data = _merged(cls, data, where)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(map(str, set(data) - set(fields)))
     if unknown:

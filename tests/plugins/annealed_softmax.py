@@ -3,7 +3,7 @@ from 5 to 1 over the search (used by tests/test_extending.py)."""
 
 import torch
 
-from darts.supernet import register_mixing
+from darts.methods.mixing import register_mixing
 
 
 class AnnealedSoftmax:
