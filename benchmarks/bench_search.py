@@ -75,7 +75,8 @@ def measure(args, path: dict, device: torch.device, method: str | None = None) -
                        batch_edges=path.get("batch_edges", "off"),
                        cuda_graphs=path["cuda_graphs"], progress=False, method=method,
                        mixing=args.mixing, pieces=tuple(args.pieces or ()), **preset)
-    explicit = {"order", "hessian", "partial_channels"} | (
+    # the step's size is the benchmark preset's (a method's --batch_size would outrun the data)
+    explicit = {"order", "hessian", "partial_channels", "batch_size"} | (
         {"mixing"} if args.mixing != "softmax" else set())
     cfg = presets.apply(cfg, explicit=explicit)
     collapse.validate(cfg)
