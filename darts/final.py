@@ -371,6 +371,28 @@ def _loaders(cfg, info, train_set, test_set, device, d: Dist):
     return train, test, False
 
 
+def _optimizer(cfg, model: nn.Module):
+    """The weights' SGD and its learning-rate schedule (cosine, or the ImageNet step decay)."""
+    optimizer = torch.optim.SGD(model.parameters(), cfg.learning_rate, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+    if cfg.lr_schedule == "cosine":
+        return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, float(cfg.epochs))
+    return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, 1, gamma=cfg.lr_gamma)
+
+
+def _describe(logger, cfg, model, info, params, madds, device, d: Dist, on_device: bool,
+              graphs: bool) -> None:
+    """The log line of what is trained, how, on what."""
+    logger.info("%s on %s (%d classes, %dpx): %.3fM parameters%s, "
+                "%.1fM multiply-adds per image, device %s%s; %s loader, amp %s%s%s%s",
+                type(model).__name__, cfg.dataset, info.num_classes, info.image_size,
+                params / 1e6, _auxiliary_note(model, cfg, params), madds / 1e6, device,
+                f" x {d.world_size} processes (batch {cfg.batch_size} each)" if d.enabled else "",
+                "device-resident" if on_device else "DataLoader", cfg.amp,
+                ", channels_last" if cfg.channels_last else "", ", compiled" if cfg.compile else "",
+                ", CUDA graphs" if graphs else "")
+
+
 def _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger, ckpt, on_epoch_end,
            d: Dist, graphs: bool, claim: RunClaim, changed: dict[str, Any]):
     configure_cpu_threads(cfg.threads, logger.warning if device.type == "cpu" else None,
@@ -381,12 +403,7 @@ def _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger, ck
     params = count_parameters(model)
     madds = count_multiply_adds(model, info.image_size)
     precision = Precision.from_flag(cfg.amp, device)
-    optimizer = torch.optim.SGD(model.parameters(), cfg.learning_rate, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
-    if cfg.lr_schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, float(cfg.epochs))
-    else:
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1, gamma=cfg.lr_gamma)
+    optimizer, scheduler = _optimizer(cfg, model)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smooth).to(device)
     eval_criterion = nn.CrossEntropyLoss().to(device)
 
@@ -394,14 +411,7 @@ def _train(cfg, genotype, info, train_set, test_set, device, run_dir, logger, ck
 
     start_epoch, history, best = _restore(cfg, genotype, run_dir, logger, ckpt, changed, d,
                                           model, optimizer, scheduler)
-    logger.info("%s on %s (%d classes, %dpx): %.3fM parameters%s, "
-                "%.1fM multiply-adds per image, device %s%s; %s loader, amp %s%s%s%s",
-                type(model).__name__, cfg.dataset, info.num_classes, info.image_size,
-                params / 1e6, _auxiliary_note(model, cfg, params), madds / 1e6, device,
-                f" x {d.world_size} processes (batch {cfg.batch_size} each)" if d.enabled else "",
-                "device-resident" if on_device else "DataLoader", cfg.amp,
-                ", channels_last" if cfg.channels_last else "", ", compiled" if cfg.compile else "",
-                ", CUDA graphs" if graphs else "")
+    _describe(logger, cfg, model, info, params, madds, device, d, on_device, graphs)
     net = model  # the module itself: drop-path probability, state dict
     compile_model(model, cfg.compile, logger.warning)
     if d.enabled:
