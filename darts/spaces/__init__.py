@@ -28,6 +28,10 @@ and what the runs need of it:
                                 supernet with `forward_path(x, c)` (`--evaluator oneshot`)
     graphs(c)                   optional: {kind: graphviz.Digraph}, the candidate's pictures
                                 (the library's own spaces are drawn by darts.visualize)
+    all_candidates()            optional: every candidate, for a space small enough to list
+                                (`python -m darts.proxies score --all`)
+    from_json(obj, where)       optional: the candidate of a JSON object (the darts space's
+                                genotype.json form), for candidate files
     gradient                    optional: DARTS's gradient search of the space (its supernet,
                                 decoding, checks, defaults; darts.spaces.darts_cells.GradientSearch)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
+from typing import Any
 
 from darts.errors import UserError
 from darts.genotype import Genotype, genotype_from_dict, save_genotype
@@ -140,6 +141,11 @@ class DartsCellSpace:
                                                       "reduce_concat": list(CONCAT)},
                                where=f"darts cell text {shown!r}")  # a GenotypeError is a UserError
         return self._check(g)
+
+    def from_json(self, data: Any, where: str) -> Genotype:
+        """The candidate of a genotype JSON object (genotype.json's form); a UserError naming
+        `where` otherwise."""
+        return self._check(genotype_from_dict(data, where=where))
 
     def save(self, g: Genotype, path: str | Path) -> None:
         """The genotype as the JSON file `train_final.py --genotype` takes."""

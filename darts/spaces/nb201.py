@@ -174,6 +174,11 @@ def save(arch: NB201Arch, path: str | Path) -> None:
     save_json(arch.to_dict(), path)
 
 
+def all_candidates() -> Iterator[NB201Arch]:
+    """Every candidate of the space (`python -m darts.proxies score --all`)."""
+    return all_archs()
+
+
 def sample(rng) -> NB201Arch:
     """A cell drawn uniformly from the 15,625 (`rng`: a random.Random)."""
     return NB201Arch(tuple(rng.choice(NB201_OPS) for _ in EDGES))

@@ -1,0 +1,276 @@
+"""Zero-cost proxies (darts.proxies): each against a hand computation or its defining property,
+on tiny networks in float64; the scorer's CSV (order, resume after a kill, bad input)."""
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from conftest import ROOT
+
+from darts.proxies import PROXIES, measures
+
+LOSS = nn.CrossEntropyLoss()
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(torch.float32)
+
+
+def chain(*sizes, bias=False, seed=0):
+    torch.manual_seed(seed)
+    layers = []
+    for a, b in zip(sizes, sizes[1:], strict=False):
+        layers += [nn.Linear(a, b, bias=bias), nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
+
+
+def batch(n=6, d=4, classes=3, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g), torch.randint(0, classes, (n,), generator=g)
+
+
+def manual_grad(w, x, y):
+    """dL/dW of mean cross-entropy of a single bias-free linear layer, by hand."""
+    p = F.softmax(x @ w.T, -1)
+    return (p - F.one_hot(y, w.shape[0])).T @ x / len(x)
+
+
+# -- saliencies --------------------------------------------------------------------------------
+def test_synflow_of_a_linear_chain_is_the_layer_count_times_the_product_of_abs_weights():
+    net = chain(4, 3, 2)
+    x, y = batch()
+    w1, w2 = (m.weight.detach().abs() for m in measures.prunable(net))
+    r = float(torch.ones(2) @ (w2 @ (w1 @ torch.ones(4))))  # 1^T |W2| |W1| 1
+    # R is linear in each layer's weights: sum theta dR/dtheta over one layer is R
+    assert measures.synflow(net, x, y, LOSS) == pytest.approx(2 * r, rel=1e-12)
+
+
+def test_synflow_leaves_out_batch_norm_and_runs_in_float64():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 3, bias=False), nn.BatchNorm1d(3), nn.Linear(3, 2, bias=False)).float()
+    plain = nn.Sequential(net[0], nn.Identity(), net[2])
+    x, y = batch()
+    assert measures.synflow(net, x.float(), y, LOSS) == pytest.approx(
+        measures.synflow(plain, x.float(), y, LOSS), rel=1e-12)
+    deep = nn.Sequential(*[nn.Linear(8, 8, bias=False) for _ in range(60)]).float()
+    with torch.no_grad():
+        for m in deep:
+            m.weight.fill_(10.0)  # 80^60 overflows float32
+    assert math.isfinite(measures.synflow(deep, torch.ones(1, 8).float(), y[:1], LOSS))
+
+
+def test_snip_plain_and_grad_norm_of_one_layer_are_their_definitions():
+    net = chain(4, 3)
+    x, y = batch()
+    w = net[0].weight.detach().clone()
+    g = manual_grad(w, x, y)
+    assert measures.snip(net, x, y, LOSS) == pytest.approx(float((w * g).abs().sum()), rel=1e-10)
+    assert measures.plain(net, x, y, LOSS) == pytest.approx(float((w * g).sum()), rel=1e-10)
+    assert measures.grad_norm(net, x, y, LOSS) == pytest.approx(float(g.norm()), rel=1e-10)
+    assert measures.l2_norm(net, x, y, LOSS) == pytest.approx(float(w.norm()), rel=1e-12)
+
+
+def test_grasp_is_minus_theta_times_the_hessian_gradient_product():
+    net = chain(4, 3)
+    x, y = batch()
+    w = net[0].weight.detach().clone()
+    g = manual_grad(w, x, y)
+    eps = 1e-6  # H g by a central difference of the hand gradient
+    hg = (manual_grad(w + eps * g, x, y) - manual_grad(w - eps * g, x, y)) / (2 * eps)
+    assert measures.grasp(net, x, y, LOSS) == pytest.approx(float(-(w * hg).sum()), rel=1e-6)
+
+
+def test_fisher_of_one_layer_is_half_the_mean_squared_activation_times_its_gradient():
+    net = chain(4, 3)
+    x, y = batch()
+    a = x @ net[0].weight.detach().T
+    da = (F.softmax(a, -1) - F.one_hot(y, 3)) / len(x)
+    expected = float(0.5 * (a * da).pow(2).mean(0).sum())
+    assert measures.fisher(net, x, y, LOSS) == pytest.approx(expected, rel=1e-10)
+
+
+# -- Jacobians and activation codes --------------------------------------------------------------
+def test_jacov_of_a_linear_map_sees_identical_jacobians():
+    net = chain(4, 3)
+    x, y = batch(n=5)
+    # every image's Jacobian is the column sums of W: the correlation matrix is all ones,
+    # eigenvalues 5 and 0 (4 times)
+    k = 1e-5
+    expected = -((math.log(5 + k) + 1 / (5 + k)) + 4 * (math.log(k) + 1 / k))
+    assert measures.jacov(net, x, y, LOSS) == pytest.approx(expected, rel=1e-6)
+    # EPE-NAS: per class an all-ones correlation matrix of its n_c images
+    counts = torch.bincount(y).tolist()
+    want = sum(n * n * math.log(1 + k) for n in counts if n)
+    assert measures.epe_nas(net, x, y, LOSS) == pytest.approx(want, rel=1e-6)
+
+
+def test_nwot_kernel_counts_matching_activation_codes():
+    net = nn.Sequential(nn.Linear(2, 3, bias=False), nn.ReLU(), nn.Linear(3, 2, bias=False))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+    x = torch.tensor([[1.0, 1.0], [1.0, -2.0], [-1.0, -1.0]])
+    codes = [[1, 1, 1], [1, 0, 0], [0, 0, 0]]  # the ReLU's input > 0, per image
+    want = torch.tensor([[sum(a == b for a, b in zip(ci, cj, strict=True)) for cj in codes] for ci in codes],
+                        dtype=torch.float64)
+    k = measures.nwot_kernel(net, x)
+    assert torch.equal(k, want)
+    assert measures.nwot(net, x, torch.zeros(3, dtype=torch.long), LOSS) == pytest.approx(
+        float(torch.linalg.slogdet(want)[1]))
+
+
+def test_zen_grows_by_log_two_when_the_perturbation_doubles_on_a_linear_network():
+    def net():
+        torch.manual_seed(3)
+        return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1),
+                             nn.Flatten(), nn.Linear(4, 2))
+
+    x = torch.randn(4, 3, 6, 6)
+    y = torch.zeros(4, dtype=torch.long)
+    torch.manual_seed(0)
+    a = measures.zen(net(), x, y, LOSS, mixup_gamma=0.01)
+    torch.manual_seed(0)
+    b = measures.zen(net(), x, y, LOSS, mixup_gamma=0.02)
+    assert b - a == pytest.approx(math.log(2), rel=1e-9)
+    torch.manual_seed(0)
+    assert measures.zen(net(), 5 * x + 1, y, LOSS, mixup_gamma=0.01) == pytest.approx(a)  # x's shape only
+
+
+def test_params_and_flops_count_the_network():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(4, 2))
+    x = torch.zeros(2, 3, 5, 5)
+    assert measures.params(net, x, None, LOSS) == 3 * 4 * 9 + 4 * 2 + 2
+    assert measures.flops(net, x, None, LOSS) == 5 * 5 * 4 * 3 * 9 + 4 * 2
+
+
+def test_every_proxy_scores_a_network_of_every_space_finitely():
+    import random
+
+    from darts.proxies import score_candidate
+    from darts.spaces import SPACES
+
+    torch.set_default_dtype(torch.float32)
+    x, y = torch.randn(8, 3, 8, 8), torch.arange(8) % 4
+    sizes = {"nb201": (4, 1), "darts": (4, 2), "cnn": (None, None)}
+    for name, (channels, layers) in sizes.items():
+        space = SPACES[name]
+        c = space.sample(random.Random(0))
+        scores, seconds = score_candidate(space, c, list(PROXIES), x, y, num_classes=4,
+                                          channels=channels, layers=layers, family="cifar",
+                                          seed=1)
+        bad = {k: v for k, v in scores.items() if not (math.isfinite(v) or k == "nwot")}
+        assert not bad, (name, bad)
+        assert set(seconds) == set(PROXIES)
+
+
+# -- the scorer --------------------------------------------------------------------------------
+def score(tmp_path, *args, out="s.csv", check=True, **kw):
+    argv = [sys.executable, "-m", "darts.proxies", "score", "--dataset", "synthetic",
+            "--synthetic_size", "64", "--image_size", "8", "--batch_size", "8", "--channels",
+            "4", "--layers", "1", "--threads", "1", "--no-progress", "--out",
+            str(tmp_path / out), *args]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300, check=check, **kw)
+
+
+def rows(path):
+    return list(csv.reader(path.read_text().splitlines()))
+
+
+def test_scores_do_not_depend_on_the_order_of_the_candidates(tmp_path):
+    import random
+
+    from darts.spaces import nb201
+
+    archs = [nb201.sample(random.Random(i)).to_string() for i in range(4)]
+    (tmp_path / "a.txt").write_text("\n".join(archs) + "\n")
+    (tmp_path / "b.txt").write_text("\n".join(reversed(archs)) + "\n")
+    score(tmp_path, "--archs", "a.txt", "--proxies", "synflow,nwot,snip", out="a.csv")
+    score(tmp_path, "--archs", "b.txt", "--proxies", "synflow,nwot,snip", out="b.csv")
+    a, b = rows(tmp_path / "a.csv"), rows(tmp_path / "b.csv")
+    assert a[0] == ["arch", "synflow", "nwot", "snip", "seconds"]
+    assert [r[0] for r in a[1:]] == archs
+    assert {r[0]: r[1:4] for r in a[1:]} == {r[0]: r[1:4] for r in b[1:]}
+    summary = json.loads((tmp_path / "a.csv.json").read_text())
+    assert summary["candidates"] == 4 and summary["peak_rss_mib"] > 0
+
+
+def test_a_killed_scoring_resumes_where_it_stopped(tmp_path):
+    whole = score(tmp_path, "--all", "--limit", "12", "--proxies", "params,l2_norm",
+                  out="whole.csv")
+    assert whole.returncode == 0
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    argv = [sys.executable, "-m", "darts.proxies", "score", "--dataset", "synthetic",
+            "--synthetic_size", "64", "--image_size", "8", "--batch_size", "8", "--channels",
+            "4", "--layers", "1", "--threads", "1", "--no-progress", "--all", "--limit", "12",
+            "--proxies", "params,l2_norm", "--out", str(tmp_path / "part.csv")]
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    part = tmp_path / "part.csv"
+    deadline = time.monotonic() + 120
+    while not (part.exists() and len(part.read_text().splitlines()) >= 4):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with open(part, "a") as f:
+        f.write("|half-written")  # a row cut by the kill
+    done = score(tmp_path, "--all", "--limit", "12", "--proxies", "params,l2_norm",
+                 out="part.csv")
+    assert "already scored; going on" in done.stderr
+    assert rows(part) == [r[:3] + [rows(part)[i][3]] if i else r
+                          for i, r in enumerate(rows(tmp_path / "whole.csv"))]
+
+
+@pytest.mark.parametrize("args, content, message", [
+    (["--proxies", "synflo"], None, "--proxies synflo: unknown proxy; choose one of"),
+    (["--archs", "c.txt"], "|nor_conv_3x3~0|+|bad|\n", "--archs c.txt, line 1:"),
+    (["--archs", "c.txt"], "\n\n", "--archs c.txt: no candidate in it"),
+    (["--sample", "2", "--all"], None, "give exactly one of --archs FILE, --sample N, --all"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, content, message):
+    if content is not None:
+        (tmp_path / "c.txt").write_text(content)
+    if "--archs" not in args and "--sample" not in args:
+        args = [*args, "--sample", "2"]
+    done = score(tmp_path, *args, check=False)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
+
+
+def test_correlate_reports_rank_correlations_against_the_table(tmp_path):
+    import numpy as np
+
+    from darts.benchmarks.nb201 import synthetic_table
+    from darts.proxies.correlate import correlate, top_fraction_precision
+
+    table = synthetic_table(tmp_path / "t.csv", seed=0)
+    score(tmp_path, "--sample", "30", "--proxies", "params,flops,l2_norm")
+    result = correlate(tmp_path / "s.csv", str(table), "cifar10_test", plots=False)
+    assert result["candidates"] == 30
+    archs, cols = __import__("darts.proxies.score", fromlist=["x"]).read_scores(tmp_path / "s.csv")
+    from scipy import stats
+
+    from darts.benchmarks.nb201 import BenchmarkTable
+
+    t = BenchmarkTable.load(table)
+    truth = [t.lookup(a)["cifar10_test"] for a in archs]
+    rho = stats.spearmanr(cols["params"], truth).statistic
+    assert result["proxies"]["params"]["spearman"] == pytest.approx(rho)
+    # hand case: the top 1 of 10 by score is the top 1 by truth
+    s = np.arange(10.0)
+    assert top_fraction_precision(s, s) == 1.0 and top_fraction_precision(s, -s) == 0.0
+    assert (tmp_path / "correlation.csv").exists()
