@@ -93,6 +93,18 @@ def validate(cfg) -> Any:
     from darts.methods.pieces import refuse_with_multitrial
     refuse_with_multitrial(cfg)
     defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    if cfg.warm_start < 0:
+        raise UserError(f"--warm_start {cfg.warm_start}: must be 0 (off) or more")
+    if cfg.warm_start and not getattr(STRATEGIES.lookup(cfg.strategy), "warm_startable", False):
+        able = ", ".join(n for n, c in STRATEGIES.items() if getattr(c, "warm_startable", False))
+        raise UserError(f"--warm_start: --strategy {cfg.strategy} starts at random; the "
+                        f"strategies that take a warm start: {able}")
+    if cfg.warm_start:
+        from darts.evaluators.proxy import parse_weights
+
+        parse_weights(cfg.proxy)
+        if not hasattr(space, "network"):
+            raise UserError(f"--warm_start: the {cfg.space} space builds no network to score")
     for flag in GRADIENT_ONLY:
         if getattr(cfg, flag) != defaults[flag]:
             raise UserError(f"--{flag}: a setting of the gradient search (--strategy darts); "
@@ -243,6 +255,9 @@ def _run(cfg, space, table, claim: RunClaim, logger, resumed: bool) -> dict[str,
     batch = max(1, cfg.workers) if hasattr(evaluator, "evaluate_many") else 1
     history = _History(run_dir / HISTORY)
     past = history.read(batch) if resumed else []
+    warm = _warm_start(cfg, space, run_dir, logger) if cfg.warm_start else []
+    if warm:
+        strategy.warm_start(warm)
     if not resumed:
         save_json(to_dict(cfg), run_dir / "config.json")
         history.rewrite([])  # the run exists from here on: a failure keeps the directory
@@ -256,6 +271,15 @@ def _run(cfg, space, table, claim: RunClaim, logger, resumed: bool) -> dict[str,
                 cfg.strategy, cfg.space, evaluator_name(cfg),
                 f" ({cfg.metric}, reporting {cfg.report})" if evaluator_name(cfg) == "benchmark"
                 else "", budget, cfg.seed)
+
+    def counts(n: int) -> dict[str, int]:
+        """The table's queries (its evaluations) apart from the proxies' evaluations."""
+        proxied = len(warm)
+        own = getattr(evaluator, "counts", None)
+        if own is not None:
+            proxied += own().get("proxy_evaluations", 0)
+        return {"table_queries": n if evaluator_name(cfg) == "benchmark" else 0,
+                "proxy_evaluations": proxied}
 
     best: dict[str, Any] = {"score": -math.inf}
     for record in past:
@@ -281,7 +305,8 @@ def _run(cfg, space, table, claim: RunClaim, logger, resumed: bool) -> dict[str,
                     _seconds(record["cost"]), best["score"], best["n"],
                     format_duration(eta))
         if n % batch == 0 or n == cfg.budget:
-            _write_result(cfg, space, table, run_dir, best, n, spent[0], complete=False)
+            _write_result(cfg, space, table, run_dir, best, n, spent[0], complete=False,
+                          counts=counts(n))
 
     try:
         records = run_strategy(strategy, evaluator, cfg.budget, history=past,
@@ -297,7 +322,8 @@ def _run(cfg, space, table, claim: RunClaim, logger, resumed: bool) -> dict[str,
         if close is not None:
             close()
     result = _write_result(cfg, space, table, run_dir, best, len(records),
-                           sum(r["cost"] for r in records), complete=True)
+                           sum(r["cost"] for r in records), complete=True,
+                           counts=counts(len(records)))
     candidate = space.parse(best["candidate"])
     space.save(candidate, run_dir / space.RESULT_FILE)
     draw_cells(candidate, logger, len(records), run_dir, graphs=getattr(space, "graphs", None))
@@ -317,10 +343,37 @@ def _better(best: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
     return record if record["score"] > best["score"] else best
 
 
+def _warm_start(cfg, space: Any, run_dir: Path, logger) -> list[Any]:
+    """`--warm_start N`: N different random candidates (drawn by the seed) scored by `--proxy`
+    into `warm_start.csv` (resumable), best first; a vote of several proxies ranks by the
+    weighted mean of each proxy's rank in the sample."""
+    from darts.evaluators.proxy import LOWEST, parse_weights, settings_of
+    from darts.proxies.score import read_scores, sample_candidates, score_to_csv
+
+    weights = parse_weights(cfg.proxy)
+    candidates = sample_candidates(space, cfg.warm_start, cfg.seed)
+    path = run_dir / "warm_start.csv"
+    logger.info("warm start: %d random candidates scored by %s into %s", len(candidates),
+                cfg.proxy, path)
+    score_to_csv(settings_of(cfg, space, tuple(weights)), candidates, path, progress=False,
+                 log=logger.info)
+    _, columns = read_scores(path)
+    n = len(candidates)
+    value = [0.0] * n
+    for p, w in weights.items():
+        col = [v if math.isfinite(v) else LOWEST for v in columns[p]]
+        order = sorted(range(n), key=lambda i: col[i])
+        for rank, i in enumerate(order):
+            value[i] += w * rank
+    best_first = sorted(range(n), key=lambda i: -value[i])
+    return [candidates[i] for i in best_first]
+
+
 def _write_result(cfg, space, table, run_dir: Path, best: dict[str, Any], n: int, cost: float,
-                  complete: bool) -> dict[str, Any]:
+                  complete: bool, counts: dict[str, int] | None = None) -> dict[str, Any]:
     result = {"complete": complete, "strategy": cfg.strategy, "space": cfg.space,
               "evaluator": evaluator_name(cfg), "seed": cfg.seed, "evaluations": n,
+              **(counts or {}),
               "cost_s": cost, "best_arch": best.get("candidate"), "best_score": best.get("score"),
               "best_reported": best.get("reported"), "best_evaluation": best.get("n")}
     if table is not None and best.get("candidate") is not None:

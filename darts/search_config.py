@@ -236,6 +236,10 @@ class StrategyConfig:
     bo_sampler: str = field(default="tpe", metadata=_f(
         "bo: Optuna's sampler, tpe (multivariate) or gp", choices=("tpe", "gp")))
     bo_startup: int = field(default=10, metadata=_f("bo: random candidates before the model proposes"))
+    warm_start: int = field(default=0, metadata=_f(
+        "evolution, bo: score this many random candidates by --proxy first, and start from the "
+        "best of them (the initial population; the first trials) instead of random ones "
+        "(Abdelfattah et al., ICLR 2021); 0 = off"))
 
 
 @dataclass
@@ -264,6 +268,12 @@ class EvaluatorConfig:
         "oneshot evaluator: training batches that recompute a candidate's BatchNorm statistics"))
     valid_batches: int = field(default=10, metadata=_f(
         "oneshot evaluator: held-out batches that score a candidate"))
+    proxy: str = field(default="nwot", metadata=_f(
+        "proxy evaluator and --warm_start: a zero-cost proxy (synflow, jacov, nwot, snip, "
+        "grasp, grad_norm, fisher, l2_norm, plain, epe_nas, zen, params, flops), or a weighted "
+        "vote of several, e.g. synflow,jacov,nwot or synflow:2,nwot:1 (docs/proxies.md)"))
+    proxy_reference: int = field(default=100, metadata=_f(
+        "proxy evaluator: the reference candidates a vote of several proxies ranks against"))
 
 
 @dataclass

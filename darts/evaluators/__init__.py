@@ -8,6 +8,7 @@ its own with `register_evaluator(name, EvaluatorKind(build, check))`.
     benchmark   a NAS-Bench-201 table lookup (darts.evaluators.benchmark)
     oneshot     a supernet trained once by uniform single paths (darts.evaluators.oneshot)
     train       training from scratch, in parallel processes (darts.evaluators.training)
+    proxy       zero-cost proxies of the untrained network (darts.evaluators.proxy)
 """
 
 from __future__ import annotations
@@ -62,10 +63,21 @@ def _train(cfg: Any, space: Any, table: Any, run_dir: Path, logger: Any):
     return from_search_config(cfg, space, logger)
 
 
+def _check_proxy(cfg: Any, space: Any) -> None:
+    from darts.evaluators.proxy import check
+    check(cfg, space)
+
+
+def _proxy(cfg: Any, space: Any, table: Any, run_dir: Path, logger: Any):
+    from darts.evaluators.proxy import build
+    return build(cfg, space, table, run_dir, logger)
+
+
 EVALUATORS = Registry("evaluator", "--evaluator", {
     "benchmark": EvaluatorKind(_benchmark, _check_benchmark),
     "oneshot": EvaluatorKind(_oneshot, _check_oneshot),
     "train": EvaluatorKind(_train),
+    "proxy": EvaluatorKind(_proxy, _check_proxy),
 }.items())
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import random
 import sys
 from pathlib import Path
 from typing import Any
@@ -49,26 +48,15 @@ def read_candidates(space: Any, path: str) -> list[Any]:
     return out
 
 
-def sample_candidates(space: Any, n: int, seed: int) -> list[Any]:
-    """`n` different candidates drawn by `seed` (as a strategy draws them)."""
-    from darts.spaces import to_text
-
-    rng = random.Random(seed)
-    seen, out = set(), []
-    for _ in range(100 * n + 1000):
-        c = space.sample(rng)
-        text = to_text(space, c)
-        if text not in seen:
-            seen.add(text)
-            out.append(c)
-            if len(out) == n:
-                return out
-    raise UserError(f"--sample {n}: the space gave only {len(out)} different candidates")
-
-
 def _score(args) -> int:
     from darts.proxies import proxy_names
-    from darts.proxies.score import ScoreSettings, default_threads, score_to_csv, summary_line
+    from darts.proxies.score import (
+        ScoreSettings,
+        default_threads,
+        sample_candidates,
+        score_to_csv,
+        summary_line,
+    )
     from darts.spaces import get_space
 
     space = get_space(args.space)

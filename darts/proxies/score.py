@@ -21,6 +21,7 @@ import json
 import math
 import multiprocessing
 import os
+import random
 import resource
 import sys
 import time
@@ -264,3 +265,20 @@ def default_threads(workers: int) -> int:
 
 def dumps(summary: dict[str, Any]) -> str:
     return json.dumps(summary, indent=2)
+
+
+def sample_candidates(space: Any, n: int, seed: int) -> list[Any]:
+    """`n` different candidates drawn by `seed` (as a strategy draws them)."""
+    from darts.spaces import to_text
+
+    rng = random.Random(seed)
+    seen, out = set(), []
+    for _ in range(100 * n + 1000):
+        c = space.sample(rng)
+        text = to_text(space, c)
+        if text not in seen:
+            seen.add(text)
+            out.append(c)
+            if len(out) == n:
+                return out
+    raise UserError(f"--sample {n}: the space gave only {len(out)} different candidates")

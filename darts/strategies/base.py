@@ -30,6 +30,14 @@ class Strategy:
     def ask(self) -> Any:
         raise NotImplementedError
 
+    # Strategies that can start from given candidates (`--warm_start`) override this.
+    warm_startable = False
+
+    def warm_start(self, candidates: list[Any]) -> None:
+        """Starts from `candidates` (best first, e.g. the top of a proxy-scored sample)
+        instead of random ones."""
+        raise NotImplementedError
+
     def tell(self, candidate: Any, score: float) -> None:
         self.told += 1
         if self.best is None or score > self.best[0]:

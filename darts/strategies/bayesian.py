@@ -53,7 +53,17 @@ class BayesianOptimisation(Strategy):
             chosen = optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
         self.study = optuna.create_study(direction="maximize", sampler=chosen)
         self.sizes = [len(choices) for choices in space.decisions()]
+        self.startup = startup
         self.pending: deque[tuple[Any, Any]] = deque()  # (candidate, trial), asked, not told
+
+    warm_startable = True
+
+    def warm_start(self, candidates: list[Any]) -> None:
+        """The first `startup` trials: the best `startup` of `candidates`, enqueued in the
+        study (Abdelfattah et al., ICLR 2021: proxy warm-up of the first trials)."""
+        for c in candidates[:self.startup]:
+            self.study.enqueue_trial({f"d{d}": k for d, k in
+                                      enumerate(self.space.to_decisions(c))})
 
     def ask(self) -> Any:
         trial = self.study.ask()

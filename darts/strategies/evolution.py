@@ -31,9 +31,19 @@ class RegularizedEvolution(Strategy):
                              f"{sample_size}")
         self.population_size, self.sample_size = population, sample_size
         self.population: deque[tuple[Any, float]] = deque()
+        self.seeded: deque[Any] = deque()
+
+    warm_startable = True
+
+    def warm_start(self, candidates: list[Any]) -> None:
+        """The initial population: the best `population` of `candidates` (Abdelfattah et al.,
+        ICLR 2021, Section 5: the top of a proxy-scored sample)."""
+        self.seeded = deque(candidates[:self.population_size])
 
     def ask(self) -> Any:
         if len(self.population) < self.population_size:
+            if self.seeded:
+                return self.seeded.popleft()
             return self.space.sample(self.rng)  # the initial population: random
         sample = [self.population[self.rng.randrange(len(self.population))]
                   for _ in range(self.sample_size)]
