@@ -47,12 +47,46 @@ from darts.train.config import finite_float
 from darts.train.files import atomic_open, write_error
 
 
+NASWOT = "naswot"
+WARM = "+warm"
+
+
+def check_strategies(names: Sequence[str]) -> None:
+    """Each name a registered strategy, `X+warm` (X warm-startable) or `naswot`."""
+    for name in names:
+        base = name[:-len(WARM)] if name.endswith(WARM) else name
+        ok = name == NASWOT or (base in STRATEGIES and (
+            base == name or getattr(STRATEGIES[base], "warm_startable", False)))
+        if not ok:
+            able = [n + WARM for n, c in STRATEGIES.items() if getattr(c, "warm_startable", False)]
+            raise UserError(f"--strategies: {name!r} is not one of {', '.join(STRATEGIES)}, "
+                            f"{', '.join(able)} or {NASWOT}")
+
+
+def _naswot(ranker, space, table, evaluator, sample: int, seed: int, budget: int):
+    """NASWOT's recipe (Mellor et al., ICML 2021): `sample` random candidates ranked by the
+    proxy, the best queried in the table once; its curve is flat over the budget."""
+    from darts.proxies.score import sample_candidates
+    from darts.spaces import to_text
+
+    best = ranker.rank(sample_candidates(space, sample, seed, stream="naswot"))[0]
+    result = evaluator(best)
+    record = {"n": 1, "candidate": to_text(space, best), "score": result.score,
+              "reported": result.reported, "cost": result.cost}
+    return [record], [(result.score, result.reported)] * budget
+
+
 def compare(table: BenchmarkTable, strategies: Sequence[str], seeds: int, budget: int,
             metric: str = "cifar10_valid", report_metric: str = "cifar10_test",
-            budget_seconds: float | None = None, progress=None, space: Any = None
+            budget_seconds: float | None = None, progress=None, space: Any = None,
+            ranker: Any = None, warm_start: int = 100, naswot_sample: int = 100
             ) -> list[dict[str, Any]]:
-    """One record per (strategy, seed): the run's best and its best-so-far curve."""
+    """One record per (strategy, seed): the run's best and its best-so-far curve. `X+warm`
+    starts strategy X from the best of `warm_start` random candidates ranked by `ranker`
+    (darts.evaluators.proxy.ProxyRanker); `naswot` queries the table once, for the best of
+    `naswot_sample` random candidates. Table queries and proxy evaluations are counted apart."""
     from darts.multitrial import make_strategy
+    from darts.proxies.score import sample_candidates
     from darts.search_config import SearchConfig
     from darts.spaces import nb201, to_text
 
@@ -63,10 +97,21 @@ def compare(table: BenchmarkTable, strategies: Sequence[str], seeds: int, budget
     runs = []
     for name in strategies:
         for seed in range(seeds):
-            strategy = make_strategy(SearchConfig(strategy=name, seed=seed), space)
-            records = run_strategy(strategy, evaluator, None if budget_seconds else budget,
-                                   seconds=budget_seconds or None,
-                                   to_text=lambda c: to_text(space, c))
+            proxied = ranker.scored if ranker is not None else 0
+            if name == NASWOT:
+                records, flat = _naswot(ranker, space, table, evaluator, naswot_sample, seed,
+                                        budget)
+            else:
+                base = name[:-len(WARM)] if name.endswith(WARM) else name
+                strategy = make_strategy(SearchConfig(strategy=base, seed=seed), space)
+                if name.endswith(WARM):
+                    strategy.warm_start(ranker.rank(sample_candidates(space, warm_start, seed,
+                                                                      stream="warm")))
+                records = run_strategy(strategy, evaluator, None if budget_seconds else budget,
+                                       seconds=budget_seconds or None,
+                                       to_text=lambda c: to_text(space, c))
+                flat = None
+            proxied = (ranker.scored if ranker is not None else 0) - proxied
             curve, best = [], None
             for r in records:
                 if best is None or r["score"] > best["score"]:
@@ -76,7 +121,8 @@ def compare(table: BenchmarkTable, strategies: Sequence[str], seeds: int, budget
             runs.append({"strategy": name, "seed": seed, "best_arch": best["candidate"],
                          "best_score": best["score"], "best_reported": best["reported"],
                          "rank": rank, "optimum": best["reported"] >= optimum,
-                         "evaluations": len(records), "curve": curve})
+                         "evaluations": len(records), "proxy_evaluations": proxied,
+                         "curve": flat or curve})
             if progress is not None:
                 progress(runs[-1])
     return runs
@@ -216,15 +262,32 @@ def write(runs: list[dict[str, Any]], out: Path, report_metric: str, title: str,
     except OSError as e:
         raise _out_error(out, e) from None
     _write_text(out / "summary.csv", _csv_text(
-        ["strategy", "seed", "best_arch", "best_score", "best_reported", "rank", "evaluations"],
+        ["strategy", "seed", "best_arch", "best_score", "best_reported", "rank", "evaluations",
+         "proxy_evaluations"],
         [[r["strategy"], r["seed"], r["best_arch"], r["best_score"], r["best_reported"],
-          r["rank"], r["evaluations"]] for r in runs]))
+          r["rank"], r["evaluations"], r.get("proxy_evaluations", 0)] for r in runs]))
     _write_text(out / "curves.csv", _csv_text(
         ["strategy", "seed", "evaluation", "best_score", "best_reported"],
         [[r["strategy"], r["seed"], n, score, rep] for r in runs
          for n, (score, rep) in enumerate(r["curve"], start=1)]))
     _write_text(out / "summary.md", f"{title}\n\n{summary_table(runs, report_metric)}")
     plot(runs, out / "best_so_far.png", report_metric, title, metric)
+
+
+def _ranker(args, space: Any):
+    """The proxies' ranker of the proxy-guided rows (seed 0: every run's candidates are scored
+    on the same batch and initial weights)."""
+    from darts.evaluators.proxy import ProxyRanker, parse_weights, settings_of
+    from darts.search_config import SearchConfig, resolved
+
+    if args.warm_start < 1 or args.naswot_sample < 1:
+        raise UserError("--warm_start and --naswot_sample must be at least 1")
+    weights = parse_weights(args.proxy)
+    cfg = resolved(SearchConfig(space=args.space, dataset=args.dataset, data=args.data,
+                                image_size=args.image_size, batch_size=args.batch_size,
+                                init_channels=args.init_channels or 16, layers=args.layers,
+                                plugins=args.plugins))
+    return ProxyRanker(space, weights, settings_of(cfg, space, tuple(weights)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -251,12 +314,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metric", default="cifar10_valid", help="the column strategies maximise")
     parser.add_argument("--report", default="cifar10_test", help="the column reported")
     parser.add_argument("--out", required=True, help="the folder to write")
+    g = parser.add_argument_group("proxy-guided rows (X+warm, naswot; docs/proxies.md)")
+    g.add_argument("--proxy", default="nwot", help="the proxy (or a vote, A,B:2) that ranks")
+    g.add_argument("--warm_start", type=int, default=100,
+                   help="X+warm: random candidates ranked by --proxy; X starts from the best")
+    g.add_argument("--naswot_sample", type=int, default=100,
+                   help="naswot: random candidates ranked by --proxy; the best is queried")
+    g.add_argument("--dataset", default="cifar10", help="the proxies' images")
+    g.add_argument("--data", default="data", help="the proxies' dataset root")
+    g.add_argument("--image_size", type=int, default=None)
+    g.add_argument("--batch_size", type=int, default=64, help="the proxies' batch")
+    g.add_argument("--init_channels", type=int, default=None, help="the proxies' network width")
+    g.add_argument("--layers", type=int, default=None, help="the proxies' network depth")
     args = parser.parse_args(argv)
     try:
         names = [s.strip() for s in args.strategies.split(",") if s.strip()]
-        unknown = [s for s in names if s not in STRATEGIES]
-        if unknown or not names:
+        if not names:
             raise UserError(f"--strategies {args.strategies}: choose from {', '.join(STRATEGIES)}")
+        check_strategies(names)
         if len(set(names)) != len(names):
             raise UserError(f"--strategies {args.strategies}: a strategy is listed twice")
         if args.seeds < 1 or args.budget < 1 or args.budget_seconds < 0:
@@ -273,8 +348,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['best_score']:.2f} ({args.report} {r['best_reported']:.2f}, rank "
                   f"{r['rank']})", flush=True)
 
+        ranker = None
+        if any(n == NASWOT or n.endswith(WARM) for n in names):
+            ranker = _ranker(args, SPACES[args.space])
         runs = compare(table, names, args.seeds, args.budget, args.metric, args.report,
-                       args.budget_seconds or None, progress, space=SPACES[args.space])
+                       args.budget_seconds or None, progress, space=SPACES[args.space],
+                       ranker=ranker, warm_start=args.warm_start,
+                       naswot_sample=args.naswot_sample)
         budget = (f"{args.budget_seconds:g} s of training time" if args.budget_seconds
                   else f"{args.budget} evaluations")
         title = (f"{Path(args.benchmark).name}: {args.seeds} seeds, {budget}, selected on "

@@ -347,26 +347,18 @@ def _warm_start(cfg, space: Any, run_dir: Path, logger) -> list[Any]:
     """`--warm_start N`: N different random candidates (drawn by the seed) scored by `--proxy`
     into `warm_start.csv` (resumable), best first; a vote of several proxies ranks by the
     weighted mean of each proxy's rank in the sample."""
-    from darts.evaluators.proxy import LOWEST, parse_weights, settings_of
+    from darts.evaluators.proxy import best_first, parse_weights, settings_of
     from darts.proxies.score import read_scores, sample_candidates, score_to_csv
 
     weights = parse_weights(cfg.proxy)
-    candidates = sample_candidates(space, cfg.warm_start, cfg.seed)
+    candidates = sample_candidates(space, cfg.warm_start, cfg.seed, stream="warm")
     path = run_dir / "warm_start.csv"
     logger.info("warm start: %d random candidates scored by %s into %s", len(candidates),
                 cfg.proxy, path)
     score_to_csv(settings_of(cfg, space, tuple(weights)), candidates, path, progress=False,
                  log=logger.info)
     _, columns = read_scores(path)
-    n = len(candidates)
-    value = [0.0] * n
-    for p, w in weights.items():
-        col = [v if math.isfinite(v) else LOWEST for v in columns[p]]
-        order = sorted(range(n), key=lambda i: col[i])
-        for rank, i in enumerate(order):
-            value[i] += w * rank
-    best_first = sorted(range(n), key=lambda i: -value[i])
-    return [candidates[i] for i in best_first]
+    return best_first(candidates, columns, weights)
 
 
 def _write_result(cfg, space, table, run_dir: Path, best: dict[str, Any], n: int, cost: float,

@@ -212,7 +212,8 @@ class StrategyConfig:
     strategy: str = field(default="darts", metadata=_f(
         "darts (the gradient-based search) or a multi-trial strategy: random, evolution "
         "(regularized), ga (genetic algorithm), anneal (simulated annealing), reinforce "
-        "(policy gradient), bo (Bayesian optimisation, Optuna)",
+        "(policy gradient), bo (Bayesian optimisation, Optuna), bananas (a predictor-guided "
+        "search: BANANAS)",
         choices=Choices(("darts",), STRATEGIES)))
     budget: int = field(default=100, metadata=_f("multi-trial: the number of evaluations"))
     budget_seconds: float = field(default=0.0, metadata=_f(
@@ -235,7 +236,17 @@ class StrategyConfig:
     entropy_weight: float = field(default=0.0, metadata=_f("reinforce: weight of the entropy bonus"))
     bo_sampler: str = field(default="tpe", metadata=_f(
         "bo: Optuna's sampler, tpe (multivariate) or gp", choices=("tpe", "gp")))
-    bo_startup: int = field(default=10, metadata=_f("bo: random candidates before the model proposes"))
+    bo_startup: int = field(default=10, metadata=_f(
+        "bo, bananas: random candidates before the model proposes"))
+    predictor: str = field(default="mlp", metadata=_f(
+        "bananas: the predictor, mlp (BANANAS's ensemble of 5 MLPs) or gbt (5 scikit-learn "
+        "gradient-boosted tree models)", choices=("mlp", "gbt")))
+    acquisition: str = field(default="its", metadata=_f(
+        "bananas: independent Thompson sampling (its) or mean + 2 std (ucb)",
+        choices=("its", "ucb")))
+    predictor_proxies: str = field(default="", metadata=_f(
+        "bananas: zero-cost proxies (e.g. synflow,nwot) of each candidate as extra predictor "
+        "features; empty: the encoding alone"))
     warm_start: int = field(default=0, metadata=_f(
         "evolution, bo: score this many random candidates by --proxy first, and start from the "
         "best of them (the initial population; the first trials) instead of random ones "

@@ -128,3 +128,42 @@ def build(cfg: Any, space: Any, table: Any, run_dir, logger) -> ProxyEvaluator:
             f"{cfg.dataset} images" + (f", reporting {cfg.report} from {table.path}"
                                        if table is not None else ""))
     return evaluator
+
+
+def best_first(candidates: list[Any], columns: dict[str, list[float]],
+               weights: dict[str, float]) -> list[Any]:
+    """`candidates` best first by their proxy scores (`columns`: proxy -> scores in the
+    candidates' order): one proxy by its score, several by the weighted sum of each proxy's
+    rank in the list (a non-finite score lowest)."""
+    n = len(candidates)
+    value = [0.0] * n
+    for p, w in weights.items():
+        col = [v if math.isfinite(v) else LOWEST for v in columns[p]]
+        for rank, i in enumerate(sorted(range(n), key=lambda i: col[i])):
+            value[i] += w * rank
+    return [candidates[i] for i in sorted(range(n), key=lambda i: -value[i])]
+
+
+class ProxyRanker:
+    """Ranks samples of a space by proxies (the warm starts and NASWOT's recipe of
+    `darts.compare`), each candidate scored once (scores cached by its text)."""
+
+    def __init__(self, space: Any, weights: dict[str, float], settings: ScoreSettings):
+        self.space, self.weights = space, weights
+        self.scorer = Scorer(settings)
+        self.cache: dict[str, dict[str, float]] = {}
+        self.scored = 0
+
+    def rank(self, candidates: list[Any]) -> list[Any]:
+        columns: dict[str, list[float]] = {p: [] for p in self.weights}
+        for c in candidates:
+            text, scores, _ = self.scorer(c) if self._key(c) not in self.cache else (
+                self._key(c), self.cache[self._key(c)], None)
+            self.cache[text] = scores
+            self.scored += 1
+            for p in self.weights:
+                columns[p].append(scores[p])
+        return best_first(candidates, columns, self.weights)
+
+    def _key(self, c: Any) -> str:
+        return getattr(self.space, "to_text", str)(c)

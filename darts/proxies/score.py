@@ -267,11 +267,13 @@ def dumps(summary: dict[str, Any]) -> str:
     return json.dumps(summary, indent=2)
 
 
-def sample_candidates(space: Any, n: int, seed: int) -> list[Any]:
-    """`n` different candidates drawn by `seed` (as a strategy draws them)."""
+def sample_candidates(space: Any, n: int, seed: int, stream: str = "") -> list[Any]:
+    """`n` different candidates drawn by `seed` (as a strategy seeded so draws them); with
+    `stream`, from a random stream of their own (a warm start's sample is then not the
+    strategy's first draws)."""
     from darts.spaces import to_text
 
-    rng = random.Random(seed)
+    rng = random.Random(f"{stream}:{seed}" if stream else seed)
     seen, out = set(), []
     for _ in range(100 * n + 1000):
         c = space.sample(rng)

@@ -220,6 +220,37 @@ def encode(arch: NB201Arch) -> list[float]:
     return [float(op == o) for op in arch.ops for o in NB201_OPS]
 
 
+def _paths(target: int = NODES - 1, node: int = 0) -> list[list[int]]:
+    """Every path of edges from node 0 to `target`, as lists of edge indices (into EDGES)."""
+    if node == target:
+        return [[]]
+    out = []
+    for e, (j, i) in enumerate(EDGES):
+        if i == node:
+            out += [[e, *rest] for rest in _paths(target, j)]
+    return out
+
+
+PATHS = _paths()  # 0->3, 0->1->3, 0->2->3, 0->1->2->3
+_LIVE_OPS = tuple(op for op in NB201_OPS if op != "none")
+
+
+def path_encode(arch: NB201Arch) -> list[float]:
+    """BANANAS's path encoding (White et al., AAAI 2021, Section 4): one feature per possible
+    path from the input to the output node with its ops (`none` cuts a path), 1 where the
+    cell has it: 4 + 16 + 16 + 64 = 100 features."""
+    out: list[float] = []
+    for path in PATHS:
+        ops = [arch.ops[e] for e in path]
+        index = None
+        if "none" not in ops:
+            index = 0
+            for op in ops:
+                index = index * len(_LIVE_OPS) + _LIVE_OPS.index(op)
+        out += [float(k == index) for k in range(len(_LIVE_OPS) ** len(path))]
+    return out
+
+
 def decode(weights: torch.Tensor) -> NB201Arch:
     """The benchmark protocol's cell of (6, 5) mixing weights: per edge the argmax over all
     five ops, `none` included."""

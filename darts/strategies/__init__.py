@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from darts.registry import Registry
 from darts.strategies.anneal import SimulatedAnnealing
+from darts.strategies.bananas import Bananas
 from darts.strategies.base import Strategy, run
 from darts.strategies.bayesian import BayesianOptimisation
 from darts.strategies.evolution import RegularizedEvolution
@@ -32,8 +33,9 @@ STRATEGIES = Registry("strategy", "--strategy", {
     "anneal": SimulatedAnnealing,
     "reinforce": Reinforce,
     "bo": BayesianOptimisation,
+    "bananas": Bananas,
 }.items())
 register_strategy = STRATEGIES.register
 
-__all__ = ["STRATEGIES", "register_strategy", "BayesianOptimisation", "GeneticAlgorithm", "RandomSearch", "RegularizedEvolution",
+__all__ = ["STRATEGIES", "register_strategy", "Bananas", "BayesianOptimisation", "GeneticAlgorithm", "RandomSearch", "RegularizedEvolution",
            "Reinforce", "SimulatedAnnealing", "Strategy", "run"]
