@@ -46,7 +46,6 @@ from darts.train.cli import Parser, command, report
 from darts.train.config import finite_float
 from darts.train.files import atomic_open, write_error
 
-
 NASWOT = "naswot"
 WARM = "+warm"
 

@@ -274,3 +274,143 @@ def test_correlate_reports_rank_correlations_against_the_table(tmp_path):
     s = np.arange(10.0)
     assert top_fraction_precision(s, s) == 1.0 and top_fraction_precision(s, -s) == 0.0
     assert (tmp_path / "correlation.csv").exists()
+
+
+# -- searching with proxies ---------------------------------------------------------------------
+def tiny_cfg(tmp_path, **kw):
+    from darts.search_config import SearchConfig
+
+    base = dict(space="nb201", dataset="synthetic", synthetic_size=64, image_size=8,
+                batch_size=8, init_channels=4, layers=1, threads=1, progress=False,
+                tensorboard=False, save=str(tmp_path), budget=6)
+    return SearchConfig(**{**base, **kw})
+
+
+def test_the_proxy_evaluator_scores_by_one_proxy_or_a_vote_against_its_reference(tmp_path):
+    from darts.evaluators.proxy import ProxyEvaluator, parse_weights, settings_of
+    from darts.spaces import nb201
+    import random
+
+    cfg = tiny_cfg(tmp_path)
+    names = ("params", "l2_norm")
+    one = ProxyEvaluator(nb201, {"params": 1.0}, settings_of(cfg, nb201, ("params",)))
+    c = nb201.sample(random.Random(5))
+    assert one(c).score == measures.params(
+        nb201.network(c, 10, 4, 1), None, None, LOSS)  # the raw proxy: the parameter count
+    vote = ProxyEvaluator(nb201, parse_weights("params:3,l2_norm"), settings_of(cfg, nb201, names),
+                          reference=7)
+    assert len(vote.reference["params"]) == 7 and vote.proxy_evaluations == 7
+    # the vote by hand: the weighted share of the reference each proxy's score beats
+    s = vote.scorer(c)[1]
+    beat = {p: sum((r < s[p]) + 0.5 * (r == s[p]) for r in vote.reference[p]) / 7 for p in names}
+    assert vote(c).score == pytest.approx((3 * beat["params"] + beat["l2_norm"]) / 4)
+    with pytest.raises(Exception, match="a weight must be positive"):
+        parse_weights("params:0")
+
+
+def test_naswots_recipe_keeps_the_best_proxy_score_and_reports_the_table(tmp_path):
+    from darts.benchmarks.nb201 import BenchmarkTable, synthetic_table
+    from darts.multitrial import run
+    from darts.spaces import nb201
+
+    table = synthetic_table(tmp_path / "t.csv", seed=0)
+    result = run(tiny_cfg(tmp_path, strategy="random", evaluator="proxy", proxy="params",
+                          benchmark=str(table), name="naswot"))
+    history = [json.loads(line) for line in (tmp_path / "naswot" / "history.jsonl").read_text().splitlines()]
+    best = max(history, key=lambda r: r["score"])
+    assert result["best_arch"] == best["candidate"]
+    assert result["proxy_evaluations"] == 6 and result["table_queries"] == 0
+    t = BenchmarkTable.load(table)
+    for r in history:  # reported: the table's test accuracy, never the strategy's score
+        assert r["reported"] == t.lookup(nb201.parse(r["candidate"]))["cifar10_test"]
+
+
+def test_a_warm_start_seeds_evolution_with_the_best_of_a_proxy_scored_sample(tmp_path):
+    from darts.benchmarks.nb201 import synthetic_table
+    from darts.multitrial import run
+
+    table = synthetic_table(tmp_path / "t.csv", seed=0)
+    result = run(tiny_cfg(tmp_path, strategy="evolution", population=3, evaluator="benchmark",
+                          benchmark=str(table), warm_start=8, proxy="params", name="warm"))
+    archs, cols = __import__("darts.proxies.score", fromlist=["x"]).read_scores(
+        tmp_path / "warm" / "warm_start.csv")
+    p = cols["params"]
+    top3 = [archs[i] for i in sorted(range(len(p)), key=lambda i: (-p[i], i))[:3]]  # ties: first
+    history = [json.loads(line) for line in (tmp_path / "warm" / "history.jsonl").read_text().splitlines()]
+    assert [r["candidate"] for r in history[:3]] == top3  # the initial population
+    assert result["table_queries"] == 6 and result["proxy_evaluations"] == 8
+    again = run(None, resume=str(tmp_path / "warm"))  # resumed: the same warm start, replayed
+    assert again["best_arch"] == result["best_arch"]
+    with pytest.raises(Exception, match="--strategy random starts at random"):
+        run(tiny_cfg(tmp_path, strategy="random", warm_start=8, benchmark=str(table),
+                     name="nope"))
+
+
+def test_bo_warm_start_enqueues_the_candidates_as_its_first_trials():
+    from darts.spaces import nb201
+    from darts.strategies import BayesianOptimisation
+    import random
+
+    rng = random.Random(0)
+    seeds = [nb201.sample(rng) for _ in range(3)]
+    bo = BayesianOptimisation(nb201, seed=0, startup=2)
+    bo.warm_start(seeds)
+    asked = [bo.ask() for _ in range(3)]
+    assert asked[:2] == seeds[:2] and asked[2] != seeds[2]  # the best `startup` only
+
+
+def test_the_path_encoding_marks_each_live_path_with_its_ops():
+    from darts.spaces import nb201
+
+    arch = nb201.NB201Arch.from_string(
+        "|nor_conv_3x3~0|+|skip_connect~0|none~1|+|avg_pool_3x3~0|nor_conv_1x1~1|skip_connect~2|")
+    v = nb201.path_encode(arch)
+    # live ops in order skip, conv1x1, conv3x3, avgpool; paths 0-1-2-3 (64), 0-1-3 (16),
+    # 0-2-3 (16), 0-3 (4). 0-1-2-3 holds `none`; 0-1-3 is conv3x3, conv1x1: 64 + 2 * 4 + 1;
+    # 0-2-3 is skip, skip: 80; 0-3 avg_pool: 96 + 3
+    assert len(v) == 100 and [i for i, x in enumerate(v) if x] == [73, 80, 99]
+
+
+@pytest.mark.parametrize("predictor", ["mlp", "gbt"])
+def test_bananas_beats_random_on_a_smooth_objective_and_repeats_by_seed(predictor):
+    from darts.spaces import nb201
+    from darts.strategies import Bananas, RandomSearch
+
+    def score(arch):  # the number of 3x3 convolutions, a smooth function of the encoding
+        return float(sum(op == "nor_conv_3x3" for op in arch.ops))
+
+    def best_of(strategy, budget=25):
+        for _ in range(budget):
+            c = strategy.ask()
+            strategy.tell(c, score(c))
+        return strategy.best[0]
+
+    kw = dict(predictor=predictor, init=5, candidates=30)
+    found = [best_of(Bananas(nb201, seed=s, **kw)) for s in range(2)]
+    chance = [best_of(RandomSearch(nb201, seed=s)) for s in range(2)]
+    assert sum(found) > sum(chance) and max(found) == 6.0
+    a, b2 = Bananas(nb201, seed=3, **kw), Bananas(nb201, seed=3, **kw)
+    for _ in range(7):
+        ca, cb = a.ask(), b2.ask()
+        assert ca == cb
+        a.tell(ca, score(ca))
+        b2.tell(cb, score(cb))
+
+
+def test_compare_runs_the_proxy_guided_rows_on_the_same_table_budget(tmp_path):
+    from darts import compare
+    from darts.benchmarks.nb201 import synthetic_table
+
+    table = synthetic_table(tmp_path / "t.csv", seed=0)
+    out = tmp_path / "cmp"
+    code = compare.main(["--benchmark", str(table), "--strategies", "random,evolution+warm,naswot",
+                         "--seeds", "1", "--budget", "5", "--dataset", "synthetic",
+                         "--image_size", "8", "--init_channels", "4", "--layers", "1",
+                         "--batch_size", "8", "--proxy", "params", "--warm_start", "6",
+                         "--naswot_sample", "6", "--out", str(out)])
+    assert code == 0
+    rows_ = {r[0]: r for r in rows(out / "summary.csv")[1:]}
+    assert rows_["random"][6:] == ["5", "0"]
+    assert rows_["evolution+warm"][6:] == ["5", "6"] and rows_["naswot"][6:] == ["1", "6"]
+    assert compare.main(["--benchmark", str(table), "--strategies", "random+warm",
+                         "--out", str(out)]) == 2

@@ -134,14 +134,21 @@ def best_first(candidates: list[Any], columns: dict[str, list[float]],
                weights: dict[str, float]) -> list[Any]:
     """`candidates` best first by their proxy scores (`columns`: proxy -> scores in the
     candidates' order): one proxy by its score, several by the weighted sum of each proxy's
-    rank in the list (a non-finite score lowest)."""
+    rank in the list (a non-finite score lowest); ties keep the candidates' order."""
     n = len(candidates)
     value = [0.0] * n
     for p, w in weights.items():
         col = [v if math.isfinite(v) else LOWEST for v in columns[p]]
-        for rank, i in enumerate(sorted(range(n), key=lambda i: col[i])):
-            value[i] += w * rank
-    return [candidates[i] for i in sorted(range(n), key=lambda i: -value[i])]
+        order = sorted(range(n), key=lambda i: col[i])
+        start = 0
+        while start < n:  # tied scores share their mean rank
+            end = start
+            while end + 1 < n and col[order[end + 1]] == col[order[start]]:
+                end += 1
+            for i in order[start:end + 1]:
+                value[i] += w * (start + end) / 2
+            start = end + 1
+    return [candidates[i] for i in sorted(range(n), key=lambda i: (-value[i], i))]
 
 
 class ProxyRanker:
