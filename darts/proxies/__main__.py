@@ -80,7 +80,8 @@ def _score(args) -> int:
     settings = ScoreSettings(
         args.space, plugins.absolute(args.plugins), names, args.dataset, args.data,
         args.batch_size, args.image_size, args.num_classes, args.synthetic_size, args.channels,
-        args.layers, args.seed, args.threads or default_threads(args.workers))
+        args.layers, args.seed, args.threads or default_threads(args.workers),
+        args.channels_last)
     summary = score_to_csv(settings, candidates, args.out, workers=args.workers,
                            progress=args.progress and sys.stderr.isatty())
     print(summary_line(summary), file=sys.stderr)
@@ -126,6 +127,8 @@ def parser() -> Parser:
     s.add_argument("--workers", type=int, default=1, help="scoring processes")
     s.add_argument("--threads", type=int, default=0, help="torch threads per process (0: the CPUs / workers)")
     s.add_argument("--out", default="scores.csv")
+    s.add_argument("--channels_last", action=__import__("argparse").BooleanOptionalAction,
+                   default=True, help="the channels-last memory format (faster on a CPU)")
     s.add_argument("--progress", action=__import__("argparse").BooleanOptionalAction, default=True)
     c = sub.add_parser("correlate", help="rank correlations of a scores CSV with a table")
     c.add_argument("scores")

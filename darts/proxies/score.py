@@ -60,6 +60,7 @@ class ScoreSettings:
     layers: int | None
     seed: int
     threads: int
+    channels_last: bool = True  # on the CPU, 2-2.6x faster convolutions (the same function)
 
 
 def network_size(space: Any, channels: int | None, layers: int | None) -> tuple[Any, Any]:
@@ -106,7 +107,8 @@ class Scorer:
         scores, seconds = score_candidate(
             self.space, candidate, list(s.proxies), self.x, self.y,
             num_classes=self.info.num_classes, channels=self.channels, layers=self.layers,
-            family=self.info.network, seed=candidate_seed(s.seed, text))
+            family=self.info.network, seed=candidate_seed(s.seed, text),
+            channels_last=s.channels_last)
         return text, scores, seconds
 
 
