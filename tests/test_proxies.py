@@ -414,3 +414,26 @@ def test_compare_runs_the_proxy_guided_rows_on_the_same_table_budget(tmp_path):
     assert rows_["evolution+warm"][6:] == ["5", "6"] and rows_["naswot"][6:] == ["1", "6"]
     assert compare.main(["--benchmark", str(table), "--strategies", "random+warm",
                          "--out", str(out)]) == 2
+
+
+def test_a_candidate_file_of_the_darts_space_takes_text_or_genotype_json(tmp_path):
+    from darts.errors import UserError
+    from darts.genotype import resolve_genotype
+    from darts.proxies.__main__ import read_candidates
+    from darts.spaces import SPACES
+
+    space = SPACES["darts"]
+    g = space.parse(space.to_text(resolve_genotype("darts_v2")))
+    (tmp_path / "c.txt").write_text(space.to_text(g) + "\n\n" + json.dumps(g.to_dict()) + "\n")
+    assert read_candidates(space, str(tmp_path / "c.txt")) == [g, g]
+    (tmp_path / "bad.txt").write_text('{"normal": [["sep_conv_3x3", 0]]}\n')
+    with pytest.raises(UserError, match="bad.txt, line 1:"):
+        read_candidates(space, str(tmp_path / "bad.txt"))
+
+
+def test_workers_write_the_rows_one_process_writes(tmp_path):
+    score(tmp_path, "--sample", "5", "--proxies", "synflow,params", out="one.csv")
+    score(tmp_path, "--sample", "5", "--proxies", "synflow,params", "--workers", "2",
+          out="two.csv")
+    one, two = rows(tmp_path / "one.csv"), rows(tmp_path / "two.csv")
+    assert [r[:3] for r in one] == [r[:3] for r in two]
