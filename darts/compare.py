@@ -58,8 +58,9 @@ def check_strategies(names: Sequence[str]) -> None:
             base == name or getattr(STRATEGIES[base], "warm_startable", False)))
         if not ok:
             able = [n + WARM for n, c in STRATEGIES.items() if getattr(c, "warm_startable", False)]
-            raise UserError(f"--strategies: {name!r} is not one of {', '.join(STRATEGIES)}, "
-                            f"{', '.join(able)} or {NASWOT}")
+            raise UserError(f"--strategies {','.join(names)}: choose from "
+                            f"{', '.join(STRATEGIES)}, {', '.join(able)} or {NASWOT} ({name!r} "
+                            f"is none of them)")
 
 
 def _naswot(ranker, space, table, evaluator, sample: int, seed: int, budget: int):

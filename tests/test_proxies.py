@@ -287,9 +287,10 @@ def tiny_cfg(tmp_path, **kw):
 
 
 def test_the_proxy_evaluator_scores_by_one_proxy_or_a_vote_against_its_reference(tmp_path):
+    import random
+
     from darts.evaluators.proxy import ProxyEvaluator, parse_weights, settings_of
     from darts.spaces import nb201
-    import random
 
     cfg = tiny_cfg(tmp_path)
     names = ("params", "l2_norm")
@@ -347,9 +348,10 @@ def test_a_warm_start_seeds_evolution_with_the_best_of_a_proxy_scored_sample(tmp
 
 
 def test_bo_warm_start_enqueues_the_candidates_as_its_first_trials():
+    import random
+
     from darts.spaces import nb201
     from darts.strategies import BayesianOptimisation
-    import random
 
     rng = random.Random(0)
     seeds = [nb201.sample(rng) for _ in range(3)]
@@ -385,7 +387,7 @@ def test_bananas_beats_random_on_a_smooth_objective_and_repeats_by_seed(predicto
             strategy.tell(c, score(c))
         return strategy.best[0]
 
-    kw = dict(predictor=predictor, init=5, candidates=30)
+    kw = dict(predictor=predictor, init=5, candidates=30, k=2, epochs=50)  # 50: a fast test
     found = [best_of(Bananas(nb201, seed=s, **kw)) for s in range(2)]
     chance = [best_of(RandomSearch(nb201, seed=s)) for s in range(2)]
     assert sum(found) > sum(chance) and max(found) == 6.0

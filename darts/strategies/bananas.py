@@ -1,8 +1,9 @@
 """Predictor-guided search in the style of BANANAS (White, Neiswanger and Savani, AAAI 2021).
 
-After `init` random candidates, every `ask` fits a predictor of the score on the candidates
-told so far and proposes, among `candidates` new ones made by mutating the best told so far,
-the one with the highest acquisition value:
+After `init` random candidates, each iteration fits a predictor of the score on the
+candidates told so far and proposes, among `candidates` new ones made by mutating the best
+told so far, the `k` (10) with the highest acquisition values, asked one by one before the
+next fit (their Algorithm 1):
 
 - features: the space's path encoding where it has one (`path_encode`: NAS-Bench-201's cell,
   BANANAS's Section 4), else its `encode`; optionally followed by zero-cost proxy scores of
@@ -104,12 +105,14 @@ class Bananas(Strategy):
 
     def __init__(self, space: ModuleType, seed: int = 0, predictor: str = "mlp",
                  acquisition: str = "its", init: int = 10, candidates: int = 100,
-                 parents: int = 10, features: Any = None):
+                 parents: int = 10, k: int = 10, epochs: int = 200, features: Any = None):
         super().__init__(space, seed)
         if predictor not in PREDICTORS or acquisition not in ACQUISITIONS:
             raise ValueError(f"predictor in {PREDICTORS}, acquisition in {ACQUISITIONS}")
-        if init < 1 or candidates < 1 or parents < 1:
-            raise ValueError("need init, candidates and parents >= 1")
+        if min(init, candidates, parents, k) < 1:
+            raise ValueError("need init, candidates, parents and k >= 1")
+        self.k, self.epochs = k, epochs
+        self.queue: list[Any] = []  # the last fit's proposals not yet asked
         self.predictor_name, self.acquisition = predictor, acquisition
         self.init, self.candidates, self.parents = init, candidates, parents
         self.features = features
@@ -130,10 +133,21 @@ class Bananas(Strategy):
     def ask(self) -> Any:
         if len(self.data) < self.init:
             return self.space.sample(self.rng)
+        while self.queue:
+            c = self.queue.pop(0)
+            if self._key(c) not in self.seen:
+                return c
+        self.queue = self._propose()
+        return self.queue.pop(0)
+
+    def _propose(self) -> list[Any]:
+        """One BANANAS iteration: fit the predictor, rank the pool by the acquisition, the
+        best `k` (their Algorithm 1 returns the top k = 10 per iteration)."""
         pool = self._pool()
         y = np.array([s for _, s in self.data])
         mean, std = y.mean(), y.std() or 1.0
-        model = (MLPEnsemble(seed=self.rng.randrange(2 ** 31)) if self.predictor_name == "mlp"
+        model = (MLPEnsemble(epochs=self.epochs, seed=self.rng.randrange(2 ** 31))
+                 if self.predictor_name == "mlp"
                  else GBTEnsemble(seed=self.rng.randrange(2 ** 31)))
         model.fit(self._x([c for c, _ in self.data]), (y - mean) / std)
         preds = model.predict(self._x(pool))
@@ -142,7 +156,8 @@ class Bananas(Strategy):
             value = self.np_rng.normal(mu, np.maximum(sigma, 1e-12))
         else:
             value = mu + 2 * sigma
-        return pool[int(np.argmax(value))]
+        order = np.argsort(-value, kind="stable")[:self.k]
+        return [pool[int(i)] for i in order]
 
     def _pool(self) -> list[Any]:
         """`candidates` mutations of the best `parents`, none told before (a fallback of
