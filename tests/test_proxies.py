@@ -176,14 +176,32 @@ def test_every_proxy_scores_a_network_of_every_space_finitely():
 
 
 # -- the scorer --------------------------------------------------------------------------------
-def score(tmp_path, *args, out="s.csv", check=True, **kw):
-    argv = [sys.executable, "-m", "darts.proxies", "score", "--dataset", "synthetic",
-            "--synthetic_size", "64", "--image_size", "8", "--batch_size", "8", "--channels",
-            "4", "--layers", "1", "--threads", "1", "--no-progress", "--out",
-            str(tmp_path / out), *args]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300, check=check, **kw)
+def score(tmp_path, *args, out="s.csv", check=True):
+    """`python -m darts.proxies score ...` run here, in `tmp_path`: (exit status, stderr)."""
+    import contextlib
+    import io
+    from types import SimpleNamespace
+
+    from darts.proxies.__main__ import main
+
+    argv = ["score", "--dataset", "synthetic", "--synthetic_size", "64", "--image_size", "8",
+            "--batch_size", "8", "--channels", "4", "--layers", "1", "--threads", "1",
+            "--no-progress", "--out", str(tmp_path / out), *args]
+    err, cwd, dtype = io.StringIO(), os.getcwd(), torch.get_default_dtype()
+    os.chdir(tmp_path)
+    torch.set_default_dtype(torch.float32)  # as a fresh process (this file's tests use float64)
+    try:
+        with contextlib.redirect_stderr(err):
+            try:
+                code = main(argv)
+            except SystemExit as e:
+                code = e.code
+    finally:
+        os.chdir(cwd)
+        torch.set_default_dtype(dtype)
+    if check:
+        assert code == 0, err.getvalue()
+    return SimpleNamespace(returncode=code, stderr=err.getvalue())
 
 
 def rows(path):

@@ -103,13 +103,21 @@ class Scorer:
     def __call__(self, candidate: Any) -> tuple[str, dict[str, float], dict[str, float]]:
         s = self.settings
         text = candidate_text(self.space, candidate)
+        threads = torch.get_num_threads()
         torch.set_num_threads(max(1, s.threads))
-        scores, seconds = score_candidate(
+        try:
+            scores, seconds = self._score(candidate, text)
+        finally:
+            torch.set_num_threads(threads)  # the caller's, as it was
+        return text, scores, seconds
+
+    def _score(self, candidate: Any, text: str):
+        s = self.settings
+        return score_candidate(
             self.space, candidate, list(s.proxies), self.x, self.y,
             num_classes=self.info.num_classes, channels=self.channels, layers=self.layers,
             family=self.info.network, seed=candidate_seed(s.seed, text),
             channels_last=s.channels_last)
-        return text, scores, seconds
 
 
 _worker: Scorer | None = None
