@@ -63,7 +63,7 @@ def check_strategies(names: Sequence[str]) -> None:
                             f"is none of them)")
 
 
-def _naswot(ranker, space, table, evaluator, sample: int, seed: int, budget: int):
+def _naswot(ranker, space, evaluator, sample: int, seed: int, budget: int):
     """NASWOT's recipe (Mellor et al., ICML 2021): `sample` random candidates ranked by the
     proxy, the best queried in the table once; its curve is flat over the budget."""
     from darts.proxies.score import sample_candidates
@@ -99,8 +99,7 @@ def compare(table: BenchmarkTable, strategies: Sequence[str], seeds: int, budget
         for seed in range(seeds):
             proxied = ranker.scored if ranker is not None else 0
             if name == NASWOT:
-                records, flat = _naswot(ranker, space, table, evaluator, naswot_sample, seed,
-                                        budget)
+                records, flat = _naswot(ranker, space, evaluator, naswot_sample, seed, budget)
             else:
                 base = name[:-len(WARM)] if name.endswith(WARM) else name
                 strategy = make_strategy(SearchConfig(strategy=base, seed=seed), space)

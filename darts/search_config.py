@@ -46,9 +46,9 @@ class RunConfig:
     plugins: str = field(default="", metadata=_f(
         "comma-separated Python files (or module names) imported first, before the flags are "
         "read: the spaces, strategies, evaluators, ops, mixing rules, regularizers, collapse "
-        "pieces and presets they register are then choices of --space, --strategy, "
-        "--evaluator, --ops, --mixing, --regularizer, --pieces and --method; recorded, so --resume and the printed retrain command import them "
-        "again"))
+        "pieces, presets and proxies they register are then choices of --space, --strategy, "
+        "--evaluator, --ops, --mixing, --regularizer, --pieces, --method and --proxy; "
+        "recorded, so --resume and the printed retrain command import them again"))
     # Run options.
     seed: int = field(default=0, metadata=_f("random seed"))
     save: str = field(default="runs", metadata=_f("parent folder of the run directory"))
@@ -260,8 +260,9 @@ class EvaluatorConfig:
     evaluator: str = field(default="", metadata=_f(
         "how a multi-trial strategy's candidates are scored: benchmark (a NAS-Bench-201 "
         "--benchmark table, free), oneshot (a weight-sharing supernet trained once by uniform "
-        "single paths), train (each trained from scratch for --eval_epochs); default: benchmark "
-        "with --benchmark, else train", choices=Choices(("",), EVALUATORS)))
+        "single paths), train (each trained from scratch for --eval_epochs), proxy (zero-cost "
+        "proxies of the untrained network, --proxy); default: benchmark with --benchmark, else "
+        "train", choices=Choices(("",), EVALUATORS)))
     benchmark: str = field(default="", metadata=_f(
         "nb201: a NAS-Bench-201 CSV table (python -m darts.benchmarks.nb201 convert); the decoded cell "
         "is looked up after every epoch (log, TensorBoard benchmark/*, metrics.json)"))

@@ -19,6 +19,7 @@ the lowest finite one (-1e300).
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 import time
@@ -28,6 +29,7 @@ from darts.errors import UserError
 from darts.evaluators.base import Evaluation
 from darts.proxies import PROXIES
 from darts.proxies.score import Scorer, ScoreSettings, default_threads
+from darts.spaces import to_text
 
 LOWEST = -1e300
 
@@ -87,8 +89,6 @@ class ProxyEvaluator:
 
     def vote(self, scores: dict[str, float]) -> float:
         """The weighted mean over proxies of the share of the reference beaten (ties half)."""
-        import bisect
-
         total = 0.0
         for p, w in self.weights.items():
             ref = self.reference[p]
@@ -164,13 +164,10 @@ class ProxyRanker:
     def rank(self, candidates: list[Any]) -> list[Any]:
         columns: dict[str, list[float]] = {p: [] for p in self.weights}
         for c in candidates:
-            text, scores, _ = self.scorer(c) if self._key(c) not in self.cache else (
-                self._key(c), self.cache[self._key(c)], None)
-            self.cache[text] = scores
+            text = to_text(self.space, c)
+            if text not in self.cache:
+                self.cache[text] = self.scorer(c)[1]
             self.scored += 1
             for p in self.weights:
-                columns[p].append(scores[p])
+                columns[p].append(self.cache[text][p])
         return best_first(candidates, columns, self.weights)
-
-    def _key(self, c: Any) -> str:
-        return getattr(self.space, "to_text", str)(c)

@@ -473,6 +473,7 @@ class Pieces:
                  pieces: Sequence[Piece] | None = None):
         self.cfg = cfg
         self.pieces = pieces_of(cfg) if pieces is None else list(pieces)
+        self._hooks: dict[str, list[Piece]] = {}
         self.model: nn.Module | None = None
         self.transforms: WeightTransforms | None = None
         self.epoch = 0
@@ -482,7 +483,11 @@ class Pieces:
             self.attach(model, get_space(cfg.space).gradient)
 
     def _with(self, hook: str) -> list[Piece]:
-        return [p for p in self.pieces if overrides(p, hook)]
+        """The pieces that override `hook`, found once per hook (the step asks every batch)."""
+        found = self._hooks.get(hook)
+        if found is None:
+            found = self._hooks[hook] = [p for p in self.pieces if overrides(p, hook)]
+        return found
 
     def of(self, cls: type[Piece]) -> Piece | None:
         """The first piece of class `cls` (None: none)."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import multiprocessing
 import os
@@ -271,10 +270,6 @@ def summary_line(summary: dict[str, Any]) -> str:
 
 def default_threads(workers: int) -> int:
     return max(1, available_cpus() // max(1, workers))
-
-
-def dumps(summary: dict[str, Any]) -> str:
-    return json.dumps(summary, indent=2)
 
 
 def sample_candidates(space: Any, n: int, seed: int, stream: str = "") -> list[Any]:

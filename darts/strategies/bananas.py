@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from darts.spaces import to_text
 from darts.strategies.base import Strategy
 
 ACQUISITIONS = ("its", "ucb")
@@ -128,7 +129,7 @@ class Bananas(Strategy):
         return x
 
     def _key(self, c: Any) -> str:
-        return getattr(self.space, "to_text", str)(c)
+        return to_text(self.space, c)
 
     def ask(self) -> Any:
         if len(self.data) < self.init:
@@ -192,7 +193,7 @@ class ProxyFeatures:
     def __call__(self, candidates: list[Any]) -> np.ndarray:
         rows = []
         for c in candidates:
-            key = getattr(self.scorer.space, "to_text", str)(c)
+            key = to_text(self.scorer.space, c)
             if key not in self.cache:
                 _, scores, _ = self.scorer(c)
                 self.cache[key] = [_signed_log(scores[n]) for n in self.names]
