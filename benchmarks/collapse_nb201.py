@@ -1,29 +1,45 @@
 """DARTS and its published collapse fixes on NAS-Bench-201's space: the derived cell, its skip
-connections and its table score, per method and seed.
+connections and its table score after every epoch, per method and seed.
 
-    python benchmarks/collapse_nb201.py --benchmark nb201.csv --data ../shared/data/cifar10-5k \\
-        --dataset folder --seeds 3 --json benchmarks/results/cpu-amd-epyc/collapse_nb201.json
+    python benchmarks/collapse_nb201.py --protocol cpu50 --benchmark synthetic.csv \\
+        --dataset folder --data ../shared/data/cifar10-5k --seeds 3 --jobs 2 --keep \\
+        --json benchmarks/results/cpu-amd-epyc/collapse_cpu50.json \\
+        --figure docs/img/collapse_cpu50.png --markdown collapse_cpu50.md
 
-Each (method, seed) is one `train_search.py --space nb201 --method M` run; the rows are read
-back from its metrics.json (the derived cell and its skip connections after every epoch). The
-benchmark's protocol is 50 epochs on CIFAR-10 with C = 16, N = 5 (`--protocol benchmark`).
-`--protocol reduced` is what 2 CPU cores can run: C = 8, N = 1, 16-pixel images, 10 epochs,
-batch 64, first order for every method; warm-up epochs scaled by 10/50 of the method's own;
-P-DARTS's epochs, batch size, final learning rate and alpha learning rate, and PC-DARTS's batch
-size, learning rate and alpha learning rate, left at DARTS's, so that every method sees the
-same data and steps. A reduced run shows whether a method collapses in this setting, not its
-published number.
+Each (method, seed) is one `train_search.py --space nb201 --method M` run in `--runs`
+(`<method>-s<seed>`); the rows are read back from its metrics.json (the derived cell, its skip
+connections and, with `--benchmark`, its table score after every epoch). The run directories
+are the record: `--keep` reuses a finished run, resumes an unfinished one from its last epoch
+(`train_search.py --resume`), and runs the missing ones, so a grid can be stopped and continued
+across days. The JSON holds every run found in `--runs`, so separate invocations (another
+method, one seed of `darts-hvp`) add to one grid.
+
+Protocols (every deviation from a method's published settings is listed here):
+- `benchmark`: NAS-Bench-201's, 50 epochs on CIFAR-10 with C = 16, N = 5 (a GPU's work).
+- `cpu50`: what one CPU core runs in minutes and what still shows DARTS's collapse: C = 8,
+  N = 1, 16-pixel images, 50 epochs, batch 64, first order, one thread per run (`--jobs` runs
+  side by side). Warm-up epochs as the methods' code gives them for its own epochs (P-DARTS 10
+  of a 25-epoch stage, PC-DARTS 15 of 50); P-DARTS runs one 50-epoch stage; P-DARTS's and
+  PC-DARTS's batch size, final learning rate, learning rate and alpha learning rate are left at
+  DARTS's, so that every method sees the same data and steps.
+- `reduced`: as cpu50 but 10 epochs, warm-up epochs scaled by 10/50, the threads of the machine.
+A reduced run shows whether a method collapses in this setting, not its published number.
+
+Entries beyond the presets: `darts-o2` is DARTS's second order (finite-difference Hessian,
+eq. 8), `darts-hvp` the same with the exact Hessian-vector product.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
-import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,104 +47,209 @@ sys.path.insert(0, str(ROOT))
 
 METHODS = ("darts", "gdas", "drnas", "fairdarts", "beta-darts", "sdarts-rs", "sdarts-adv",
            "darts-minus", "pdarts", "pc-darts")
+# Entries that are a preset with other flags: (preset, flags).
+VARIANTS = {
+    "darts-o2": ("darts", ["--order", "2"]),
+    "darts-hvp": ("darts", ["--order", "2", "--hessian", "exact"]),
+}
 
 # Published CIFAR-10 test accuracy (%) of each method's cell on NAS-Bench-201 (mean of runs),
 # with the source. DARTS's collapsed cell is the all-skip cell.
 PUBLISHED = {
-    "darts": (54.30, "Dong & Yang, ICLR 2020 (NAS-Bench-201), DARTS's all-skip cell"),
+    "darts": (54.30, "Dong & Yang, ICLR 2020 (NAS-Bench-201), DARTS-V1's all-skip cell"),
+    "darts-o2": (54.30, "Dong & Yang, ICLR 2020 (NAS-Bench-201), DARTS-V2's all-skip cell"),
     "gdas": (93.61, "Dong & Yang, ICLR 2020 (NAS-Bench-201)"),
     "drnas": (94.36, "Chen et al., ICLR 2021 (DrNAS)"),
     "beta-darts": (94.36, "Ye et al., CVPR 2022 (beta-DARTS)"),
-    "fairdarts": (None, ""),
-    "sdarts-rs": (None, ""),
-    "sdarts-adv": (None, ""),
     "darts-minus": (93.80, "Chu et al., ICLR 2021 (DARTS-)"),
-    "pdarts": (None, ""),
-    "pc-darts": (None, ""),
 }
 
-REDUCED = ["--layers", "1", "--init_channels", "8", "--image_size", "16", "--epochs", "10",
-           "--batch_size", "64", "--order", "1"]
-REDUCED_PER_METHOD = {
-    "pdarts": ["--warmup_epochs", "2", "--learning_rate_min", "0.001", "--arch_learning_rate",
-               "3e-4"],
-    "pc-darts": ["--warmup_epochs", "3", "--learning_rate", "0.025", "--arch_learning_rate",
-                 "3e-4"],
+SMALL = ["--layers", "1", "--init_channels", "8", "--image_size", "16", "--batch_size", "64",
+         "--order", "1"]
+PROTOCOLS = {
+    "benchmark": ([], {}),
+    "cpu50": (SMALL + ["--epochs", "50", "--threads", "1"], {
+        "pdarts": ["--warmup_epochs", "10", "--learning_rate_min", "0.001",
+                   "--arch_learning_rate", "3e-4"],
+        "pc-darts": ["--warmup_epochs", "15", "--learning_rate", "0.025",
+                     "--arch_learning_rate", "3e-4"],
+    }),
+    "reduced": (SMALL + ["--epochs", "10"], {
+        "pdarts": ["--warmup_epochs", "2", "--learning_rate_min", "0.001",
+                   "--arch_learning_rate", "3e-4"],
+        "pc-darts": ["--warmup_epochs", "3", "--learning_rate", "0.025",
+                     "--arch_learning_rate", "3e-4"],
+    }),
 }
+COLLAPSE = (4, 5, 6)  # skip counts (of the cell's 6 edges) whose first epoch is reported
 
 
-def run_one(method: str, seed: int, args, save: Path) -> dict:
-    name = f"{method}-s{seed}"
-    command = [sys.executable, str(ROOT / "train_search.py"), "--space", "nb201",
-               "--method", method, "--dataset", args.dataset, "--seed", str(seed),
-               "--save", str(save), "--name", name, "--no-progress", "--no-tensorboard"]
+def command_of(entry: str, seed: int, args, run_dir: Path) -> list[str]:
+    """The train_search.py command of one (entry, seed): a fresh run, or a resumed one."""
+    script = [sys.executable, str(ROOT / "train_search.py")]
+    if (run_dir / "checkpoint.pt").exists():
+        return script + ["--resume", str(run_dir), "--no-progress"]
+    method, extra = VARIANTS.get(entry, (entry, []))
+    flags, per_method = PROTOCOLS[args.protocol]
+    command = script + ["--space", "nb201", "--method", method, "--dataset", args.dataset,
+                        "--seed", str(seed), "--save", str(run_dir.parent), "--name",
+                        run_dir.name, "--no-progress", "--no-tensorboard"]
     if args.data:
         command += ["--data", args.data]
     if args.benchmark:
         command += ["--benchmark", args.benchmark]
-    if args.protocol == "reduced":
-        command += REDUCED + REDUCED_PER_METHOD.get(method, [])
+    return command + flags + per_method.get(method, []) + extra
+
+
+def is_complete(run_dir: Path) -> bool:
+    try:
+        return bool(json.loads((run_dir / "metrics.json").read_text()).get("complete"))
+    except (OSError, ValueError):
+        return False
+
+
+def first_epoch_with(skips: list[int], count: int) -> int | None:
+    """The first epoch (1-based) whose derived cell has at least `count` skips, or None."""
+    return next((i + 1 for i, s in enumerate(skips) if s >= count), None)
+
+
+def read_run(run_dir: Path) -> dict:
+    """One grid row from a run directory's metrics.json and config.json."""
+    entry, _, seed = run_dir.name.rpartition("-s")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    history = metrics["history"]
+    skips = [h["skip_connect"] for h in history]
+    scores = [h["benchmark"].get("cifar10_test") if isinstance(h.get("benchmark"), dict)
+              else None for h in history]
+    row = {"method": entry, "seed": int(seed), "arch": metrics["genotype"],
+           "skip_connect": skips[-1] if skips else None, "skips_per_epoch": skips,
+           "first_epoch_with": {str(c): first_epoch_with(skips, c) for c in COLLAPSE},
+           "archs_per_epoch": [h["genotype"] for h in history],
+           "scores_per_epoch": scores, "epochs_done": metrics["epochs_done"],
+           "epochs": metrics.get("epochs"), "complete": bool(metrics.get("complete")),
+           "search_time_s": metrics["search_time_s"]}
+    if isinstance(metrics.get("benchmark"), dict):
+        row["benchmark"] = metrics["benchmark"]
+    extra = run_dir / "grid.json"  # what the runner adds: the command and the code's commit
+    if extra.exists():
+        row.update(json.loads(extra.read_text()))
+    return row
+
+
+def commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                         text=True)
+    return out.stdout.strip() or "unknown"
+
+
+def run_one(entry: str, seed: int, args, runs: Path) -> str:
+    """Runs (or resumes) one (entry, seed) to the end; returns a line for the log."""
+    run_dir = runs / f"{entry}-s{seed}"
+    command = command_of(entry, seed, args, run_dir)
+    record = run_dir / "grid.json"  # the run's command, and each segment's code and wall time
+    resumed = "--resume" in command
+    done = json.loads(record.read_text()) if resumed and record.exists() else {"segments": []}
+    if not resumed:
+        done["command"] = " ".join(command[1:])
+        write_json(record, done)
     start = time.perf_counter()
     out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if out.returncode != 0:
-        return {"method": method, "seed": seed, "error": out.stderr.strip()[-500:]}
-    metrics = json.loads((save / name / "metrics.json").read_text())
-    history = metrics["history"]
-    row = {"method": method, "seed": seed, "arch": metrics["genotype"],
-           "skip_connect": history[-1]["skip_connect"],
-           "skips_per_epoch": [h["skip_connect"] for h in history],
-           "archs_per_epoch": [h["genotype"] for h in history],
-           "epochs_done": metrics["epochs_done"], "search_time_s": metrics["search_time_s"],
-           "wall_s": wall, "command": " ".join(command[1:])}
-    if "benchmark" in metrics:
-        row["benchmark"] = metrics["benchmark"]
-    return row
+        return f"{entry} seed {seed}: failed: {out.stderr.strip()[-400:]}"
+    done["segments"].append({"commit": commit(), "wall_s": round(wall, 1), "resumed": resumed})
+    write_json(record, done)
+    row = read_run(run_dir)
+    return (f"{entry} seed {seed}: {row['arch'].get('arch')} skips {row['skip_connect']} "
+            f"{row['search_time_s']:.0f}s")
 
 
-def main(argv=None) -> int:
+def write_json(path: Path, data) -> None:
+    """`data` as JSON at `path`, replaced whole (never a half-written file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def collect(runs: Path, args) -> list[dict]:
+    """Every run in `runs` with a metrics.json, in the order of --methods, then the others."""
+    order = {m: i for i, m in enumerate(args.methods.split(","))}
+    rows = [read_run(d) for d in sorted(runs.glob("*-s*")) if (d / "metrics.json").exists()]
+    return sorted(rows, key=lambda r: (order.get(r["method"], len(order)), r["method"], r["seed"]))
+
+
+def save(runs: Path, args) -> None:
+    rows = collect(runs, args)
+    write_json(Path(args.json), {
+        "protocol": args.protocol, "dataset": args.dataset, "data": args.data,
+        "benchmark": args.benchmark, "note": args.note, "published": PUBLISHED,
+        "protocol_flags": PROTOCOLS[args.protocol][0],
+        "per_method_flags": PROTOCOLS[args.protocol][1], "variants": VARIANTS, "runs": rows})
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(rows) + "\n")
+    if args.figure:
+        figure(rows, args.figure, Path(args.benchmark).name or "the table")
+
+
+def parse(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help="presets and variants (" + ", ".join(VARIANTS) + "), comma-separated")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--dataset", default="cifar10")
     parser.add_argument("--data", default="")
     parser.add_argument("--benchmark", default="", help="a NAS-Bench-201 CSV table")
-    parser.add_argument("--protocol", choices=("reduced", "benchmark"), default="reduced")
+    parser.add_argument("--protocol", choices=tuple(PROTOCOLS), default="reduced")
+    parser.add_argument("--runs", default="",
+                        help="folder of the run directories (default: runs/collapse-PROTOCOL)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs side by side (cpu50: one thread each, so one per core)")
     parser.add_argument("--json", required=True)
     parser.add_argument("--note", default="",
                         help="a line kept in the JSON, e.g. what the table is (synthetic or the "
                              "benchmark's)")
     parser.add_argument("--keep", action="store_true",
-                        help="reuse the rows of --json that ran with the same protocol, data and "
-                             "table; run only the missing (method, seed) pairs")
+                        help="reuse the finished runs in --runs, resume the unfinished ones, run "
+                             "the missing ones (without it an existing run directory is an error)")
     parser.add_argument("--markdown", default="",
-                        help="also write the per-method table (mean over seeds) as Markdown")
+                        help="also write the per-method tables (mean over seeds) as Markdown")
+    parser.add_argument("--figure", default="",
+                        help="also draw skips (and table score) against epochs, a line per method")
+    parser.add_argument("--report", action="store_true",
+                        help="run nothing: rewrite --json, --markdown and --figure from --runs")
     args = parser.parse_args(argv)
-    kept = {}
-    if args.keep and Path(args.json).exists():
-        old = json.loads(Path(args.json).read_text())
-        if all(old.get(k) == getattr(args, k) for k in ("protocol", "dataset", "data", "benchmark")):
-            kept = {(r["method"], r["seed"]): r for r in old["runs"] if "error" not in r}
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for method in args.methods.split(","):
-            for seed in range(args.seeds):
-                if (method, seed) in kept:
-                    rows.append(kept[(method, seed)])
-                    continue
-                row = run_one(method, seed, args, Path(tmp))
-                rows.append(row)
-                shown = row.get("error") or (f"{arch_text(row)} skips {row['skip_connect']} "
-                                             f"{row['search_time_s']:.0f}s")
-                print(f"{method} seed {seed}: {shown}", flush=True)
-                Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-                Path(args.json).write_text(json.dumps(
-                    {"protocol": args.protocol, "dataset": args.dataset, "data": args.data,
-                     "benchmark": args.benchmark, "note": args.note, "published": PUBLISHED,
-                     "runs": rows},
-                    indent=2) + "\n")
-    if args.markdown:
-        Path(args.markdown).write_text(markdown(rows) + "\n")
+    for entry in args.methods.split(","):
+        if entry not in METHODS and entry not in VARIANTS:
+            parser.error(f"--methods: unknown entry {entry!r}; choose from "
+                         f"{', '.join(METHODS + tuple(VARIANTS))}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    runs = Path(args.runs or ROOT / "runs" / f"collapse-{args.protocol}")
+    todo = []
+    for seed in range(args.seeds):  # seed 0 of every method first: a first picture early
+        for entry in args.methods.split(","):
+            run_dir = runs / f"{entry}-s{seed}"
+            if run_dir.exists() and not args.keep:
+                sys.exit(f"collapse_nb201.py: {run_dir} exists; --keep reuses or resumes it, or "
+                         "choose another --runs")
+            if not args.report and not is_complete(run_dir):
+                todo.append((entry, seed))
+    lock = threading.Lock()
+
+    def work(job):
+        line = run_one(*job, args, runs)
+        with lock:
+            print(line, flush=True)
+            save(runs, args)
+
+    runs.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        list(pool.map(work, todo))
+    save(runs, args)
     return 0
 
 
@@ -137,30 +258,44 @@ def arch_text(row: dict) -> str:
     return row["arch"]["arch"]
 
 
+def _per_seed(values) -> str:
+    return ", ".join("—" if v is None else str(v) for v in values)
+
+
 def markdown(rows: list[dict]) -> str:
-    """One row per method: every seed's cell and skips, mean search time, mean ± sd score;
-    then, in a table of their own, the papers' figures (published_table)."""
-    lines = ["| method | derived cell (per seed) | skips, last epoch (per seed) | most skips in an "
-             "epoch | search time (s, mean) | table score (mean ± sd) |",
-             "|---|---|---|---|---|---|"]
+    """Three tables: per method, the skips at the end and the first epoch with 4, 5 and 6
+    skips (per seed), the mean search time and the table's score (mean ± sd); the papers'
+    figures (published_table); every seed's derived cell."""
+    lines = ["| method | skips, last epoch (per seed) | first epoch with 4 / 5 / 6 skips (per "
+             "seed) | most skips in an epoch | search time (min, mean) | table score (mean "
+             "± sd) |", "|---|---|---|---|---|---|"]
+    cells = ["| method | seed | derived cell, last epoch |", "|---|---|---|"]
     methods = list(dict.fromkeys(r["method"] for r in rows))
     for method in methods:
         done = [r for r in rows if r["method"] == method and "error" not in r]
         if not done:
             lines.append(f"| {method} | refused: see its error in the JSON | | | | |")
             continue
-        cells = "<br>".join("`" + arch_text(r).replace("|", "\\|") + "`" for r in done)
-        skips = ", ".join(str(r["skip_connect"]) for r in done)
-        most = ", ".join(str(max(r["skips_per_epoch"])) for r in done)
-        time_s = statistics.mean(r["search_time_s"] for r in done)
+        partial = [r for r in done if r.get("complete") is False]
+        skips = _per_seed(r["skip_connect"] for r in done)
+        if partial:
+            skips += " (" + ", ".join(f"s{r['seed']} at epoch {r['epochs_done']}/{r['epochs']}"
+                                      for r in partial) + ")"
+        firsts = "; ".join(" / ".join("—" if r.get("first_epoch_with", {}).get(str(c)) is None
+                                      else str(r["first_epoch_with"][str(c)]) for c in COLLAPSE)
+                           for r in done)
+        most = _per_seed(max(r["skips_per_epoch"], default=None) for r in done)
+        minutes = statistics.mean(r["search_time_s"] for r in done) / 60
         scores = [r["benchmark"]["cifar10_test"] for r in done
                   if isinstance(r.get("benchmark"), dict) and "cifar10_test" in r["benchmark"]]
         score = "—"
         if scores:
             spread = statistics.stdev(scores) if len(scores) > 1 else 0.0
             score = f"{statistics.mean(scores):.2f} ± {spread:.2f}"
-        lines.append(f"| {method} | {cells} | {skips} | {most} | {time_s:.0f} | {score} |")
-    return "\n".join(lines) + "\n\n" + published_table(methods)
+        lines.append(f"| {method} | {skips} | {firsts} | {most} | {minutes:.1f} | {score} |")
+        for r in done:
+            cells.append(f"| {method} | {r['seed']} | `" + arch_text(r).replace("|", "\\|") + "` |")
+    return "\n".join(lines) + "\n\n" + published_table(methods) + "\n\n" + "\n".join(cells)
 
 
 def published_table(methods: list[str]) -> str:
@@ -173,6 +308,45 @@ def published_table(methods: list[str]) -> str:
         if value is not None:
             lines.append(f"| {method} | {value:.2f} | {source} |")
     return "\n".join(lines)
+
+
+def figure(rows: list[dict], path: str, table: str = "the table") -> None:
+    """Skips of the derived cell against epochs (and the table's score where the rows have
+    one): a thick line per method (mean over its seeds), its seeds as thin lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scored = any(s is not None for r in rows for s in r.get("scores_per_epoch", []))
+    panels = [("skips_per_epoch", "skip_connect edges in the derived cell (of 6)")]
+    if scored:
+        panels.append(("scores_per_epoch", f"derived cell's cifar10_test in {table}"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 5), squeeze=False)
+    colors = plt.get_cmap("tab20").colors
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    for ax, (key, label) in zip(axes[0], panels):
+        for i, method in enumerate(methods):
+            series = [[v for v in r.get(key, [])] for r in rows if r["method"] == method]
+            color = colors[i % len(colors)]
+            for s in series:
+                ax.plot(range(1, len(s) + 1), [float("nan") if v is None else v for v in s],
+                        color=color, linewidth=0.6, alpha=0.45)
+            longest = max((len(s) for s in series), default=0)
+            mean = []
+            for e in range(longest):
+                values = [s[e] for s in series if e < len(s) and s[e] is not None]
+                mean.append(statistics.mean(values) if values else float("nan"))
+            ax.plot(range(1, longest + 1), mean, color=color, linewidth=2.0,
+                    label=f"{method} ({len(series)} seeds)")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
