@@ -161,6 +161,9 @@ class PiecesConfig:
     tau_max: float = field(default=10.0, metadata=_f(
         "gdas: Gumbel-softmax temperature at the first epoch, falling linearly to --tau_min"))
     tau_min: float = field(default=0.1, metadata=_f("gdas: temperature at the last epoch"))
+    op_threshold: float = field(default=0.85, metadata=_f(
+        "fairdarts: decoding keeps an op whose sigmoid reaches this; an edge with none kept is "
+        "`none` (xiaomi-automl/FairDARTS utils.py: op_threshold 0.85)"))
     regularizer: str = field(default="none", metadata=_f(
         "a term added to the loss the alphas minimise: none, beta (beta-DARTS, weight rising "
         "linearly), zero-one (FairDARTS), drnas-kl, drnas-l2 (DrNAS), or one registered with "

@@ -291,6 +291,8 @@ class SearchNetwork(nn.Module):
         # The mixing rule of darts.methods.mixing (GDAS, DrNAS, FairDARTS, a plugin's);
         # None: DARTS's softmax.
         self.sampler = sampler
+        if sampler is not None:
+            sampler.bind(space.primitives)
         if sampler is not None and sampler.single_path and (partial_channels > 1
                                                             or checkpoint_cells):
             raise ValueError(f"mixing rule {sampler.name!r} runs one op per edge: not with "

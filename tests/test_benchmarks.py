@@ -151,21 +151,49 @@ def test_the_collapse_table_averages_seeds_and_escapes_the_arch_strings():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import collapse_nb201
 
-    def row(seed, arch, skips, score):
+    def row(seed, arch, skips, score, complete=True):
         return {"method": "gdas", "seed": seed, "arch": {"arch": arch}, "skip_connect": skips[-1],
-                "skips_per_epoch": skips, "search_time_s": 100.0 + seed,
+                "skips_per_epoch": skips, "search_time_s": 60.0 + 60 * seed,
+                "first_epoch_with": {str(c): collapse_nb201.first_epoch_with(skips, c)
+                                     for c in collapse_nb201.COLLAPSE},
+                "complete": complete, "epochs_done": len(skips), "epochs": 3,
                 "benchmark": {"cifar10_test": score}}
 
-    rows = [row(0, "|skip_connect~0|", [0, 2, 1], 90.0), row(1, "|none~0|", [0, 0], 92.0),
+    rows = [row(0, "|skip_connect~0|", [0, 4, 6], 90.0), row(1, "|none~0|", [0, 5], 92.0, False),
             {"method": "pc-darts", "seed": 0, "error": "refused"}]
-    measured, published = collapse_nb201.markdown(rows).split("\n\n")
+    measured, published, cells = collapse_nb201.markdown(rows).split("\n\n")
     lines = measured.splitlines()
     assert len(lines) == 4 and lines[0].startswith("| method |")
     gdas = [c.strip() for c in lines[2].split(" | ")]
-    assert gdas[1] == r"`\|skip_connect~0\|`<br>`\|none~0\|`"  # a pipe would split the cell
-    assert gdas[2:6] == ["1, 0", "2, 0", "100", "91.00 ± 1.41 |"]  # sd of 90, 92: sqrt(2)
+    assert gdas[1] == "6, 5 (s1 at epoch 2/3)"  # an unfinished run says so
+    assert gdas[2] == "2 / 3 / 3; 2 / 2 / —"  # first epochs with 4, 5, 6 skips, per seed
+    assert gdas[3:6] == ["6, 5", "1.5", "91.00 ± 1.41 |"]  # minutes; sd of 90, 92: sqrt(2)
     assert "published" not in lines[0] and lines[3].startswith("| pc-darts | refused")
     # the papers' real figures: a table of their own, with their sources, never a column
     # beside a score of the (synthetic) table
     assert published.splitlines()[2] == "| gdas | 93.61 | Dong & Yang, ICLR 2020 (NAS-Bench-201) |"
     assert len(published.splitlines()) == 3  # pc-darts: no published figure
+    assert cells.splitlines()[2] == r"| gdas | 0 | `\|skip_connect~0\|` |"  # a pipe would split
+
+
+def test_the_collapse_grid_builds_fresh_and_resumed_commands_and_refuses_unknown_entries(
+        tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import collapse_nb201
+
+    assert collapse_nb201.first_epoch_with([0, 3, 4, 6, 2], 4) == 3
+    assert collapse_nb201.first_epoch_with([0, 3], 4) is None
+    args = collapse_nb201.parse(["--json", str(tmp_path / "g.json"), "--protocol", "cpu50",
+                                 "--dataset", "synthetic", "--methods", "pdarts,darts-hvp"])
+    flags = " ".join(collapse_nb201.command_of("pdarts", 2, args, tmp_path / "pdarts-s2"))
+    assert "--method pdarts" in flags and "--seed 2" in flags and "--threads 1" in flags
+    assert flags.count("--epochs") == 1 and "--epochs 50" in flags  # one 50-epoch stage
+    assert "--warmup_epochs 10" in flags  # its code's, not scaled
+    hvp = " ".join(collapse_nb201.command_of("darts-hvp", 0, args, tmp_path / "darts-hvp-s0"))
+    assert hvp.endswith("--order 2 --hessian exact")  # after the protocol's --order 1: wins
+    (tmp_path / "pdarts-s2").mkdir()
+    (tmp_path / "pdarts-s2" / "checkpoint.pt").write_bytes(b"")
+    resumed = collapse_nb201.command_of("pdarts", 2, args, tmp_path / "pdarts-s2")
+    assert resumed[2:] == ["--resume", str(tmp_path / "pdarts-s2"), "--no-progress"]
+    with pytest.raises(SystemExit):
+        collapse_nb201.parse(["--json", "x", "--methods", "darts,nope"])

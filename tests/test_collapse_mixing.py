@@ -235,15 +235,61 @@ def test_a_dirichlet_sample_is_torchs_rsample_in_value_and_gradient():
 
 
 # -- FairDARTS -------------------------------------------------------------------------------
-def test_fairdarts_weights_are_the_sigmoid_of_each_alpha():
+def test_fairdarts_weights_are_the_sigmoid_of_each_alpha_and_none_gets_none():
     model = SearchNetwork(4, 3, 3, SearchSpace(), sampler=Sigmoid()).double()
+    assert model.space.primitives[0] == "none"
     with torch.no_grad():
         for a in model.arch_parameters():
             a.normal_()
+    expected = 1 / (1 + torch.exp(-model.alphas_normal.detach()))
+    expected[:, 0] = 0.0  # FairDARTS's space has no `none`: it gets no weight
     for ctx in (torch.enable_grad(), torch.no_grad()):
         with ctx:
             w = model.mixing_weights()
-        torch.testing.assert_close(w[0].detach(), 1 / (1 + torch.exp(-model.alphas_normal.detach())))
+        torch.testing.assert_close(w[0].detach(), expected)
+        assert torch.all(w[0][:, 0] == 0)
+
+
+def test_under_fairdarts_none_has_no_alpha_nothing_moves_its_column():
+    """The loss of the alpha step (L_val plus the zero-one loss) gives `none`'s column no
+    gradient; the zero-one loss is the hand formula over the four other columns."""
+    torch.manual_seed(3)
+    model = NB201SearchNetwork(10, C=4, N=1, sampler=Sigmoid()).double()
+    with torch.no_grad():
+        model.alphas.normal_()
+    x, y = torch.randn(4, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2, 3])
+    zero_one = ZeroOne()
+    loss = F.cross_entropy(model(x, model.mixing_weights()), y) + zero_one(model)
+    (grad,) = torch.autograd.grad(loss, [model.alphas])
+    assert torch.all(grad[:, 0] == 0) and torch.all(grad[:, 1:] != 0)
+    live = torch.sigmoid(model.alphas.detach()[:, 1:])
+    assert zero_one(model).item() == pytest.approx(-10 * ((live - 0.5) ** 2).mean().item(),
+                                                   rel=1e-12)
+
+
+def _nb201_fairdarts_with(sigmoids: list[list[float]], threshold=0.85) -> NB201SearchNetwork:
+    model = NB201SearchNetwork(10, C=4, N=1, sampler=Sigmoid(threshold)).double()
+    with torch.no_grad():
+        p = torch.tensor(sigmoids, dtype=torch.float64)
+        model.alphas.copy_(torch.log(p / (1 - p)))  # logit: sigmoid(alpha) = p
+    return model
+
+
+def test_fairdarts_decodes_an_nb201_edge_by_its_threshold():
+    # columns: none, skip_connect, nor_conv_1x1, nor_conv_3x3, avg_pool_3x3
+    model = _nb201_fairdarts_with([
+        [0.50, 0.95, 0.10, 0.90, 0.20],  # two kept: the strongest, skip
+        [0.99, 0.80, 0.84, 0.10, 0.50],  # none kept (none's own 0.99 is no alpha): none
+        [0.50, 0.10, 0.10, 0.86, 0.10],  # one just above
+        [0.10, 0.10, 0.10, 0.10, 0.85],  # at the threshold: kept (the code's >=)
+        [0.50, 0.84, 0.84, 0.84, 0.84],  # all just below: none
+        [0.01, 0.30, 0.97, 0.20, 0.10],
+    ])
+    assert str(model.arch()) == ("|skip_connect~0|+|none~0|nor_conv_3x3~1|+"
+                                 "|avg_pool_3x3~0|none~1|nor_conv_1x1~2|")
+    assert model.topology.decode_weights(model.mixing_weights()) == model.arch()
+    strict = _nb201_fairdarts_with([[0.5, 0.95, 0.1, 0.9, 0.2]] * 6, threshold=0.96)
+    assert str(strict.arch()) == "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|"
 
 
 # -- the regularizers, by hand in float64 ------------------------------------------------------

@@ -21,7 +21,9 @@ supernet is built without a rule object). The others:
   (concentration / its sum, whose per-edge argmax is alpha's, as their decoder's).
 - `fairdarts` (Chu et al., ECCV 2020, "Fair DARTS"): sigmoid(alpha), every op weighted
   independently (no competition between an edge's ops); its regulariser is the zero-one
-  loss (`--regularizer zero-one`, darts.methods.regularizers).
+  loss (`--regularizer zero-one`, darts.methods.regularizers). `none` gets no alpha; an op is
+  kept where its sigmoid reaches `--op_threshold` 0.85, an edge with none kept is `none`
+  (`Sigmoid`).
 - a plugin's rule: `register_mixing(name, rule)` with `rule(alphas)` -> weights of the same
   shape (a function or an object; its `set_epoch(epoch, epochs)` and `scalars()`, where it
   has them, hear each epoch), or a `Sampler` subclass or object for a rule that draws.
@@ -75,6 +77,9 @@ class Sampler:
     name = ""
     single_path = False  # a sample runs one op per edge (HardSample)
     cuda_graphs = False  # a captured step would replay one Python-side choice
+    # The decoding rule: None, each edge's strongest op (`none` among them where the space
+    # selects it); a number, the method's threshold rule (FairDARTS: see `Sigmoid`).
+    threshold: float | None = None
 
     @classmethod
     def from_config(cls, cfg: Any) -> Sampler:
@@ -97,6 +102,9 @@ class Sampler:
     def eval_weights(self, alphas: Sequence[torch.Tensor]) -> Weights:
         """What the supernet runs in evaluation (default: the probabilities)."""
         return tuple(self.probabilities(a) for a in alphas)
+
+    def bind(self, ops: Sequence[str]) -> None:
+        """Hears the supernet's ops (the alpha columns, in order) when it is built."""
 
     # -- the epoch hook (darts.methods.schedule) --------------------------------------------
     def set_epoch(self, epoch: int, epochs: int) -> None:
@@ -227,13 +235,38 @@ class Dirichlet(Sampler):
 
 
 class Sigmoid(Sampler):
-    """FairDARTS: sigmoid(alpha), each op independent; deterministic."""
+    """FairDARTS: sigmoid(alpha), each op independent; deterministic.
+
+    FairDARTS's space has no `none` op (xiaomi-automl/FairDARTS, fairdarts/genotypes.py:
+    PRIMITIVES): an edge is cut by its threshold rule instead. So on a space whose ops include
+    `none`, `none` gets no alpha here: its column of the alpha matrix is held out (weight 0,
+    no gradient from any loss; the zero-one loss leaves it out too), and decoding keeps an op
+    only where its sigmoid reaches `threshold` (`>=`, 0.85: fairdarts/utils.py parse_genotype,
+    `op_threshold=0.85`, `parse_method='threshold_sparse'`); of the kept ops the strongest
+    wins; an edge with none kept is `none`."""
 
     name = "fairdarts"
     cuda_graphs = True
 
+    def __init__(self, threshold: float = 0.85) -> None:
+        super().__init__()
+        self.threshold = threshold
+        self.none_column: int | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Sigmoid:
+        return cls(getattr(cfg, "op_threshold", 0.85))
+
+    def bind(self, ops: Sequence[str]) -> None:
+        self.none_column = list(ops).index("none") if "none" in ops else None
+
     def probabilities(self, alphas: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(alphas)
+        weights = torch.sigmoid(alphas)
+        k = self.none_column
+        if k is None:
+            return weights
+        return torch.cat([weights[..., :k], torch.zeros_like(weights[..., k:k + 1]),
+                          weights[..., k + 1:]], dim=-1)
 
     def sample(self, alphas: Sequence[torch.Tensor]) -> Weights:
         return tuple(self.probabilities(a) for a in alphas)
@@ -305,11 +338,14 @@ def build_mixing(cfg: Any) -> Sampler | None:
     return MIXINGS.lookup(cfg.mixing)(cfg)
 
 
-def build_sampler(name: str, *, tau_max: float = 10.0, tau_min: float = 0.1) -> Sampler | None:
-    """The built-in rule `name` at these temperatures (GDAS's); None for softmax."""
+def build_sampler(name: str, *, tau_max: float = 10.0, tau_min: float = 0.1,
+                  op_threshold: float = 0.85) -> Sampler | None:
+    """The built-in rule `name` at these temperatures (GDAS's) and threshold (FairDARTS's);
+    None for softmax."""
     from types import SimpleNamespace
 
-    return build_mixing(SimpleNamespace(mixing=name, tau_max=tau_max, tau_min=tau_min))
+    return build_mixing(SimpleNamespace(mixing=name, tau_max=tau_max, tau_min=tau_min,
+                                        op_threshold=op_threshold))
 
 
 def one_sample(model: nn.Module) -> contextlib.AbstractContextManager[Any]:

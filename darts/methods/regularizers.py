@@ -101,6 +101,10 @@ class ZeroOne(Regularizer):
 
     def term(self, model: nn.Module) -> torch.Tensor:
         weights = torch.sigmoid(torch.cat(op_alphas(model)))
+        held_out = getattr(getattr(model, "sampler", None), "none_column", None)
+        if held_out is not None:  # FairDARTS's mixing: `none` has no alpha (mixing.Sigmoid)
+            keep = [k for k in range(weights.shape[-1]) if k != held_out]
+            weights = weights[..., keep]
         return -((weights - 0.5) ** 2).mean()
 
 

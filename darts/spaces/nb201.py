@@ -251,13 +251,21 @@ def path_encode(arch: NB201Arch) -> list[float]:
     return out
 
 
-def decode(weights: torch.Tensor) -> NB201Arch:
+def decode(weights: torch.Tensor, threshold: float | None = None) -> NB201Arch:
     """The benchmark protocol's cell of (6, 5) mixing weights: per edge the argmax over all
-    five ops, `none` included."""
+    five ops, `none` included. With `threshold` (FairDARTS's rule, darts.methods.mixing.Sigmoid)
+    an edge keeps its strongest op other than `none` whose weight reaches the threshold, and
+    is `none` where no op does."""
     if tuple(weights.shape) != (len(EDGES), len(NB201_OPS)):
         raise ValueError(f"expected ({len(EDGES)}, {len(NB201_OPS)}) weights, got "
                          f"{tuple(weights.shape)}")
-    return NB201Arch(tuple(NB201_OPS[k] for k in weights.argmax(dim=-1).tolist()))
+    if threshold is None:
+        return NB201Arch(tuple(NB201_OPS[k] for k in weights.argmax(dim=-1).tolist()))
+    ops = []
+    for row in weights.tolist():
+        kept = [(w, -k) for k, w in enumerate(row) if NB201_OPS[k] != "none" and w >= threshold]
+        ops.append(NB201_OPS[-max(kept)[1]] if kept else "none")  # ties: the lower column
+    return NB201Arch(tuple(ops))
 
 
 # -- the networks ------------------------------------------------------------------------------
@@ -405,11 +413,14 @@ class NB201Topology:
 
     kinds, none_selectable, ops, nodes, num_edges = ("cell",), True, NB201_OPS, 0, len(EDGES)
 
+    def __init__(self, threshold: float | None = None):
+        self.threshold = threshold  # the mixing rule's decoding threshold (FairDARTS's)
+
     def stride_two(self, matrix: int, edge: int) -> bool:
         return False
 
     def decode_weights(self, weights: tuple, **meta: str) -> NB201Arch:
-        return decode(weights[0])
+        return decode(weights[0], self.threshold)
 
     def pt_tune_epochs(self, interval: int) -> int:
         """DARTS-PT's tuning epochs on this cell (its code's count)."""
@@ -434,6 +445,9 @@ class NB201SearchNetwork(nn.Module):
             raise ValueError(f"partial_channels={partial_channels} must be a positive divisor "
                              f"of C={C}")
         self.sampler = sampler  # darts.methods.mixing (GDAS, DrNAS, FairDARTS); None: softmax
+        if sampler is not None:
+            sampler.bind(NB201_OPS)
+            self.topology = NB201Topology(sampler.threshold)
         self.partial_channels = partial_channels
         self.stem, self.body, C_last = _macro(
             C, N, lambda c: NB201SearchCell(c, partial_channels=partial_channels))
@@ -505,9 +519,10 @@ class NB201SearchNetwork(nn.Module):
         return self.classifier(x)
 
     def arch(self) -> NB201Arch:
-        """The decoded cell of the current alphas (per edge the argmax, `none` included)."""
+        """The decoded cell of the current alphas (per edge the argmax, `none` included; with
+        FairDARTS's mixing its threshold rule)."""
         with torch.no_grad():
-            return decode(self.mixing_weights()[0])
+            return self.topology.decode_weights(self.mixing_weights())
 
 
 # -- what the runs need of the space (see darts.spaces) -----------------------------------------
