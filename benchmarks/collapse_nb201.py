@@ -325,9 +325,9 @@ def figure(rows: list[dict], path: str, table: str = "the table") -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 5), squeeze=False)
     colors = plt.get_cmap("tab20").colors
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    for ax, (key, label) in zip(axes[0], panels):
+    for ax, (key, label) in zip(axes[0], panels, strict=True):
         for i, method in enumerate(methods):
-            series = [[v for v in r.get(key, [])] for r in rows if r["method"] == method]
+            series = [list(r.get(key, [])) for r in rows if r["method"] == method]
             color = colors[i % len(colors)]
             for s in series:
                 ax.plot(range(1, len(s) + 1), [float("nan") if v is None else v for v in s],
