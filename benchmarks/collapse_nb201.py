@@ -195,7 +195,8 @@ def save(runs: Path, args) -> None:
 def parse(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", default=",".join(METHODS),
-                        help="presets and variants (" + ", ".join(VARIANTS) + "), comma-separated")
+                        help="presets and variants (" + ", ".join(VARIANTS) + "), comma-separated; "
+                             "NAME:K runs that entry's first K seeds only")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--dataset", default="cifar10")
     parser.add_argument("--data", default="")
@@ -219,10 +220,16 @@ def parse(argv):
     parser.add_argument("--report", action="store_true",
                         help="run nothing: rewrite --json, --markdown and --figure from --runs")
     args = parser.parse_args(argv)
-    for entry in args.methods.split(","):
+    args.seeds_of = {}
+    for spec in args.methods.split(","):
+        entry, _, seeds = spec.partition(":")
         if entry not in METHODS and entry not in VARIANTS:
             parser.error(f"--methods: unknown entry {entry!r}; choose from "
                          f"{', '.join(METHODS + tuple(VARIANTS))}")
+        if seeds and not seeds.isdigit():
+            parser.error(f"--methods: {spec!r}: after the colon, a number of seeds")
+        args.seeds_of[entry] = int(seeds) if seeds else args.seeds
+    args.methods = ",".join(args.seeds_of)
     return args
 
 
@@ -230,8 +237,8 @@ def main(argv=None) -> int:
     args = parse(argv)
     runs = Path(args.runs or ROOT / "runs" / f"collapse-{args.protocol}")
     todo = []
-    for seed in range(args.seeds):  # seed 0 of every method first: a first picture early
-        for entry in args.methods.split(","):
+    for seed in range(max(args.seeds_of.values())):  # seed 0 of every entry first
+        for entry in [e for e, k in args.seeds_of.items() if seed < k]:
             run_dir = runs / f"{entry}-s{seed}"
             if run_dir.exists() and not args.keep:
                 sys.exit(f"collapse_nb201.py: {run_dir} exists; --keep reuses or resumes it, or "

@@ -184,7 +184,8 @@ def test_the_collapse_grid_builds_fresh_and_resumed_commands_and_refuses_unknown
     assert collapse_nb201.first_epoch_with([0, 3, 4, 6, 2], 4) == 3
     assert collapse_nb201.first_epoch_with([0, 3], 4) is None
     args = collapse_nb201.parse(["--json", str(tmp_path / "g.json"), "--protocol", "cpu50",
-                                 "--dataset", "synthetic", "--methods", "pdarts,darts-hvp"])
+                                 "--dataset", "synthetic", "--methods", "pdarts,darts-hvp:1"])
+    assert args.methods == "pdarts,darts-hvp" and args.seeds_of == {"pdarts": 3, "darts-hvp": 1}
     flags = " ".join(collapse_nb201.command_of("pdarts", 2, args, tmp_path / "pdarts-s2"))
     assert "--method pdarts" in flags and "--seed 2" in flags and "--threads 1" in flags
     assert flags.count("--epochs") == 1 and "--epochs 50" in flags  # one 50-epoch stage
@@ -197,3 +198,5 @@ def test_the_collapse_grid_builds_fresh_and_resumed_commands_and_refuses_unknown
     assert resumed[2:] == ["--resume", str(tmp_path / "pdarts-s2"), "--no-progress"]
     with pytest.raises(SystemExit):
         collapse_nb201.parse(["--json", "x", "--methods", "darts,nope"])
+    with pytest.raises(SystemExit):
+        collapse_nb201.parse(["--json", "x", "--methods", "darts:two"])
