@@ -292,7 +292,8 @@ def _ranker(args, space: Any):
 def main(argv: list[str] | None = None) -> int:
     parser = Parser(prog=" ".join(command("python -m darts.compare", "darts-compare")),
                     description="Every strategy on every seed on one budget, scored by a "
-                                "NAS-Bench-201 table: summary.csv, summary.md, best_so_far.png.")
+                                "benchmark table (NAS-Bench-201, NAS-Bench-101): summary.csv, "
+                                "summary.md, best_so_far.png.")
     try:
         plugins.preload(argv)
     except UserError as e:
@@ -302,8 +303,9 @@ def main(argv: list[str] | None = None) -> int:
                              "they may register strategies (darts.strategies.register_strategy)")
     scored = Choices((), SPACES, lambda n: getattr(SPACES[n], "SCORED_BY_TABLE", False))
     parser.add_argument("--space", default=next(iter(scored)), choices=scored,
-                        help="the space (one that a NAS-Bench-201 table scores)")
-    parser.add_argument("--benchmark", required=True, help="a NAS-Bench-201 CSV table")
+                        help="the space (one that a benchmark table scores: nb201, nb101)")
+    parser.add_argument("--benchmark", required=True,
+                        help="the space's CSV table (darts.benchmarks.nb201, darts.nb101)")
     parser.add_argument("--strategies", default=",".join(STRATEGIES),
                         help="comma-separated strategies")
     parser.add_argument("--seeds", type=int, default=20, help="runs per strategy (seeds 0..N-1)")
@@ -335,7 +337,10 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--strategies {args.strategies}: a strategy is listed twice")
         if args.seeds < 1 or args.budget < 1 or args.budget_seconds < 0:
             raise UserError("--seeds and --budget must be at least 1, --budget_seconds 0 or more")
-        table = BenchmarkTable.load(args.benchmark)
+        space = SPACES[args.space]
+        table = BenchmarkTable.load(args.benchmark, space)
+        if hasattr(space, "for_table"):  # a NAS-Bench-101 subset table: its cells
+            space = space.for_table(table)
         # the columns, their gaps and the time budget's training times, before any run
         BenchmarkEvaluator(table, args.metric, args.report, budget_seconds=args.budget_seconds)
         check_out(Path(args.out))
@@ -349,9 +354,9 @@ def main(argv: list[str] | None = None) -> int:
 
         ranker = None
         if any(n == NASWOT or n.endswith(WARM) for n in names):
-            ranker = _ranker(args, SPACES[args.space])
+            ranker = _ranker(args, space)
         runs = compare(table, names, args.seeds, args.budget, args.metric, args.report,
-                       args.budget_seconds or None, progress, space=SPACES[args.space],
+                       args.budget_seconds or None, progress, space=space,
                        ranker=ranker, warm_start=args.warm_start,
                        naswot_sample=args.naswot_sample)
         budget = (f"{args.budget_seconds:g} s of training time" if args.budget_seconds

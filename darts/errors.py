@@ -34,3 +34,9 @@ def one_line(error: BaseException) -> str:
         name, sep, rest = last.partition(": ")
         text = rest if sep and name.split(".")[-1].endswith("Error") else last
     return " ".join(text.split())
+
+
+class InvalidCandidate(ValueError):
+    """Well-formed decisions or a spec that name no candidate of the space (NAS-Bench-101's
+    specs whose input does not reach the output, or with too many edges): a strategy draws
+    again."""

@@ -113,7 +113,7 @@ def validate(cfg) -> Any:
         raise UserError(f"--ops: the {cfg.space} space has its own ops; leave --ops out")
     evaluator.check(cfg, space)
     if cfg.benchmark and not getattr(space, "SCORED_BY_TABLE", False):
-        raise UserError(f"--benchmark: a NAS-Bench-201 table does not score --space {cfg.space}")
+        raise UserError(f"--benchmark: no benchmark table scores --space {cfg.space}")
     return space
 
 
@@ -234,7 +234,9 @@ def run(cfg, *, resume: str | os.PathLike | None = None) -> dict[str, Any]:
     cfg = resolved(dataclasses.replace(cfg, plugins=plugins.absolute(cfg.plugins)))
     plugins.load(cfg.plugins)
     space = validate(cfg)
-    table = BenchmarkTable.load(cfg.benchmark) if cfg.benchmark else None
+    table = BenchmarkTable.load(cfg.benchmark, space) if cfg.benchmark else None
+    if table is not None and hasattr(space, "for_table"):  # a NAS-Bench-101 subset table
+        space = space.for_table(table)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name = cfg.name or f"{cfg.strategy}-{cfg.space}-{evaluator_name(cfg)}-{stamp}"
     claim = (claim_existing(run_dir) if resume is not None

@@ -96,7 +96,7 @@ def test_a_budget_in_seconds_stops_at_the_evaluation_that_spends_it(tmp_path, ta
 
 @pytest.mark.parametrize("overrides, message", [
     (dict(benchmark=""), "--evaluator benchmark needs --benchmark"),
-    (dict(space="darts"), "a NAS-Bench-201 table does not score --space darts"),
+    (dict(space="darts"), "no benchmark table scores --space darts"),
     (dict(budget=0), "--budget 0: must be at least 1"),
     (dict(metric="cifar10_x"), "--metric cifar10_x: .* has no such column"),
     (dict(population=1, strategy="ga"), "--strategy ga: "),

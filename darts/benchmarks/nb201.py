@@ -56,7 +56,7 @@ ACCURACIES: dict[str, tuple[str, str]] = {
     "ImageNet16-120_valid": ("ImageNet16-120", "valid-accuracy"),
     "ImageNet16-120_test": ("ImageNet16-120", "test-accuracy"),
 }
-MAX_TABLE_BYTES = 64 << 20  # the full table is about 2 MiB
+MAX_TABLE_BYTES = 256 << 20  # NAS-Bench-201's full table is about 2 MiB, NAS-Bench-101's 90
 
 
 def finite_or_none(value: float | None) -> float | None:
@@ -64,22 +64,44 @@ def finite_or_none(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
+def _nb201_row_key(record: dict[str, str], where: str) -> str:
+    """A NAS-Bench-201 row's key: its arch string, as the space writes it."""
+    try:
+        return NB201Arch.from_string(record["arch"], where="arch").to_string()
+    except ArchStringError as e:
+        raise UserError(f"{where}: {e}") from None
+
+
 class BenchmarkTable:
-    """Rows of a NAS-Bench-201 table, by architecture; `metrics` are the numeric columns (a
-    missing cell is NaN); `lines` the CSV line of each row, for messages."""
+    """Rows of a benchmark table, by candidate; `metrics` are the numeric columns (a missing
+    cell is NaN); `lines` the CSV line of each row, for messages. A row's key is what the
+    space's `row_key(record, where)` makes of it and a candidate's its `table_key(c)` (a
+    NAS-Bench-101 cell's hash); NAS-Bench-201's (the default, `space` None) is the arch
+    string."""
 
     def __init__(self, rows: dict[str, dict[str, float]], metrics: list[str],
                  indices: dict[str, int], path: str = "table",
-                 lines: dict[str, int] | None = None):
+                 lines: dict[str, int] | None = None, space: Any = None):
         self.rows, self.metrics, self.indices, self.path = rows, metrics, indices, path
         self.lines = lines if lines is not None else {}
+        self.space = space
+        self.texts: dict[str, str] = {}  # key -> the row's arch text, where the key is not it
+
+    def key(self, candidate: Any) -> str:
+        """The row key of a candidate, or of its text (NAS-Bench-201's arch string is its key;
+        a NAS-Bench-101 text is read and hashed)."""
+        table_key = getattr(self.space, "table_key", None)
+        if isinstance(candidate, str):
+            return candidate if table_key is None else table_key(self.space.parse(candidate))
+        return table_key(candidate) if table_key is not None else candidate.to_string()
 
     def __len__(self) -> int:
         return len(self.rows)
 
     @classmethod
-    def load(cls, path: str | Path) -> BenchmarkTable:
-        """Reads a CSV table; a malformed one is one UserError naming the file and line."""
+    def load(cls, path: str | Path, space: Any = None) -> BenchmarkTable:
+        """Reads a CSV table of `space` (NAS-Bench-201's where None); a malformed one is one
+        UserError naming the file and line."""
         path = Path(path)
         try:
             if path.stat().st_size > MAX_TABLE_BYTES:
@@ -100,12 +122,12 @@ class BenchmarkTable:
             raise UserError(f"--benchmark {path}: not a CSV text file (the official pickled "
                             f"files convert with `python -m darts.benchmarks.nb201 convert`)") from None
         try:
-            return cls._parse(text, path)
+            return cls._parse(text, path, space)
         except csv.Error as e:
             raise UserError(f"--benchmark {path}: not a CSV table ({e})") from None
 
     @classmethod
-    def _parse(cls, text: str, path: Path) -> BenchmarkTable:
+    def _parse(cls, text: str, path: Path, space: Any = None) -> BenchmarkTable:
         reader = csv.reader(io.StringIO(text, newline=""))
         header = next(reader, None)
         if not header or "arch" not in header:
@@ -113,10 +135,13 @@ class BenchmarkTable:
                             f"'arch' column and metric columns, e.g. arch,cifar10_test")
         if len(set(header)) != len(header):
             raise UserError(f"--benchmark {path}: a column is named twice in the header")
-        metrics = [h for h in header if h not in ("arch", "index")]
+        row_key = getattr(space, "row_key", None) or _nb201_row_key
+        text_columns = ("arch", "index", *getattr(space, "TABLE_TEXT_COLUMNS", ()))
+        metrics = [h for h in header if h not in text_columns]
         rows: dict[str, dict[str, float]] = {}
         indices: dict[str, int] = {}
         lines: dict[str, int] = {}
+        texts: dict[str, str] = {}
         for line, fields in enumerate(reader, start=2):
             if not fields:
                 continue
@@ -124,10 +149,7 @@ class BenchmarkTable:
                 raise UserError(f"--benchmark {path}, line {line}: {len(fields)} fields, the "
                                 f"header has {len(header)}")
             record = dict(zip(header, fields, strict=True))
-            try:
-                arch = NB201Arch.from_string(record["arch"], where="arch").to_string()
-            except ArchStringError as e:
-                raise UserError(f"--benchmark {path}, line {line}: {e}") from None
+            arch = row_key(record, f"--benchmark {path}, line {line}")
             if arch in rows:
                 raise UserError(f"--benchmark {path}, line {line}: {arch} is listed twice")
             values = {}
@@ -146,9 +168,13 @@ class BenchmarkTable:
                                     f"{record['index'][:40]!r}, not an integer") from None
             rows[arch] = values
             lines[arch] = line
+            if arch != record["arch"]:
+                texts[arch] = record["arch"]
         if not rows:
             raise UserError(f"--benchmark {path}: the table has no rows")
-        return cls(rows, metrics, indices, str(path), lines)
+        table = cls(rows, metrics, indices, str(path), lines, space)
+        table.texts = texts
+        return table
 
     def gap(self, column: str, positive: bool = False) -> tuple[str, float] | None:
         """The first row (arch, value) whose `column` is missing (empty, NaN or infinite), or
@@ -186,12 +212,11 @@ class BenchmarkTable:
         line = self.lines.get(arch)
         return f"--benchmark {self.path}" + (f", line {line}" if line is not None else "")
 
-    def lookup(self, arch: NB201Arch | str) -> dict[str, float] | None:
+    def lookup(self, arch: Any) -> dict[str, float] | None:
         """The row of `arch` (a metric -> value dict), or None where the table lacks it."""
-        key = arch.to_string() if isinstance(arch, NB201Arch) else str(arch)
-        return self.rows.get(key)
+        return self.rows.get(self.key(arch))
 
-    def rank(self, arch: NB201Arch | str, metric: str) -> int | None:
+    def rank(self, arch: Any, metric: str) -> int | None:
         """1 + the number of cells strictly better than `arch` by `metric` (higher is better
         for accuracies); None where the table lacks the cell or the value."""
         row = self.lookup(arch)
@@ -200,7 +225,7 @@ class BenchmarkTable:
         value = row[metric]
         return 1 + sum(r[metric] > value for r in self.rows.values() if math.isfinite(r[metric]))
 
-    def score(self, arch: NB201Arch) -> dict[str, Any]:
+    def score(self, arch: Any) -> dict[str, Any]:
         """What a search records of its decoded cell: its string, the official index where the
         table has one, every metric, and the rank by each accuracy column. A gap in the table
         is None (JSON's null), never NaN."""
@@ -209,8 +234,10 @@ class BenchmarkTable:
         if row is None:
             out["in_table"] = False
             return out
-        if arch.to_string() in self.indices:
-            out["index"] = self.indices[arch.to_string()]
+        if self.key(arch) in self.indices:
+            out["index"] = self.indices[self.key(arch)]
+        if self.space is not None and self.key(arch) != out["arch"]:
+            out["key"] = self.key(arch)
         out.update({m: finite_or_none(v) for m, v in row.items()})
         for m in self.metrics:
             if m.endswith(("_valid", "_test")):

@@ -35,7 +35,7 @@ class EvaluatorKind:
 
 def _check_benchmark(cfg: Any, space: Any) -> None:
     if not getattr(space, "SCORED_BY_TABLE", False):
-        raise UserError(f"--evaluator benchmark: a NAS-Bench-201 table does not score --space "
+        raise UserError(f"--evaluator benchmark: no benchmark table scores --space "
                         f"{cfg.space}; use --evaluator train or oneshot")
     if not cfg.benchmark:
         raise UserError("--evaluator benchmark needs --benchmark TABLE (python -m darts.benchmarks.nb201 "

@@ -18,7 +18,9 @@ and what the runs need of it:
 
     RESULT_FILE                 the file name a search's best candidate is saved as
     retrain_flags(path)         the train_final.py flags that retrain the file at `path`
-    SCORED_BY_TABLE             whether a NAS-Bench-201 table scores it (`--evaluator benchmark`)
+    SCORED_BY_TABLE             whether a benchmark table scores it (`--evaluator benchmark`);
+                                then optionally table_key(c), row_key(record, where) and
+                                TABLE_TEXT_COLUMNS (darts.benchmarks.nb201.BenchmarkTable)
     for_config(cfg)             optional: the space as the run's flags shape it (the darts
                                 space over `--ops`)
     NETWORK_SIZES               (channels, layers) of its network by default; None where a
@@ -40,6 +42,7 @@ space)`, where `space` is any object with those attributes (a module of its own,
 instance), and `--space name` then searches it.
 
     nb201   NAS-Bench-201's cell (darts.spaces.nb201)
+    nb101   NAS-Bench-101's cell (darts.spaces.nb101)
     darts   the DARTS cell pair, a genotype (darts.spaces.darts_cells)
     cnn     a plain chain of conv layers trained from scratch (darts.spaces.cnn)
 """
@@ -49,9 +52,10 @@ from __future__ import annotations
 from typing import Any
 
 from darts.registry import Registry
-from darts.spaces import cnn, darts_cells, nb201
+from darts.spaces import cnn, darts_cells, nb101, nb201
 
-SPACES = Registry("space", "--space", [(s.NAME, s) for s in (darts_cells.SPACE, nb201, cnn)])
+SPACES = Registry("space", "--space",
+                  [(s.NAME, s) for s in (darts_cells.SPACE, nb201, nb101, cnn)])
 
 
 def register_space(name: str, space: Any, *, overwrite: bool = False) -> Any:

@@ -20,6 +20,7 @@ from collections import deque
 from types import ModuleType
 from typing import Any
 
+from darts.errors import InvalidCandidate
 from darts.strategies.base import Strategy
 
 SAMPLERS = ("tpe", "gp")
@@ -65,13 +66,23 @@ class BayesianOptimisation(Strategy):
             self.study.enqueue_trial({f"d{d}": k for d, k in
                                       enumerate(self.space.to_decisions(c))})
 
-    def ask(self) -> Any:
-        trial = self.study.ask()
-        choices = [trial.suggest_categorical(f"d{d}", list(range(k)))
-                   for d, k in enumerate(self.sizes)]
-        candidate = self.space.from_decisions(choices)
-        self.pending.append((candidate, trial))
-        return candidate
+    def ask(self, draws: int = 10_000) -> Any:
+        """The sampler's next trial; decisions that name no candidate (a NAS-Bench-101 spec
+        whose input does not reach its output) are told to the study as failed trials."""
+        import optuna
+
+        for _ in range(draws):
+            trial = self.study.ask()
+            choices = [trial.suggest_categorical(f"d{d}", list(range(k)))
+                       for d, k in enumerate(self.sizes)]
+            try:
+                candidate = self.space.from_decisions(choices)
+            except InvalidCandidate:
+                self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                continue
+            self.pending.append((candidate, trial))
+            return candidate
+        raise RuntimeError(f"no valid candidate in {draws} trials")
 
     def tell(self, candidate: Any, score: float) -> None:
         super().tell(candidate, score)

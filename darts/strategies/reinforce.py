@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from darts.errors import InvalidCandidate
 from darts.strategies.base import Strategy
 
 
@@ -48,11 +49,20 @@ class Reinforce(Strategy):
         self.momentum, self.entropy_weight = baseline_momentum, entropy_weight
         self.baseline: float | None = None
 
-    def ask(self) -> Any:
+    def ask(self, draws: int = 10_000) -> Any:
+        """A candidate drawn from the policy; decisions that name none (a NAS-Bench-101 spec
+        whose input does not reach its output) are drawn again, as the benchmark's own random
+        search does."""
         with torch.no_grad():
             probs = torch.softmax(self.logits + self.mask, dim=-1)
-            choices = torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
-        return self.space.from_decisions(choices.tolist())
+        for _ in range(draws):
+            with torch.no_grad():
+                choices = torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
+            try:
+                return self.space.from_decisions(choices.tolist())
+            except InvalidCandidate:
+                continue
+        raise RuntimeError(f"no valid candidate in {draws} draws of the policy")
 
     def loss(self, choices: list[int], advantage: float) -> torch.Tensor:
         log_probs = torch.log_softmax(self.logits + self.mask, dim=-1)
