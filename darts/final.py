@@ -102,7 +102,7 @@ class FinalConfig:
         "genotype.json) or the search's run directory"))
     space: str | None = field(default=None, metadata=_f(
         "darts (the DARTS network and the paper's recipe), nb201 (NAS-Bench-201's network "
-        "and the benchmark's 200-epoch recipe) or cnn (a plain CNN spec, NB201's recipe over "
+        "and the benchmark's 200-epoch recipe), nb101 (NAS-Bench-101's, 108 epochs) or cnn (a plain CNN spec, NB201's recipe over "
         "90 epochs: this project's choice); default: the candidate's, read from its file "
         "(genotype.json, arch.json, cnn.json) or its run directory's config.json, else darts",
         choices=SPACES))
@@ -115,6 +115,9 @@ class FinalConfig:
     lr_schedule: str | None = field(default=None, metadata=_f(
         "cosine (to 0 over the epochs; CIFAR) or step (x lr_gamma per epoch; ImageNet)", choices=("cosine", "step")))
     lr_gamma: float | None = field(default=None, metadata=_f("per-epoch decay of the step schedule (0.97)"))
+    optimizer: str | None = field(default=None, metadata=_f(
+        "sgd, or rmsprop (NAS-Bench-101's: decay 0.9, epsilon 1.0); default: the space's recipe",
+        choices=("sgd", "rmsprop")))
     momentum: float | None = field(default=None, metadata=_f("SGD momentum (0.9)"))
     nesterov: bool | None = field(default=None, metadata=_f("Nesterov momentum (off; nb201 on)"))
     weight_decay: float | None = field(default=None, metadata=_f("weight decay (CIFAR 3e-4, ImageNet 3e-5)"))
@@ -372,9 +375,15 @@ def _loaders(cfg, info, train_set, test_set, device, d: Dist):
 
 
 def _optimizer(cfg, model: nn.Module):
-    """The weights' SGD and its learning-rate schedule (cosine, or the ImageNet step decay)."""
-    optimizer = torch.optim.SGD(model.parameters(), cfg.learning_rate, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+    """The weights' SGD (or NAS-Bench-101's RMSProp) and its learning-rate schedule (cosine,
+    or the ImageNet step decay)."""
+    if cfg.optimizer == "rmsprop":  # nasbench model_builder: RMSProp, decay 0.9, epsilon 1.0
+        optimizer = torch.optim.RMSprop(model.parameters(), cfg.learning_rate, alpha=0.9,
+                                        eps=1.0, momentum=cfg.momentum,
+                                        weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), cfg.learning_rate, momentum=cfg.momentum,
+                                    weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
     if cfg.lr_schedule == "cosine":
         return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, float(cfg.epochs))
     return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, 1, gamma=cfg.lr_gamma)

@@ -266,3 +266,27 @@ def test_info_prints_the_pruned_spec_and_refuses_malformed_input():
     bad = subprocess.run(command[:5] + ["[[0,1],[0]]", "--ops", "input,output"], cwd=ROOT,
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--matrix" in bad.stderr
+
+
+# -- train_final.py --space nb101 ---------------------------------------------------------------
+def test_the_retraining_recipe_is_the_benchmarks_and_a_cell_trains(tmp_path):
+    from darts.final import FinalConfig, _optimizer
+    from darts.final import run as train
+
+    cfg = FinalConfig(space="nb101").resolved("cifar")
+    assert (cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.lr_schedule, cfg.optimizer,
+            cfg.momentum, cfg.weight_decay, cfg.init_channels, cfg.layers) == (
+        108, 256, 0.2, "cosine", "rmsprop", 0.9, 1e-4, 128, 3)
+    optimizer, _ = _optimizer(cfg, torch.nn.Linear(2, 2))
+    group = optimizer.param_groups[0]
+    assert isinstance(optimizer, torch.optim.RMSprop)
+    assert (group["lr"], group["alpha"], group["eps"], group["momentum"]) == (0.2, 0.9, 1.0, 0.9)
+    assert FinalConfig().resolved("cifar").optimizer is None  # the DARTS recipe: SGD
+    (tmp_path / "cell.json").write_text(json.dumps(published().to_dict()))
+    result = train(FinalConfig(space="nb101", genotype=str(tmp_path / "cell.json"),
+                               dataset="synthetic", image_size=8, synthetic_size=16, layers=1,
+                               init_channels=4, batch_size=8, epochs=1, workers=0,
+                               progress=False, save=str(tmp_path), name="r", device="cpu",
+                               tensorboard=False))
+    assert result["complete"]
+    assert nb101.load(str(tmp_path / "r" / "cell.json"), "x") == published()

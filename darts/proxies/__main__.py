@@ -91,9 +91,10 @@ def _score(args) -> int:
 
 def _correlate(args) -> int:
     from darts.proxies.correlate import correlate, format_table
+    from darts.spaces import get_space
 
     result = correlate(args.scores, args.benchmark, args.metric, out=args.out,
-                       plots=not args.no_plots)
+                       plots=not args.no_plots, space=get_space(args.space))
     print(format_table(result))
     return 0
 
@@ -132,7 +133,8 @@ def parser() -> Parser:
     s.add_argument("--progress", action=__import__("argparse").BooleanOptionalAction, default=True)
     c = sub.add_parser("correlate", help="rank correlations of a scores CSV with a table")
     c.add_argument("scores")
-    c.add_argument("--benchmark", required=True, help="a NAS-Bench-201 CSV table")
+    c.add_argument("--benchmark", required=True, help="the space's CSV table")
+    c.add_argument("--space", default="nb201", choices=SPACES, help="the scores' space")
     c.add_argument("--metric", default="cifar10_test")
     c.add_argument("--out", default=None, help="folder of the report (default: beside the scores)")
     c.add_argument("--no_plots", action="store_true")

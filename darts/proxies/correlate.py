@@ -34,7 +34,8 @@ def top_fraction_precision(scores: np.ndarray, truth: np.ndarray, fraction: floa
 
 
 def correlate(scores_path: str | os.PathLike, benchmark: str, metric: str, *,
-              out: str | os.PathLike | None = None, plots: bool = True) -> dict[str, Any]:
+              out: str | os.PathLike | None = None, plots: bool = True,
+              space: Any = None) -> dict[str, Any]:
     from scipy import stats
 
     from darts.benchmarks.nb201 import BenchmarkTable
@@ -42,7 +43,7 @@ def correlate(scores_path: str | os.PathLike, benchmark: str, metric: str, *,
     from darts.train.files import save_json
 
     archs, columns = read_scores(scores_path)
-    table = BenchmarkTable.load(benchmark)
+    table = BenchmarkTable.load(benchmark, space)  # space None: NAS-Bench-201's
     if metric not in table.metrics:
         raise UserError(f"--metric {metric}: {table.path} has no such column; it has "
                         f"{', '.join(table.metrics)}")

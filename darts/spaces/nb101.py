@@ -402,7 +402,7 @@ def iter_hashes(cells: Sequence[NB101Cell]) -> Iterator[str]:
 
 RESULT_FILE = "cell.json"
 SCORED_BY_TABLE = True  # a NAS-Bench-101 table (darts.benchmarks.nb101) lists every cell
-NETWORK_SIZES = None  # the benchmark's network: 128 stem channels, 3 stacks of 3 cells
+NETWORK_SIZES = (128, 3)  # the benchmark's stem channels and cells per stack (3 stacks)
 MIN_LAYERS, LAYERS_NOUN = 1, "cells per stack"
 
 
@@ -418,7 +418,61 @@ def network(cell: NB101Cell, num_classes: int, channels: int | None = None,
     from darts.spaces.nb101_net import NB101Network
 
     return NB101Network(cell.matrix, cell.ops, num_classes=num_classes,
-                        stem_channels=channels or 128, cells_per_stack=layers or 3)
+                        stem_channels=channels or NETWORK_SIZES[0],
+                        cells_per_stack=layers or NETWORK_SIZES[1])
+
+
+# -- the retraining of a cell (darts.final) -----------------------------------------------------
+# The benchmark's training of every cell (Ying et al. 2019, Section 2.3; nasbench lib/config.py
+# and model_builder.py): RMSProp (decay 0.9, epsilon 1.0, momentum 0.9), base learning rate
+# 0.1 scaled by its 2 TPU shards to 0.2, cosine decay to 0, weight decay 1e-4, batch 256, 108
+# epochs, random crop (4-pixel padding) and flip. Deviations, by the framework: the cosine is
+# per epoch, not per step; torch's RMSProp adds epsilon outside the square root (TF inside);
+# the images are normalised by the data set's channel statistics.
+NB101_RECIPE: dict[str, Any] = dict(
+    init_channels=128, layers=3, batch_size=256, learning_rate=0.2, lr_schedule="cosine",
+    optimizer="rmsprop", momentum=0.9, weight_decay=1e-4, epochs=108, auxiliary=False,
+    auxiliary_weight=0.0, cutout=False, cutout_length=16, drop_path_prob=0.0, grad_clip=0.0,
+    label_smooth=0.0, lr_gamma=0.97, nesterov=False,
+)
+
+
+from darts.spaces.nb201 import FinalTraining as _NB201Training  # noqa: E402
+
+
+class FinalTraining(_NB201Training):
+    """train_final.py's NAS-Bench-101 cells: the benchmark's network and recipe."""
+
+    noun, network_noun = "a NAS-Bench-101 cell", "NAS-Bench-101's network"
+    result_files, saved_as, has_auxiliary = (RESULT_FILE,), RESULT_FILE, False
+
+    def recipe(self, family: str) -> dict:
+        return NB101_RECIPE
+
+    def reads(self, data) -> bool:
+        if isinstance(data, dict) and "matrix" in data and "ops" in data:
+            return True
+        text = data.get("arch") if isinstance(data, dict) else data
+        try:
+            parse(text)
+            return True
+        except (UserError, TypeError):
+            return False
+
+    def claims(self, data) -> bool:
+        return isinstance(data, dict) and "hash" in data
+
+    def load(self, spec, where: str) -> NB101Cell:
+        if spec == "darts_v2":  # train_final.py's default --genotype: no cell of its own
+            raise UserError(f"--space {NAME}: give the cell with --arch (its text, e.g. "
+                            f"'{EXAMPLE_TEXT}') or the cell.json a search saved")
+        return load(spec, where)
+
+    def label(self, spec: str, cell: NB101Cell) -> str:
+        return f"{NAME}-{cell.hash[:8]}"
+
+
+final = FinalTraining()
 
 
 TABLE_TEXT_COLUMNS = ("hash",)  # a table's columns that are not metrics
@@ -509,3 +563,26 @@ def parameter_count(cell: NB101Cell, num_classes: int = 10, stem_channels: int =
                 total += conv_bn(c_in, c_out)
             c_in = c_out
     return total + c_in * num_classes + num_classes
+
+
+def graphs(cell: NB101Cell, format: str = "png") -> dict[str, Any]:
+    """The cell's picture (graphviz), left to right: the input, one box per op vertex, the
+    output; an arrow per edge. Input edges into an op vertex are the builder's 1x1
+    projections, output edges concatenate (the input's edge to the output adds)."""
+    import graphviz
+
+    from darts.visualize import INPUT_COLOR, NODE_COLOR, OUTPUT_COLOR
+
+    g = graphviz.Digraph(
+        name="cell", format=format, graph_attr={"rankdir": "LR"},
+        node_attr={"style": "filled", "shape": "rect", "fontsize": "18", "height": "0.5",
+                   "penwidth": "2", "fontname": "times"},
+        edge_attr={"fontname": "times"})
+    n = len(cell.matrix)
+    for v, op in enumerate(cell.ops):
+        color = INPUT_COLOR if v == 0 else OUTPUT_COLOR if v == n - 1 else NODE_COLOR
+        g.node(str(v), label=op if v in (0, n - 1) else f"{v}: {op}", fillcolor=color)
+    for i, j in itertools.combinations(range(n), 2):
+        if cell.matrix[i][j]:
+            g.edge(str(i), str(j))
+    return {"cell": g}
