@@ -187,9 +187,13 @@ def save(runs: Path, args) -> None:
         "protocol_flags": PROTOCOLS[args.protocol][0],
         "per_method_flags": PROTOCOLS[args.protocol][1], "variants": VARIANTS, "runs": rows})
     if args.markdown:
-        Path(args.markdown).write_text(markdown(rows) + "\n")
+        Path(args.markdown).write_text(markdown(rows, Path(args.benchmark).name or "the table")
+                                       + "\n")
     if args.figure:
-        figure(rows, args.figure, Path(args.benchmark).name or "the table")
+        flags = " ".join(PROTOCOLS[args.protocol][0])
+        figure(rows, args.figure, Path(args.benchmark).name or "the table",
+               f"NAS-Bench-201's space, protocol {args.protocol} ({flags}); thick: the mean "
+               f"over seeds, thin: each seed")
 
 
 def parse(argv):
@@ -269,13 +273,13 @@ def _per_seed(values) -> str:
     return ", ".join("—" if v is None else str(v) for v in values)
 
 
-def markdown(rows: list[dict]) -> str:
+def markdown(rows: list[dict], table: str = "the table") -> str:
     """Three tables: per method, the skips at the end and the first epoch with 4, 5 and 6
-    skips (per seed), the mean search time and the table's score (mean ± sd); the papers'
+    skips (per seed), the mean search time and the score in `table` (mean ± sd); the papers'
     figures (published_table); every seed's derived cell."""
     lines = ["| method | skips, last epoch (per seed) | first epoch with 4 / 5 / 6 skips (per "
-             "seed) | most skips in an epoch | search time (min, mean) | table score (mean "
-             "± sd) |", "|---|---|---|---|---|---|"]
+             "seed) | most skips in an epoch | search time (min, mean) | cifar10_test in "
+             f"{table} (mean ± sd) |", "|---|---|---|---|---|---|"]
     cells = ["| method | seed | derived cell, last epoch |", "|---|---|---|"]
     methods = list(dict.fromkeys(r["method"] for r in rows))
     for method in methods:
@@ -317,7 +321,7 @@ def published_table(methods: list[str]) -> str:
     return "\n".join(lines)
 
 
-def figure(rows: list[dict], path: str, table: str = "the table") -> None:
+def figure(rows: list[dict], path: str, table: str = "the table", title: str = "") -> None:
     """Skips of the derived cell against epochs (and the table's score where the rows have
     one): a thick line per method (mean over its seeds), its seeds as thin lines."""
     import matplotlib
@@ -350,6 +354,8 @@ def figure(rows: list[dict], path: str, table: str = "the table") -> None:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8, ncol=2)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
