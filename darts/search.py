@@ -144,12 +144,15 @@ def validate(cfg: SearchConfig) -> None:
         raise UserError(f"--ops {cfg.ops}: give at least one op other than none")
     if cfg.nesterov and cfg.momentum == 0:
         raise UserError("--nesterov needs a momentum: give --momentum > 0 or --no-nesterov")
+    if cfg.subspace is not None and not getattr(space.gradient, "subspaces", ()):
+        raise UserError(f"--subspace {cfg.subspace}: the {cfg.space} space has no sub-spaces; "
+                        f"leave --subspace out")
     space.gradient.check(cfg)
     if cfg.benchmark and not getattr(space, "SCORED_BY_TABLE", False):
         scored = " or ".join(f"--space {n}" for n, s in SPACES.items()
                              if getattr(s, "SCORED_BY_TABLE", False))
-        raise UserError(f"--benchmark: a NAS-Bench-201 table does not score --space "
-                        f"{cfg.space} searches; add {scored}")
+        raise UserError(f"--benchmark: no benchmark table scores --space {cfg.space} "
+                        f"searches; add {scored}")
     check_flags(cfg)  # --mixing, --regularizer (darts.methods)
     collapse.validate(cfg)
 
@@ -237,7 +240,7 @@ def run(cfg: SearchConfig, *, resume: str | None = None,
     plugins.load(cfg.plugins)
     validate(cfg)
     # Read before the run directory is made: a table that cannot be read leaves nothing.
-    table = BenchmarkTable.load(cfg.benchmark) if cfg.benchmark else None
+    table = BenchmarkTable.load(cfg.benchmark, get_space(cfg.space)) if cfg.benchmark else None
     d, device = distributed.setup(pick_device(cfg.device))
     try:
         # The run's memory format, recorded resolved (config.json, the checkpoint).
@@ -689,7 +692,7 @@ def _log_epoch(logger, model, genotype, step, train, valid, lr, arch_loss, stats
         logger.image(f"alphas/{kind}", alpha_heatmap(w, edges, ops, f"{kind} cell, epoch {step}"),
                      step)
     logger.text(cells.noun, f"`{genotype}`", step)
-    draw_cells(genotype, logger, step)
+    draw_cells(genotype, logger, step, graphs=getattr(cells, "graphs", None))
 
 
 def _metrics(cfg: SearchConfig, history: list[dict[str, Any]], complete: bool) -> dict[str, Any]:
@@ -722,7 +725,7 @@ def _finish(cfg, run_dir, logger, history, d: Dist) -> dict[str, Any]:
     genotype = cells.from_dict(result_genotype(history[-1]), str(run_dir))
     if d.is_main:
         cells.save(genotype, run_dir / cells.result_file)
-        draw_cells(genotype, logger, len(history), run_dir)
+        draw_cells(genotype, logger, len(history), run_dir, graphs=getattr(cells, "graphs", None))
     metrics = _metrics(cfg, history, complete=len(history) >= cfg.epochs
                        or history[-1].get("early_stop", False))
     logger.info("done: %s %s written to %s", cells.noun, genotype, run_dir / cells.result_file)

@@ -109,6 +109,9 @@ class GradientConfig:
     layers: int | None = field(default=None, metadata=_f(
         "darts: cells of the supernet (8); nb201: cells per stage (5, three stages)"))
     nodes: int = field(default=4, metadata=_f("intermediate nodes per cell"))
+    subspace: int | None = field(default=None, metadata=_f(
+        "the sub-space a space's gradient search runs in, where it has several: NAS-Bench-101's "
+        "are NAS-Bench-1Shot1's search spaces 1, 2, 3 (default 3)"))
     ops: str = field(default=",".join(PRIMITIVES), metadata=_f(
         "comma-separated ops of every edge (the DARTS 8 by default); an op of your own: "
         "register_op in a --plugins file"))

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from darts.errors import InvalidCandidate, UserError
+from darts.spaces import nb101_net  # noqa: F401 (registers the benchmark's ops)
 
 NAME = "nb101"
 INPUT, OUTPUT = "input", "output"
@@ -586,3 +587,88 @@ def graphs(cell: NB101Cell, format: str = "png") -> dict[str, Any]:
         if cell.matrix[i][j]:
             g.edge(str(i), str(j))
     return {"cell": g}
+
+
+# -- the gradient search of this space (darts.search): NAS-Bench-1Shot1 -------------------------
+from darts.spaces import darts_cells as _darts_cells  # noqa: E402 (the DARTS space's search, specialised)
+
+
+class GradientSearch(_darts_cells.GradientSearch):
+    """DARTS's gradient search of NAS-Bench-101 as NAS-Bench-1Shot1 runs it: its one-shot
+    model of search space `--subspace` 1, 2 or 3 (darts.spaces.nb101_oneshot), decoded to a
+    cell that `--benchmark` scores after every epoch."""
+
+    noun, folder, result_file, kinds = "cell", "cells", RESULT_FILE, ("cell",)
+    inline_in_history = True  # a cell's text is one line
+    skips = "maxpool3x3"  # the parameter-free op's count, what the collapse counts here
+    space_flags, paper_layers, cutout = ("--space", NAME), 9, False
+    recipe, recipe_size = ("NAS-Bench-101's recipe",
+                           "108 epochs, 3 stacks of 3 cells of 128 channels")
+    recipe_cost = "as every cell of its table was trained"
+    subspaces = (1, 2, 3)
+    graphs = staticmethod(graphs)  # the cell's picture (the library's own drawings are DARTS's)
+    # NAS-Bench-1Shot1's DARTS runs (optimizers/darts/train_search.py): 9 cells of 16
+    # channels, DARTS's weight decay 3e-4, search space 3 in their main figures.
+    defaults = {"layers": 9, "weight_decay": 3e-4, "nesterov": False, "subspace": 3}
+    # What the supernet has not: skip_connect or none ops, per-edge projections.
+    REFUSED = (("aux_skip", "DARTS-'s auxiliary skip"), ("skip_dropout", "P-DARTS's skip dropout"),
+               ("max_skip", "P-DARTS's skip cap"), ("early_stop_skips", "DARTS+'s skip count"),
+               ("checkpoint_cells", "checkpointed cells"))
+
+    def check(self, cfg) -> None:
+        from darts.primitives import PRIMITIVES
+
+        if cfg.subspace not in self.subspaces:
+            raise UserError(f"--subspace {cfg.subspace}: NAS-Bench-1Shot1's search spaces are "
+                            f"1, 2 and 3")
+        for flag, what in self.REFUSED:
+            if getattr(cfg, flag, None):
+                raise UserError(f"--{flag}: {what} needs ops this space has not (its ops: "
+                                f"{', '.join(OPS)}); leave --{flag} out with --space {NAME}")
+        for flag, ok, why in (
+                ("ops", _darts_cells.op_list(cfg.ops) == PRIMITIVES, "the benchmark's 3 ops"),
+                ("nodes", cfg.nodes == 4, "--subspace's choice blocks"),
+                ("select", cfg.select == "argmax", "no per-edge projection (DARTS-PT)"),
+                ("perturb", cfg.perturb == "none", "mixing weights of several kinds, which "
+                 "SDARTS's perturbation does not tell apart")):
+            if not ok:
+                raise UserError(f"--{flag}: not with --space {NAME} ({why}); leave --{flag} out")
+
+    def search_ops(self, cfg) -> tuple[str, ...]:
+        return OPS
+
+    def supernet(self, cfg, num_classes: int, sampler):
+        from darts.spaces.nb101_oneshot import NB101SearchNetwork
+
+        return NB101SearchNetwork(num_classes, C=cfg.init_channels, layers=cfg.layers,
+                                  subspace=cfg.subspace, sampler=sampler,
+                                  partial_channels=cfg.partial_channels, make_cell=NB101Cell.of)
+
+    def decode(self, model, meta):
+        return model.arch()
+
+    def from_dict(self, data, where):
+        return load(data, where)
+
+    def save(self, cell, path):
+        save(cell, path)
+
+    def skip_connects(self, cell) -> int:
+        return cell.ops.count(MAXPOOL)
+
+    def edge_names(self, model):
+        return [f"node {j}" for j in range(1, model.topology.num_edges + 1)]
+
+    def ops_of(self, model):
+        return OPS
+
+    def nodes(self, cfg):
+        from darts.spaces.nb101_oneshot import steps_of
+
+        return steps_of(cfg.subspace)
+
+    def describe(self, cfg):
+        return f"{cfg.layers} cells of search space {cfg.subspace}"
+
+
+gradient = GradientSearch()

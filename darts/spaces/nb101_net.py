@@ -55,9 +55,10 @@ class NB101SpecError(UserError, ValueError):
 class ConvBnRelu(nn.Sequential):
     """Conv (no bias, 'same' padding, stride 1) -> BatchNorm -> ReLU: `base_ops.conv_bn_relu`."""
 
-    def __init__(self, C_in: int, C_out: int, kernel_size: int):
+    def __init__(self, C_in: int, C_out: int, kernel_size: int, stride: int = 1):
         super().__init__(
-            nn.Conv2d(C_in, C_out, kernel_size, padding=kernel_size // 2, bias=False),
+            nn.Conv2d(C_in, C_out, kernel_size, stride=stride, padding=kernel_size // 2,
+                      bias=False),
             nn.BatchNorm2d(C_out, eps=BN_EPSILON, momentum=BN_MOMENTUM, affine=True),
             nn.ReLU(inplace=False),
         )
@@ -69,6 +70,25 @@ NB101_OPS: dict[str, Callable[[int], nn.Module]] = {
     "conv1x1-bn-relu": lambda C: ConvBnRelu(C, C, 1),
     "maxpool3x3": lambda C: nn.MaxPool2d(3, stride=1, padding=1),
 }
+
+
+def _register_ops() -> None:
+    """The benchmark's three ops in the library's op vocabulary (darts.primitives), so that
+    `--ops` and the collapse pieces know them; stride 2 (a DARTS reduction edge) strides the
+    conv or the pool."""
+    from darts.primitives import OPS, register_op
+
+    factories = {
+        "conv3x3-bn-relu": lambda C, stride, affine: ConvBnRelu(C, C, 3, stride),
+        "conv1x1-bn-relu": lambda C, stride, affine: ConvBnRelu(C, C, 1, stride),
+        "maxpool3x3": lambda C, stride, affine: nn.MaxPool2d(3, stride=stride, padding=1),
+    }
+    for name, factory in factories.items():
+        if name not in OPS:
+            register_op(name, factory)
+
+
+_register_ops()
 
 
 def projection(C_in: int, C_out: int) -> nn.Module:
