@@ -263,6 +263,24 @@ def _arch_file(spec: str) -> dict | None:
     return data if isinstance(data, dict) and "arch" in data else None
 
 
+def _own_drawing(spec: str) -> tuple[Any, Any] | None:
+    """(the space, the candidate) of a candidate whose space draws its own (its `graphs`: a
+    NAS-Bench-101 cell, a plugin's); None for anything else."""
+    from darts.spaces import SPACES
+
+    data: Any = spec
+    if spec.endswith(".json"):
+        try:
+            data = read_arch_json(spec, "GENOTYPE")
+        except UserError:
+            return None
+    for space in SPACES.values():
+        final = getattr(space, "final", None)
+        if hasattr(space, "graphs") and final is not None and final.reads(data):
+            return space, final.load(spec, f"GENOTYPE {spec}")
+    return None
+
+
 def _default_out_dir(spec: str) -> Path:
     """The genotype file's directory, or the current directory for a published name."""
     path = Path(spec)
@@ -277,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
                     description="Draw a genotype's normal and reduction cells with graphviz.")
     parser.add_argument("genotype", metavar="GENOTYPE",
                         help="a genotype JSON file, or a published name such as darts_v2; "
-                             "or a NAS-Bench-201 arch string or arch.json")
+                             "or a NAS-Bench-201 arch string or arch.json, a NAS-Bench-101 cell.json")
     parser.add_argument("-o", "--out-dir", type=Path, default=None,
                         help="where to write normal.<format> and reduce.<format> (default: the "
                              "genotype file's directory, or the current directory for a name)")
@@ -291,6 +309,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         plugins.load(args.plugins)
         spec = args.genotype
+        out_dir = args.out_dir if args.out_dir is not None else _default_out_dir(args.genotype)
+        own = _own_drawing(spec)
+        if own is not None:
+            space, candidate = own
+            for path in render_graphs(space.graphs(candidate, args.format), out_dir,
+                                      args.format).values():
+                print(path)
+            return 0
         arch_file = _arch_file(spec)
         if arch_file is not None:  # a NAS-Bench-201 cell
             genotype = load_arch(arch_file, f"GENOTYPE {spec}")
@@ -298,7 +324,6 @@ def main(argv: list[str] | None = None) -> int:
             genotype = load_arch(spec, "GENOTYPE")
         else:
             genotype = resolve_genotype(spec)
-        out_dir = args.out_dir if args.out_dir is not None else _default_out_dir(args.genotype)
         paths = render_genotype(genotype, out_dir, format=args.format)
     except UserError as e:
         return report(e)

@@ -290,3 +290,15 @@ def test_the_retraining_recipe_is_the_benchmarks_and_a_cell_trains(tmp_path):
                                tensorboard=False))
     assert result["complete"]
     assert nb101.load(str(tmp_path / "r" / "cell.json"), "x") == published()
+
+
+def test_the_visualizer_draws_a_cell_json(tmp_path):
+    from darts import visualize
+
+    if not visualize.dot_available():
+        pytest.skip("graphviz's dot is not installed")
+    nb101.save(published(), tmp_path / "cell.json")
+    assert visualize.main([str(tmp_path / "cell.json"), "-o", str(tmp_path / "pictures")]) == 0
+    assert (tmp_path / "pictures" / "cell.png").stat().st_size > 0
+    graph = nb101.graphs(published())["cell"]
+    assert graph.source.count("->") == 9  # one arrow per edge of the cell

@@ -572,8 +572,8 @@ def graphs(cell: NB101Cell, format: str = "png") -> dict[str, Any]:
     projections, output edges concatenate (the input's edge to the output adds)."""
     import graphviz
 
-    from darts.visualize import INPUT_COLOR, NODE_COLOR, OUTPUT_COLOR
-
+    # the library's cell colours (darts.visualize, which reads the spaces: not imported here)
+    INPUT_COLOR, NODE_COLOR, OUTPUT_COLOR = "darkseagreen2", "lightblue", "palegoldenrod"
     g = graphviz.Digraph(
         name="cell", format=format, graph_attr={"rankdir": "LR"},
         node_attr={"style": "filled", "shape": "rect", "fontsize": "18", "height": "0.5",
