@@ -101,7 +101,7 @@ def test_a_run_directory_without_a_cell_is_one_line(tmp_path):
     with pytest.raises(UserError, match=r"--genotype .*run: a folder without genotype\.json; a "
                                         r"search writes its result there when it ends"):
         with_candidate_space(FinalConfig(genotype=str(tmp_path / "run")))
-    with pytest.raises(UserError, match="without genotype.json or arch.json or cnn.json"):
+    with pytest.raises(UserError, match="without genotype.json or arch.json or cell.json or cnn.json"):
         with_candidate_space(FinalConfig(genotype=str(tmp_path / "run" / "genotypes")))
 
 
