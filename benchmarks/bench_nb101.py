@@ -44,7 +44,6 @@ def per_call(fn, items) -> float:
 def official_file(path: Path, cells: list[nb101.NB101Cell]) -> int:
     """Three 108-epoch records per cell, in the official layout."""
     def record(cell, k):
-        n = len(cell.matrix)
         final = {"current_epoch": 108.0, "training_time": 1700.0 + k,
                  "train_accuracy": 1.0, "validation_accuracy": 0.9, "test_accuracy": 0.89}
         blob = encode_model_metrics({"evaluation_data": [{"current_epoch": 0.0},

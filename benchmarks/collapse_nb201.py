@@ -283,15 +283,20 @@ def markdown(rows: list[dict], table: str = "the table") -> str:
     cells = ["| method | seed | derived cell, last epoch |", "|---|---|---|"]
     methods = list(dict.fromkeys(r["method"] for r in rows))
     for method in methods:
-        done = [r for r in rows if r["method"] == method and "error" not in r]
-        if not done:
+        ran = [r for r in rows if r["method"] == method and "error" not in r]
+        if not ran:
             lines.append(f"| {method} | refused: see its error in the JSON | | | | |")
             continue
-        partial = [r for r in done if r.get("complete") is False]
-        skips = _per_seed(r["skip_connect"] for r in done)
+        # the summary is of the finished runs; an unfinished one is only named
+        partial = [r for r in ran if r.get("complete") is False]
+        done = [r for r in ran if r.get("complete") is not False]
+        skips = _per_seed(r["skip_connect"] for r in done) or "—"
         if partial:
-            skips += " (" + ", ".join(f"s{r['seed']} at epoch {r['epochs_done']}/{r['epochs']}"
-                                      for r in partial) + ")"
+            skips += " (unfinished: " + ", ".join(
+                f"s{r['seed']} at epoch {r['epochs_done']}/{r['epochs']}" for r in partial) + ")"
+        if not done:
+            lines.append(f"| {method} | {skips} | | | | |")
+            continue
         firsts = "; ".join(" / ".join("—" if r.get("first_epoch_with", {}).get(str(c)) is None
                                       else str(r["first_epoch_with"][str(c)]) for c in COLLAPSE)
                            for r in done)
@@ -333,6 +338,7 @@ def figure(rows: list[dict], path: str, table: str = "the table", title: str = "
     panels = [("skips_per_epoch", "skip_connect edges in the derived cell (of 6)")]
     if scored:
         panels.append(("scores_per_epoch", f"derived cell's cifar10_test in {table}"))
+    rows = [r for r in rows if r.get("complete") is not False]  # the finished runs
     fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 5), squeeze=False)
     colors = plt.get_cmap("tab20").colors
     methods = list(dict.fromkeys(r["method"] for r in rows))
