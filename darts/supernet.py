@@ -271,7 +271,19 @@ def _checkpointed_cell(cell: SearchCell, s0: torch.Tensor, s1: torch.Tensor,
                       context_fn=lambda: (contextlib.nullcontext(), _ScratchBuffers(cell)))
 
 
-class SearchNetwork(nn.Module):
+class NetworkParameters:
+    """A supernet's weights apart from its architecture parameters (`arch_parameters()`):
+    what the weights' SGD trains and the gradient clip takes."""
+
+    def named_network_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        arch = {id(p) for p in self.arch_parameters()}
+        return ((n, p) for n, p in self.named_parameters() if id(p) not in arch)
+
+    def network_parameters(self) -> list[nn.Parameter]:
+        return [p for _, p in self.named_network_parameters()]
+
+
+class SearchNetwork(NetworkParameters, nn.Module):
     """The supernet: stem (3*C channels), `layers` search cells, global pooling, classifier.
     Its `topology` (the cell's SearchSpace) is what the collapse pieces ask of it.
 
@@ -343,12 +355,6 @@ class SearchNetwork(nn.Module):
     def op_alpha_parameters(self) -> list[nn.Parameter]:
         """The arch parameters that weight ops (not PC-DARTS's edge betas)."""
         return [self.alphas_normal, self.alphas_reduce]
-    def named_network_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        arch = {id(p) for p in self.arch_parameters()}
-        return ((n, p) for n, p in self.named_parameters() if id(p) not in arch)
-
-    def network_parameters(self) -> list[nn.Parameter]:
-        return [p for _, p in self.named_network_parameters()]
 
     # -- the relaxation ----------------------------------------------------------------------
     def mixing_weights(self, detach: bool = False, *, forward: bool = False) -> MixingWeights:

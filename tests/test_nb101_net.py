@@ -59,7 +59,7 @@ def _maxpool_chain(k: int) -> tuple[list[list[int]], list[str]]:
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """One thread: these full-width networks are quick alone and slow when threads contend on
-    a busy machine; the rest of the session gets its thread count back."""
+    a busy machine; the other test files get their thread count back."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

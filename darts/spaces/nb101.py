@@ -33,14 +33,14 @@ import hashlib
 import itertools
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from darts.errors import InvalidCandidate, UserError
-from darts.spaces import nb101_net  # noqa: F401 (registers the benchmark's ops)
+from darts.spaces import nb101_net  # its checks of a spec; importing it registers the ops
 
 NAME = "nb101"
 INPUT, OUTPUT = "input", "output"
@@ -57,13 +57,12 @@ EXAMPLE_MATRIX = ((0, 1, 0, 0, 1, 1, 0), (0, 0, 1, 0, 0, 0, 0), (0, 0, 0, 1, 0, 
                   (0, 0, 0, 0, 0, 0, 0))
 EXAMPLE_OPS = (INPUT, CONV3X3, MAXPOOL, CONV3X3, CONV3X3, CONV1X1, OUTPUT)
 EXAMPLE_HASH = "00005c142e6f48ac74fdcf73e3439874"
-EXAMPLE_PARAMETERS = 8_555_530
 
 Matrix = tuple[tuple[int, ...], ...]
 
 
-class SpecError(UserError):
-    """A NAS-Bench-101 spec or text that cannot be read (malformed, not a cell at all)."""
+# A NAS-Bench-101 spec or text that cannot be read (malformed, not a cell at all): a UserError.
+SpecError = nb101_net.NB101SpecError
 
 
 def _md5(text: str) -> str:
@@ -85,29 +84,10 @@ def spec_hash(matrix: Matrix, ops: Sequence[str]) -> str:
 
 
 def _check_shape(matrix: Any, ops: Any, where: str) -> tuple[Matrix, tuple[str, ...]]:
-    """The spec as tuples; a SpecError naming `where` when it is not a spec at all."""
-    try:
-        rows = tuple(tuple(int(v) for v in row) for row in matrix)
-    except (TypeError, ValueError):
-        raise SpecError(f"{where}: the matrix must be rows of 0/1 integers") from None
-    n = len(rows)
-    if not 2 <= n <= MAX_VERTICES or any(len(r) != n for r in rows):
-        raise SpecError(f"{where}: the matrix must be square with 2 to {MAX_VERTICES} rows, "
-                        f"got {n} rows of lengths {sorted({len(r) for r in rows})}")
-    if any(v not in (0, 1) for r in rows for v in r):
-        raise SpecError(f"{where}: the matrix holds only 0 and 1")
-    if any(rows[i][j] for i in range(n) for j in range(i + 1)):
-        raise SpecError(f"{where}: the matrix must be upper-triangular (an edge i -> j needs "
-                        f"i < j; the diagonal and below are 0)")
-    ops = tuple(ops) if not isinstance(ops, str) else (ops,)
-    if len(ops) != n:
-        raise SpecError(f"{where}: {len(ops)} ops for {n} vertices")
-    if ops[0] != INPUT or ops[-1] != OUTPUT:
-        raise SpecError(f"{where}: the ops must start with {INPUT!r} and end with {OUTPUT!r}")
-    bad = [op for op in ops[1:-1] if op not in OPS]
-    if bad:
-        raise SpecError(f"{where}: unknown op {bad[0]!r}; the ops are {', '.join(OPS)}")
-    return rows, ops
+    """The spec as tuples; a SpecError naming `where` when it is not a spec at all (the network
+    builder's own checks, darts.spaces.nb101_net)."""
+    rows = nb101_net.read_matrix(matrix, where, MAX_VERTICES)
+    return tuple(map(tuple, rows)), tuple(nb101_net.read_ops(ops, len(rows), where))
 
 
 def prune(matrix: Matrix, ops: Sequence[str]) -> tuple[Matrix, tuple[str, ...]] | None:
@@ -395,10 +375,6 @@ def path_encode(cell: NB101Cell) -> list[float]:
     for path in paths(cell):
         vector[PATH_INDEX[path]] = 1.0
     return vector
-
-
-def iter_hashes(cells: Sequence[NB101Cell]) -> Iterator[str]:
-    return (c.hash for c in cells)
 
 
 RESULT_FILE = "cell.json"

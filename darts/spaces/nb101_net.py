@@ -96,33 +96,40 @@ def projection(C_in: int, C_out: int) -> nn.Module:
     return ConvBnRelu(C_in, C_out, 1)
 
 
-def read_matrix(matrix: Sequence[Sequence[int]]) -> list[list[int]]:
-    """`matrix` as a list of int rows, checked: square, at least 2x2, strictly upper-triangular
-    (edges run from a lower to a higher vertex) and 0/1."""
-    rows = [[int(v) for v in row] for row in matrix]
+def read_matrix(matrix: Sequence[Sequence[int]], where: str = "NAS-Bench-101 spec",
+                max_vertices: int | None = None) -> list[list[int]]:
+    """`matrix` as a list of int rows, checked: square, at least 2x2 (at most `max_vertices`),
+    strictly upper-triangular (edges run from a lower to a higher vertex) and 0/1; one
+    NB101SpecError naming `where` otherwise."""
+    try:
+        rows = [[int(v) for v in row] for row in matrix]
+    except (TypeError, ValueError):
+        raise NB101SpecError(f"{where}: the matrix must be rows of 0/1 integers") from None
     n = len(rows)
-    if n < 2 or any(len(row) != n for row in rows):
-        raise NB101SpecError(f"a NAS-Bench-101 matrix must be square with at least 2 rows "
-                             f"(input and output), got row lengths {[len(r) for r in rows]}")
+    most = max_vertices or n
+    if not 2 <= n <= most or any(len(row) != n for row in rows):
+        raise NB101SpecError(f"{where}: the matrix must be square with 2 to {most} rows (input "
+                             f"and output at least), got row lengths {[len(r) for r in rows]}")
     if any(v not in (0, 1) for row in rows for v in row):
-        raise NB101SpecError(f"a NAS-Bench-101 matrix holds only 0 and 1, got {rows}")
+        raise NB101SpecError(f"{where}: the matrix holds only 0 and 1, got {rows}")
     if any(rows[i][j] for i in range(n) for j in range(i + 1)):
-        raise NB101SpecError(f"a NAS-Bench-101 matrix must be upper-triangular with a zero "
-                             f"diagonal (edges from a lower to a higher vertex), got {rows}")
+        raise NB101SpecError(f"{where}: the matrix must be upper-triangular with a zero diagonal "
+                             f"(an edge i -> j needs i < j), got {rows}")
     return rows
 
 
-def read_ops(ops: Sequence[str], n: int) -> list[str]:
+def read_ops(ops: Sequence[str], n: int, where: str = "NAS-Bench-101 spec") -> list[str]:
     """`ops` checked against a matrix of `n` vertices: 'input', n-2 known ops, 'output'."""
-    ops = list(ops)
+    ops = [ops] if isinstance(ops, str) else list(ops)
     if len(ops) != n:
-        raise NB101SpecError(f"a cell of {n} vertices needs {n} ops, got {len(ops)}: {ops}")
+        raise NB101SpecError(f"{where}: {len(ops)} ops for {n} vertices; a cell of {n} vertices "
+                             f"needs {n} ops: {ops}")
     if ops[0] != INPUT or ops[-1] != OUTPUT:
-        raise NB101SpecError(f"the ops must start with {INPUT!r} and end with {OUTPUT!r}, "
-                             f"got {ops}")
+        raise NB101SpecError(f"{where}: the ops must start with {INPUT!r} and end with "
+                             f"{OUTPUT!r}, got {ops}")
     for op in ops[1:-1]:
         if op not in NB101_OPS:
-            raise NB101SpecError(f"unknown NAS-Bench-101 op {op!r}; the ops are "
+            raise NB101SpecError(f"{where}: unknown op {op!r}; the ops are "
                                  f"{', '.join(NB101_OPS)}")
     return ops
 

@@ -49,6 +49,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from darts.spaces.nb101_net import NB101_OPS, ConvBnRelu
+from darts.supernet import NetworkParameters, channel_shuffle
 
 # parents of nodes 1.. (the last: the output); nasbench-1shot1 search_space_{1,2,3}.py
 SUBSPACES: dict[int, tuple[int, ...]] = {
@@ -123,8 +124,6 @@ class MixedOp(nn.Module):
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         if self.k == 1:
             return sum(w * op(x) for w, op in zip(weights, self.ops, strict=True))
-        from darts.supernet import channel_shuffle
-
         c = x.shape[1] // self.k
         mixed = sum(w * op(x[:, :c]) for w, op in zip(weights, self.ops, strict=True))
         return channel_shuffle(torch.cat([mixed, x[:, c:]], dim=1), self.k)
@@ -165,7 +164,7 @@ class Topology:
         return self.make_cell(*decode(self.subspace, weights))
 
 
-class NB101SearchNetwork(nn.Module):
+class NB101SearchNetwork(NetworkParameters, nn.Module):
     """NAS-Bench-1Shot1's one-shot model of search space `subspace` (see the module's text)."""
 
     def __init__(self, num_classes: int = 10, C: int = 16, layers: int = 9, subspace: int = 3,
@@ -208,13 +207,6 @@ class NB101SearchNetwork(nn.Module):
 
     def op_alpha_parameters(self) -> list[nn.Parameter]:
         return [self.alphas]
-
-    def named_network_parameters(self):
-        arch = {id(p) for p in self.arch_parameters()}
-        return ((n, p) for n, p in self.named_parameters() if id(p) not in arch)
-
-    def network_parameters(self) -> list[nn.Parameter]:
-        return [p for _, p in self.named_network_parameters()]
 
     def mixing_weights(self, detach: bool = False, *,
                        forward: bool = False) -> tuple[torch.Tensor, ...]:

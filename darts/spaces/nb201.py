@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from darts.errors import UserError
 from darts.ops import ReLUConvBN
 from darts.primitives import OPS, build_op, register_op
-from darts.supernet import channel_shuffle, normalized_edge_weights
+from darts.supernet import NetworkParameters, channel_shuffle, normalized_edge_weights
 
 NB201_OPS: tuple[str, ...] = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3",
                               "avg_pool_3x3")
@@ -427,7 +427,7 @@ class NB201Topology:
         return interval * (self.num_edges - 1)
 
 
-class NB201SearchNetwork(nn.Module):
+class NB201SearchNetwork(NetworkParameters, nn.Module):
     """The supernet: the benchmark's network with every edge a mixed op, one (6, 5) alpha
     matrix shared by all cells (1e-3 * N(0, 1), as DARTS), softmax mixing (eq. 2).
 
@@ -465,12 +465,6 @@ class NB201SearchNetwork(nn.Module):
         """The arch parameters that weight ops (not PC-DARTS's edge betas)."""
         return [self.alphas]
 
-    def named_network_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        arch = {id(p) for p in self.arch_parameters()}
-        return ((n, p) for n, p in self.named_parameters() if id(p) not in arch)
-
-    def network_parameters(self) -> list[nn.Parameter]:
-        return [p for _, p in self.named_network_parameters()]
 
     def mixing_weights(self, detach: bool = False, *,
                        forward: bool = False) -> tuple[torch.Tensor, ...]:
