@@ -23,6 +23,8 @@ Protocols (every deviation from a method's published settings is listed here):
   PC-DARTS's batch size, final learning rate, learning rate and alpha learning rate are left at
   DARTS's, so that every method sees the same data and steps.
 - `reduced`: as cpu50 but 10 epochs, warm-up epochs scaled by 10/50, the threads of the machine.
+- ENAS (`--method enas`, NAS-Bench-201's ENAS settings) takes the reduced network, images,
+  batch size and epochs; it has no alphas and no `--order`.
 A reduced run shows whether a method collapses in this setting, not its published number.
 
 Entries beyond the presets: `darts-o2` is DARTS's second order (finite-difference Hessian,
@@ -46,7 +48,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 METHODS = ("darts", "gdas", "drnas", "fairdarts", "beta-darts", "sdarts-rs", "sdarts-adv",
-           "darts-minus", "pdarts", "pc-darts")
+           "darts-minus", "pdarts", "pc-darts", "enas")
+# Methods without alphas (no --order): ENAS's controller samples the cell.
+NO_ALPHAS = ("enas",)
 # Entries that are a preset with other flags: (preset, flags).
 VARIANTS = {
     "darts-o2": ("darts", ["--order", "2"]),
@@ -62,10 +66,11 @@ PUBLISHED = {
     "drnas": (94.36, "Chen et al., ICLR 2021 (DrNAS)"),
     "beta-darts": (94.36, "Ye et al., CVPR 2022 (beta-DARTS)"),
     "darts-minus": (93.80, "Chu et al., ICLR 2021 (DARTS-)"),
+    "enas": (54.30, "Dong & Yang, ICLR 2020 (NAS-Bench-201), ENAS's all-skip cell"),
 }
 
-SMALL = ["--layers", "1", "--init_channels", "8", "--image_size", "16", "--batch_size", "64",
-         "--order", "1"]
+SMALL = ["--layers", "1", "--init_channels", "8", "--image_size", "16", "--batch_size", "64"]
+FIRST_ORDER = ["--order", "1"]  # the protocols' alpha step, for the methods with alphas
 PROTOCOLS = {
     "benchmark": ([], {}),
     "cpu50": (SMALL + ["--epochs", "50", "--threads", "1"], {
@@ -98,6 +103,8 @@ def command_of(entry: str, seed: int, args, run_dir: Path) -> list[str]:
         command += ["--data", args.data]
     if args.benchmark:
         command += ["--benchmark", args.benchmark]
+    if args.protocol != "benchmark" and method not in NO_ALPHAS:
+        flags = flags[:len(SMALL)] + FIRST_ORDER + flags[len(SMALL):]
     return command + flags + per_method.get(method, []) + extra
 
 

@@ -39,7 +39,7 @@ from darts.accel.device_data import (
     use_device_loader,
 )
 from darts.architect import Architect
-from darts.benchmarks.nb201 import BenchmarkTable
+from darts.benchmarks.nb201 import BenchmarkTable, score_line
 from darts.errors import UserError
 from darts.methods import pieces as collapse
 from darts.methods import presets, schedule
@@ -219,8 +219,13 @@ def run(cfg: SearchConfig, *, resume: str | None = None,
     config it was started with, but for `changes` (flags of `SearchConfig.RESUMABLE`).
     `on_epoch_end(epoch, metrics)` runs after each checkpoint.
     """
-    from darts import multitrial
+    from darts import enas, multitrial
 
+    if enas.is_enas_run(resume) if resume is not None else enas.shares_weights(cfg.strategy):
+        if changes:
+            raise UserError(f"--resume {resume}: an ENAS run continues with its saved config; "
+                            f"leave out {', '.join('--' + k for k in changes)}")
+        return enas.run(cfg, resume=resume)
     if (multitrial.is_multitrial_run(resume) if resume is not None
             else cfg.strategy != "darts"):
         if changes:
@@ -604,7 +609,7 @@ def _record(s: _Search, epoch: int, train, valid, arch_loss: float, lr: float, d
                 stats["arch/entropy"], dt, format_duration(timer.eta()))
     logger.info("%s %s", cells.noun, genotype)
     if s.table is not None:
-        logger.info("benchmark %s", _benchmark_line(record["benchmark"]))
+        logger.info("benchmark %s", score_line(record["benchmark"]))
     return why
 
 
@@ -624,19 +629,6 @@ def _select_cell(s: _Search, resume: dict | None) -> None:
         precision=s.precision, meta=s.meta, log=s.logger.info, resume=resume,
         checkpoint=lambda progress: s.save(projection=progress))
     s.save(_metrics(s.cfg, s.history, complete=True))
-
-
-def _benchmark_line(score: dict[str, Any]) -> str:
-    """The log's summary of a table score: each metric, with its rank among the cells."""
-    if score.get("in_table") is False:
-        return "the cell is not in the table"
-    parts = []
-    for k, v in score.items():
-        if k in ("arch", "index", "cells") or k.startswith("rank_") or not isinstance(v, float):
-            continue
-        rank = score.get(f"rank_{k}")
-        parts.append(f"{k} {v:.2f}" + (f" (rank {rank}/{score['cells']})" if rank else ""))
-    return ", ".join(parts)
 
 
 def _split_of(split: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -730,7 +722,7 @@ def _finish(cfg, run_dir, logger, history, d: Dist) -> dict[str, Any]:
                        or history[-1].get("early_stop", False))
     logger.info("done: %s %s written to %s", cells.noun, genotype, run_dir / cells.result_file)
     if "benchmark" in history[-1]:
-        logger.info("its benchmark scores: %s", _benchmark_line(history[-1]["benchmark"]))
+        logger.info("its benchmark scores: %s", score_line(history[-1]["benchmark"]))
     command, what = retrain_command(run_dir, cfg)
     logger.info("%s; retrain it with:\n  %s", what, command)
     return metrics

@@ -25,6 +25,7 @@ from darts.primitives import PRIMITIVES
 from darts.registry import Choices
 from darts.spaces import SPACES, darts_cells
 from darts.strategies import STRATEGIES
+from darts.strategies.controller import CONTROLLERS
 from darts.train.engine import AMP_DTYPES
 
 SEARCH_DATASETS = ("cifar10", "cifar100", "ImageNet16-120", "folder", "synthetic")
@@ -237,9 +238,31 @@ class StrategyConfig:
     elites: int = field(default=1, metadata=_f("ga: best members kept unchanged per generation"))
     temperature: float = field(default=1.0, metadata=_f("anneal: initial temperature (score units)"))
     cooling: float = field(default=0.99, metadata=_f("anneal: temperature factor per evaluation"))
-    controller_lr: float = field(default=0.001, metadata=_f("reinforce: Adam learning rate of the policy"))
-    baseline_momentum: float = field(default=0.9, metadata=_f("reinforce: moving-average baseline momentum"))
-    entropy_weight: float = field(default=0.0, metadata=_f("reinforce: weight of the entropy bonus"))
+    controller: str | None = field(default=None, metadata=_f(
+        "reinforce, enas: the policy, lstm (ENAS's LSTM controller; enas's default) or "
+        "factorised (one categorical per decision; reinforce's default)",
+        choices=CONTROLLERS))
+    controller_lr: float | None = field(default=None, metadata=_f(
+        "reinforce, enas: Adam learning rate of the policy (reinforce 0.001; enas 3.5e-4)"))
+    baseline_momentum: float | None = field(default=None, metadata=_f(
+        "reinforce, enas: moving-average baseline momentum (reinforce 0.9; enas 0.99)"))
+    entropy_weight: float | None = field(default=None, metadata=_f(
+        "reinforce, enas: weight of the entropy bonus (reinforce 0; enas 1e-4, in the reward)"))
+    controller_aggregate: int | None = field(default=None, metadata=_f(
+        "reinforce, enas: samples whose gradients one Adam step of the policy averages "
+        "(reinforce 1; enas 10)"))
+    controller_hidden: int = field(default=100, metadata=_f("lstm controller: hidden units (ENAS: 100)"))
+    controller_layers: int = field(default=1, metadata=_f("lstm controller: stacked LSTM layers"))
+    controller_temperature: float = field(default=5.0, metadata=_f(
+        "lstm controller: logits = tanh_constant * tanh(z / temperature) (ENAS: 5)"))
+    controller_tanh: float = field(default=2.5, metadata=_f(
+        "lstm controller: the tanh constant of the logits (ENAS: 2.5)"))
+    controller_steps: int = field(default=30, metadata=_f(
+        "enas: controller steps per epoch, each of --controller_aggregate sampled children "
+        "(ENAS's CIFAR-10 search: 30 steps of 10)"))
+    derive_samples: int = field(default=100, metadata=_f(
+        "enas: children sampled after each epoch, each scored on one validation batch; the "
+        "best is the epoch's derived cell (NAS-Bench-201's ENAS: 100)"))
     bo_sampler: str = field(default="tpe", metadata=_f(
         "bo: Optuna's sampler, tpe (multivariate) or gp", choices=("tpe", "gp")))
     bo_startup: int = field(default=10, metadata=_f(

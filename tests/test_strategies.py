@@ -87,7 +87,7 @@ def test_aging_removes_the_oldest_not_the_worst():
     assert strategy.best == (90.0, told[0])
 
 
-@pytest.mark.parametrize("name", ["random", "evolution", "ga", "anneal", "reinforce", "bo"])
+@pytest.mark.parametrize("name", ["random", "evolution", "ga", "anneal", "reinforce", "enas", "bo"])
 def test_a_resumed_run_ends_with_the_same_history(table, name):
     evaluate = BenchmarkEvaluator(table, "cifar10_valid", "cifar10_test")
     def untimed(records):
@@ -166,13 +166,13 @@ def test_reinforce_learns_the_optimum_and_its_gradient_is_the_hand_computed_one(
     # d loss / d logits for a tiny policy, by hand: -(R - b) (onehot(a) - softmax) - beta dH
     policy = Reinforce(nb201, seed=0, entropy_weight=0.5)
     with torch.no_grad():
-        policy.logits.copy_(torch.tensor([[0.1, -0.2, 0.3, 0.0, 0.5]] * 6, dtype=torch.float64))
+        policy.policy.logits.copy_(torch.tensor([[0.1, -0.2, 0.3, 0.0, 0.5]] * 6, dtype=torch.float64))
     choices, advantage = [2, 0, 4, 1, 3, 2], 1.7
-    policy.logits.grad = None
+    policy.policy.logits.grad = None
     policy.loss(choices, advantage).backward()
-    p = torch.softmax(policy.logits.detach(), -1)
+    p = torch.softmax(policy.policy.logits.detach(), -1)
     onehot = torch.nn.functional.one_hot(torch.tensor(choices), 5).double()
     log_p = p.log()
     entropy_grad = -p * (log_p + 1) + p * (p * (log_p + 1)).sum(-1, keepdim=True)  # dH/dlogits
     expected = -advantage * (onehot - p) - 0.5 * entropy_grad
-    torch.testing.assert_close(policy.logits.grad, expected)
+    torch.testing.assert_close(policy.policy.logits.grad, expected)

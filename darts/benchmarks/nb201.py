@@ -246,6 +246,19 @@ class BenchmarkTable:
         return out
 
 
+def score_line(score: dict[str, Any]) -> str:
+    """The log's summary of a table score: each metric, with its rank among the cells."""
+    if score.get("in_table") is False:
+        return "the cell is not in the table"
+    parts = []
+    for k, v in score.items():
+        if k in ("arch", "index", "cells") or k.startswith("rank_") or not isinstance(v, float):
+            continue
+        rank = score.get(f"rank_{k}")
+        parts.append(f"{k} {v:.2f}" + (f" (rank {rank}/{score['cells']})" if rank else ""))
+    return ", ".join(parts)
+
+
 @contextmanager
 def _csv_file(out: str | Path) -> Iterator[Any]:
     """A csv writer whose rows replace `out` when the block ends without an exception."""

@@ -73,6 +73,21 @@ PUBLISHED: dict[str, dict[str, tuple[Any, str]]] = {
     "beta-darts": {
         "regularizer": ("beta", "Ye et al., CVPR 2022: the beta-decay regularisation"),
     },
+    # ENAS as NAS-Bench-201's baseline runs it (the strategy's own defaults are the paper's).
+    "enas": {
+        "strategy": ("enas", "Pham et al., ICML 2018: a controller and shared weights in turn"),
+        "learning_rate": (0.05, "D-X-Y/AutoDL-Projects configs/nas-benchmark/algos/ENAS.config: LR 0.05"),
+        "learning_rate_min": (0.0005, "AutoDL-Projects ENAS.config: eta_min 0.0005"),
+        "weight_decay": (2.5e-4, "AutoDL-Projects ENAS.config: decay 0.00025"),
+        "nesterov": (True, "AutoDL-Projects ENAS.config: nesterov 1"),
+        "batch_size": (128, "AutoDL-Projects ENAS.config: batch_size 128"),
+        "controller_lr": (0.001, "AutoDL-Projects ENAS.config: controller_lr 0.001"),
+        "controller_hidden": (32, "AutoDL-Projects search_model_enas_utils.py: lstm_size 32"),
+        "controller_layers": (2, "AutoDL-Projects search_model_enas_utils.py: lstm_num_layers 2"),
+        "controller_steps": (50, "AutoDL-Projects scripts-search/algos/ENAS.sh: "
+                                 "--controller_train_steps 50"),
+        "controller_aggregate": (20, "AutoDL-Projects ENAS.sh: --controller_num_aggregate 20"),
+    },
 }
 
 PRESETS = Registry("method", "--method")

@@ -22,7 +22,7 @@ from darts.strategies.bayesian import BayesianOptimisation
 from darts.strategies.evolution import RegularizedEvolution
 from darts.strategies.genetic import GeneticAlgorithm
 from darts.strategies.random_search import RandomSearch
-from darts.strategies.reinforce import Reinforce
+from darts.strategies.reinforce import ENAS, Reinforce
 
 # `--strategy NAME`: a plugin adds one with `register_strategy("hill", HillClimbing)`, a
 # Strategy subclass (its `options(cfg)` picks the flags it takes).
@@ -32,10 +32,11 @@ STRATEGIES = Registry("strategy", "--strategy", {
     "ga": GeneticAlgorithm,
     "anneal": SimulatedAnnealing,
     "reinforce": Reinforce,
+    "enas": ENAS,
     "bo": BayesianOptimisation,
     "bananas": Bananas,
 }.items())
 register_strategy = STRATEGIES.register
 
-__all__ = ["STRATEGIES", "register_strategy", "Bananas", "BayesianOptimisation", "GeneticAlgorithm", "RandomSearch", "RegularizedEvolution",
+__all__ = ["STRATEGIES", "register_strategy", "ENAS", "Bananas", "BayesianOptimisation", "GeneticAlgorithm", "RandomSearch", "RegularizedEvolution",
            "Reinforce", "SimulatedAnnealing", "Strategy", "run"]
