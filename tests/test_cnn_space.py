@@ -14,13 +14,17 @@ SIX_POOLS = "|".join(["conv3x3-16-max"] * 6)
 
 
 def meaningful(arch: CNNArch) -> list[int]:
-    """The decisions that matter: the depth and the used slots' kernel, width and pooling."""
-    return cnn.to_decisions(arch)[:1 + 3 * arch.depth]
+    """The decisions that matter: the depth and the used slots' kernel, width, pooling and
+    shortcut."""
+    return cnn.to_decisions(arch)[:1 + 4 * arch.depth]
 
 
 def test_the_text_is_canonical_and_reads_back():
     arch = cnn.parse(EXAMPLE)
     assert arch.layers == (Layer(3, 32, "max"), Layer(5, 64), Layer(7, 128, "avg"))
+    res = cnn.parse("conv3x3-32-res-max|conv5x5-64-res")
+    assert res.layers == (Layer(3, 32, "max", True), Layer(5, 64, res=True))
+    assert str(res) == "conv3x3-32-res-max|conv5x5-64-res"
     assert str(arch) == EXAMPLE and arch.depth == 3
     rng = random.Random(0)
     for _ in range(300):
@@ -38,6 +42,7 @@ def test_the_text_is_canonical_and_reads_back():
     ("conv3x3-32|conv3x3-48", "width 48 is not in the space; the widths are 16, 32, 64, 128"),
     ("conv3x3-32|conv3x3-32-min", "pooling 'min' is not 'max' or 'avg'"),
     ("conv3x3-32|conv3x3-32-none", "with no suffix"),
+    ("conv3x3-32|conv3x3-32-max-res", "an optional '-res', then an optional '-max'"),
     ("conv3x3-32|conv03x3-32", "must read 'conv<k>x<k>-<width>'"),
     ("conv3x3-32||conv3x3-32", "layer 2 '' must read"),
     ("conv3x3-32|" + "9" * 5000, "layer 2 .9999.*too long"),
@@ -57,7 +62,8 @@ def test_sampling_draws_every_depth_about_equally_and_every_choice():
     for d in cnn.DEPTHS:  # 1/5 each; the binomial's sd is 0.0057
         assert abs(depths[d] / len(draws) - 0.2) < 0.025, depths
     layers = [layer for a in draws for layer in a.layers]
-    for attr, choices in (("kernel", cnn.KERNELS), ("width", cnn.WIDTHS), ("pool", cnn.POOLS)):
+    for attr, choices in (("kernel", cnn.KERNELS), ("width", cnn.WIDTHS), ("pool", cnn.POOLS),
+                          ("res", (False, True))):
         counts = Counter(getattr(layer, attr) for layer in layers)
         for c in choices:
             assert abs(counts[c] / len(layers) - 1 / len(choices)) < 0.02, (attr, counts)
@@ -77,8 +83,8 @@ def test_a_mutation_changes_exactly_one_decision_that_matters():
             shared = min(a.depth, b.depth)
             assert a.layers[:shared] == b.layers[:shared], (a, b)
             kinds["depth"] += 1
-    # the depth is one of 1 + 3 x depth decisions: over depths 2..6, about 1/10 of mutations
-    assert 0.06 < kinds["depth"] / 2000 < 0.14, kinds
+    # the depth is one of 1 + 4 x depth decisions: over depths 2..6, about 1/13 of mutations
+    assert 0.045 < kinds["depth"] / 2000 < 0.11, kinds
 
 
 def test_a_mutation_rate_is_each_decisions_probability_of_changing():
@@ -91,7 +97,7 @@ def test_a_mutation_rate_is_each_decisions_probability_of_changing():
         child = cnn.mutate(arch, rng, rate=rate)
         decisions = cnn.to_decisions(child)
         changed["depth"] += child.depth != arch.depth
-        for d in range(1, 7):  # the first two layers are in every child (depth >= 2)
+        for d in range(1, 9):  # the first two layers are in every child (depth >= 2)
             changed[d] += decisions[d] != base[d]
     for key, count in changed.items():  # sd of a rate estimate: 0.0068
         assert abs(count / n - rate) < 0.03, (key, count / n)
@@ -100,6 +106,7 @@ def test_a_mutation_rate_is_each_decisions_probability_of_changing():
     assert always.depth != arch.depth
     for new, old in zip(always.layers, arch.layers, strict=False):
         assert new.kernel != old.kernel and new.width != old.width and new.pool != old.pool
+        assert new.res != old.res
 
 
 def test_crossover_children_are_valid_and_take_layers_from_both_parents():
@@ -126,22 +133,22 @@ def test_crossover_children_are_valid_and_take_layers_from_both_parents():
 
 def test_decisions_round_trip_and_unused_slots_are_canonical():
     choices = cnn.decisions()
-    assert len(choices) == 1 + 3 * 6 and choices[0] == ("2", "3", "4", "5", "6")
-    assert choices[1:4] == [("3x3", "5x5", "7x7"), ("16", "32", "64", "128"),
-                            ("none", "max", "avg")]
+    assert len(choices) == 1 + 4 * 6 and choices[0] == ("2", "3", "4", "5", "6")
+    assert choices[1:5] == [("3x3", "5x5", "7x7"), ("16", "32", "64", "128"),
+                            ("none", "max", "avg"), ("plain", "res")]
     rng = random.Random(6)
     for _ in range(300):
         a = cnn.sample(rng)
         d = cnn.to_decisions(a)
         assert cnn.from_decisions(d) == a
         assert all(0 <= k < len(c) for k, c in zip(d, choices, strict=True))
-        assert d[1 + 3 * a.depth:] == [0] * (3 * (6 - a.depth))
+        assert d[1 + 4 * a.depth:] == [0] * (4 * (6 - a.depth))
         raw = [rng.randrange(len(c)) for c in choices]
         arch = cnn.from_decisions(raw)
-        assert cnn.to_decisions(arch)[:1 + 3 * arch.depth] == raw[:1 + 3 * arch.depth]
+        assert cnn.to_decisions(arch)[:1 + 4 * arch.depth] == raw[:1 + 4 * arch.depth]
         assert cnn.from_decisions(cnn.to_decisions(arch)) == arch
-    with pytest.raises(ValueError, match="19 decisions"):
-        cnn.from_decisions([0] * 18)
+    with pytest.raises(ValueError, match="25 decisions"):
+        cnn.from_decisions([0] * 24)
 
 
 def test_the_encoding_has_a_fixed_length_and_tells_candidates_apart():
@@ -149,9 +156,9 @@ def test_the_encoding_has_a_fixed_length_and_tells_candidates_apart():
     archs = {cnn.sample(rng) for _ in range(300)}
     codes = {tuple(cnn.encode(a)) for a in archs}
     assert len(codes) == len(archs)
-    assert {len(c) for c in codes} == {5 + 6 * 10}
+    assert {len(c) for c in codes} == {5 + 6 * 12}
     code = cnn.encode(cnn.parse(EXAMPLE))
-    assert sum(code) == 1 + 3 * 3 and code[:5] == [0.0, 1.0, 0.0, 0.0, 0.0]
+    assert sum(code) == 1 + 4 * 3 and code[:5] == [0.0, 1.0, 0.0, 0.0, 0.0]
 
 
 @pytest.mark.parametrize("depth", cnn.DEPTHS)
@@ -179,6 +186,9 @@ def test_six_poolings_of_an_8px_image_end_at_1x1_and_the_parameters_add_up():
     small = CNNNetwork(cnn.parse("conv3x3-16-avg|conv5x5-32"), num_classes=10, in_channels=3)
     expected = 3 * 16 * 9 + 2 * 16 + 16 * 32 * 25 + 2 * 32 + 32 * 10 + 10
     assert sum(p.numel() for p in small.parameters()) == expected
+    # a residual layer adds its 1x1 shortcut 16->32
+    res = CNNNetwork(cnn.parse("conv3x3-16-avg|conv5x5-32-res"), num_classes=10, in_channels=3)
+    assert sum(p.numel() for p in res.parameters()) == expected + 16 * 32
     grey = CNNNetwork(cnn.parse(EXAMPLE), num_classes=2, in_channels=1)
     assert grey(torch.randn(3, 1, 16, 16)).shape == (3, 2)
 

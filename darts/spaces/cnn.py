@@ -4,16 +4,20 @@ The classic example of NAS lecture notes (e.g. the chain-structured space of Els
 Hutter 2019, "Neural Architecture Search: A Survey", Section 2): a network is 2 to 6 layers,
 and each layer is
 
-    conv kxk (k in 3, 5, 7), w output channels (w in 16, 32, 64, 128), BatchNorm, ReLU,
+    conv kxk (k in 3, 5, 7), w output channels (w in 16, 32, 64, 128), BatchNorm,
+    optionally plus a residual shortcut from the layer's input (a 1x1 convolution, no bias,
+    added before the ReLU: ResNet's projection shortcut), ReLU,
     then no pooling, a 2x2 max pooling or a 2x2 average pooling (stride 2)
 
 followed by global average pooling and a linear classifier. A candidate's text lists its
-layers from the input on, `|`-separated, the pooling only where there is one:
+layers from the input on, `|`-separated, `-res` where the layer has the shortcut, the
+pooling only where there is one:
 
-    conv3x3-32-max|conv5x5-64|conv7x7-128-avg
+    conv3x3-32-max|conv5x5-64-res|conv7x7-128-avg
 
-5 depths x (3 x 4 x 3 = 36 choices per layer) give 36^2 + ... + 36^6, about 2.2 billion
-networks. The pooling rounds up (`ceil_mode`): a map of odd side n becomes (n + 1) / 2, and a
+5 depths x (3 x 4 x 3 x 2 = 72 choices per layer) give 72^2 + ... + 72^6, about 1.4e11
+networks. The shortcut is what network morphism's skip-connection edit adds
+(darts.spaces.cnn_morph). The pooling rounds up (`ceil_mode`): a map of odd side n becomes (n + 1) / 2, and a
 1x1 map stays 1x1, so every candidate runs on any input size. On 32x32 images the maps halve
 exactly down to 1x1 after five poolings; a sixth leaves 1x1 as it is. No spec is refused for
 pooling too often.
@@ -25,7 +29,7 @@ NATS-Bench size space's 90-epoch schedule (this project's choice; see darts.fina
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +48,10 @@ MAX_DEPTH = DEPTHS[-1]
 # What an unused layer slot holds in the decision list (from_decisions ignores it).
 DEFAULT_CHOICE = 0
 EXAMPLE = "conv3x3-32-max|conv5x5-64|conv7x7-128-avg"
+SHORTCUTS: tuple[str, ...] = ("plain", "res")  # a layer without / with the residual shortcut
 
 # Numbers without leading zeros, at most 4 digits: the text of a layer is canonical.
-_LAYER = re.compile(r"conv([1-9]\d{0,3})x([1-9]\d{0,3})-([1-9]\d{0,3})(?:-([a-z]+))?")
+_LAYER = re.compile(r"conv([1-9]\d{0,3})x([1-9]\d{0,3})-([1-9]\d{0,3})(-res)?(?:-([a-z]+))?")
 
 
 class CNNSpecError(UserError):
@@ -55,11 +60,12 @@ class CNNSpecError(UserError):
 
 @dataclass(frozen=True)
 class Layer:
-    """One conv-BN-ReLU layer and the pooling after it."""
+    """One conv-BN(-shortcut)-ReLU layer and the pooling after it."""
 
     kernel: int
     width: int
     pool: str = "none"
+    res: bool = False
 
     def __post_init__(self) -> None:
         if type(self.kernel) is not int or self.kernel not in KERNELS:
@@ -68,13 +74,15 @@ class Layer:
         if type(self.width) is not int or self.width not in WIDTHS:
             raise CNNSpecError(f"width {self.width!r} is not in the space; the widths are "
                                f"{', '.join(map(str, WIDTHS))}")
+        if type(self.res) is not bool:
+            raise CNNSpecError(f"a layer's shortcut is True or False, got {self.res!r}")
         if self.pool not in POOLS:
             raise CNNSpecError(f"pooling {self.pool!r} is not in the space; the poolings are "
                                f"{', '.join(POOLS)}")
 
     def __str__(self) -> str:
         pool = "" if self.pool == "none" else f"-{self.pool}"
-        return f"conv{self.kernel}x{self.kernel}-{self.width}{pool}"
+        return f"conv{self.kernel}x{self.kernel}-{self.width}{'-res' if self.res else ''}{pool}"
 
 
 @dataclass(frozen=True)
@@ -118,9 +126,9 @@ class CNNArch:
             match = _LAYER.fullmatch(token)
             if match is None:
                 raise CNNSpecError(f"{where} {shown!r}: layer {i} {token!r} must read "
-                                   f"'conv<k>x<k>-<width>' with an optional '-max' or '-avg', "
-                                   f"e.g. 'conv3x3-32-max'")
-            k1, k2, width, pool = match.groups()
+                                   f"'conv<k>x<k>-<width>' with an optional '-res', then an "
+                                   f"optional '-max' or '-avg', e.g. 'conv3x3-32-res-max'")
+            k1, k2, width, res, pool = match.groups()
             if k1 != k2:
                 raise CNNSpecError(f"{where} {shown!r}: layer {i} {token!r}: kernels are "
                                    f"square (conv{k1}x{k1})")
@@ -131,7 +139,7 @@ class CNNArch:
                 raise CNNSpecError(f"{where} {shown!r}: layer {i} {token!r}: pooling "
                                    f"{pool!r} is not 'max' or 'avg'")
             try:
-                layers.append(Layer(int(k1), int(width), pool or "none"))
+                layers.append(Layer(int(k1), int(width), pool or "none", res is not None))
             except CNNSpecError as e:
                 raise CNNSpecError(f"{where} {shown!r}: layer {i} {token!r}: {e}") from None
         return cls(tuple(layers))
@@ -169,13 +177,14 @@ def save(arch: CNNArch, path: str | Path) -> None:
 
 
 def _random_layer(rng) -> Layer:
-    return Layer(rng.choice(KERNELS), rng.choice(WIDTHS), rng.choice(POOLS))
+    return Layer(rng.choice(KERNELS), rng.choice(WIDTHS), rng.choice(POOLS),
+                 rng.choice(SHORTCUTS) == "res")
 
 
 def sample(rng) -> CNNArch:
     """A network drawn uniformly decision by decision: the depth uniform over 2..6, then each
-    layer's kernel, width and pooling uniform. Every depth is equally likely (so a given
-    2-layer network is 36^4 times likelier than a given 6-layer one); this is also what
+    layer's kernel, width, pooling and shortcut uniform. Every depth is equally likely (so a
+    given 2-layer network is 72^4 times likelier than a given 6-layer one); this is also what
     uniform choices of every entry of `decisions()` give."""
     return CNNArch(tuple(_random_layer(rng) for _ in range(rng.choice(DEPTHS))))
 
@@ -190,33 +199,35 @@ def _with_depth(layers: list[Layer], depth: int, rng) -> list[Layer]:
 
 
 def mutate(arch: CNNArch, rng, rate: float | None = None) -> CNNArch:
-    """One decision that matters changed to a different choice: one of the 1 + 3 x depth
-    (the depth, and each layer's kernel, width and pooling), uniformly. A new depth keeps the
+    """One decision that matters changed to a different choice: one of the 1 + 4 x depth
+    (the depth, and each layer's kernel, width, pooling and shortcut), uniformly. A new depth keeps the
     first layers and drops the last ones, or appends layers drawn uniformly. With `rate`, each
     of those decisions independently with that probability (the layers' first, then the
     depth)."""
     layers = list(arch.layers)
-    count = 1 + 3 * len(layers)
+    count = 1 + 4 * len(layers)
     picks = ([rng.randrange(count)] if rate is None
              else [d for d in range(count) if rng.random() < rate])
     for d in sorted(picks, reverse=True):  # the depth (decision 0) last
         if d == 0:
             layers = _with_depth(layers, _other(rng, DEPTHS, len(layers)), rng)
             continue
-        i, field = divmod(d - 1, 3)
+        i, field = divmod(d - 1, 4)
         layer = layers[i]
         if field == 0:
-            layers[i] = Layer(_other(rng, KERNELS, layer.kernel), layer.width, layer.pool)
+            layers[i] = replace(layer, kernel=_other(rng, KERNELS, layer.kernel))
         elif field == 1:
-            layers[i] = Layer(layer.kernel, _other(rng, WIDTHS, layer.width), layer.pool)
+            layers[i] = replace(layer, width=_other(rng, WIDTHS, layer.width))
+        elif field == 2:
+            layers[i] = replace(layer, pool=_other(rng, POOLS, layer.pool))
         else:
-            layers[i] = Layer(layer.kernel, layer.width, _other(rng, POOLS, layer.pool))
+            layers[i] = replace(layer, res=not layer.res)
     return CNNArch(tuple(layers))
 
 
 def crossover(a: CNNArch, b: CNNArch, rng) -> CNNArch:
     """Uniform crossover by layer position: the depth from either parent with probability
-    1/2, then each position's layer (kernel, width and pooling together) from either parent
+    1/2, then each position's layer (kernel, width, pooling and shortcut together) from either parent
     with probability 1/2, or from the one parent deep enough to have it."""
     depth = a.depth if rng.random() < 0.5 else b.depth
     layers = []
@@ -227,43 +238,46 @@ def crossover(a: CNNArch, b: CNNArch, rng) -> CNNArch:
 
 
 def decisions() -> list[tuple[str, ...]]:
-    """The depth, then the kernel, width and pooling of each of the 6 layer slots (19
-    decisions); the slots past the depth are ignored."""
-    per_slot = [tuple(f"{k}x{k}" for k in KERNELS), tuple(map(str, WIDTHS)), POOLS]
+    """The depth, then the kernel, width, pooling and shortcut of each of the 6 layer slots
+    (25 decisions); the slots past the depth are ignored."""
+    per_slot = [tuple(f"{k}x{k}" for k in KERNELS), tuple(map(str, WIDTHS)), POOLS, SHORTCUTS]
     return [tuple(map(str, DEPTHS))] + per_slot * MAX_DEPTH
 
 
 def to_decisions(arch: CNNArch) -> list[int]:
     """The index of each decision's choice; a slot past the depth holds DEFAULT_CHOICE (0)
-    for all three, so the list of a network is unique (the inverse of from_decisions)."""
+    for all four, so the list of a network is unique (the inverse of from_decisions)."""
     choices = [DEPTHS.index(arch.depth)]
     for i in range(MAX_DEPTH):
         if i < arch.depth:
             layer = arch.layers[i]
             choices += [KERNELS.index(layer.kernel), WIDTHS.index(layer.width),
-                        POOLS.index(layer.pool)]
+                        POOLS.index(layer.pool), int(layer.res)]
         else:
-            choices += [DEFAULT_CHOICE] * 3
+            choices += [DEFAULT_CHOICE] * 4
     return choices
 
 
 def from_decisions(choices: list[int]) -> CNNArch:
-    if len(choices) != 1 + 3 * MAX_DEPTH:
-        raise ValueError(f"the cnn space has {1 + 3 * MAX_DEPTH} decisions, got {len(choices)}")
+    if len(choices) != 1 + 4 * MAX_DEPTH:
+        raise ValueError(f"the cnn space has {1 + 4 * MAX_DEPTH} decisions, got {len(choices)}")
     depth = DEPTHS[choices[0]]
-    return CNNArch(tuple(Layer(KERNELS[choices[1 + 3 * i]], WIDTHS[choices[2 + 3 * i]],
-                               POOLS[choices[3 + 3 * i]]) for i in range(depth)))
+    return CNNArch(tuple(Layer(KERNELS[choices[1 + 4 * i]], WIDTHS[choices[2 + 4 * i]],
+                               POOLS[choices[3 + 4 * i]], SHORTCUTS[choices[4 + 4 * i]] == "res")
+                         for i in range(depth)))
 
 
 def encode(arch: CNNArch) -> list[float]:
-    """One-hots of the depth (5) and of each slot's kernel (3), width (4) and pooling (3),
-    zeros for a slot past the depth: 5 + 6 x 10 = 65 numbers, for surrogate models."""
+    """One-hots of the depth (5) and of each slot's kernel (3), width (4), pooling (3) and
+    shortcut (2), zeros for a slot past the depth: 5 + 6 x 12 = 77 numbers, for surrogate
+    models."""
     vector = [float(arch.depth == d) for d in DEPTHS]
     for i in range(MAX_DEPTH):
         layer = arch.layers[i] if i < arch.depth else None
         vector += [float(layer is not None and layer.kernel == k) for k in KERNELS]
         vector += [float(layer is not None and layer.width == w) for w in WIDTHS]
         vector += [float(layer is not None and layer.pool == p) for p in POOLS]
+        vector += [float(layer is not None and layer.res == (r == "res")) for r in SHORTCUTS]
     return vector
 
 
@@ -277,9 +291,29 @@ def _pooling(pool: str) -> nn.Module | None:
     return None
 
 
+class CNNLayer(nn.Module):
+    """conv kxk (padding k // 2, no bias) -> BatchNorm (+ the 1x1 shortcut of the input) ->
+    ReLU -> the pooling."""
+
+    def __init__(self, layer: Layer, C_in: int):
+        super().__init__()
+        self.conv = nn.Conv2d(C_in, layer.width, layer.kernel, padding=layer.kernel // 2,
+                              bias=False)
+        self.bn = nn.BatchNorm2d(layer.width)
+        self.shortcut = nn.Conv2d(C_in, layer.width, 1, bias=False) if layer.res else None
+        self.pool = _pooling(layer.pool)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn(self.conv(x))
+        if self.shortcut is not None:
+            y = y + self.shortcut(x)
+        y = F.relu(y)
+        return y if self.pool is None else self.pool(y)
+
+
 class CNNNetwork(nn.Module):
-    """The network of one spec: per layer conv kxk (padding k // 2, no bias) -> BatchNorm ->
-    ReLU -> its pooling; then global average pooling and a linear classifier."""
+    """The network of one spec: its layers (`CNNLayer`), then global average pooling and a
+    linear classifier."""
 
     def __init__(self, arch: CNNArch, num_classes: int = 10, in_channels: int = 3):
         super().__init__()
@@ -287,13 +321,7 @@ class CNNNetwork(nn.Module):
         blocks = []
         C_prev = in_channels
         for layer in arch.layers:
-            block = [nn.Conv2d(C_prev, layer.width, layer.kernel, padding=layer.kernel // 2,
-                               bias=False),
-                     nn.BatchNorm2d(layer.width), nn.ReLU()]
-            pool = _pooling(layer.pool)
-            if pool is not None:
-                block.append(pool)
-            blocks.append(nn.Sequential(*block))
+            blocks.append(CNNLayer(layer, C_prev))
             C_prev = layer.width
         self.features = nn.Sequential(*blocks)
         self.classifier = nn.Linear(C_prev, num_classes)
