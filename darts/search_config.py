@@ -219,8 +219,10 @@ class StrategyConfig:
     strategy: str = field(default="darts", metadata=_f(
         "darts (the gradient-based search) or a multi-trial strategy: random, evolution "
         "(regularized), ga (genetic algorithm), anneal (simulated annealing), reinforce "
-        "(policy gradient), bo (Bayesian optimisation, Optuna), bananas (a predictor-guided "
-        "search: BANANAS)",
+        "(policy gradient), enas (ENAS: an LSTM controller and the weights it shares, in "
+        "turn), bo (Bayesian optimisation, Optuna), bananas (a predictor-guided search: "
+        "BANANAS), morphism (NASH's hill climbing by function-preserving edits, children "
+        "inheriting their parent's weights)",
         choices=Choices(("darts",), STRATEGIES)))
     budget: int = field(default=100, metadata=_f("multi-trial: the number of evaluations"))
     budget_seconds: float = field(default=0.0, metadata=_f(
@@ -263,6 +265,13 @@ class StrategyConfig:
     derive_samples: int = field(default=100, metadata=_f(
         "enas: children sampled after each epoch, each scored on one validation batch; the "
         "best is the epoch's derived cell (NAS-Bench-201's ENAS: 100)"))
+    morph_children: int = field(default=8, metadata=_f(
+        "morphism: children per hill-climbing step (NASH: 8)"))
+    morph_edits: int = field(default=5, metadata=_f(
+        "morphism: at most this many edits per child, 1 to it drawn uniformly (NASH: 5)"))
+    morph_start: str = field(default="", metadata=_f(
+        "morphism: the start network's spec (default conv3x3-16-max|conv3x3-32-max), trained "
+        "from scratch once"))
     bo_sampler: str = field(default="tpe", metadata=_f(
         "bo: Optuna's sampler, tpe (multivariate) or gp", choices=("tpe", "gp")))
     bo_startup: int = field(default=10, metadata=_f(

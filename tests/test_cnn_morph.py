@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from darts.spaces import cnn
-from darts.spaces.cnn import CNNNetwork
-from darts.spaces.cnn_morph import Edit, edit_arch, edits, morph, random_edit
+from darts.spaces.cnn import CNNNetwork, Edit, edit_arch, edits, morph, random_edit
 
 PARENT = "conv3x3-16-max|conv5x5-32-res|conv3x3-16-avg"
 

@@ -60,7 +60,7 @@ def _oneshot(cfg: Any, space: Any, table: Any, run_dir: Path, logger: Any):
 
 def _train(cfg: Any, space: Any, table: Any, run_dir: Path, logger: Any):
     from darts.evaluators.training import from_search_config
-    return from_search_config(cfg, space, logger)
+    return from_search_config(cfg, space, logger, run_dir=run_dir)
 
 
 def _check_proxy(cfg: Any, space: Any) -> None:

@@ -22,6 +22,14 @@ Each candidate (a NAS-Bench-201 cell, a plain CNN or a DARTS genotype) is built 
   DARTS genotype in the network DARTS searches with (16 channels, 8 cells; Liu et al. 2019,
   Section 3.1), without the auxiliary head. Smaller `channels`/`layers` make it cheaper.
 
+Inherited weights (network morphism, darts.strategies.morphism): a candidate with a lineage
+(`parent`, `parent_spec`, `edits`, `key`: a `Child`) starts from its parent's trained weights,
+read from `weights_dir/<parent>.pt`, morphed by the space's `morph` edit by edit (function-
+preserving; a deeper layer's BatchNorm calibrated on the candidate's first training batch),
+then trains `epochs` epochs with a fresh cosine schedule. A parent not yet trained (the start
+network) is trained from scratch first and kept; that training is in no evaluation's cost. Every candidate with a `key` keeps its
+trained weights there (`weights_dir` None: nothing inherited, nothing kept).
+
 A candidate whose training diverges (a non-finite loss) scores 0 on both. `cost` is the
 wall-clock seconds of building, training and scoring the candidate (data loading, done once per
 process, is not in it).
@@ -48,6 +56,7 @@ import time
 import weakref
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -66,6 +75,7 @@ from darts.train.engine import (
     train_one_epoch,
     tune_malloc,
 )
+from darts.train.files import atomic_open
 
 REPORTS = ("test", "valid")
 # The stream of the run-level split of the training set (pass_seed's second word).
@@ -113,6 +123,7 @@ class TrainSettings:
     threads: int
     device: str
     channels_last: bool | None
+    weights_dir: str | None = None
 
 
 class TrainEvaluator:
@@ -133,7 +144,8 @@ class TrainEvaluator:
                  synthetic_size: int = 5000, channels: int | None = None,
                  layers: int | None = None, report: str = "test", seed: int = 0,
                  workers: int = 1, threads: int = 0, device: str = "auto",
-                 channels_last: bool | None = None, plugins: str = ""):
+                 channels_last: bool | None = None, plugins: str = "",
+                 weights_dir: str | None = None):
         name = getattr(space, "NAME", None)
         if not hasattr(space, "network"):
             raise UserError(f"--space {name or space!r}: the train evaluator builds a space's "
@@ -192,7 +204,7 @@ class TrainEvaluator:
             name, plugins, dataset, data, epochs, batch_size, learning_rate,
             learning_rate_min, momentum, bool(nesterov), weight_decay, grad_clip, valid_portion,
             train_images, image_size, num_classes, synthetic_size, channels, layers, report, seed,
-            threads, device, channels_last)
+            threads, device, channels_last, None if weights_dir is None else str(weights_dir))
         self._loaded: dict[str, Any] | None = None
         self._pool = None
         self._finalizer: weakref.finalize | None = None
@@ -210,6 +222,10 @@ class TrainEvaluator:
         if self.workers == 1 or len(candidates) <= 1:
             return [self(c) for c in candidates]
         self._data()  # a data set's download and its user errors happen once, here
+        for c in candidates:  # a parent that several children need is trained once, here
+            with _torch_threads(self.settings.threads):
+                _parent_weights(c, self.space, self.settings, self._data(),
+                                pick_device(self.settings.device))
         return self._worker_pool().map(_evaluate_in_worker, candidates, chunksize=1)
 
     def close(self) -> None:
@@ -258,23 +274,26 @@ class TrainEvaluator:
         s = self.settings
         data = self._data()
         device = pick_device(s.device)
-        seed = candidate_seed(s.seed, candidate_text(self.space, candidate))
+        seed = candidate_seed(s.seed, _identity(self.space, candidate))
+        _parent_weights(candidate, self.space, s, data, device)  # a start network: not in the cost
         start = time.perf_counter()
         devices = [device.index or 0] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
-            score, test = _train_and_score(candidate, s, data, device, seed)
+            score, test = _train_and_score(candidate, s, data, device, seed, self.space)
         reported = test if s.report == "test" else score
         return Evaluation(score, reported, time.perf_counter() - start)
 
 
-def from_search_config(cfg: Any, space: ModuleType, logger: Any = None) -> TrainEvaluator:
+def from_search_config(cfg: Any, space: ModuleType, logger: Any = None,
+                       run_dir: Any = None) -> TrainEvaluator:
     """The evaluator of a multi-trial run (`train_search.py --evaluator train`): the run's data
     set, seed, device and weight recipe (batch size, learning rates, momentum, weight decay,
     Nesterov, gradient clip), `--eval_epochs` epochs, the part of the training set that
     `--train_portion` leaves held out, `--init_channels`/`--layers` as the network size of
     nb201 and darts candidates (a plain CNN's is its spec's), `--workers` processes of
-    `--threads` threads. A setting the config leaves at None takes the evaluator's default."""
+    `--threads` threads, inherited weights kept in `run_dir/weights`. A setting the config
+    leaves at None takes the evaluator's default."""
     options = dict(
         dataset=cfg.dataset, data=cfg.data, epochs=getattr(cfg, "eval_epochs", None),
         batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
@@ -283,7 +302,8 @@ def from_search_config(cfg: Any, space: ModuleType, logger: Any = None) -> Train
         valid_portion=1 - cfg.train_portion, image_size=cfg.image_size,
         num_classes=cfg.num_classes, synthetic_size=cfg.synthetic_size, seed=cfg.seed,
         workers=max(1, cfg.workers), threads=cfg.threads, device=cfg.device,
-        channels_last=cfg.channels_last)
+        channels_last=cfg.channels_last,
+        weights_dir=None if run_dir is None else str(Path(run_dir) / "weights"))
     if getattr(space, "NETWORK_SIZES", None) is not None:
         options.update(channels=cfg.init_channels, layers=cfg.layers)
     options["plugins"] = getattr(cfg, "plugins", "")
@@ -330,11 +350,68 @@ def _network(candidate: Any, s: TrainSettings, info) -> nn.Module:
                                                  s.layers, family=info.network))
 
 
+def _identity(space: ModuleType, candidate: Any) -> str:
+    """What seeds a candidate's training: its text, and its lineage's key where it has one."""
+    key = getattr(candidate, "key", None)
+    text = candidate_text(space, getattr(candidate, "spec", candidate))
+    return text if key is None else f"{text}#{key}"
+
+
+def _weights_path(s: TrainSettings, key: str) -> Path:
+    return Path(s.weights_dir) / f"{key}.pt"
+
+
+def _parent_weights(candidate: Any, space: ModuleType, s: TrainSettings, data: dict[str, Any],
+                    device: torch.device) -> dict[str, Any] | None:
+    """The trained weights of `candidate`'s parent (trained from scratch first where they are
+    not kept yet); None for a candidate without one, or without `weights_dir`."""
+    parent = getattr(candidate, "parent", None)
+    if parent is None or s.weights_dir is None or not hasattr(space, "morph"):
+        return None
+    path = _weights_path(s, parent)
+    if not path.exists():
+        from darts.lineage import Child
+
+        start = Child(candidate.parent_spec, key=parent)
+        seed = candidate_seed(s.seed, _identity(space, start))
+        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            _train_and_score(start, s, data, device, seed, space)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _model(candidate: Any, space: ModuleType, s: TrainSettings, data: dict[str, Any],
+           device: torch.device, train: SplitLoader, seed: int) -> nn.Module:
+    """The candidate's network: built new, or its parent's morphed by its edits."""
+    spec = getattr(candidate, "spec", candidate)
+    inherited = _parent_weights(candidate, space, s, data, device)
+    if inherited is None:
+        return _network(spec, s, data["info"]).to(device)
+    net = _network(candidate.parent_spec, s, data["info"])
+    net.load_state_dict(inherited["model"])
+    net = net.to(device)
+    x, _ = next(iter(train.epoch(0)))
+    generator = torch.Generator().manual_seed(seed)
+    for edit in candidate.edits:
+        net = space.morph(net, edit, generator, x.to(device))
+    if str(net.arch) != str(spec):
+        raise RuntimeError(f"the edits {candidate.edits} of {candidate.parent_spec} give "
+                           f"{net.arch}, not {spec}")
+    return net
+
+
 def _train_and_score(candidate: Any, s: TrainSettings, data: dict[str, Any],
-                     device: torch.device, seed: int) -> tuple[float, float]:
+                     device: torch.device, seed: int, space: ModuleType | None = None
+                     ) -> tuple[float, float]:
     """(held-out top-1, test top-1) after `s.epochs` epochs; (0, 0) if training diverges."""
+    from darts.spaces import get_space
+
+    space = space or get_space(s.space)
     channels_last = channels_last_on(s.channels_last, device)
-    model = _network(candidate, s, data["info"]).to(device)
+    pin = device.type == "cuda"
+    train = SplitLoader(data["train"], data["train_idx"], s.batch_size, seed=seed, stream=0,
+                        workers=0, pin_memory=pin)
+    model = _model(candidate, space, s, data, device, train, seed)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), s.learning_rate, momentum=s.momentum,
@@ -342,15 +419,18 @@ def _train_and_score(candidate: Any, s: TrainSettings, data: dict[str, Any],
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, float(s.epochs),
                                                            eta_min=s.learning_rate_min)
     criterion = nn.CrossEntropyLoss().to(device)
-    pin = device.type == "cuda"
-    train = SplitLoader(data["train"], data["train_idx"], s.batch_size, seed=seed, stream=0,
-                        workers=0, pin_memory=pin)
     for epoch in range(s.epochs):
         metrics = train_one_epoch(model, train.epoch(epoch), optimizer, criterion, device,
                                   grad_clip=s.grad_clip, channels_last=channels_last)
         scheduler.step()
         if not math.isfinite(metrics.loss):
             return 0.0, 0.0
+    key = getattr(candidate, "key", None)
+    if key is not None and s.weights_dir is not None:
+        Path(s.weights_dir).mkdir(parents=True, exist_ok=True)
+        with atomic_open(_weights_path(s, key)) as f:
+            torch.save({"spec": str(getattr(candidate, "spec", candidate)),
+                        "model": {k: v.cpu() for k, v in model.state_dict().items()}}, f)
     valid = evaluate(model, make_loader(data["valid"], s.batch_size, shuffle=False,
                                         pin_memory=pin), criterion, device,
                      channels_last=channels_last)

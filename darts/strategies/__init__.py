@@ -21,6 +21,7 @@ from darts.strategies.base import Strategy, run
 from darts.strategies.bayesian import BayesianOptimisation
 from darts.strategies.evolution import RegularizedEvolution
 from darts.strategies.genetic import GeneticAlgorithm
+from darts.strategies.morphism import NetworkMorphism
 from darts.strategies.random_search import RandomSearch
 from darts.strategies.reinforce import ENAS, Reinforce
 
@@ -35,8 +36,9 @@ STRATEGIES = Registry("strategy", "--strategy", {
     "enas": ENAS,
     "bo": BayesianOptimisation,
     "bananas": Bananas,
+    "morphism": NetworkMorphism,
 }.items())
 register_strategy = STRATEGIES.register
 
-__all__ = ["STRATEGIES", "register_strategy", "ENAS", "Bananas", "BayesianOptimisation", "GeneticAlgorithm", "RandomSearch", "RegularizedEvolution",
+__all__ = ["STRATEGIES", "register_strategy", "ENAS", "Bananas", "BayesianOptimisation", "GeneticAlgorithm", "NetworkMorphism", "RandomSearch", "RegularizedEvolution",
            "Reinforce", "SimulatedAnnealing", "Strategy", "run"]
