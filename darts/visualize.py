@@ -128,7 +128,8 @@ def nb201_graph(arch: NB201Arch, *, title: str | None = None,
 
 def cnn_graph(arch: Any, *, title: str | None = None, format: str = "png") -> graphviz.Digraph:
     """A plain CNN (darts.spaces.cnn), left to right: the image, one box per conv layer (its
-    kernel and width, then its pooling), global average pooling and the classifier."""
+    kernel and width, its shortcut, then its pooling), global average pooling and the
+    classifier."""
     g = graphviz.Digraph(
         name="network", format=format, graph_attr={"rankdir": "LR"},
         node_attr={"style": "filled", "shape": "rect", "fontsize": "20", "height": "0.5",
@@ -142,6 +143,8 @@ def cnn_graph(arch: Any, *, title: str | None = None, format: str = "png") -> gr
     for k, layer in enumerate(arch.layers):
         name = f"conv{k}"
         label = f"conv {layer.kernel}x{layer.kernel}, {layer.width}"
+        if getattr(layer, "res", False):
+            label += "\\n+ 1x1 shortcut"
         if layer.pool != "none":
             label += f"\\n{layer.pool} pool 2x2"
         g.node(name, label=label, fillcolor=NODE_COLOR)
