@@ -50,10 +50,19 @@ NASWOT = "naswot"
 WARM = "+warm"
 
 
+def on_a_table() -> list[str]:
+    """The strategies a table can score: not those that train what they propose (ENAS's shared
+    weights, network morphism's inherited ones: `scored_by_table` False)."""
+    return [n for n, c in STRATEGIES.items() if getattr(c, "scored_by_table", True)]
+
+
 def check_strategies(names: Sequence[str]) -> None:
     """Each name a registered strategy, `X+warm` (X warm-startable) or `naswot`."""
     for name in names:
         base = name[:-len(WARM)] if name.endswith(WARM) else name
+        if base in STRATEGIES and base not in on_a_table():
+            raise UserError(f"--strategies: {base} trains the networks it proposes, which a "
+                            f"table cannot stand for; compare {', '.join(on_a_table())}")
         ok = name == NASWOT or (base in STRATEGIES and (
             base == name or getattr(STRATEGIES[base], "warm_startable", False)))
         if not ok:
@@ -306,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the space (one that a benchmark table scores: nb201, nb101)")
     parser.add_argument("--benchmark", required=True,
                         help="the space's CSV table (darts.benchmarks.nb201, darts.nb101)")
-    parser.add_argument("--strategies", default=",".join(STRATEGIES),
+    parser.add_argument("--strategies", default=",".join(on_a_table()),
                         help="comma-separated strategies")
     parser.add_argument("--seeds", type=int, default=20, help="runs per strategy (seeds 0..N-1)")
     parser.add_argument("--budget", type=int, default=100, help="evaluations per run")

@@ -94,3 +94,13 @@ def test_a_morphism_search_runs_and_refuses_children_that_do_not_fill_the_worker
         search_run(SearchConfig(**{**base, "space": "nb201", "evaluator": "train"}, name="n"))
     rng = random.Random(0)
     assert cnn.random_edit(cnn.sample(rng), rng) is not None
+
+
+def test_compare_leaves_out_the_strategies_that_train_what_they_propose():
+    from darts.compare import check_strategies, on_a_table
+
+    assert "morphism" not in on_a_table() and "enas" not in on_a_table()
+    assert {"random", "evolution", "reinforce", "bo"} <= set(on_a_table())
+    for name in ("morphism", "enas"):
+        with pytest.raises(UserError, match=f"{name} trains the networks it proposes"):
+            check_strategies(["random", name])

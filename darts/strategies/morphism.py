@@ -34,6 +34,7 @@ class NetworkMorphism(Strategy):
     """NASH's hill climbing over a space's function-preserving edits."""
 
     DEFAULT_START = "conv3x3-16-max|conv3x3-32-max"
+    scored_by_table = False  # it trains what it proposes (darts.compare leaves it out)
 
     @classmethod
     def options(cls, cfg: Any) -> dict[str, Any]:

@@ -143,3 +143,4 @@ class ENAS(Reinforce):
     entropy_in_reward = True
     adam = {"betas": (0.0, 0.999), "eps": 1e-3}
     weight_sharing = True  # a run of its own: darts.enas
+    scored_by_table = False  # it trains what it proposes (darts.compare leaves it out)
