@@ -44,6 +44,7 @@ from darts.train.rundir import RunClaim, claim_existing, claim_new
 from darts.train.tb import RunLogger, draw_cells, format_duration
 
 HISTORY = "history.jsonl"
+ASKS = "asks.jsonl"  # an asynchronous run's asks, in order
 # What a multi-trial run refuses rather than ignore: they set the gradient search's alphas.
 GRADIENT_ONLY = ("method", "mixing", "regularizer", "order", "hessian",
                  "partial_channels", "checkpoint_cells")
@@ -254,7 +255,8 @@ def _run(cfg, space, table, claim: RunClaim, logger, resumed: bool) -> dict[str,
     strategy = make_strategy(cfg, space)
     evaluator = EVALUATORS.lookup(evaluator_name(cfg)).build(cfg, space, table, run_dir, logger)
     # an evaluator that scores several candidates at once (in worker processes) gets them
-    batch = max(1, cfg.workers) if hasattr(evaluator, "evaluate_many") else 1
+    batch = (max(1, cfg.workers) if hasattr(evaluator, "evaluate_many")
+             and not _asynchronous(cfg) else 1)
     history = _History(run_dir / HISTORY)
     past = history.read(batch) if resumed else []
     warm = _warm_start(cfg, space, run_dir, logger) if cfg.warm_start else []
@@ -311,10 +313,14 @@ def _run(cfg, space, table, claim: RunClaim, logger, resumed: bool) -> dict[str,
                           counts=counts(n))
 
     try:
-        records = run_strategy(strategy, evaluator, cfg.budget, history=past,
-                               on_evaluation=on_evaluation,
-                               seconds=cfg.budget_seconds or None, batch=batch,
-                               to_text=lambda c: to_text(space, c))
+        if _asynchronous(cfg):
+            records = _run_async(cfg, strategy, evaluator, past, run_dir, resumed,
+                                 on_evaluation, logger, lambda c: to_text(space, c))
+        else:
+            records = run_strategy(strategy, evaluator, cfg.budget, history=past,
+                                   on_evaluation=on_evaluation,
+                                   seconds=cfg.budget_seconds or None, batch=batch,
+                                   to_text=lambda c: to_text(space, c))
     except ValueError as e:
         if "does not replay" in str(e):
             raise UserError(f"{run_dir}/{HISTORY}: {e} (was the code or the config changed?)") from None
@@ -339,6 +345,59 @@ def _run(cfg, space, table, claim: RunClaim, logger, resumed: bool) -> dict[str,
             for m in dict.fromkeys((cfg.metric, cfg.report)) if b.get(m) is not None))
     logger.info("retrain it with:\n  %s", _retrain_command(cfg, space, run_dir))
     return result
+
+
+def _asynchronous(cfg) -> bool:
+    """Whether the run asks as evaluations finish (darts.strategies.base.run_async)."""
+    return cfg.executor != "local" or cfg.max_pending is not None
+
+
+def _run_async(cfg, strategy, evaluator, past, run_dir: Path, resumed: bool, on_evaluation,
+               logger, text) -> list[dict[str, Any]]:
+    """The asynchronous loop on `--executor`: asks.jsonl records each ask (where it fell
+    among the tells), so that a resumed run replays the same interleaving."""
+    from darts.executors import EXECUTORS
+    from darts.strategies.base import run_async
+
+    asks = _Asks(run_dir / ASKS)
+    if cfg.budget_seconds:
+        raise UserError("--budget_seconds: an asynchronous run (--max_pending, --executor ray) "
+                        "counts evaluations; give --budget")
+    executor = EXECUTORS.lookup(cfg.executor)(
+        evaluator, max_pending=cfg.max_pending or 1, address=cfg.ray_address,
+        cpus=cfg.eval_cpus, gpus=cfg.eval_gpus, max_retries=cfg.max_retries, log=logger.info)
+    pending = cfg.max_pending or getattr(executor, "slots", 1)
+    logger.info("%s executor, up to %d evaluations at once, asked as they finish",
+                cfg.executor, pending)
+    try:
+        return run_async(strategy, executor, cfg.budget, history=past,
+                         asks=asks.read() if resumed else [], on_evaluation=on_evaluation,
+                         on_ask=asks.append, max_pending=pending, to_text=text)
+    finally:
+        executor.close()
+
+
+class _Asks(_History):
+    """asks.jsonl: one line per candidate asked ({"ask", "after", "candidate"})."""
+
+    def read(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        if not self.path.exists():
+            return []
+        lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
+        out = []
+        for k, line in enumerate(lines):
+            try:
+                entry = json.loads(line)
+                ok = isinstance(entry, dict) and entry.get("ask") == k
+            except ValueError:
+                ok = False
+            if not ok:
+                if k == len(lines) - 1:  # the line a crash cut short
+                    break
+                raise UserError(f"{self.path}, line {k + 1}: not the record of ask {k}; the run "
+                                f"cannot be resumed from it")
+            out.append(entry)
+        return out
 
 
 def _better(best: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 from darts.accel.cuda_graph import CUDA_GRAPH_FLAGS
 from darts.accel.device_data import LOADERS
 from darts.evaluators import EVALUATORS
+from darts.executors import EXECUTORS
 from darts.methods.mixing import MIXINGS
 from darts.methods.perturb import PERTURBATIONS
 from darts.methods.presets import PRESETS
@@ -327,7 +328,27 @@ class EvaluatorConfig:
 
 
 @dataclass
-class SearchConfig(EvaluatorConfig, StrategyConfig, PiecesConfig, GradientConfig, DataConfig,
+class ExecutorConfig:
+    """Where a multi-trial search's evaluations run, and how many at once."""
+
+    executor: str = field(default="local", metadata=_f(
+        "where evaluations run: local (this machine: here, or --max_pending processes) or ray "
+        "(Ray tasks, on this machine or the cluster at --ray_address; docs/distributed.md)",
+        choices=EXECUTORS))
+    max_pending: int | None = field(default=None, metadata=_f(
+        "evaluations running at once, the strategy asked for a new candidate as soon as one "
+        "finishes (asynchronous search); default: batches of --workers as before with "
+        "--executor local, the cluster's CPUs / --eval_cpus with ray"))
+    ray_address: str = field(default="", metadata=_f(
+        "ray: the cluster to join (auto, ray://host:port); empty: a Ray started here"))
+    eval_cpus: float = field(default=1.0, metadata=_f("ray: CPUs per evaluation (fractions allowed)"))
+    eval_gpus: float = field(default=0.0, metadata=_f("ray: GPUs per evaluation (fractions allowed)"))
+    max_retries: int = field(default=3, metadata=_f(
+        "ray: times an evaluation runs again when its worker dies or it raises"))
+
+
+@dataclass
+class SearchConfig(ExecutorConfig, EvaluatorConfig, StrategyConfig, PiecesConfig, GradientConfig, DataConfig,
                    RunConfig):
     """Every flag of train_search.py, one concern per base class (the command line and
     config.json stay flat); a module takes the concern it reads."""

@@ -228,6 +228,11 @@ class TrainEvaluator:
                                 pick_device(self.settings.device))
         return self._worker_pool().map(_evaluate_in_worker, candidates, chunksize=1)
 
+    def remote_call(self) -> tuple[Any, tuple]:
+        """(function, args): `function(*args, candidate)` evaluates a candidate as this
+        evaluator does, in another process or on another machine (darts.executors)."""
+        return evaluate_with, (asdict(self.settings),)
+
     def close(self) -> None:
         """Stops the worker processes (a later evaluate_many starts new ones)."""
         if self._finalizer is not None:
@@ -485,6 +490,27 @@ def _start_worker(settings: dict[str, Any]) -> None:
         _worker = evaluator
     except Exception as e:  # noqa: BLE001 - raised again by _evaluate_in_worker
         _worker_error = e
+
+
+_evaluators: dict[str, TrainEvaluator] = {}
+
+
+def evaluate_with(settings: dict[str, Any], candidate: Any) -> Evaluation:
+    """The Evaluation of `candidate` by an evaluator of `settings`, made once per process (an
+    executor's worker: its data are read once)."""
+    import json
+
+    key = json.dumps(settings, sort_keys=True)
+    if key not in _evaluators:
+        global _worker, _worker_error
+        _worker = _worker_error = None
+        _start_worker(settings)
+        if _worker is None:
+            raise _worker_error or RuntimeError("the train evaluator did not start")
+        _evaluators[key] = _worker
+    evaluator = _evaluators[key]
+    with _torch_threads(evaluator.settings.threads):
+        return evaluator._evaluate(candidate)
 
 
 def _evaluate_in_worker(candidate: Any) -> Evaluation:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from darts.registry import Registry
 from darts.strategies.anneal import SimulatedAnnealing
 from darts.strategies.bananas import Bananas
-from darts.strategies.base import Strategy, run
+from darts.strategies.base import Strategy, run, run_async
 from darts.strategies.bayesian import BayesianOptimisation
 from darts.strategies.evolution import RegularizedEvolution
 from darts.strategies.genetic import GeneticAlgorithm
@@ -41,4 +41,4 @@ STRATEGIES = Registry("strategy", "--strategy", {
 register_strategy = STRATEGIES.register
 
 __all__ = ["STRATEGIES", "register_strategy", "ENAS", "Bananas", "BayesianOptimisation", "GeneticAlgorithm", "NetworkMorphism", "RandomSearch", "RegularizedEvolution",
-           "Reinforce", "SimulatedAnnealing", "Strategy", "run"]
+           "Reinforce", "SimulatedAnnealing", "Strategy", "run", "run_async"]

@@ -38,6 +38,11 @@ class Strategy:
         instead of random ones."""
         raise NotImplementedError
 
+    def can_ask(self) -> bool:
+        """Whether a candidate can be asked before the pending ones are told (an asynchronous
+        run waits for one to finish when not: network morphism's step is over)."""
+        return True
+
     def tell(self, candidate: Any, score: float) -> None:
         self.told += 1
         if self.best is None or score > self.best[0]:
@@ -89,4 +94,74 @@ def run(strategy: Strategy, evaluate, budget: int | None = None, history: list[d
             records.append(record)
             if on_evaluation is not None:
                 on_evaluation(record)
+    return records
+
+
+def run_async(strategy: Strategy, executor, budget: int, history: list[dict] | None = None,
+              asks: list[dict] | None = None, on_evaluation=None, on_ask=None,
+              max_pending: int = 1, to_text=str) -> list[dict]:
+    """Asks, evaluates and tells with up to `max_pending` evaluations running at once: as soon
+    as one finishes, it is told and the strategy is asked for the next (Real et al.'s
+    asynchronous evolution; any strategy). `executor.submit(candidate)` starts an evaluation
+    and returns a token; `executor.wait()` returns (token, Evaluation) of one that finished.
+
+    Records are in the order evaluations finished, each with `asked` (its place in the order
+    of asks) and `after` (the tells before it was asked); `on_ask({"ask", "after",
+    "candidate"})` sees each ask. A resumed run replays `asks` and `history` (those of a
+    stopped run) in their recorded interleaving, checking each asked candidate, then submits
+    again what was asked but never told. With `max_pending` 1 the run is the sequential one:
+    ask, evaluate, tell."""
+    records = list(history or [])
+    asked_log = list(asks or [])
+    by_ask = {r["asked"]: r for r in records}
+    after_of = {e["ask"]: e["after"] for e in asked_log}
+    pending: dict[Any, tuple[int, Any]] = {}  # token -> (ask index, candidate)
+    candidates: dict[int, Any] = {}
+
+    def ask(after: int, recorded: dict | None = None) -> None:
+        candidate = strategy.ask()
+        k = len(candidates)
+        if recorded is not None and to_text(candidate) != recorded["candidate"]:
+            raise ValueError(f"the history does not replay: ask {k + 1} was "
+                             f"{recorded['candidate']}, the strategy now asks {to_text(candidate)}")
+        candidates[k] = candidate
+        if recorded is None:
+            entry = {"ask": k, "after": after, "candidate": to_text(candidate)}
+            asked_log.append(entry)
+            after_of[k] = after
+            if on_ask is not None:
+                on_ask(entry)
+
+    # Replay: the asks and tells of the stopped run, in their order.
+    told = 0
+    for entry in asked_log[:]:
+        while told < entry["after"]:
+            record = records[told]
+            strategy.tell(candidates[record["asked"]], record["score"])
+            told += 1
+        ask(entry["after"], entry)
+    while told < len(records):
+        strategy.tell(candidates[records[told]["asked"]], records[told]["score"])
+        told += 1
+    for k, candidate in candidates.items():  # asked, never told: evaluated again
+        if k not in by_ask and len(records) + len(pending) < budget:
+            pending[executor.submit(candidate)] = (k, candidate)
+
+    while len(records) < budget:
+        while (len(pending) < max_pending and len(records) + len(pending) < budget
+               and strategy.can_ask()):
+            ask(len(records))
+            k = len(candidates) - 1
+            pending[executor.submit(candidates[k])] = (k, candidates[k])
+        if not pending:
+            raise RuntimeError("the strategy asks nothing and nothing is running")
+        token, result = executor.wait()
+        k, candidate = pending.pop(token)
+        strategy.tell(candidate, result.score)
+        record = {"n": len(records) + 1, "candidate": to_text(candidate),
+                  "score": result.score, "reported": result.reported, "cost": result.cost,
+                  "time": time.time(), "asked": k, "after": after_of[k]}
+        records.append(record)
+        if on_evaluation is not None:
+            on_evaluation(record)
     return records

@@ -11,7 +11,8 @@ Samplers (`sampler`):
           expected improvement); slower per trial, growing with the number told.
 
 The first `startup` candidates are drawn at random (Optuna's default 10), then the model
-proposes. Optuna's own seed is the strategy's, so a run repeats exactly.
+proposes. Optuna's own seed is the strategy's, so a run repeats exactly. An asynchronous run
+(`--max_pending`, `--executor ray`) turns on TPE's constant liar for the trials still running.
 """
 
 from __future__ import annotations
@@ -29,9 +30,12 @@ SAMPLERS = ("tpe", "gp")
 class BayesianOptimisation(Strategy):
     @classmethod
     def options(cls, cfg: Any) -> dict[str, Any]:
-        return {"sampler": cfg.bo_sampler, "startup": cfg.bo_startup}
+        pending = getattr(cfg, "max_pending", None) or 1
+        return {"sampler": cfg.bo_sampler, "startup": cfg.bo_startup,
+                "constant_liar": getattr(cfg, "executor", "local") != "local" or pending > 1}
 
-    def __init__(self, space: ModuleType, seed: int = 0, sampler: str = "tpe", startup: int = 10):
+    def __init__(self, space: ModuleType, seed: int = 0, sampler: str = "tpe", startup: int = 10,
+                 constant_liar: bool = False):
         super().__init__(space, seed)
         import optuna  # imported here: only this strategy needs it
 
@@ -41,8 +45,10 @@ class BayesianOptimisation(Strategy):
             raise ValueError(f"need startup >= 1, got {startup}")
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         if sampler == "tpe":
+            # constant liar (asynchronous runs): a running trial counts as a poor one, so
+            # candidates asked while others run differ from them (Optuna's TPE option)
             chosen = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup,
-                                                multivariate=True)
+                                                multivariate=True, constant_liar=constant_liar)
         else:
             # Optuna imports the GP sampler's dependencies only when the model first fits,
             # after the startup trials: checked here, before the first evaluation.
