@@ -113,6 +113,12 @@ def validate(cfg) -> Any:
     if cfg.ops != defaults["ops"] and not hasattr(space, "for_config"):
         raise UserError(f"--ops: the {cfg.space} space has its own ops; leave --ops out")
     evaluator.check(cfg, space)
+    if cfg.executor != "local" and evaluator_name(cfg) != "train":
+        raise UserError(f"--executor {cfg.executor}: only the train evaluator's evaluations run "
+                        f"elsewhere; --evaluator {evaluator_name(cfg)} scores here (leave "
+                        f"--executor out)")
+    if cfg.max_pending is not None and cfg.max_pending < 1:
+        raise UserError(f"--max_pending {cfg.max_pending}: must be at least 1")
     if cfg.benchmark and not getattr(space, "SCORED_BY_TABLE", False):
         raise UserError(f"--benchmark: no benchmark table scores --space {cfg.space}")
     return space

@@ -142,3 +142,14 @@ def test_a_ray_search_equals_the_local_one_and_faults_are_retried(local_ray, tmp
     assert "the evaluation of x failed 3 time(s) on Ray: ValueError: broken evaluation of x" \
         in str(info.value) and "\n" not in str(info.value)
     assert len(list(broken.glob("attempt-*"))) == 3
+
+
+def test_ray_is_refused_for_the_evaluators_that_score_here(tmp_path):
+    cfg = SearchConfig(strategy="random", space="cnn", evaluator="proxy", executor="ray",
+                       save=str(tmp_path), name="x", tensorboard=False)
+    with pytest.raises(UserError, match="--executor ray: only the train evaluator"):
+        search_run(cfg)
+    with pytest.raises(UserError, match="--max_pending 0: must be at least 1"):
+        search_run(SearchConfig(strategy="random", space="cnn", max_pending=0,
+                                save=str(tmp_path), name="y", tensorboard=False))
+    assert not list(tmp_path.iterdir())

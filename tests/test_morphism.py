@@ -104,3 +104,15 @@ def test_compare_leaves_out_the_strategies_that_train_what_they_propose():
     for name in ("morphism", "enas"):
         with pytest.raises(UserError, match=f"{name} trains the networks it proposes"):
             check_strategies(["random", name])
+
+
+def test_an_asynchronous_climb_waits_for_each_step():
+    from darts.executors import LocalExecutor
+    from darts.strategies import run_async
+
+    records = run_async(NetworkMorphism(cnn, seed=0, children=4, edits=2),
+                        LocalExecutor(_deeper_is_better), 12, max_pending=3)
+    sequential = run(NetworkMorphism(cnn, seed=0, children=4, edits=2), _deeper_is_better, 12)
+    assert [r["candidate"] for r in records] == [r["candidate"] for r in sequential]
+    # no child of step 2 was asked before step 1's four were told
+    assert all(r["after"] >= 4 * (r["asked"] // 4) for r in records)

@@ -13,8 +13,9 @@ settings: 8 children per step, up to 5 edits each (n_neigh = 8, n_NM = 5).
 The start network is not an evaluation of the search: the evaluator trains it from scratch
 (`--eval_epochs`) once, before the first child that needs its weights; that time is in no
 evaluation's cost, its epochs are one evaluation's more than the budget's. A step's
-children are asked before any of them is told, so `--workers` processes train them together;
-`children` must be a multiple of the evaluator's batch.
+children are asked before any of them is told, so `--workers` processes train them together
+(`children` a multiple of `--workers`); an asynchronous run (`--max_pending`, `--executor ray`)
+waits for a step to be told before asking the next step's children.
 
 Strategies know nothing of evaluators: a `Child` is a candidate like any other to the rest of
 the run (its text is its spec's text); an evaluator that cannot inherit weights trains it from
@@ -39,7 +40,9 @@ class NetworkMorphism(Strategy):
     @classmethod
     def options(cls, cfg: Any) -> dict[str, Any]:
         workers = max(1, getattr(cfg, "workers", 1))
-        if (getattr(cfg, "evaluator", "") in ("", "train") and workers > 1
+        asynchronous = (getattr(cfg, "max_pending", None) is not None
+                        or getattr(cfg, "executor", "local") != "local")
+        if (getattr(cfg, "evaluator", "") in ("", "train") and workers > 1 and not asynchronous
                 and cfg.morph_children % workers):
             raise ValueError(f"--morph_children {cfg.morph_children} must be a multiple of "
                              f"--workers {workers} (a step's children train together)")
@@ -61,6 +64,10 @@ class NetworkMorphism(Strategy):
         self.step: list[tuple[Child, float]] = []  # the current step's children told so far
         self.asked = 0  # children of the current parent asked
         self.history: list[tuple[str, float]] = []  # (spec, score) of every parent taken
+
+    def can_ask(self) -> bool:
+        """A step's children are all asked: the next wait for the step to be told."""
+        return self.asked < self.children
 
     def ask(self) -> Child:
         if self.asked >= self.children:
