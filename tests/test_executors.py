@@ -153,3 +153,35 @@ def test_ray_is_refused_for_the_evaluators_that_score_here(tmp_path):
         search_run(SearchConfig(strategy="random", space="cnn", max_pending=0,
                                 save=str(tmp_path), name="y", tensorboard=False))
     assert not list(tmp_path.iterdir())
+
+
+def test_a_killed_asynchronous_search_resumes_from_its_history_and_asks(tmp_path, monkeypatch):
+    from darts.benchmarks.nb201 import synthetic_table
+    from darts.evaluators.benchmark import BenchmarkEvaluator
+
+    table = synthetic_table(tmp_path / "table.csv", seed=0)
+    base = dict(strategy="evolution", space="nb201", benchmark=str(table), budget=30,
+                max_pending=3, save=str(tmp_path), tensorboard=False, progress=False)
+    search_run(SearchConfig(**base, name="whole"))
+    calls = {"n": 0}
+    original = BenchmarkEvaluator.__call__
+
+    def killed(self, candidate):
+        calls["n"] += 1
+        if calls["n"] == 12:
+            raise KeyboardInterrupt
+        return original(self, candidate)
+
+    monkeypatch.setattr(BenchmarkEvaluator, "__call__", killed)
+    with pytest.raises(KeyboardInterrupt):
+        search_run(SearchConfig(**base, name="cut"))
+    monkeypatch.setattr(BenchmarkEvaluator, "__call__", original)
+    search_run(SearchConfig(), resume=str(tmp_path / "cut"))
+
+    def lines(run, name):
+        return [{k: v for k, v in json.loads(line).items() if k != "time"}
+                for line in (tmp_path / run / name).read_text().splitlines()]
+
+    assert lines("cut", "history.jsonl") == lines("whole", "history.jsonl")
+    assert lines("cut", "asks.jsonl") == lines("whole", "asks.jsonl")
+    assert len(lines("whole", "history.jsonl")) == 30
