@@ -12,7 +12,7 @@ from darts import enas
 from darts.errors import UserError
 from darts.search import SearchConfig
 from darts.search import run as search_run
-from darts.spaces import nb201
+from darts.spaces import get_space, nb201
 from darts.strategies import ENAS, Reinforce
 from darts.strategies.controller import LSTMPolicy
 
@@ -207,3 +207,11 @@ def test_enas_refuses_a_space_without_a_supernet_and_the_gradient_searchs_flags(
     with pytest.raises(UserError, match="--order"):
         search_run(_cfg(tmp_path, order=1))
     assert not (tmp_path / "run").exists()
+
+
+def test_enas_searches_the_darts_cell_in_its_supernet(tmp_path):
+    metrics = search_run(_cfg(tmp_path, space="darts", epochs=1, layers=2, name="cell"))
+    genotype = json.loads((tmp_path / "cell" / "genotype.json").read_text())
+    assert len(genotype["normal"]) == 8 and len(genotype["reduce"]) == 8
+    assert metrics["history"][0]["skip_connect_normal"] >= 0
+    assert len(metrics["history"][0]["probabilities"]) == len(get_space("darts").decisions())
