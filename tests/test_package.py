@@ -26,7 +26,7 @@ SCRIPTS = {"darts-search": "darts.search:main", "darts-final": "darts.final:main
            "darts-compare": "darts.compare:main", "darts-nb201": "darts.benchmarks.nb201:main",
            "darts-nb101": "darts.benchmarks.nb101:main",
            "darts-visualize": "darts.visualize:main", "darts-proxies": "darts.proxies.__main__:main"}
-EXTRAS = {"bo", "compare", "nb201", "proxies", "all"}
+EXTRAS = {"bo", "compare", "nb201", "proxies", "all", "ray"}
 _SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", "build", "dist", "*.egg-info")
 
 
