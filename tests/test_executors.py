@@ -101,6 +101,9 @@ def test_a_killed_asynchronous_run_resumes_to_the_same_end(name):
 @pytest.fixture(scope="module")
 def local_ray():
     ray = pytest.importorskip("ray", reason="Ray is not installed")
+    import builtins
+
+    printing = builtins.print  # Ray replaces print with its own; the other tests get it back
     try:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
                  logging_level="error", runtime_env={"env_vars": {
@@ -109,6 +112,7 @@ def local_ray():
         pytest.skip(f"a local Ray cannot start here: {e}")
     yield ray
     ray.shutdown()
+    builtins.print = printing
 
 
 def test_a_ray_search_equals_the_local_one_and_faults_are_retried(local_ray, tmp_path):
