@@ -119,6 +119,9 @@ def validate(cfg) -> Any:
                         f"--executor out)")
     if cfg.max_pending is not None and cfg.max_pending < 1:
         raise UserError(f"--max_pending {cfg.max_pending}: must be at least 1")
+    if _asynchronous(cfg) and cfg.budget_seconds:
+        raise UserError("--budget_seconds: an asynchronous run (--max_pending, --executor ray) "
+                        "counts evaluations; give --budget")
     if cfg.benchmark and not getattr(space, "SCORED_BY_TABLE", False):
         raise UserError(f"--benchmark: no benchmark table scores --space {cfg.space}")
     return space
@@ -366,9 +369,6 @@ def _run_async(cfg, strategy, evaluator, past, run_dir: Path, resumed: bool, on_
     from darts.strategies.base import run_async
 
     asks = _Asks(run_dir / ASKS)
-    if cfg.budget_seconds:
-        raise UserError("--budget_seconds: an asynchronous run (--max_pending, --executor ray) "
-                        "counts evaluations; give --budget")
     executor = EXECUTORS.lookup(cfg.executor)(
         evaluator, max_pending=cfg.max_pending or 1, address=cfg.ray_address,
         cpus=cfg.eval_cpus, gpus=cfg.eval_gpus, max_retries=cfg.max_retries, log=logger.info)

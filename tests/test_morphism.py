@@ -9,7 +9,7 @@ import torch
 
 from darts.errors import UserError
 from darts.evaluators.base import Evaluation
-from darts.evaluators.training import TrainEvaluator, _model, _parent_weights
+from darts.evaluators.training import TrainEvaluator, _ensure_parent, _model
 from darts.lineage import Child
 from darts.search import SearchConfig
 from darts.search import run as search_run
@@ -61,7 +61,8 @@ def test_a_child_starts_from_its_parents_trained_weights(tmp_path):
     strategy = NetworkMorphism(cnn, seed=2, children=2, edits=4)
     child = strategy.ask()
     s, data = evaluator.settings, evaluator._data()
-    parent = _parent_weights(child, cnn, s, data, torch.device("cpu"))  # the start: trained now
+    parent = torch.load(_ensure_parent(child, cnn, s, data, torch.device("cpu")),  # trained now
+                        weights_only=True)
     assert (tmp_path / f"{child.parent}.pt").exists() and parent["spec"] == str(child.parent_spec)
     net = cnn.network(child.parent_spec, 10)
     net.load_state_dict(parent["model"])

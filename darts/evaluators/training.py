@@ -27,8 +27,9 @@ Inherited weights (network morphism, darts.strategies.morphism): a candidate wit
 read from `weights_dir/<parent>.pt`, morphed by the space's `morph` edit by edit (function-
 preserving; a deeper layer's BatchNorm calibrated on the candidate's first training batch),
 then trains `epochs` epochs with a fresh cosine schedule. A parent not yet trained (the start
-network) is trained from scratch first and kept; that training is in no evaluation's cost. Every candidate with a `key` keeps its
-trained weights there (`weights_dir` None: nothing inherited, nothing kept).
+network) is trained from scratch first and kept; that training is in no evaluation's cost.
+Every candidate with a `key` keeps its trained weights there (`weights_dir` None: nothing
+inherited, nothing kept).
 
 A candidate whose training diverges (a non-finite loss) scores 0 on both. `cost` is the
 wall-clock seconds of building, training and scoring the candidate (data loading, done once per
@@ -224,8 +225,8 @@ class TrainEvaluator:
         self._data()  # a data set's download and its user errors happen once, here
         for c in candidates:  # a parent that several children need is trained once, here
             with _torch_threads(self.settings.threads):
-                _parent_weights(c, self.space, self.settings, self._data(),
-                                pick_device(self.settings.device))
+                _ensure_parent(c, self.space, self.settings, self._data(),
+                               pick_device(self.settings.device))
         return self._worker_pool().map(_evaluate_in_worker, candidates, chunksize=1)
 
     def remote_call(self) -> tuple[Any, tuple]:
@@ -280,7 +281,7 @@ class TrainEvaluator:
         data = self._data()
         device = pick_device(s.device)
         seed = candidate_seed(s.seed, _identity(self.space, candidate))
-        _parent_weights(candidate, self.space, s, data, device)  # a start network: not in the cost
+        _ensure_parent(candidate, self.space, s, data, device)  # a start network: not in the cost
         start = time.perf_counter()
         devices = [device.index or 0] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
@@ -366,10 +367,11 @@ def _weights_path(s: TrainSettings, key: str) -> Path:
     return Path(s.weights_dir) / f"{key}.pt"
 
 
-def _parent_weights(candidate: Any, space: ModuleType, s: TrainSettings, data: dict[str, Any],
-                    device: torch.device) -> dict[str, Any] | None:
-    """The trained weights of `candidate`'s parent (trained from scratch first where they are
-    not kept yet); None for a candidate without one, or without `weights_dir`."""
+def _ensure_parent(candidate: Any, space: ModuleType, s: TrainSettings,
+                   data: dict[str, Any], device: torch.device) -> Path | None:
+    """The file of `candidate`'s parent's trained weights, the parent trained from scratch
+    first where it is not kept yet (the start network); None for a candidate without one, or
+    without `weights_dir`."""
     parent = getattr(candidate, "parent", None)
     if parent is None or s.weights_dir is None or not hasattr(space, "morph"):
         return None
@@ -382,18 +384,18 @@ def _parent_weights(candidate: Any, space: ModuleType, s: TrainSettings, data: d
         with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
             torch.manual_seed(seed)
             _train_and_score(start, s, data, device, seed, space)
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return path
 
 
 def _model(candidate: Any, space: ModuleType, s: TrainSettings, data: dict[str, Any],
            device: torch.device, train: SplitLoader, seed: int) -> nn.Module:
     """The candidate's network: built new, or its parent's morphed by its edits."""
     spec = getattr(candidate, "spec", candidate)
-    inherited = _parent_weights(candidate, space, s, data, device)
-    if inherited is None:
+    path = _ensure_parent(candidate, space, s, data, device)
+    if path is None:
         return _network(spec, s, data["info"]).to(device)
     net = _network(candidate.parent_spec, s, data["info"])
-    net.load_state_dict(inherited["model"])
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
     net = net.to(device)
     x, _ = next(iter(train.epoch(0)))
     generator = torch.Generator().manual_seed(seed)
@@ -469,25 +471,31 @@ _worker: TrainEvaluator | None = None
 _worker_error: BaseException | None = None
 
 
+def _worker_evaluator(settings: dict[str, Any]) -> TrainEvaluator:
+    """An evaluator of `settings` in a fresh process (a pool's or an executor's worker),
+    `threads` torch threads, its data read here."""
+    s = TrainSettings(**settings)
+    torch.set_num_threads(s.threads)
+    tune_malloc(pick_device(s.device))  # a fresh process: every run on the CPU does this
+    evaluator = TrainEvaluator.__new__(TrainEvaluator)
+    from darts import plugins
+    from darts.spaces import get_space
+
+    plugins.load(s.plugins)  # spawned: nothing the main process imported is here
+    evaluator.space = get_space(s.space)
+    evaluator.workers, evaluator.settings = 1, s
+    evaluator._pool = evaluator._finalizer = None
+    evaluator._loaded = _load_data(s, download=False)  # the main process downloaded it
+    return evaluator
+
+
 def _start_worker(settings: dict[str, Any]) -> None:
-    """A spawned worker: its own evaluator of the same settings, `threads` torch threads.
-    An error here is kept for the first evaluation to raise: a Pool whose initializer raises
-    starts new workers forever."""
+    """A spawned worker of the pool: its own evaluator of the same settings. An error here is
+    kept for the first evaluation to raise: a Pool whose initializer raises starts new workers
+    forever."""
     global _worker, _worker_error
     try:
-        s = TrainSettings(**settings)
-        torch.set_num_threads(s.threads)
-        tune_malloc(pick_device(s.device))  # a fresh process: every run on the CPU does this
-        evaluator = TrainEvaluator.__new__(TrainEvaluator)
-        from darts import plugins
-        from darts.spaces import get_space
-
-        plugins.load(s.plugins)  # spawned: nothing the main process imported is here
-        evaluator.space = get_space(s.space)
-        evaluator.workers, evaluator.settings = 1, s
-        evaluator._pool = evaluator._finalizer = None
-        evaluator._loaded = _load_data(s, download=False)  # the main process downloaded it
-        _worker = evaluator
+        _worker = _worker_evaluator(settings)
     except Exception as e:  # noqa: BLE001 - raised again by _evaluate_in_worker
         _worker_error = e
 
@@ -502,12 +510,7 @@ def evaluate_with(settings: dict[str, Any], candidate: Any) -> Evaluation:
 
     key = json.dumps(settings, sort_keys=True)
     if key not in _evaluators:
-        global _worker, _worker_error
-        _worker = _worker_error = None
-        _start_worker(settings)
-        if _worker is None:
-            raise _worker_error or RuntimeError("the train evaluator did not start")
-        _evaluators[key] = _worker
+        _evaluators[key] = _worker_evaluator(settings)
     evaluator = _evaluators[key]
     with _torch_threads(evaluator.settings.threads):
         return evaluator._evaluate(candidate)

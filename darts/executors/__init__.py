@@ -6,8 +6,9 @@ stays in this process (`darts.strategies.base.run_async`); an executor runs eval
     ray     as Ray tasks (Moritz et al., OSDI 2018), on this machine or a cluster
             (`--ray_address`), each with `--eval_cpus` / `--eval_gpus` and `--max_retries`
 
-An executor is built as `EXECUTORS[name](evaluator, cfg, log)` and has `submit(candidate) ->
-token`, `wait() -> (token, Evaluation)` (one finished evaluation) and `close()`. Only the
+An executor is built as `EXECUTORS[name](evaluator, max_pending=, address=, cpus=, gpus=,
+max_retries=, log=)` (taking the keywords it uses) and has `submit(candidate) -> token`,
+`wait() -> (token, Evaluation)` (one finished evaluation) and `close()`. Only the
 candidate and the evaluator's settings travel (`evaluator.remote_call()`: a module-level
 function and its arguments, called with the candidate); each worker reads the data itself
 from `--data`. A plugin adds one with `register_executor(name, cls)`.

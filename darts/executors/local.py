@@ -9,6 +9,7 @@ from typing import Any
 
 
 def call(function, args: tuple, candidate: Any) -> Any:
+    """What a worker runs: an evaluator's `remote_call()` (function, args) on a candidate."""
     return function(*args, candidate)
 
 

@@ -17,12 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from darts.errors import UserError
+from darts.executors.local import call
 
 ROOT = str(Path(__file__).resolve().parents[2])
-
-
-def _call(function, args: tuple, candidate: Any) -> Any:
-    return function(*args, candidate)
 
 
 class RayExecutor:
@@ -59,7 +56,7 @@ class RayExecutor:
         self.function, self.args = remote()
         self.max_retries = max_retries
         self.slots = max(1, int(ray.cluster_resources().get("CPU", 1) // cpus))
-        self.task = ray.remote(_call).options(num_cpus=cpus, num_gpus=gpus,
+        self.task = ray.remote(call).options(num_cpus=cpus, num_gpus=gpus,
                                               max_retries=max_retries, retry_exceptions=True)
         self.tokens = itertools.count()
         self.refs: dict[Any, tuple[int, Any]] = {}

@@ -113,12 +113,12 @@ def run_async(strategy: Strategy, executor, budget: int, history: list[dict] | N
     ask, evaluate, tell."""
     records = list(history or [])
     asked_log = list(asks or [])
-    by_ask = {r["asked"]: r for r in records}
+    told_asks = {r["asked"] for r in records}
     after_of = {e["ask"]: e["after"] for e in asked_log}
     pending: dict[Any, tuple[int, Any]] = {}  # token -> (ask index, candidate)
     candidates: dict[int, Any] = {}
 
-    def ask(after: int, recorded: dict | None = None) -> None:
+    def ask(after: int, recorded: dict | None = None) -> int:
         candidate = strategy.ask()
         k = len(candidates)
         if recorded is not None and to_text(candidate) != recorded["candidate"]:
@@ -131,27 +131,29 @@ def run_async(strategy: Strategy, executor, budget: int, history: list[dict] | N
             after_of[k] = after
             if on_ask is not None:
                 on_ask(entry)
+        return k
+
+    told = 0
+
+    def tell_recorded(upto: int) -> None:
+        nonlocal told
+        for record in records[told:upto]:
+            strategy.tell(candidates[record["asked"]], record["score"])
+        told = max(told, upto)
 
     # Replay: the asks and tells of the stopped run, in their order.
-    told = 0
-    for entry in asked_log[:]:
-        while told < entry["after"]:
-            record = records[told]
-            strategy.tell(candidates[record["asked"]], record["score"])
-            told += 1
+    for entry in list(asked_log):
+        tell_recorded(entry["after"])
         ask(entry["after"], entry)
-    while told < len(records):
-        strategy.tell(candidates[records[told]["asked"]], records[told]["score"])
-        told += 1
+    tell_recorded(len(records))
     for k, candidate in candidates.items():  # asked, never told: evaluated again
-        if k not in by_ask and len(records) + len(pending) < budget:
+        if k not in told_asks and len(records) + len(pending) < budget:
             pending[executor.submit(candidate)] = (k, candidate)
 
     while len(records) < budget:
         while (len(pending) < max_pending and len(records) + len(pending) < budget
                and strategy.can_ask()):
-            ask(len(records))
-            k = len(candidates) - 1
+            k = ask(len(records))
             pending[executor.submit(candidates[k])] = (k, candidates[k])
         if not pending:
             raise RuntimeError("the strategy asks nothing and nothing is running")
