@@ -87,6 +87,14 @@ PROTOCOLS = {
     }),
 }
 COLLAPSE = (4, 5, 6)  # skip counts (of the cell's 6 edges) whose first epoch is reported
+# The figure's columns: methods drawn together (at most five lines a panel); plain DARTS's mean
+# is drawn in every other column as a dashed grey reference. Entries in no group go last.
+GROUPS = (
+    ("DARTS first and second order, ENAS", ("darts", "darts-o2", "darts-hvp", "enas")),
+    ("changed mixing: GDAS, DrNAS, FairDARTS, PC-DARTS", ("gdas", "drnas", "fairdarts", "pc-darts")),
+    ("regularised search: beta-DARTS, SDARTS, DARTS-, P-DARTS",
+     ("beta-darts", "sdarts-rs", "sdarts-adv", "darts-minus", "pdarts")),
+)
 
 
 def command_of(entry: str, seed: int, args, run_dir: Path) -> list[str]:
@@ -333,45 +341,75 @@ def published_table(methods: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _mean_series(series: list[list]) -> list[float]:
+    """The epoch-wise mean over seeds (a seed without a value at an epoch is left out)."""
+    mean = []
+    for e in range(max((len(s) for s in series), default=0)):
+        values = [s[e] for s in series if e < len(s) and s[e] is not None]
+        mean.append(statistics.mean(values) if values else float("nan"))
+    return mean
+
+
+def figure_columns(methods: list[str]) -> list[tuple[str, list[str]]]:
+    """The figure's columns for `methods`: GROUPS in order with the methods present (an empty
+    group is left out), then one column of the methods in no group."""
+    columns = [(name, [m for m in members if m in methods]) for name, members in GROUPS]
+    columns = [c for c in columns if c[1]]
+    grouped = {m for _, members in GROUPS for m in members}
+    others = [m for m in methods if m not in grouped]
+    return columns + ([("other entries", others)] if others else [])
+
+
 def figure(rows: list[dict], path: str, table: str = "the table", title: str = "") -> None:
-    """Skips of the derived cell against epochs (and the table's score where the rows have
-    one): a thick line per method (mean over its seeds), its seeds as thin lines."""
+    """Skips of the derived cell against epochs (and, below, the table's score where the rows
+    have one), a column per group of methods (GROUPS): a thick line per method (the mean over
+    its seeds), its seeds as thin lines, plain DARTS's mean dashed grey in the other columns."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = [r for r in rows if r.get("complete") is not False]  # the finished runs
     scored = any(s is not None for r in rows for s in r.get("scores_per_epoch", []))
     panels = [("skips_per_epoch", "skip_connect edges in the derived cell (of 6)")]
     if scored:
         panels.append(("scores_per_epoch", f"derived cell's cifar10_test in {table}"))
-    rows = [r for r in rows if r.get("complete") is not False]  # the finished runs
-    fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 5), squeeze=False)
-    colors = plt.get_cmap("tab20").colors
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    for ax, (key, label) in zip(axes[0], panels, strict=True):
-        for i, method in enumerate(methods):
-            series = [list(r.get(key, [])) for r in rows if r["method"] == method]
-            color = colors[i % len(colors)]
-            for s in series:
-                ax.plot(range(1, len(s) + 1), [float("nan") if v is None else v for v in s],
-                        color=color, linewidth=0.6, alpha=0.45)
-            longest = max((len(s) for s in series), default=0)
-            mean = []
-            for e in range(longest):
-                values = [s[e] for s in series if e < len(s) and s[e] is not None]
-                mean.append(statistics.mean(values) if values else float("nan"))
-            ax.plot(range(1, longest + 1), mean, color=color, linewidth=2.0,
-                    label=f"{method} ({len(series)} seeds)")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8, ncol=2)
+    columns = figure_columns(methods)
+    fig, axes = plt.subplots(len(panels), len(columns), figsize=(5.6 * len(columns),
+                             3.9 * len(panels)), squeeze=False, sharex=True, sharey="row")
+    colors = plt.get_cmap("tab10").colors
+    series_of = {(m, key): [list(r.get(key, [])) for r in rows if r["method"] == m]
+                 for m in methods for key, _ in panels}
+    for row, (key, label) in enumerate(panels):
+        for col, (name, members) in enumerate(columns):
+            ax = axes[row][col]
+            if "darts" in methods and "darts" not in members:
+                ref = _mean_series(series_of["darts", key])
+                ax.plot(range(1, len(ref) + 1), ref, color="0.55", linestyle="--",
+                        linewidth=1.4, label="darts (mean)")
+            for i, method in enumerate(members):
+                color = colors[i % len(colors)]
+                series = series_of[method, key]
+                for s in series:
+                    ax.plot(range(1, len(s) + 1), [float("nan") if v is None else v for v in s],
+                            color=color, linewidth=0.7, alpha=0.4)
+                mean = _mean_series(series)
+                ax.plot(range(1, len(mean) + 1), mean, color=color, linewidth=2.2,
+                        label=f"{method} ({len(series)} seed{'s' if len(series) > 1 else ''})")
+            ax.grid(alpha=0.3)
+            if row == 0:
+                ax.set_title(name, fontsize=10)
+                ax.legend(fontsize=8, loc="upper left")
+            if row == len(panels) - 1:
+                ax.set_xlabel("epoch")
+            if col == 0:
+                ax.set_ylabel(label, fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 

@@ -176,6 +176,19 @@ def test_the_collapse_table_averages_seeds_and_escapes_the_arch_strings():
     assert cells.splitlines()[2] == r"| gdas | 0 | `\|skip_connect~0\|` |"  # a pipe would split
 
 
+def test_the_collapse_figure_groups_methods_in_columns_and_keeps_unknown_entries():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import collapse_nb201
+
+    columns = collapse_nb201.figure_columns(["pdarts", "darts", "mine", "gdas", "darts-o2"])
+    assert [members for _, members in columns] == [["darts", "darts-o2"], ["gdas"], ["pdarts"],
+                                                   ["mine"]]  # the groups' order, then the rest
+    assert columns[-1][0] == "other entries"
+    assert [m for _, ms in collapse_nb201.figure_columns(["beta-darts"]) for m in ms] == [
+        "beta-darts"]  # empty groups are left out
+    assert collapse_nb201._mean_series([[1, 3, None], [3, None, 2], [2]]) == [2, 3, 2]
+
+
 def test_the_collapse_grid_builds_fresh_and_resumed_commands_and_refuses_unknown_entries(
         tmp_path):
     sys.path.insert(0, str(ROOT / "benchmarks"))
