@@ -157,8 +157,9 @@ def commit() -> str:
     return out.stdout.strip() or "unknown"
 
 
-def run_one(entry: str, seed: int, args, runs: Path) -> str:
-    """Runs (or resumes) one (entry, seed) to the end; returns a line for the log."""
+def run_one(entry: str, seed: int, args, runs: Path) -> tuple[bool, str]:
+    """Runs (or resumes) one (entry, seed) to the end; returns whether it finished, and a line
+    for the log."""
     run_dir = runs / f"{entry}-s{seed}"
     command = command_of(entry, seed, args, run_dir)
     record = run_dir / "grid.json"  # the run's command, and each segment's code and wall time
@@ -171,12 +172,12 @@ def run_one(entry: str, seed: int, args, runs: Path) -> str:
     out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if out.returncode != 0:
-        return f"{entry} seed {seed}: failed: {out.stderr.strip()[-400:]}"
+        return False, f"{entry} seed {seed}: failed: {out.stderr.strip()[-400:]}"
     done["segments"].append({"commit": commit(), "wall_s": round(wall, 1), "resumed": resumed})
     write_json(record, done)
     row = read_run(run_dir)
-    return (f"{entry} seed {seed}: {row['arch'].get('arch')} skips {row['skip_connect']} "
-            f"{row['search_time_s']:.0f}s")
+    return True, (f"{entry} seed {seed}: {row['arch'].get('arch')} skips {row['skip_connect']} "
+                  f"{row['search_time_s']:.0f}s")
 
 
 def write_json(path: Path, data) -> None:
@@ -265,17 +266,24 @@ def main(argv=None) -> int:
             if not args.report and not is_complete(run_dir):
                 todo.append((entry, seed))
     lock = threading.Lock()
+    failed = []
 
     def work(job):
-        line = run_one(*job, args, runs)
+        ok, line = run_one(*job, args, runs)
         with lock:
             print(line, flush=True)
+            if not ok:
+                failed.append(f"{job[0]}-s{job[1]}")
             save(runs, args)
 
     runs.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
         list(pool.map(work, todo))
     save(runs, args)
+    if failed:  # the others ran and are recorded; these are named, with where to look
+        print(f"collapse_nb201.py: {len(failed)} run(s) failed: {', '.join(failed)} (each one's "
+              f"log.txt in {runs}; --keep resumes or reruns them)", file=sys.stderr)
+        return 1
     return 0
 
 

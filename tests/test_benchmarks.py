@@ -176,6 +176,41 @@ def test_the_collapse_table_averages_seeds_and_escapes_the_arch_strings():
     assert cells.splitlines()[2] == r"| gdas | 0 | `\|skip_connect~0\|` |"  # a pipe would split
 
 
+def test_the_collapse_grid_runs_records_and_keeps_a_finished_run(tmp_path, monkeypatch,
+                                                                   capsys):
+    """The runner end to end at a size of seconds: one run through train_search.py, its row in
+    the JSON (every epoch's cell), the Markdown, and --keep reusing it rather than running it
+    again; without --keep an existing run directory is refused; a failed run is named and the
+    exit status is 1."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import collapse_nb201
+
+    tiny = ["--layers", "1", "--init_channels", "4", "--image_size", "8", "--batch_size", "16",
+            "--synthetic_size", "64", "--epochs", "2", "--threads", "1"]
+    monkeypatch.setitem(collapse_nb201.PROTOCOLS, "cpu50", (tiny, {}))
+    runs, grid = tmp_path / "runs", tmp_path / "grid.json"
+    argv = ["--protocol", "cpu50", "--dataset", "synthetic", "--methods", "darts:1", "--runs",
+            str(runs), "--json", str(grid), "--markdown", str(tmp_path / "grid.md"), "--keep"]
+    assert collapse_nb201.main(argv) == 0
+    [row] = json.loads(grid.read_text())["runs"]
+    assert (row["method"], row["seed"], row["complete"], row["epochs_done"]) == ("darts", 0, True, 2)
+    assert len(row["skips_per_epoch"]) == len(row["archs_per_epoch"]) == 2
+    assert row["skip_connect"] == row["archs_per_epoch"][-1]["arch"].count("skip_connect")
+    assert "--order 1" in row["command"] and "--seed 0" in row["command"]
+    assert len(row["segments"]) == 1 and not row["segments"][0]["resumed"]
+    assert (tmp_path / "grid.md").read_text().splitlines()[2].startswith("| darts | ")
+    assert collapse_nb201.main(argv) == 0  # finished: reused, not run again
+    assert len(json.loads(grid.read_text())["runs"][0]["segments"]) == 1
+    with pytest.raises(SystemExit, match="--keep"):
+        collapse_nb201.main([a for a in argv if a != "--keep"])
+    # a run that fails is named and the grid exits non-zero; the finished one stays recorded
+    monkeypatch.setitem(collapse_nb201.VARIANTS, "darts-o2", ("darts", ["--order", "7"]))
+    argv[argv.index("darts:1")] = "darts:1,darts-o2:1"
+    assert collapse_nb201.main(argv) == 1
+    assert "darts-o2-s0" in capsys.readouterr().err
+    assert [r["method"] for r in json.loads(grid.read_text())["runs"]] == ["darts"]
+
+
 def test_the_collapse_figure_groups_methods_in_columns_and_keeps_unknown_entries():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import collapse_nb201
