@@ -160,7 +160,7 @@ def test_the_collapse_table_averages_seeds_and_escapes_the_arch_strings():
                 "benchmark": {"cifar10_test": score}}
 
     rows = [row(0, "|skip_connect~0|", [0, 4, 6], 90.0), row(1, "|none~0|", [0, 5], 92.0, False),
-            row(2, "|none~0|", [0, 2, 1], 92.0), {"method": "pc-darts", "seed": 0, "error": "refused"}]
+            row(2, "|none~0|", [0, 2, 1], 92.0), {"method": "sdarts-rs", "seed": 0, "error": "refused"}]
     measured, published, cells = collapse_nb201.markdown(rows).split("\n\n")
     lines = measured.splitlines()
     assert len(lines) == 4 and lines[0].startswith("| method |")
@@ -168,11 +168,11 @@ def test_the_collapse_table_averages_seeds_and_escapes_the_arch_strings():
     assert gdas[1] == "6, 1 (unfinished: s1 at epoch 2/3)"  # named, left out of the summary
     assert gdas[2] == "2 / 3 / 3; — / — / —"  # first epochs with 4, 5, 6 skips, per seed
     assert gdas[3:6] == ["6, 2", "2.0", "91.00 ± 1.41 |"]  # minutes (1 and 3); sd: sqrt(2)
-    assert "published" not in lines[0] and lines[3].startswith("| pc-darts | refused")
+    assert "published" not in lines[0] and lines[3].startswith("| sdarts-rs | refused")
     # the papers' real figures: a table of their own, with their sources, never a column
     # beside a score of the (synthetic) table
     assert published.splitlines()[2] == "| gdas | 93.61 | Dong & Yang, ICLR 2020 (NAS-Bench-201) |"
-    assert len(published.splitlines()) == 3  # pc-darts: no published figure
+    assert len(published.splitlines()) == 3  # sdarts-rs: no published NAS-Bench-201 figure
     assert cells.splitlines()[2] == r"| gdas | 0 | `\|skip_connect~0\|` |"  # a pipe would split
 
 
