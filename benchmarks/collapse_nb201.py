@@ -4,7 +4,7 @@ connections and its table score after every epoch, per method and seed.
     python benchmarks/collapse_nb201.py --protocol cpu50 --benchmark synthetic.csv \\
         --dataset folder --data ../shared/data/cifar10-5k --seeds 3 --jobs 2 --keep \\
         --json benchmarks/results/cpu-amd-epyc/collapse_cpu50.json \\
-        --figure docs/img/collapse_cpu50.png --markdown collapse_cpu50.md
+        --figure docs/results/collapse-cpu50/collapse_cpu50.png --markdown collapse_cpu50.md
 
 Each (method, seed) is one `train_search.py --space nb201 --method M` run in `--runs`
 (`<method>-s<seed>`); the rows are read back from its metrics.json (the derived cell, its skip
@@ -13,6 +13,12 @@ are the record: `--keep` reuses a finished run, resumes an unfinished one from i
 (`train_search.py --resume`), and runs the missing ones, so a grid can be stopped and continued
 across days. The JSON holds every run found in `--runs`, so separate invocations (another
 method, one seed of `darts-hvp`) add to one grid.
+
+The JSON keeps every epoch's derived cell, so a grid is scored again by another table without
+its runs (e.g. a grid measured with a synthetic table, by the official one, converted):
+
+    python benchmarks/collapse_nb201.py --from_json benchmarks/results/cpu-amd-epyc/collapse_cpu50.json \\
+        --score_with nb201.csv --json scored.json --markdown scored.md --figure scored.png
 
 Protocols (every deviation from a method's published settings is listed here):
 - `benchmark`: NAS-Bench-201's, 50 epochs on CIFAR-10 with C = 16, N = 5 (a GPU's work).
@@ -197,20 +203,71 @@ def collect(runs: Path, args) -> list[dict]:
 
 
 def save(runs: Path, args) -> None:
-    rows = collect(runs, args)
-    write_json(Path(args.json), {
-        "protocol": args.protocol, "dataset": args.dataset, "data": args.data,
-        "benchmark": args.benchmark, "note": args.note, "published": PUBLISHED,
-        "protocol_flags": PROTOCOLS[args.protocol][0],
-        "per_method_flags": PROTOCOLS[args.protocol][1], "variants": VARIANTS, "runs": rows})
+    """Writes --json (and --markdown, --figure) from the runs in `runs`, or from the grid JSON
+    --from_json; with --score_with, every epoch's cell scored by that table instead."""
+    if args.from_json:
+        grid = read_grid(args.from_json)
+    else:
+        grid = {"protocol": args.protocol, "dataset": args.dataset, "data": args.data,
+                "benchmark": args.benchmark, "note": args.note, "published": PUBLISHED,
+                "protocol_flags": PROTOCOLS[args.protocol][0],
+                "per_method_flags": PROTOCOLS[args.protocol][1], "variants": VARIANTS,
+                "runs": collect(runs, args)}
+    table = grid.get("benchmark") or ""
+    if args.score_with:
+        grid["runs"] = rescore(grid["runs"], args.score_with)
+        grid["scored_with"] = table = args.score_with
+    write_json(Path(args.json), grid)
+    rows, name = grid["runs"], Path(table).name or "the table"
     if args.markdown:
-        Path(args.markdown).write_text(markdown(rows, Path(args.benchmark).name or "the table")
-                                       + "\n")
+        Path(args.markdown).write_text(markdown(rows, name) + "\n")
     if args.figure:
-        flags = " ".join(PROTOCOLS[args.protocol][0])
-        figure(rows, args.figure, Path(args.benchmark).name or "the table",
-               f"NAS-Bench-201's space, protocol {args.protocol} ({flags}); thick: the mean "
-               f"over seeds, thin: each seed")
+        flags = " ".join(grid.get("protocol_flags", []))
+        figure(rows, args.figure, name,
+               f"NAS-Bench-201's space, protocol {grid.get('protocol')} ({flags}); thick: the "
+               f"mean over seeds, thin: each seed")
+
+
+def read_grid(path: str) -> dict:
+    """A grid JSON that this script wrote; anything else is one message naming the file."""
+    try:
+        grid = json.loads(Path(path).read_text())
+    except OSError as e:
+        sys.exit(f"collapse_nb201.py: --from_json {path}: cannot read it ({e.strerror})")
+    except ValueError:
+        sys.exit(f"collapse_nb201.py: --from_json {path}: not JSON")
+    if not isinstance(grid, dict) or not isinstance(grid.get("runs"), list):
+        sys.exit(f"collapse_nb201.py: --from_json {path}: not a grid of this script (it has "
+                 "no 'runs' list); give the JSON that --json wrote")
+    return grid
+
+
+def rescore(rows: list[dict], path: str) -> list[dict]:
+    """`rows` with every epoch's derived cell and the last one scored by the NAS-Bench-201 CSV
+    table at `path` (e.g. the official table, converted) instead of the table of the runs;
+    the runs themselves are not touched. A cell the table lacks scores None."""
+    from darts.benchmarks.nb201 import BenchmarkTable, finite_or_none
+    from darts.errors import UserError
+    from darts.spaces import nb201
+
+    try:
+        table = BenchmarkTable.load(path)
+    except UserError as e:
+        sys.exit(f"collapse_nb201.py: {str(e).replace('--benchmark', '--score_with', 1)}")
+    if "cifar10_test" not in table.metrics:
+        sys.exit(f"collapse_nb201.py: --score_with {path}: no cifar10_test column (the column "
+                 "the grid reports); convert the official table with `python -m "
+                 "darts.benchmarks.nb201 convert`")
+    scored = []
+    for row in rows:
+        if "error" in row or "archs_per_epoch" not in row:
+            scored.append(row)
+            continue
+        found = [table.lookup(a["arch"]) for a in row["archs_per_epoch"]]
+        scored.append(dict(row, scores_per_epoch=[
+            None if f is None else finite_or_none(f.get("cifar10_test")) for f in found],
+            benchmark=table.score(nb201.parse(arch_text(row)))))
+    return scored
 
 
 def parse(argv):
@@ -240,7 +297,15 @@ def parse(argv):
                         help="also draw skips (and table score) against epochs, a line per method")
     parser.add_argument("--report", action="store_true",
                         help="run nothing: rewrite --json, --markdown and --figure from --runs")
+    parser.add_argument("--from_json", default="",
+                        help="run nothing: take the rows from a grid JSON written earlier (e.g. "
+                             "the one in benchmarks/results) instead of --runs")
+    parser.add_argument("--score_with", default="",
+                        help="score every epoch's cell with this NAS-Bench-201 CSV table (e.g. "
+                             "the official one, converted) instead of the runs' --benchmark")
     args = parser.parse_args(argv)
+    if args.from_json and Path(args.from_json).resolve() == Path(args.json).resolve():
+        parser.error("--json is the file --from_json reads; write the new grid to another file")
     args.seeds_of = {}
     for spec in args.methods.split(","):
         entry, _, seeds = spec.partition(":")
@@ -257,6 +322,9 @@ def parse(argv):
 def main(argv=None) -> int:
     args = parse(argv)
     runs = Path(args.runs or ROOT / "runs" / f"collapse-{args.protocol}")
+    if args.from_json:
+        save(runs, args)
+        return 0
     todo = []
     for seed in range(max(args.seeds_of.values())):  # seed 0 of every entry first
         for entry in [e for e, k in args.seeds_of.items() if seed < k]:

@@ -1,6 +1,7 @@
 """The benchmarks' command-line contract: the flags other tools pass and the JSON keys they read."""
 
 import json
+import math
 import platform
 import subprocess
 import sys
@@ -209,6 +210,54 @@ def test_the_collapse_grid_runs_records_and_keeps_a_finished_run(tmp_path, monke
     assert collapse_nb201.main(argv) == 1
     assert "darts-o2-s0" in capsys.readouterr().err
     assert [r["method"] for r in json.loads(grid.read_text())["runs"]] == ["darts"]
+
+
+def test_a_saved_collapse_grid_is_scored_again_with_another_table(tmp_path):
+    """Anyone with the official table scores a grid JSON (ours, in benchmarks/results) with one
+    command: every epoch's cell looked up in the new table, the source file left as it was."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import collapse_nb201
+
+    from darts.spaces import nb201
+
+    # a table in the converted format whose score is known by hand: 10 per skip, plus 5
+    lines = ["index,arch,cifar10_valid,cifar10_test"]
+    for i, arch in enumerate(nb201.all_archs()):
+        text = arch.to_string()
+        lines.append(f"{i},{text},50.0,{10 * text.count('skip_connect') + 5}.0")
+    (tmp_path / "official.csv").write_text("\n".join(lines) + "\n")
+    skip3 = "|skip_connect~0|+|skip_connect~0|none~1|+|skip_connect~0|none~1|none~2|"
+    skip1 = "|nor_conv_3x3~0|+|skip_connect~0|none~1|+|none~0|none~1|none~2|"
+    source = {"protocol": "cpu50", "benchmark": "synthetic.csv", "protocol_flags": [],
+              "runs": [{"method": "darts", "seed": 0, "arch": {"arch": skip3},
+                        "skip_connect": 3, "skips_per_epoch": [1, 3],
+                        "archs_per_epoch": [{"arch": skip1}, {"arch": skip3}],
+                        "scores_per_epoch": [80.0, 70.0], "first_epoch_with": {},
+                        "search_time_s": 60.0, "complete": True, "epochs_done": 2, "epochs": 2,
+                        "benchmark": {"cifar10_test": 70.0}},
+                       {"method": "pc-darts", "seed": 0, "error": "refused"}]}
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps(source))
+    out = tmp_path / "scored.json"
+    assert collapse_nb201.main(["--from_json", str(grid), "--score_with",
+                                str(tmp_path / "official.csv"), "--json", str(out),
+                                "--markdown", str(tmp_path / "scored.md")]) == 0
+    scored = json.loads(out.read_text())
+    row = scored["runs"][0]
+    assert row["scores_per_epoch"] == [15.0, 35.0]
+    assert row["benchmark"]["cifar10_test"] == 35.0 and row["benchmark"]["cells"] == 15625
+    # rank: 1 + the cells with more than 3 skips (of 6 edges, 4 other ops each)
+    assert row["benchmark"]["rank_cifar10_test"] == 1 + sum(
+        math.comb(6, k) * 4 ** (6 - k) for k in (4, 5, 6))
+    assert scored["scored_with"].endswith("official.csv") and scored["runs"][1]["error"]
+    assert "35.00 ± 0.00" in (tmp_path / "scored.md").read_text()
+    assert json.loads(grid.read_text()) == source  # the source grid is not rewritten
+    with pytest.raises(SystemExit):  # the same file in and out would lose the source
+        collapse_nb201.main(["--from_json", str(grid), "--json", str(grid)])
+    (tmp_path / "bad.csv").write_text(f"index,arch,cifar100_test\n0,{skip3},1.0\n")
+    with pytest.raises(SystemExit, match="--score_with .*bad.csv: no cifar10_test"):
+        collapse_nb201.main(["--from_json", str(grid), "--score_with",
+                             str(tmp_path / "bad.csv"), "--json", str(out)])
 
 
 def test_the_collapse_figure_groups_methods_in_columns_and_keeps_unknown_entries():
