@@ -251,9 +251,9 @@ def rescore(rows: list[dict], path: str) -> list[dict]:
     from darts.spaces import nb201
 
     try:
-        table = BenchmarkTable.load(path)
+        table = BenchmarkTable.load(path, flag="--score_with")
     except UserError as e:
-        sys.exit(f"collapse_nb201.py: {str(e).replace('--benchmark', '--score_with', 1)}")
+        sys.exit(f"collapse_nb201.py: {e}")
     if "cifar10_test" not in table.metrics:
         sys.exit(f"collapse_nb201.py: --score_with {path}: no cifar10_test column (the column "
                  "the grid reports); convert the official table with `python -m "

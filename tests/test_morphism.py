@@ -61,8 +61,8 @@ def test_a_child_starts_from_its_parents_trained_weights(tmp_path):
     strategy = NetworkMorphism(cnn, seed=2, children=2, edits=4)
     child = strategy.ask()
     s, data = evaluator.settings, evaluator._data()
-    parent = torch.load(_ensure_parent(child, cnn, s, data, torch.device("cpu")),  # trained now
-                        weights_only=True)
+    trained = _ensure_parent(child, cnn, s, data, torch.device("cpu"))  # trained now
+    parent = torch.load(trained, weights_only=True)
     assert (tmp_path / f"{child.parent}.pt").exists() and parent["spec"] == str(child.parent_spec)
     net = cnn.network(child.parent_spec, 10)
     net.load_state_dict(parent["model"])

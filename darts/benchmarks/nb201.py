@@ -81,8 +81,10 @@ class BenchmarkTable:
 
     def __init__(self, rows: dict[str, dict[str, float]], metrics: list[str],
                  indices: dict[str, int], path: str = "table",
-                 lines: dict[str, int] | None = None, space: Any = None):
+                 lines: dict[str, int] | None = None, space: Any = None,
+                 flag: str = "--benchmark"):
         self.rows, self.metrics, self.indices, self.path = rows, metrics, indices, path
+        self.flag = flag  # the option that gave the file, named in messages
         self.lines = lines if lines is not None else {}
         self.space = space
         self.texts: dict[str, str] = {}  # key -> the row's arch text, where the key is not it
@@ -99,42 +101,44 @@ class BenchmarkTable:
         return len(self.rows)
 
     @classmethod
-    def load(cls, path: str | Path, space: Any = None) -> BenchmarkTable:
+    def load(cls, path: str | Path, space: Any = None,
+             flag: str = "--benchmark") -> BenchmarkTable:
         """Reads a CSV table of `space` (NAS-Bench-201's where None); a malformed one is one
-        UserError naming the file and line."""
+        UserError naming `flag`, the file and the line."""
         path = Path(path)
         try:
             if path.stat().st_size > MAX_TABLE_BYTES:
-                raise UserError(f"--benchmark {path}: {path.stat().st_size} bytes is not a "
+                raise UserError(f"{flag} {path}: {path.stat().st_size} bytes is not a "
                                 f"NAS-Bench-201 table (at most {MAX_TABLE_BYTES >> 20} MiB)")
             data = path.read_bytes()
         except FileNotFoundError:
-            raise UserError(f"--benchmark {path}: no such file (make one with `python -m "
+            raise UserError(f"{flag} {path}: no such file (make one with `python -m "
                             f"darts.benchmarks.nb201 convert --from NATS_FILES --out {path}`)") from None
         except IsADirectoryError:
-            raise UserError(f"--benchmark {path}: a folder; give the CSV table (the official "
+            raise UserError(f"{flag} {path}: a folder; give the CSV table (the official "
                             f"files convert with `python -m darts.benchmarks.nb201 convert`)") from None
         except OSError as e:
-            raise UserError(f"--benchmark {path}: cannot read it ({e.strerror})") from None
+            raise UserError(f"{flag} {path}: cannot read it ({e.strerror})") from None
         try:
             text = data.decode("utf-8-sig")  # a byte-order mark is not part of the header
         except UnicodeDecodeError:
-            raise UserError(f"--benchmark {path}: not a CSV text file (the official pickled "
+            raise UserError(f"{flag} {path}: not a CSV text file (the official pickled "
                             f"files convert with `python -m darts.benchmarks.nb201 convert`)") from None
         try:
-            return cls._parse(text, path, space)
+            return cls._parse(text, path, space, flag)
         except csv.Error as e:
-            raise UserError(f"--benchmark {path}: not a CSV table ({e})") from None
+            raise UserError(f"{flag} {path}: not a CSV table ({e})") from None
 
     @classmethod
-    def _parse(cls, text: str, path: Path, space: Any = None) -> BenchmarkTable:
+    def _parse(cls, text: str, path: Path, space: Any = None,
+               flag: str = "--benchmark") -> BenchmarkTable:
         reader = csv.reader(io.StringIO(text, newline=""))
         header = next(reader, None)
         if not header or "arch" not in header:
-            raise UserError(f"--benchmark {path}: the first line must be a header with an "
+            raise UserError(f"{flag} {path}: the first line must be a header with an "
                             f"'arch' column and metric columns, e.g. arch,cifar10_test")
         if len(set(header)) != len(header):
-            raise UserError(f"--benchmark {path}: a column is named twice in the header")
+            raise UserError(f"{flag} {path}: a column is named twice in the header")
         row_key = getattr(space, "row_key", None) or _nb201_row_key
         text_columns = ("arch", "index", *getattr(space, "TABLE_TEXT_COLUMNS", ()))
         metrics = [h for h in header if h not in text_columns]
@@ -146,33 +150,33 @@ class BenchmarkTable:
             if not fields:
                 continue
             if len(fields) != len(header):
-                raise UserError(f"--benchmark {path}, line {line}: {len(fields)} fields, the "
+                raise UserError(f"{flag} {path}, line {line}: {len(fields)} fields, the "
                                 f"header has {len(header)}")
             record = dict(zip(header, fields, strict=True))
-            arch = row_key(record, f"--benchmark {path}, line {line}")
+            arch = row_key(record, f"{flag} {path}, line {line}")
             if arch in rows:
-                raise UserError(f"--benchmark {path}, line {line}: {arch} is listed twice")
+                raise UserError(f"{flag} {path}, line {line}: {arch} is listed twice")
             values = {}
             for m in metrics:
                 try:
                     v = float(record[m]) if record[m] != "" else math.nan
                 except ValueError:
-                    raise UserError(f"--benchmark {path}, line {line}: {m} is "
+                    raise UserError(f"{flag} {path}, line {line}: {m} is "
                                     f"{record[m][:40]!r}, not a number") from None
                 values[m] = v
             if "index" in record and record["index"] != "":
                 try:
                     indices[arch] = int(record["index"])
                 except ValueError:
-                    raise UserError(f"--benchmark {path}, line {line}: index is "
+                    raise UserError(f"{flag} {path}, line {line}: index is "
                                     f"{record['index'][:40]!r}, not an integer") from None
             rows[arch] = values
             lines[arch] = line
             if arch != record["arch"]:
                 texts[arch] = record["arch"]
         if not rows:
-            raise UserError(f"--benchmark {path}: the table has no rows")
-        table = cls(rows, metrics, indices, str(path), lines, space)
+            raise UserError(f"{flag} {path}: the table has no rows")
+        table = cls(rows, metrics, indices, str(path), lines, space, flag)
         table.texts = texts
         return table
 
@@ -210,7 +214,7 @@ class BenchmarkTable:
 
     def _where(self, arch: str) -> str:
         line = self.lines.get(arch)
-        return f"--benchmark {self.path}" + (f", line {line}" if line is not None else "")
+        return f"{self.flag} {self.path}" + (f", line {line}" if line is not None else "")
 
     def lookup(self, arch: Any) -> dict[str, float] | None:
         """The row of `arch` (a metric -> value dict), or None where the table lacks it."""
